@@ -1,0 +1,159 @@
+//! The worker drain: hand due follow-ups to the outbound queue, exactly once.
+//!
+//! The store claims due follow-ups and commits each decision atomically with its claim;
+//! this module only decides, per follow-up: campaign gating first, then the outbound item
+//! against its contract, then the operator's `force_failure` switch.
+
+use crm_contracts::{Contract, Contracts};
+use crm_domain::event::DomainEvent;
+use crm_domain::follow_up::{self, AlreadyFinal, FailureReason, FollowUp, Gate};
+use crm_domain::ids::QueueItemId;
+use crm_domain::outbound::OutboundItem;
+use crm_domain::timestamp::Timestamp;
+use crm_ports::{DispatchDecision, Dispatcher, DrainOutcome, DrainStatus, DueFollowUp};
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::service::{Crm, now};
+
+/// The most follow-ups one drain call handles; larger requests are served this many.
+pub const MAX_DRAIN_LIMIT: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainCommand {
+    pub limit: usize,
+    /// Fail every dispatched follow-up with `PROVIDER_SEND_ERROR` (an operator switch).
+    pub force_failure: bool,
+}
+
+impl Default for DrainCommand {
+    fn default() -> Self {
+        Self {
+            limit: 10,
+            force_failure: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrainReport {
+    pub outcomes: Vec<DrainOutcome>,
+}
+
+impl DrainReport {
+    pub fn count(&self, status: DrainStatus) -> usize {
+        self.outcomes.iter().filter(|o| o.status == status).count()
+    }
+}
+
+struct Decide<'a> {
+    crm: &'a Crm,
+    now: Timestamp,
+    force_failure: bool,
+}
+
+impl Crm {
+    pub async fn drain(&self, command: DrainCommand) -> Result<DrainReport, AppError> {
+        let limit = command.limit.clamp(1, MAX_DRAIN_LIMIT);
+        let now = now();
+        let decide = Decide {
+            crm: self,
+            now,
+            force_failure: command.force_failure,
+        };
+        let outcomes = self.store.drain(now, limit, &decide).await?;
+        Ok(DrainReport { outcomes })
+    }
+
+    /// Follow-ups due right now, for the metrics gauge.
+    pub async fn count_due(&self) -> Result<u64, AppError> {
+        Ok(self.store.count_due(now()).await?)
+    }
+}
+
+impl Dispatcher for Decide<'_> {
+    fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
+        let follow_up = &due.follow_up;
+        match follow_up::gate(due.campaign_state) {
+            Gate::Hold => DispatchDecision::Skip {
+                reason: "campaign_paused".to_owned(),
+            },
+            Gate::Fail(reason) => self.fail(follow_up, reason),
+            Gate::Dispatch => self.dispatch(follow_up),
+        }
+    }
+}
+
+impl Decide<'_> {
+    fn dispatch(&self, follow_up: &FollowUp) -> DispatchDecision {
+        let item_id = QueueItemId::new(Uuid::new_v4());
+        let item = OutboundItem::for_follow_up(follow_up, item_id, self.now);
+        let json = serde_json::to_value(&item).expect("an outbound item always serializes");
+        if let Err(violations) = self
+            .crm
+            .contracts
+            .validate(Contract::OutboundQueueItem, &json)
+        {
+            tracing::warn!(followup_id = %follow_up.followup_id, ?violations, "outbound item breaks its contract");
+            return self.fail(follow_up, FailureReason::OutboundContractInvalid);
+        }
+        if self.force_failure {
+            return self.fail(follow_up, FailureReason::ProviderSendError);
+        }
+        match follow_up.mark_sent(item_id, self.now) {
+            Ok((sent, event)) => match self.events(&sent, &event) {
+                Ok(events) => DispatchDecision::Send {
+                    follow_up: sent,
+                    item,
+                    events,
+                },
+                Err(skip) => skip,
+            },
+            Err(final_state) => not_pending(final_state),
+        }
+    }
+
+    fn fail(&self, follow_up: &FollowUp, reason: FailureReason) -> DispatchDecision {
+        match follow_up.mark_failed(reason, self.now) {
+            Ok((failed, event)) => match self.events(&failed, &event) {
+                Ok(events) => DispatchDecision::Fail {
+                    follow_up: failed,
+                    events,
+                },
+                Err(skip) => skip,
+            },
+            Err(final_state) => not_pending(final_state),
+        }
+    }
+
+    /// The follow-up's event, in its own correlation and trace. An event that breaks its
+    /// contract is a bug on our side: the follow-up stays pending rather than move
+    /// without its event.
+    fn events(
+        &self,
+        follow_up: &FollowUp,
+        event: &DomainEvent,
+    ) -> Result<Vec<crm_domain::event::EventEnvelope>, DispatchDecision> {
+        self.crm
+            .envelope(
+                event,
+                &follow_up.tenant_id,
+                follow_up.correlation_id,
+                &follow_up.trace_id,
+                self.now,
+            )
+            .map(|envelope| vec![envelope])
+            .map_err(|error| {
+                tracing::error!(followup_id = %follow_up.followup_id, %error, "follow-up event rejected");
+                DispatchDecision::Skip {
+                    reason: "event_contract_invalid".to_owned(),
+                }
+            })
+    }
+}
+
+fn not_pending(final_state: AlreadyFinal) -> DispatchDecision {
+    DispatchDecision::Skip {
+        reason: final_state.to_string(),
+    }
+}

@@ -1,0 +1,41 @@
+use crm_contracts::Violation;
+use crm_domain::workflow::TransitionRefusal;
+use crm_ports::StoreError;
+
+/// Why a use case refused or failed. The HTTP edge maps each variant to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The workflow guard refused the transition.
+    #[error("transition refused: {0}")]
+    Transition(#[from] TransitionRefusal),
+    /// The campaign to transition does not exist for this tenant.
+    #[error("campaign not found")]
+    NotFound,
+    /// A follow-up names a campaign the tenant does not have.
+    #[error("the follow-up names a campaign the tenant does not have")]
+    CampaignNotFound,
+    /// The id already belongs to another tenant.
+    #[error("id already used by another tenant")]
+    IdConflict,
+    /// Storage is unavailable; nothing was changed.
+    #[error("storage unavailable")]
+    Unavailable(#[source] StoreError),
+    /// Something we built ourselves broke its contract: a bug, never the client's fault.
+    #[error("{what} breaks its contract: {violations:?}")]
+    Internal {
+        what: &'static str,
+        violations: Vec<Violation>,
+    },
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::IdConflict { .. } => Self::IdConflict,
+            StoreError::NotFound { .. } => Self::NotFound,
+            // A use case that can see `Stale` retries it; one that escapes is an outage of
+            // the guarantee, reported as such rather than as the client's fault.
+            StoreError::Stale { .. } | StoreError::Unavailable(_) => Self::Unavailable(error),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The use cases of the CRM service, independent of HTTP.
+//!
+//! `Crm` loads what it needs through the ports, asks the domain to decide, validates
+//! every event (and outbound item) against its contract, and saves each change together
+//! with its events as one unit. It knows nothing about actix, SQL or files.
+
+mod drain;
+mod error;
+mod service;
+
+pub use drain::{DrainCommand, DrainReport, MAX_DRAIN_LIMIT};
+pub use error::AppError;
+pub use service::{
+    AdvanceCampaign, CommandStatus, Crm, Outcome, ScheduleFollowUp, StartCampaign, now,
+};

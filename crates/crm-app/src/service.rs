@@ -1,0 +1,329 @@
+//! Create, transition, schedule, list and trace.
+
+use std::sync::Arc;
+
+use crm_contracts::{Contract, Contracts};
+use crm_domain::campaign::{self, Advance, Advanced, Campaign, CampaignState, NewCampaign};
+use crm_domain::event::{DomainEvent, EventContext, EventEnvelope};
+use crm_domain::follow_up::{FollowUp, FollowUpStatus, NewFollowUp};
+use crm_domain::ids::{CampaignId, CorrelationId, EventId, FollowUpId, TenantId};
+use crm_domain::page::Page;
+use crm_domain::timestamp::Timestamp;
+use crm_domain::workflow::Workflow;
+use crm_ports::{CampaignQuery, Created, FollowUpQuery, Store, StoreError};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::AppError;
+
+/// How many times a transition is decided again when another writer got there first.
+const STALE_RETRIES: usize = 16;
+
+/// The current instant, as every use case sees it.
+pub fn now() -> Timestamp {
+    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+}
+
+/// The use cases, composed over one store.
+#[derive(Clone)]
+pub struct Crm {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) contracts: Arc<Contracts>,
+    workflow: Arc<Workflow>,
+}
+
+impl std::fmt::Debug for Crm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crm")
+            .field("backend", &self.store.backend())
+            .field("workflow", &self.workflow.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `status` word of a create or update reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandStatus {
+    Created,
+    Idempotent,
+    Updated,
+}
+
+impl CommandStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Idempotent => "idempotent",
+            Self::Updated => "updated",
+        }
+    }
+}
+
+/// The result of a create or update: the stored record and what was emitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome<T> {
+    pub status: CommandStatus,
+    pub record: T,
+    pub correlation_id: CorrelationId,
+    /// The event this call emitted, or `None` when it changed nothing.
+    pub lifecycle_event_name: Option<&'static str>,
+}
+
+/// Create a campaign. An id left out is generated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartCampaign {
+    pub correlation_id: Option<CorrelationId>,
+    pub campaign_id: Option<CampaignId>,
+    pub tenant_id: TenantId,
+    pub external_key: Option<String>,
+    pub name: String,
+    pub channel: String,
+    pub audience_segment: Option<String>,
+    pub state: CampaignState,
+    pub scheduled_at: Option<Timestamp>,
+    pub metadata: Map<String, Value>,
+}
+
+/// Move a campaign to another state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdvanceCampaign {
+    pub tenant_id: TenantId,
+    pub campaign_id: CampaignId,
+    pub correlation_id: Option<CorrelationId>,
+    pub advance: Advance,
+}
+
+/// Schedule a follow-up. An id left out is generated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleFollowUp {
+    pub correlation_id: Option<CorrelationId>,
+    pub followup_id: Option<FollowUpId>,
+    pub tenant_id: TenantId,
+    pub campaign_id: Option<CampaignId>,
+    pub external_key: Option<String>,
+    pub lead_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    pub phone_e164: String,
+    pub message: String,
+    pub schedule_at: Timestamp,
+    pub channel: String,
+    pub status: FollowUpStatus,
+    pub metadata: Map<String, Value>,
+}
+
+impl Crm {
+    pub fn new(store: Arc<dyn Store>, contracts: Arc<Contracts>, workflow: Arc<Workflow>) -> Self {
+        Self {
+            store,
+            contracts,
+            workflow,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn contracts(&self) -> &Contracts {
+        &self.contracts
+    }
+
+    pub async fn create_campaign(
+        &self,
+        command: StartCampaign,
+    ) -> Result<Outcome<Campaign>, AppError> {
+        let correlation_id = command.correlation_id.unwrap_or_else(new_correlation_id);
+        let now = now();
+        let new = NewCampaign {
+            campaign_id: command
+                .campaign_id
+                .unwrap_or_else(|| CampaignId::new(Uuid::new_v4())),
+            tenant_id: command.tenant_id,
+            external_key: command.external_key,
+            name: command.name,
+            channel: command.channel,
+            audience_segment: command.audience_segment,
+            state: command.state,
+            scheduled_at: command.scheduled_at,
+            metadata: command.metadata,
+        };
+        let (campaign, event) = Campaign::create(new, now);
+        let events = [self.envelope(
+            &event,
+            &campaign.tenant_id,
+            correlation_id,
+            &new_trace_id(),
+            now,
+        )?];
+        let created = self.store.create_campaign(&campaign, &events).await?;
+        Ok(created_outcome(created, correlation_id, event.name()))
+    }
+
+    pub async fn advance_campaign(
+        &self,
+        command: AdvanceCampaign,
+    ) -> Result<Outcome<Campaign>, AppError> {
+        let correlation_id = command.correlation_id.unwrap_or_else(new_correlation_id);
+        let trace_id = new_trace_id();
+        for _ in 0..STALE_RETRIES {
+            let current = self
+                .store
+                .campaign(&command.tenant_id, command.campaign_id)
+                .await?
+                .ok_or(AppError::NotFound)?;
+            let now = now();
+            let decision =
+                campaign::advance(&current, command.advance.clone(), &self.workflow, now)?;
+            let (moved, event) = match decision {
+                Advanced::Unchanged => {
+                    return Ok(Outcome {
+                        status: CommandStatus::Idempotent,
+                        record: current,
+                        correlation_id,
+                        lifecycle_event_name: None,
+                    });
+                }
+                Advanced::Moved(moved, event) => (*moved, event),
+            };
+            let events =
+                [self.envelope(&event, &moved.tenant_id, correlation_id, &trace_id, now)?];
+            match self.store.update_campaign(&moved, &events).await {
+                Ok(()) => {
+                    return Ok(Outcome {
+                        status: CommandStatus::Updated,
+                        record: moved,
+                        correlation_id,
+                        lifecycle_event_name: Some(event.name()),
+                    });
+                }
+                Err(StoreError::Stale { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(AppError::Unavailable(StoreError::Stale {
+            campaign_id: command.campaign_id,
+        }))
+    }
+
+    pub async fn schedule_follow_up(
+        &self,
+        command: ScheduleFollowUp,
+    ) -> Result<Outcome<FollowUp>, AppError> {
+        if let Some(campaign_id) = command.campaign_id {
+            // Campaigns are never deleted, so a campaign seen here still exists when the
+            // follow-up is written.
+            self.store
+                .campaign(&command.tenant_id, campaign_id)
+                .await?
+                .ok_or(AppError::CampaignNotFound)?;
+        }
+        let correlation_id = command.correlation_id.unwrap_or_else(new_correlation_id);
+        let new = NewFollowUp {
+            followup_id: command
+                .followup_id
+                .unwrap_or_else(|| FollowUpId::new(Uuid::new_v4())),
+            tenant_id: command.tenant_id,
+            campaign_id: command.campaign_id,
+            external_key: command.external_key,
+            lead_id: command.lead_id,
+            customer_id: command.customer_id,
+            phone_e164: command.phone_e164,
+            message: command.message,
+            schedule_at: command.schedule_at,
+            channel: command.channel,
+            status: command.status,
+            metadata: command.metadata,
+            correlation_id,
+            trace_id: new_trace_id(),
+        };
+        let now = now();
+        let (follow_up, event) = FollowUp::schedule(new, now);
+        let events = [self.envelope(
+            &event,
+            &follow_up.tenant_id,
+            correlation_id,
+            &follow_up.trace_id,
+            now,
+        )?];
+        let created = self.store.create_follow_up(&follow_up, &events).await?;
+        // An idempotent repeat answers with the stored follow-up's own correlation, the
+        // one its events are traced under.
+        let correlation_id = created.record().correlation_id;
+        Ok(created_outcome(created, correlation_id, event.name()))
+    }
+
+    pub async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, AppError> {
+        Ok(self.store.list_campaigns(query).await?)
+    }
+
+    pub async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, AppError> {
+        Ok(self.store.list_follow_ups(query).await?)
+    }
+
+    pub async fn trace(
+        &self,
+        correlation_id: CorrelationId,
+    ) -> Result<Vec<EventEnvelope>, AppError> {
+        Ok(self.store.events_by_correlation(correlation_id).await?)
+    }
+
+    /// Wraps a domain event in its envelope and checks it against the event contract.
+    pub(crate) fn envelope(
+        &self,
+        event: &DomainEvent,
+        tenant_id: &TenantId,
+        correlation_id: CorrelationId,
+        trace_id: &str,
+        now: Timestamp,
+    ) -> Result<EventEnvelope, AppError> {
+        let envelope = EventEnvelope::new(
+            event,
+            EventContext {
+                event_id: EventId::new(Uuid::new_v4()),
+                tenant_id: tenant_id.clone(),
+                correlation_id,
+                causation_id: None,
+                trace_id: trace_id.to_owned(),
+                emitted_at: now,
+            },
+        );
+        let json = serde_json::to_value(&envelope).expect("an envelope always serializes");
+        self.contracts
+            .validate(Contract::EventEnvelope, &json)
+            .map_err(|violations| AppError::Internal {
+                what: "event",
+                violations,
+            })?;
+        Ok(envelope)
+    }
+}
+
+fn created_outcome<T>(
+    created: Created<T>,
+    correlation_id: CorrelationId,
+    event_name: &'static str,
+) -> Outcome<T> {
+    match created {
+        Created::Created(record) => Outcome {
+            status: CommandStatus::Created,
+            record,
+            correlation_id,
+            lifecycle_event_name: Some(event_name),
+        },
+        Created::Existing(record) => Outcome {
+            status: CommandStatus::Idempotent,
+            record,
+            correlation_id,
+            lifecycle_event_name: None,
+        },
+    }
+}
+
+pub(crate) fn new_correlation_id() -> CorrelationId {
+    CorrelationId::new(Uuid::new_v4())
+}
+
+/// A fresh trace id: 32 lowercase hex digits, as W3C trace context spells them.
+pub(crate) fn new_trace_id() -> String {
+    Uuid::new_v4().simple().to_string()
+}

@@ -1,0 +1,260 @@
+//! The wire-format contracts of the CRM service, built into the binary.
+//!
+//! `contracts/` at the repository root is the single definition of every request, response,
+//! outbound queue item and event; this crate embeds those JSON Schemas (draft 2020-12) with
+//! `include_str!`, compiles each one once in [`Contracts::load`], and validates instances
+//! against them with formats (`uuid`, `date-time`) asserted.
+//! Cross-file `$ref`s (for example `{"$ref": "campaign.record.schema.json"}`) resolve through an
+//! in-memory registry: loading never touches the network or the file system.
+//!
+//! It deliberately knows nothing about HTTP, storage or the domain types: callers hand it
+//! `serde_json::Value`s and get back the violations with their JSON pointers.
+
+use std::fmt;
+
+use jsonschema::{Registry, Validator};
+use serde_json::Value;
+
+/// The built-in copy of `workflows/workflows.json`, used unless an operator points at another file.
+pub const WORKFLOWS_JSON: &str = include_str!("../../../workflows/workflows.json");
+
+const EVENT_CATALOG_FILE: &str = "event-catalog.json";
+const EVENT_CATALOG_JSON: &str = include_str!("../../../contracts/event-catalog.json");
+
+/// Every schema in `contracts/`, one per wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Contract {
+    CampaignCreate,
+    CampaignStateUpdate,
+    CampaignRecord,
+    CampaignCommandResponse,
+    CampaignList,
+    FollowUpCreate,
+    FollowUpRecord,
+    FollowUpCommandResponse,
+    FollowUpList,
+    DrainRequest,
+    DrainResponse,
+    TraceResponse,
+    ErrorResponse,
+    OutboundQueueItem,
+    EventEnvelope,
+    Workflows,
+}
+
+impl Contract {
+    /// Every contract, in declaration order.
+    pub const ALL: [Contract; 16] = [
+        Contract::CampaignCreate,
+        Contract::CampaignStateUpdate,
+        Contract::CampaignRecord,
+        Contract::CampaignCommandResponse,
+        Contract::CampaignList,
+        Contract::FollowUpCreate,
+        Contract::FollowUpRecord,
+        Contract::FollowUpCommandResponse,
+        Contract::FollowUpList,
+        Contract::DrainRequest,
+        Contract::DrainResponse,
+        Contract::TraceResponse,
+        Contract::ErrorResponse,
+        Contract::OutboundQueueItem,
+        Contract::EventEnvelope,
+        Contract::Workflows,
+    ];
+
+    /// The schema's file name in `contracts/`, which is also the last segment of its `$id`.
+    pub fn file_name(self) -> &'static str {
+        self.embedded().0
+    }
+
+    /// The file name and the embedded text of the schema.
+    fn embedded(self) -> (&'static str, &'static str) {
+        macro_rules! embed {
+            ($file:literal) => {
+                ($file, include_str!(concat!("../../../contracts/", $file)))
+            };
+        }
+        match self {
+            Contract::CampaignCreate => embed!("campaign-create.request.schema.json"),
+            Contract::CampaignStateUpdate => embed!("campaign-state-update.request.schema.json"),
+            Contract::CampaignRecord => embed!("campaign.record.schema.json"),
+            Contract::CampaignCommandResponse => embed!("campaign-command.response.schema.json"),
+            Contract::CampaignList => embed!("campaign-list.response.schema.json"),
+            Contract::FollowUpCreate => embed!("followup-create.request.schema.json"),
+            Contract::FollowUpRecord => embed!("followup.record.schema.json"),
+            Contract::FollowUpCommandResponse => embed!("followup-command.response.schema.json"),
+            Contract::FollowUpList => embed!("followup-list.response.schema.json"),
+            Contract::DrainRequest => embed!("drain.request.schema.json"),
+            Contract::DrainResponse => embed!("drain.response.schema.json"),
+            Contract::TraceResponse => embed!("trace.response.schema.json"),
+            Contract::ErrorResponse => embed!("error.response.schema.json"),
+            Contract::OutboundQueueItem => embed!("outbound-queue.schema.json"),
+            Contract::EventEnvelope => embed!("orchestration-event.schema.json"),
+            Contract::Workflows => embed!("workflows.schema.json"),
+        }
+    }
+
+    /// Position in [`Contract::ALL`], used to index the compiled validators.
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One way an instance breaks a contract.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// JSON pointer of the offending instance location, `""` for the root.
+    pub pointer: String,
+    pub message: String,
+}
+
+/// Why the built-in contracts could not be loaded; each variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    #[error("contract {file} is not valid json")]
+    Parse {
+        file: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("contract {file} has no string $id")]
+    MissingId { file: &'static str },
+    #[error("contract {file} cannot be registered")]
+    Register {
+        file: &'static str,
+        #[source]
+        source: Box<jsonschema::ReferencingError>,
+    },
+    #[error("a $ref between the contracts in contracts/ does not resolve")]
+    Resolve {
+        #[source]
+        source: Box<jsonschema::ReferencingError>,
+    },
+    #[error("contract {file} does not compile: {message}")]
+    Compile { file: &'static str, message: String },
+}
+
+/// The parsed and compiled contracts; build once with [`Contracts::load`] and share.
+pub struct Contracts {
+    /// Parsed schema documents, indexed like [`Contract::ALL`].
+    schemas: Vec<Value>,
+    /// Compiled validators, indexed like [`Contract::ALL`].
+    validators: Vec<Validator>,
+    event_catalog: Value,
+}
+
+impl Contracts {
+    /// Parses and compiles every embedded contract once.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ContractError`] naming the file that is not JSON, has no `$id` or does not
+    /// compile, or, for a `$ref` to a file that is not in `contracts/`, the missing URI.
+    pub fn load() -> Result<Contracts, ContractError> {
+        let mut schemas = Vec::with_capacity(Contract::ALL.len());
+        for contract in Contract::ALL {
+            let (file, text) = contract.embedded();
+            let schema: Value = serde_json::from_str(text)
+                .map_err(|source| ContractError::Parse { file, source })?;
+            schemas.push(schema);
+        }
+        let event_catalog =
+            serde_json::from_str(EVENT_CATALOG_JSON).map_err(|source| ContractError::Parse {
+                file: EVENT_CATALOG_FILE,
+                source,
+            })?;
+
+        let validators = compile(&schemas)?;
+
+        Ok(Contracts {
+            schemas,
+            validators,
+            event_catalog,
+        })
+    }
+
+    /// Checks `instance` against `contract`.
+    ///
+    /// # Errors
+    ///
+    /// Returns every violation, sorted by pointer and then message, without duplicates, so the
+    /// same instance always yields the same list.
+    pub fn validate(&self, contract: Contract, instance: &Value) -> Result<(), Vec<Violation>> {
+        let mut violations: Vec<Violation> = self.validators[contract.index()]
+            .iter_errors(instance)
+            .map(|error| Violation {
+                pointer: error.instance_path().as_str().to_owned(),
+                message: error.to_string(),
+            })
+            .collect();
+        if violations.is_empty() {
+            return Ok(());
+        }
+        violations.sort_by(|left, right| {
+            (&left.pointer, &left.message).cmp(&(&right.pointer, &right.message))
+        });
+        violations.dedup();
+        Err(violations)
+    }
+
+    /// The raw parsed schema document of `contract`.
+    pub fn schema(&self, contract: Contract) -> &Value {
+        &self.schemas[contract.index()]
+    }
+
+    /// The parsed `contracts/event-catalog.json`.
+    pub fn event_catalog(&self) -> &Value {
+        &self.event_catalog
+    }
+}
+
+/// Compiles `schemas` (indexed like [`Contract::ALL`]) against a registry holding all of them,
+/// so a `$ref` to a sibling file resolves in memory.
+fn compile(schemas: &[Value]) -> Result<Vec<Validator>, ContractError> {
+    let mut ids = Vec::with_capacity(schemas.len());
+    let mut builder = Registry::new();
+    for (contract, schema) in Contract::ALL.into_iter().zip(schemas) {
+        let file = contract.file_name();
+        let id = schema
+            .get("$id")
+            .and_then(Value::as_str)
+            .ok_or(ContractError::MissingId { file })?;
+        builder = builder
+            .add(id, schema)
+            .map_err(|source| ContractError::Register {
+                file,
+                source: Box::new(source),
+            })?;
+        ids.push(id);
+    }
+    let registry = builder.prepare().map_err(|source| ContractError::Resolve {
+        source: Box::new(source),
+    })?;
+
+    let mut validators = Vec::with_capacity(schemas.len());
+    for ((contract, schema), id) in Contract::ALL.into_iter().zip(schemas).zip(ids) {
+        let validator = jsonschema::options()
+            .offline()
+            .should_validate_formats(true)
+            .with_registry(&registry)
+            .with_base_uri(id)
+            .build(schema)
+            .map_err(|error| ContractError::Compile {
+                file: contract.file_name(),
+                message: error.to_string(),
+            })?;
+        validators.push(validator);
+    }
+    Ok(validators)
+}
+
+impl fmt::Debug for Contracts {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let files: Vec<&str> = Contract::ALL.iter().map(|c| c.file_name()).collect();
+        formatter
+            .debug_struct("Contracts")
+            .field("files", &files)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,190 @@
+//! Campaigns: the record, its states, creation and the workflow-driven transition.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::DomainEvent;
+use crate::ids::{CampaignId, TenantId};
+use crate::timestamp::Timestamp;
+use crate::workflow::{Guard, TransitionRefusal, Workflow};
+
+/// The name of the campaign workflow in a workflow file.
+pub const CAMPAIGN_WORKFLOW: &str = "campaign";
+
+/// The campaign states the wire contract knows. Which moves are allowed between them is
+/// not hard-coded: it comes from the `campaign` workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    Draft,
+    Scheduled,
+    Running,
+    Paused,
+    Completed,
+    Canceled,
+    Failed,
+}
+
+impl CampaignState {
+    pub const ALL: [CampaignState; 7] = [
+        Self::Draft,
+        Self::Scheduled,
+        Self::Running,
+        Self::Paused,
+        Self::Completed,
+        Self::Canceled,
+        Self::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Scheduled => "scheduled",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Canceled => "canceled",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for CampaignState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text names no campaign state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a campaign state")]
+pub struct UnknownCampaignState(pub String);
+
+impl FromStr for CampaignState {
+    type Err = UnknownCampaignState;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| UnknownCampaignState(text.to_owned()))
+    }
+}
+
+/// A stored campaign.
+///
+/// Invariant: `revision` grows by one with every saved change, so a store can refuse a
+/// change decided on a stale copy. It is storage bookkeeping; the wire view leaves it out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub campaign_id: CampaignId,
+    pub tenant_id: TenantId,
+    pub external_key: Option<String>,
+    pub name: String,
+    pub channel: String,
+    pub audience_segment: Option<String>,
+    pub state: CampaignState,
+    pub scheduled_at: Option<Timestamp>,
+    pub metadata: Map<String, Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// What a client asks for when it creates a campaign, already parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCampaign {
+    pub campaign_id: CampaignId,
+    pub tenant_id: TenantId,
+    pub external_key: Option<String>,
+    pub name: String,
+    pub channel: String,
+    pub audience_segment: Option<String>,
+    pub state: CampaignState,
+    pub scheduled_at: Option<Timestamp>,
+    pub metadata: Map<String, Value>,
+}
+
+impl Campaign {
+    /// Makes the record for a new campaign and the event announcing it.
+    pub fn create(new: NewCampaign, now: Timestamp) -> (Campaign, DomainEvent) {
+        let campaign = Campaign {
+            campaign_id: new.campaign_id,
+            tenant_id: new.tenant_id,
+            external_key: new.external_key,
+            name: new.name,
+            channel: new.channel,
+            audience_segment: new.audience_segment,
+            state: new.state,
+            scheduled_at: new.scheduled_at,
+            metadata: new.metadata,
+            created_at: now,
+            updated_at: now,
+            revision: 1,
+        };
+        let event = DomainEvent::CampaignCreated {
+            campaign_id: campaign.campaign_id,
+            channel: campaign.channel.clone(),
+            state: campaign.state,
+            scheduled_at: campaign.scheduled_at,
+        };
+        (campaign, event)
+    }
+}
+
+/// A request to move a campaign to another state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advance {
+    pub to_state: CampaignState,
+    pub trigger: Option<String>,
+    pub reason_code: Option<String>,
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// The outcome of an allowed transition request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Advanced {
+    /// The campaign already is in the requested state: nothing to write, nothing to emit.
+    Unchanged,
+    /// The campaign moved; save it together with the event.
+    Moved(Box<Campaign>, DomainEvent),
+}
+
+/// Decides a transition with the `campaign` workflow.
+///
+/// Metadata sent with the change is merged into the campaign's metadata (keys in the
+/// change win), so a transition can record why it happened without losing earlier notes.
+pub fn advance(
+    campaign: &Campaign,
+    command: Advance,
+    workflow: &Workflow,
+    now: Timestamp,
+) -> Result<Advanced, TransitionRefusal> {
+    let from = campaign.state;
+    let to = command.to_state;
+    match workflow.guard(from.as_str(), to.as_str(), command.trigger.as_deref())? {
+        Guard::Unchanged => Ok(Advanced::Unchanged),
+        Guard::Allowed => {
+            let mut moved = campaign.clone();
+            moved.state = to;
+            moved.updated_at = now.max(campaign.updated_at);
+            moved.revision = campaign.revision + 1;
+            if let Some(metadata) = command.metadata {
+                moved.metadata.extend(metadata);
+            }
+            let event = DomainEvent::CampaignStateChanged {
+                campaign_id: campaign.campaign_id,
+                from_state: from,
+                to_state: to,
+            };
+            Ok(Advanced::Moved(Box::new(moved), event))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

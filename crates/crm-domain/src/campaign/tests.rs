@@ -1,0 +1,234 @@
+use serde_json::json;
+use uuid::Uuid;
+
+use super::*;
+use crate::workflow::WorkflowSet;
+
+/// The campaign workflow exactly as the product contract states it, inline so a change
+/// to the production file cannot silently change what these tests prove.
+const CAMPAIGN_WORKFLOW_JSON: &str = r#"{"version": "1", "module": "test", "workflows": {"campaign": {
+  "states": ["draft", "scheduled", "running", "paused", "completed", "canceled", "failed"],
+  "transitions": [
+    {"from": "draft", "to": "scheduled", "trigger": "schedule_campaign"},
+    {"from": "scheduled", "to": "running", "trigger": "start_window_open"},
+    {"from": "scheduled", "to": "canceled", "trigger": "cancel_campaign"},
+    {"from": "running", "to": "paused", "trigger": "pause_campaign"},
+    {"from": "paused", "to": "running", "trigger": "resume_campaign"},
+    {"from": "running", "to": "completed", "trigger": "batch_finished"},
+    {"from": "running", "to": "failed", "trigger": "fatal_delivery_error"},
+    {"from": "paused", "to": "canceled", "trigger": "cancel_campaign"}]}}}"#;
+
+const ALLOWED: [(CampaignState, CampaignState, &str); 8] = {
+    use CampaignState::*;
+    [
+        (Draft, Scheduled, "schedule_campaign"),
+        (Scheduled, Running, "start_window_open"),
+        (Scheduled, Canceled, "cancel_campaign"),
+        (Running, Paused, "pause_campaign"),
+        (Paused, Running, "resume_campaign"),
+        (Running, Completed, "batch_finished"),
+        (Running, Failed, "fatal_delivery_error"),
+        (Paused, Canceled, "cancel_campaign"),
+    ]
+};
+
+fn workflow() -> Workflow {
+    WorkflowSet::parse(CAMPAIGN_WORKFLOW_JSON)
+        .unwrap()
+        .workflow(CAMPAIGN_WORKFLOW)
+        .unwrap()
+        .clone()
+}
+
+fn at(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap()
+}
+
+fn campaign_in(state: CampaignState) -> Campaign {
+    let (campaign, _) = Campaign::create(
+        NewCampaign {
+            campaign_id: CampaignId::new(Uuid::from_u128(7)),
+            tenant_id: TenantId::parse("tenant_a").unwrap(),
+            external_key: Some("spring-sale".into()),
+            name: "Spring sale".into(),
+            channel: "whatsapp".into(),
+            audience_segment: None,
+            state,
+            scheduled_at: None,
+            metadata: Map::new(),
+        },
+        at("2025-01-01T09:00:00.000Z"),
+    );
+    campaign
+}
+
+/// Asks for `from -> to` with `trigger` and returns the outcome as a wire word.
+fn check(from: CampaignState, to: CampaignState, trigger: Option<&str>) -> String {
+    let command = Advance {
+        to_state: to,
+        trigger: trigger.map(str::to_owned),
+        reason_code: None,
+        metadata: None,
+    };
+    match advance(
+        &campaign_in(from),
+        command,
+        &workflow(),
+        at("2025-01-02T00:00:00.000Z"),
+    ) {
+        Ok(Advanced::Unchanged) => "unchanged".into(),
+        Ok(Advanced::Moved(campaign, _)) => format!("moved to {}", campaign.state),
+        Err(refusal) => refusal.code().into(),
+    }
+}
+
+#[test]
+fn every_transition_of_the_campaign_workflow_moves_with_its_trigger() {
+    for (from, to, trigger) in ALLOWED {
+        assert_eq!(
+            check(from, to, Some(trigger)),
+            format!("moved to {to}"),
+            "{from} -> {to}"
+        );
+    }
+}
+
+#[test]
+fn every_pair_outside_the_workflow_is_not_allowed() {
+    for from in CampaignState::ALL {
+        for to in CampaignState::ALL {
+            if from == to || ALLOWED.iter().any(|(f, t, _)| (*f, *t) == (from, to)) {
+                continue;
+            }
+            assert_eq!(
+                check(from, to, Some("anything")),
+                "transition_not_allowed",
+                "{from} -> {to}"
+            );
+        }
+    }
+}
+
+#[test]
+fn requesting_the_current_state_is_a_no_op_in_every_state() {
+    for state in CampaignState::ALL {
+        assert_eq!(check(state, state, None), "unchanged");
+    }
+}
+
+#[test]
+fn an_allowed_pair_without_a_trigger_is_missing_its_trigger() {
+    assert_eq!(
+        check(CampaignState::Draft, CampaignState::Scheduled, None),
+        "missing_trigger"
+    );
+}
+
+#[test]
+fn pausing_with_the_resume_trigger_is_a_trigger_mismatch_naming_the_right_one() {
+    let command = Advance {
+        to_state: CampaignState::Paused,
+        trigger: Some("resume_campaign".into()),
+        reason_code: None,
+        metadata: None,
+    };
+    let refusal = advance(
+        &campaign_in(CampaignState::Running),
+        command,
+        &workflow(),
+        at("2025-01-02T00:00:00.000Z"),
+    )
+    .unwrap_err();
+    assert_eq!(refusal.code(), "trigger_mismatch");
+    assert_eq!(refusal.expected_trigger(), Some("pause_campaign"));
+}
+
+#[test]
+fn a_state_the_workflow_lacks_is_an_unknown_current_or_next_state() {
+    let narrow = WorkflowSet::parse(
+        r#"{"version": "1", "module": "t", "workflows": {"campaign": {"states": ["draft", "scheduled"],
+        "transitions": [{"from": "draft", "to": "scheduled", "trigger": "schedule_campaign"}]}}}"#,
+    )
+    .unwrap();
+    let narrow = narrow.workflow(CAMPAIGN_WORKFLOW).unwrap();
+    let now = at("2025-01-02T00:00:00.000Z");
+    let to = |state| Advance {
+        to_state: state,
+        trigger: Some("x_trigger".into()),
+        reason_code: None,
+        metadata: None,
+    };
+    let from_running = advance(
+        &campaign_in(CampaignState::Running),
+        to(CampaignState::Draft),
+        narrow,
+        now,
+    );
+    assert_eq!(from_running.unwrap_err().code(), "unknown_current_state");
+    let to_running = advance(
+        &campaign_in(CampaignState::Draft),
+        to(CampaignState::Running),
+        narrow,
+        now,
+    );
+    assert_eq!(to_running.unwrap_err().code(), "unknown_next_state");
+}
+
+#[test]
+fn a_move_bumps_the_revision_and_time_merges_metadata_and_emits_the_change() {
+    let mut campaign = campaign_in(CampaignState::Draft);
+    campaign.metadata.insert("owner".into(), json!("ana"));
+    let command = Advance {
+        to_state: CampaignState::Scheduled,
+        trigger: Some("schedule_campaign".into()),
+        reason_code: Some("ops_request".into()),
+        metadata: Some(json!({"window": "morning"}).as_object().unwrap().clone()),
+    };
+    let now = at("2025-01-02T00:00:00.000Z");
+    let Ok(Advanced::Moved(moved, event)) = advance(&campaign, command, &workflow(), now) else {
+        panic!("draft -> scheduled should move");
+    };
+    assert_eq!(moved.revision, campaign.revision + 1);
+    assert_eq!(moved.updated_at, now);
+    assert_eq!(moved.created_at, campaign.created_at);
+    assert_eq!(moved.metadata["owner"], json!("ana"));
+    assert_eq!(moved.metadata["window"], json!("morning"));
+    assert_eq!(event.name(), "crm.campaign.state.changed");
+    assert_eq!(
+        event.payload(),
+        json!({"campaign_id": campaign.campaign_id, "from_state": "draft", "to_state": "scheduled"})
+    );
+}
+
+#[test]
+fn creating_a_campaign_announces_it() {
+    let campaign = campaign_in(CampaignState::Draft);
+    let (_, event) = Campaign::create(
+        NewCampaign {
+            campaign_id: campaign.campaign_id,
+            tenant_id: campaign.tenant_id.clone(),
+            external_key: None,
+            name: campaign.name.clone(),
+            channel: "whatsapp".into(),
+            audience_segment: None,
+            state: CampaignState::Draft,
+            scheduled_at: Some(at("2025-02-01T10:00:00.000Z")),
+            metadata: Map::new(),
+        },
+        at("2025-01-01T09:00:00.000Z"),
+    );
+    assert_eq!(event.name(), "crm.campaign.created");
+    assert_eq!(
+        event.payload(),
+        json!({"campaign_id": campaign.campaign_id, "channel": "whatsapp", "state": "draft",
+               "scheduled_at": "2025-02-01T10:00:00.000Z"})
+    );
+}
+
+#[test]
+fn state_words_round_trip() {
+    for state in CampaignState::ALL {
+        assert_eq!(state.as_str().parse::<CampaignState>(), Ok(state));
+    }
+    assert!("archived".parse::<CampaignState>().is_err());
+}

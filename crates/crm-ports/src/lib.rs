@@ -1,0 +1,23 @@
+//! The ports of the CRM service: what the use cases need from storage, as traits.
+//!
+//! A change and the events it causes are saved as one unit: every write method takes
+//! the changed record *and* its events (and, for the drain, the outbound item), so an
+//! adapter commits all of them or none. The event and outbound-queue ports then only
+//! read what was committed.
+//!
+//! With the `conformance` feature this crate also exports the behaviour suite that every
+//! store adapter must pass.
+
+pub mod events;
+pub mod outbound;
+pub mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use events::EventEmitter;
+pub use outbound::OutboundQueue;
+pub use store::{
+    BoxError, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome,
+    DrainStatus, DueFollowUp, FollowUpQuery, FollowUpStore, Store, StoreError,
+};

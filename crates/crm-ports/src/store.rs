@@ -1,0 +1,225 @@
+//! Store ports: campaigns, follow-ups and the drain's claim-and-dispatch unit of work.
+
+use async_trait::async_trait;
+use crm_domain::campaign::{Campaign, CampaignState};
+use crm_domain::event::EventEnvelope;
+use crm_domain::follow_up::{FollowUp, FollowUpStatus};
+use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
+use crm_domain::outbound::OutboundItem;
+use crm_domain::page::{Cursor, Page};
+use crm_domain::timestamp::Timestamp;
+
+use crate::events::EventEmitter;
+use crate::outbound::OutboundQueue;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a store reports. Each trait method says which variants it may return.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The id is already used by a record of another tenant. Nothing was written.
+    #[error("id {id} already belongs to another tenant")]
+    IdConflict { id: uuid::Uuid },
+    /// The record changed since it was read (its revision moved). Nothing was written;
+    /// the caller reloads and decides again.
+    #[error("campaign {campaign_id} changed while this change was decided")]
+    Stale { campaign_id: CampaignId },
+    /// The record to update does not exist for this tenant. Nothing was written.
+    #[error("campaign {campaign_id} not found")]
+    NotFound { campaign_id: CampaignId },
+    /// The storage cannot be reached or failed; the operation changed nothing durable.
+    #[error("storage unavailable")]
+    Unavailable(#[source] BoxError),
+}
+
+impl StoreError {
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        Self::Unavailable(error.into())
+    }
+}
+
+/// The outcome of an idempotent create.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created<T> {
+    /// The record was new; it and its events were stored.
+    Created(T),
+    /// The tenant already had it (same id or same external key): the stored record,
+    /// unchanged, and nothing was written.
+    Existing(T),
+}
+
+impl<T> Created<T> {
+    pub fn record(&self) -> &T {
+        match self {
+            Self::Created(record) | Self::Existing(record) => record,
+        }
+    }
+}
+
+/// A page request over one tenant's campaigns, oldest first by `(created_at, id)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignQuery {
+    pub tenant_id: TenantId,
+    pub state: Option<CampaignState>,
+    pub after: Option<Cursor>,
+    /// At least 1; the use case enforces the maximum.
+    pub limit: usize,
+}
+
+/// A page request over one tenant's follow-ups, oldest first by `(created_at, id)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUpQuery {
+    pub tenant_id: TenantId,
+    pub status: Option<FollowUpStatus>,
+    pub campaign_id: Option<CampaignId>,
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait CampaignStore: Send + Sync {
+    /// Stores a new campaign with its events, unless the tenant already has a campaign
+    /// with the same id or the same `external_key`: then returns that one as `Existing`
+    /// and writes nothing. Holds under concurrent identical requests: exactly one caller
+    /// gets `Created`.
+    ///
+    /// # Errors
+    /// `IdConflict` when the id belongs to another tenant; `Unavailable`.
+    async fn create_campaign(
+        &self,
+        campaign: &Campaign,
+        events: &[EventEnvelope],
+    ) -> Result<Created<Campaign>, StoreError>;
+
+    /// The tenant's campaign with this id; another tenant's campaign is `None`.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn campaign(
+        &self,
+        tenant_id: &TenantId,
+        campaign_id: CampaignId,
+    ) -> Result<Option<Campaign>, StoreError>;
+
+    /// Saves `changed` with its events if the stored campaign still has revision
+    /// `changed.revision - 1` (it was decided on a fresh copy).
+    ///
+    /// # Errors
+    /// `Stale` when the revision moved; `NotFound` when the tenant has no such
+    /// campaign; `Unavailable`.
+    async fn update_campaign(
+        &self,
+        changed: &Campaign,
+        events: &[EventEnvelope],
+    ) -> Result<(), StoreError>;
+
+    /// One page of the tenant's campaigns.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError>;
+}
+
+/// A follow-up the drain claimed, with its campaign's current state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueFollowUp {
+    pub follow_up: FollowUp,
+    pub campaign_state: Option<CampaignState>,
+}
+
+/// What to do with one claimed follow-up, decided by the use case.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DispatchDecision {
+    /// Hand `item` to the outbound queue and save `follow_up` (now sent) with `events`.
+    Send {
+        follow_up: FollowUp,
+        item: OutboundItem,
+        events: Vec<EventEnvelope>,
+    },
+    /// Save `follow_up` (now failed) with `events`; nothing goes to the queue.
+    Fail {
+        follow_up: FollowUp,
+        events: Vec<EventEnvelope>,
+    },
+    /// Leave it pending and untouched.
+    Skip { reason: String },
+}
+
+/// Decides the fate of each claimed follow-up. Called by the store while it holds the
+/// claim, so it must be quick and must not block.
+pub trait Dispatcher: Send + Sync {
+    fn decide(&self, due: &DueFollowUp) -> DispatchDecision;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainStatus {
+    Sent,
+    Failed,
+    Skipped,
+}
+
+/// What happened to one claimed follow-up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainOutcome {
+    pub followup_id: FollowUpId,
+    pub status: DrainStatus,
+    pub reason: Option<String>,
+}
+
+#[async_trait]
+pub trait FollowUpStore: Send + Sync {
+    /// Stores a new follow-up with its events, unless the tenant already has one with the
+    /// same id or `external_key` (then `Existing`, nothing written). The caller has
+    /// checked that the campaign it names belongs to the tenant.
+    ///
+    /// # Errors
+    /// `IdConflict` when the id belongs to another tenant; `Unavailable`.
+    async fn create_follow_up(
+        &self,
+        follow_up: &FollowUp,
+        events: &[EventEnvelope],
+    ) -> Result<Created<FollowUp>, StoreError>;
+
+    /// One page of the tenant's follow-ups.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError>;
+
+    /// Claims up to `limit` due follow-ups (pending, `schedule_at <= now`, not held by a
+    /// paused campaign), oldest `schedule_at` first, asks `dispatcher` about each, and
+    /// commits every decision (record, events, outbound item) atomically with its claim.
+    ///
+    /// Exactly once: a follow-up is offered to at most one concurrent drain, in this
+    /// process or any other sharing the store, and once committed it is no longer due.
+    /// Follow-ups of a paused campaign never take the place of due ones behind them.
+    ///
+    /// # Errors
+    /// `Unavailable`; then nothing of this batch was committed and every claimed
+    /// follow-up is still pending.
+    async fn drain(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        dispatcher: &dyn Dispatcher,
+    ) -> Result<Vec<DrainOutcome>, StoreError>;
+
+    /// How many follow-ups are due at `now` (pending, not held by a paused campaign).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError>;
+}
+
+/// Everything a backend provides, as one object for the composition root.
+#[async_trait]
+pub trait Store: CampaignStore + FollowUpStore + EventEmitter + OutboundQueue {
+    /// A short name for logs and `/ready` (`file`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Succeeds when the storage can serve requests right now.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
