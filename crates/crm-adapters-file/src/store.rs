@@ -373,9 +373,9 @@ impl FollowUpStore for FileStore {
                     item,
                     events,
                 } => {
-                    entry.follow_ups.push(follow_up);
+                    entry.follow_ups.push(*follow_up);
                     entry.events.extend(raw(&events));
-                    items.push(item);
+                    items.push(*item);
                     outcomes.push(DrainOutcome {
                         followup_id,
                         status: DrainStatus::Sent,
@@ -384,7 +384,7 @@ impl FollowUpStore for FileStore {
                 }
                 DispatchDecision::Fail { follow_up, events } => {
                     let reason = follow_up.last_error_code.clone();
-                    entry.follow_ups.push(follow_up);
+                    entry.follow_ups.push(*follow_up);
                     entry.events.extend(raw(&events));
                     outcomes.push(DrainOutcome {
                         followup_id,

@@ -1,1 +1,13 @@
-//! placeholder
+//! The CRM HTTP service: an actix-web shell over the use cases in `crm-app`.
+//!
+//! This crate is the composition root: it reads configuration, picks the store adapter,
+//! loads the workflows and contracts, and maps every error to its wire code exactly
+//! once (`error`). Handlers validate a body against its contract, turn it into a
+//! command and call one use case; no business rule lives here.
+
+pub mod config;
+pub mod error;
+mod extract;
+mod routes;
+pub mod startup;
+pub mod telemetry;

@@ -4,7 +4,7 @@
 //! this module only decides, per follow-up: campaign gating first, then the outbound item
 //! against its contract, then the operator's `force_failure` switch.
 
-use crm_contracts::{Contract, Contracts};
+use crm_contracts::Contract;
 use crm_domain::event::DomainEvent;
 use crm_domain::follow_up::{self, AlreadyFinal, FailureReason, FollowUp, Gate};
 use crm_domain::ids::QueueItemId;
@@ -103,8 +103,8 @@ impl Decide<'_> {
         match follow_up.mark_sent(item_id, self.now) {
             Ok((sent, event)) => match self.events(&sent, &event) {
                 Ok(events) => DispatchDecision::Send {
-                    follow_up: sent,
-                    item,
+                    follow_up: Box::new(sent),
+                    item: Box::new(item),
                     events,
                 },
                 Err(skip) => skip,
@@ -117,7 +117,7 @@ impl Decide<'_> {
         match follow_up.mark_failed(reason, self.now) {
             Ok((failed, event)) => match self.events(&failed, &event) {
                 Ok(events) => DispatchDecision::Fail {
-                    follow_up: failed,
+                    follow_up: Box::new(failed),
                     events,
                 },
                 Err(skip) => skip,

@@ -228,8 +228,8 @@ impl Dispatcher for SendAll {
             now,
         )];
         DispatchDecision::Send {
-            follow_up,
-            item,
+            follow_up: Box::new(follow_up),
+            item: Box::new(item),
             events,
         }
     }
@@ -745,7 +745,10 @@ pub async fn failed_and_skipped_decisions_are_stored_as_decided(store: &dyn Stor
                 follow_up.correlation_id,
                 at(500),
             )];
-            DispatchDecision::Fail { follow_up, events }
+            DispatchDecision::Fail {
+                follow_up: Box::new(follow_up),
+                events,
+            }
         }
     }
     let tenant_id = tenant("tenant_a");

@@ -132,13 +132,13 @@ pub struct DueFollowUp {
 pub enum DispatchDecision {
     /// Hand `item` to the outbound queue and save `follow_up` (now sent) with `events`.
     Send {
-        follow_up: FollowUp,
-        item: OutboundItem,
+        follow_up: Box<FollowUp>,
+        item: Box<OutboundItem>,
         events: Vec<EventEnvelope>,
     },
     /// Save `follow_up` (now failed) with `events`; nothing goes to the queue.
     Fail {
-        follow_up: FollowUp,
+        follow_up: Box<FollowUp>,
         events: Vec<EventEnvelope>,
     },
     /// Leave it pending and untouched.

@@ -1,0 +1,205 @@
+//! Configuration: one clap struct, flags with `CRM_*` environment fallbacks, turned into
+//! typed `Settings`. `main` is the only place that reads the process environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Command line and environment of the `crm-api` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "crm-api",
+    version,
+    about = "Multi-tenant WhatsApp CRM: campaigns, follow-ups and the worker drain"
+)]
+pub struct Cli {
+    /// Address to listen on (host:port).
+    #[arg(long, env = "CRM_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// Storage backend.
+    #[arg(long, env = "CRM_BACKEND", value_enum, default_value_t = Backend::File)]
+    pub backend: Backend,
+
+    /// Data dir of the file backend.
+    #[arg(
+        long,
+        env = "CRM_DATA_DIR",
+        default_value = ".runtime-data/crm-automation"
+    )]
+    pub data_dir: PathBuf,
+
+    /// PostgreSQL URL of the postgres backend (falls back to DATABASE_URL).
+    #[arg(long, env = "CRM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// PostgreSQL schema holding the tables.
+    #[arg(long, env = "CRM_PG_SCHEMA", default_value = "public")]
+    pub pg_schema: String,
+
+    /// Bearer token required on /v1/* (none: loopback only).
+    #[arg(long, env = "CRM_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
+
+    /// Bearer token required on /internal/* (none: loopback only).
+    #[arg(long, env = "CRM_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<Secret>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "CRM_BODY_LIMIT", default_value_t = 65_536)]
+    pub body_limit: usize,
+
+    /// Drain due follow-ups every N milliseconds in this process (0: off).
+    #[arg(long, env = "CRM_WORKER_INTERVAL_MS", default_value_t = 0)]
+    pub worker_interval_ms: u64,
+
+    /// Log line format.
+    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Workflows file to use instead of the built-in copy of workflows/workflows.json.
+    #[arg(long, env = "CRM_WORKFLOWS")]
+    pub workflows: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    File,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+/// Where the records live.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    File { dir: PathBuf },
+    Postgres(PgSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub url: Secret,
+    pub schema: String,
+}
+
+/// Typed settings of one server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: String,
+    pub store: StoreKind,
+    pub body_limit: usize,
+    /// `None`: the built-in workflows file.
+    pub workflows: Option<PathBuf>,
+    pub api_token: Option<Secret>,
+    pub internal_token: Option<Secret>,
+    pub worker_interval: Option<Duration>,
+}
+
+impl Settings {
+    /// Defaults of SPEC §7 around the given store, listening on a free loopback port.
+    pub fn new(store: StoreKind) -> Self {
+        Self {
+            bind: "127.0.0.1:0".to_owned(),
+            store,
+            body_limit: 65_536,
+            workflows: None,
+            api_token: None,
+            internal_token: None,
+            worker_interval: None,
+        }
+    }
+}
+
+/// A configuration that cannot work, said in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--backend postgres needs --database-url (or CRM_DATABASE_URL / DATABASE_URL)")]
+    MissingDatabaseUrl,
+    #[error("--body-limit must be at least 1 byte")]
+    ZeroBodyLimit,
+}
+
+impl Cli {
+    /// Turns flags into settings. `fallback_database_url` is `DATABASE_URL`, read by `main`.
+    pub fn into_settings(
+        self,
+        fallback_database_url: Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let store = match self.backend {
+            Backend::File => StoreKind::File { dir: self.data_dir },
+            Backend::Postgres => StoreKind::Postgres(PgSettings {
+                url: self
+                    .database_url
+                    .or_else(|| fallback_database_url.map(Secret::new))
+                    .ok_or(ConfigError::MissingDatabaseUrl)?,
+                schema: self.pg_schema,
+            }),
+        };
+        if self.body_limit == 0 {
+            return Err(ConfigError::ZeroBodyLimit);
+        }
+        Ok(Settings {
+            bind: self.bind,
+            store,
+            body_limit: self.body_limit,
+            workflows: self.workflows,
+            api_token: self.api_token,
+            internal_token: self.internal_token,
+            worker_interval: (self.worker_interval_ms > 0)
+                .then(|| Duration::from_millis(self.worker_interval_ms)),
+        })
+    }
+}
+
+/// Resolves `host:port` to the first address, for the loopback check and binding.
+pub fn resolve(bind: &str) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    bind.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{bind} resolves to no address"),
+        )
+    })
+}

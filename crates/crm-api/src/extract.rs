@@ -1,0 +1,84 @@
+//! Request extraction: JSON bodies under the size limit and checked against a contract,
+//! and query strings as name/value pairs.
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, web};
+use crm_contracts::{Contract, Contracts};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// The largest body a route accepts, in bytes (`--body-limit`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A request body read up to the configured limit. Bodies over it are refused as soon
+/// as the limit is passed, without buffering the rest.
+pub struct RawBody(pub web::Bytes);
+
+impl FromRequest for RawBody {
+    type Error = ApiError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = request
+            .app_data::<web::Data<BodyLimit>>()
+            .map_or(65_536, |limit| limit.0);
+        let declared = request
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok());
+        let payload = web::Payload::from_request(request, payload);
+        Box::pin(async move {
+            let payload = payload
+                .await
+                .map_err(|error| ApiError::InvalidJson(error.to_string()))?;
+            if declared.is_some_and(|length| length > limit) {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            match payload.to_bytes_limited(limit).await {
+                Ok(Ok(body)) => Ok(RawBody(body)),
+                Ok(Err(error)) => Err(ApiError::InvalidJson(error.to_string())),
+                Err(_) => Err(ApiError::PayloadTooLarge { limit }),
+            }
+        })
+    }
+}
+
+/// Parses a body as JSON, checks it against `contract` and deserializes it.
+/// `empty` is the document an empty body stands for, if an empty body is allowed.
+pub fn contract_body<T: DeserializeOwned>(
+    contracts: &Contracts,
+    contract: Contract,
+    body: &[u8],
+    empty: Option<Value>,
+) -> Result<T, ApiError> {
+    let json: Value = match (body.iter().all(u8::is_ascii_whitespace), empty) {
+        (true, Some(default)) => default,
+        _ => serde_json::from_slice(body)
+            .map_err(|error| ApiError::InvalidJson(error.to_string()))?,
+    };
+    contracts
+        .validate(contract, &json)
+        .map_err(ApiError::Validation)?;
+    // The contract is stricter than the types, so a document that passed it always fits.
+    serde_json::from_value(json).map_err(|error| ApiError::violation("", error.to_string()))
+}
+
+/// The query string as name/value pairs; a malformed one names no parameter we know.
+pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|error| ApiError::invalid_query("query", error.to_string()))
+}
+
+/// The last value of a parameter, as most HTTP stacks read repeated parameters.
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}

@@ -1,0 +1,161 @@
+//! `POST /v1/crm/followups` and `GET /v1/crm/followups`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use crm_app::{Crm, ScheduleFollowUp};
+use crm_contracts::Contract;
+use crm_domain::follow_up::{FollowUp, FollowUpStatus};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::timestamp::Timestamp;
+use crm_ports::FollowUpQuery;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::campaigns::{command_reply, tenant, timestamp};
+use super::{page_params, tenant_param};
+use crate::error::ApiError;
+use crate::extract::{RawBody, contract_body, param, query_pairs};
+
+#[derive(Deserialize)]
+struct Envelope {
+    request: CreateRequest,
+}
+
+#[derive(Deserialize)]
+struct CreateRequest {
+    request_id: Uuid,
+    tenant_id: String,
+    correlation_id: Option<Uuid>,
+    followup: FollowUpFields,
+}
+
+#[derive(Deserialize)]
+struct FollowUpFields {
+    followup_id: Option<Uuid>,
+    campaign_id: Option<Uuid>,
+    external_key: Option<String>,
+    lead_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    phone_e164: String,
+    message: String,
+    schedule_at: String,
+    channel: Option<String>,
+    status: Option<FollowUpStatus>,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
+/// A follow-up as the wire shows it (its correlation and trace stay internal).
+#[derive(Serialize)]
+struct FollowUpView<'a> {
+    followup_id: FollowUpId,
+    tenant_id: &'a TenantId,
+    campaign_id: Option<CampaignId>,
+    external_key: &'a Option<String>,
+    lead_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    phone_e164: &'a str,
+    message: &'a str,
+    schedule_at: Timestamp,
+    channel: &'a str,
+    status: FollowUpStatus,
+    provider_message_id: Option<QueueItemId>,
+    last_error_code: &'a Option<String>,
+    last_error_message: &'a Option<String>,
+    metadata: &'a Map<String, Value>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl<'a> From<&'a FollowUp> for FollowUpView<'a> {
+    fn from(follow_up: &'a FollowUp) -> Self {
+        Self {
+            followup_id: follow_up.followup_id,
+            tenant_id: &follow_up.tenant_id,
+            campaign_id: follow_up.campaign_id,
+            external_key: &follow_up.external_key,
+            lead_id: follow_up.lead_id,
+            customer_id: follow_up.customer_id,
+            phone_e164: &follow_up.phone_e164,
+            message: &follow_up.message,
+            schedule_at: follow_up.schedule_at,
+            channel: &follow_up.channel,
+            status: follow_up.status,
+            provider_message_id: follow_up.provider_message_id,
+            last_error_code: &follow_up.last_error_code,
+            last_error_message: &follow_up.last_error_message,
+            metadata: &follow_up.metadata,
+            created_at: follow_up.created_at,
+            updated_at: follow_up.updated_at,
+        }
+    }
+}
+
+pub async fn create_follow_up(
+    crm: web::Data<Crm>,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let Envelope { request } =
+        contract_body(crm.contracts(), Contract::FollowUpCreate, &body.0, None)?;
+    let fields = request.followup;
+    let command = ScheduleFollowUp {
+        correlation_id: request.correlation_id.map(CorrelationId::new),
+        followup_id: fields.followup_id.map(FollowUpId::new),
+        tenant_id: tenant(request.tenant_id, "/request/tenant_id")?,
+        campaign_id: fields.campaign_id.map(CampaignId::new),
+        external_key: fields.external_key,
+        lead_id: fields.lead_id,
+        customer_id: fields.customer_id,
+        phone_e164: fields.phone_e164,
+        message: fields.message,
+        schedule_at: timestamp(&fields.schedule_at, "/request/followup/schedule_at")?,
+        channel: fields.channel.unwrap_or_else(|| "whatsapp".to_owned()),
+        status: fields.status.unwrap_or(FollowUpStatus::Pending),
+        metadata: fields.metadata,
+    };
+    let outcome = crm.schedule_follow_up(command).await?;
+    Ok(command_reply(
+        request.request_id,
+        "followup",
+        json!(FollowUpView::from(&outcome.record)),
+        outcome.status.as_str(),
+        outcome.correlation_id,
+        outcome.lifecycle_event_name,
+    ))
+}
+
+pub async fn list_follow_ups(
+    crm: web::Data<Crm>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let pairs = query_pairs(&request)?;
+    let tenant_id = tenant_param(&pairs)?;
+    let (limit, after) = page_params(&pairs)?;
+    let status = param(&pairs, "status")
+        .map(|text| {
+            text.parse::<FollowUpStatus>()
+                .map_err(|error| ApiError::invalid_query("status", error.to_string()))
+        })
+        .transpose()?;
+    let campaign_id = param(&pairs, "campaign_id")
+        .map(|text| {
+            CampaignId::parse(text)
+                .ok_or_else(|| ApiError::invalid_query("campaign_id", "must be a uuid"))
+        })
+        .transpose()?;
+    let query = FollowUpQuery {
+        tenant_id,
+        status,
+        campaign_id,
+        after,
+        limit,
+    };
+    let page = crm.list_follow_ups(&query).await?;
+    let items: Vec<FollowUpView> = page.items.iter().map(FollowUpView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant_id": query.tenant_id,
+        "count": items.len(),
+        "items": items,
+        "next_cursor": page.next_cursor.map(|cursor| cursor.encode()),
+    })))
+}

@@ -1,0 +1,26 @@
+//! `GET /internal/orchestration/trace?correlation_id=…`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use crm_app::Crm;
+use crm_domain::ids::CorrelationId;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::extract::{param, query_pairs};
+
+pub async fn trace(crm: web::Data<Crm>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let pairs = query_pairs(&request)?;
+    let correlation = param(&pairs, "correlation_id")
+        .filter(|text| !text.is_empty())
+        .ok_or(ApiError::MissingCorrelationId)?;
+    // Every correlation id we issue is a uuid; any other text simply has no events.
+    let events = match CorrelationId::parse(correlation) {
+        Some(correlation_id) => crm.trace(correlation_id).await?,
+        None => Vec::new(),
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "correlation_id": correlation,
+        "commands": [],
+        "events": events,
+    })))
+}

@@ -1,0 +1,129 @@
+//! Wiring: load contracts and workflows, open the store, bind the listener.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::{Context, bail};
+use crm_adapters_file::{FileStore, FileStoreOptions};
+use crm_app::Crm;
+use crm_contracts::{Contract, Contracts, WORKFLOWS_JSON};
+use crm_domain::campaign::CAMPAIGN_WORKFLOW;
+use crm_domain::workflow::{Workflow, WorkflowSet};
+use crm_ports::Store;
+use serde_json::json;
+
+use crate::config::{Settings, StoreKind, resolve};
+use crate::extract::BodyLimit;
+use crate::routes;
+use crate::telemetry;
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let contracts = Contracts::load().context("built-in contracts do not load")?;
+        let workflow = load_workflow(&settings, &contracts)?;
+        let address = resolve(&settings.bind)
+            .with_context(|| format!("cannot use --bind {}", settings.bind))?;
+        if !address.ip().is_loopback()
+            && (settings.api_token.is_none() || settings.internal_token.is_none())
+        {
+            bail!(
+                "refusing to listen on {address} without --api-token and --internal-token: \
+                 anyone who can reach it could read and change every tenant's data; \
+                 set both tokens or bind to 127.0.0.1"
+            );
+        }
+        let store = open_store(&settings.store).await?;
+        let crm = Crm::new(store, Arc::new(contracts), Arc::new(workflow));
+        let listener =
+            TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
+        let port = listener.local_addr()?.port();
+        let crm = web::Data::new(crm);
+        let body_limit = web::Data::new(BodyLimit(settings.body_limit));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(crm.clone())
+                .app_data(body_limit.clone())
+                .wrap(from_fn(telemetry::log_request))
+                .configure(routes::configure)
+                .default_service(web::to(not_found))
+        })
+        .listen(listener)?
+        .run();
+        tracing::info!(address = %format!("http://{}:{port}", address.ip()), "listening");
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({ "error": "not_found" }))
+}
+
+fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<Workflow> {
+    let (origin, text) = match &settings.workflows {
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read workflows file {}", path.display()))?,
+        ),
+        None => (
+            "built-in workflows.json".to_owned(),
+            WORKFLOWS_JSON.to_owned(),
+        ),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("workflows file {origin} is not JSON"))?;
+    if let Err(violations) = contracts.validate(Contract::Workflows, &json) {
+        let first = &violations[0];
+        bail!(
+            "workflows file {origin} breaks contracts/workflows.schema.json at {:?}: {}",
+            first.pointer,
+            first.message
+        );
+    }
+    let set =
+        WorkflowSet::parse(&text).with_context(|| format!("workflows file {origin} is refused"))?;
+    let workflow = set
+        .workflow(CAMPAIGN_WORKFLOW)
+        .with_context(|| format!("workflows file {origin} is refused"))?;
+    Ok(workflow.clone())
+}
+
+async fn open_store(kind: &StoreKind) -> anyhow::Result<Arc<dyn Store>> {
+    match kind {
+        StoreKind::File { dir } => {
+            let dir = dir.clone();
+            let store = tokio::task::spawn_blocking(move || {
+                FileStore::open(dir, FileStoreOptions::default())
+            })
+            .await
+            .context("file store start-up panicked")??;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Postgres(_) => bail!("the postgres backend is not available in this build"),
+    }
+}
