@@ -16,6 +16,9 @@ use clap::{Parser, ValueEnum};
     about = "Multi-tenant WhatsApp CRM: campaigns, follow-ups and the worker drain"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on (host:port).
     #[arg(long, env = "CRM_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
@@ -40,6 +43,19 @@ pub struct Cli {
     #[arg(long, env = "CRM_PG_SCHEMA", default_value = "public")]
     pub pg_schema: String,
 
+    /// Most database connections this process holds.
+    #[arg(long, env = "CRM_PG_POOL_SIZE", default_value_t = 16)]
+    pub pg_pool_size: usize,
+
+    /// Bound, in milliseconds, on connecting to the database, waiting for a pooled
+    /// connection and each statement: with the database down a request fails this fast.
+    #[arg(long, env = "CRM_PG_TIMEOUT_MS", default_value_t = 3_000)]
+    pub pg_timeout_ms: u64,
+
+    /// How long start-up waits for an unreachable database before giving up, in ms.
+    #[arg(long, env = "CRM_PG_STARTUP_WAIT_MS", default_value_t = 30_000)]
+    pub pg_startup_wait_ms: u64,
+
     /// Bearer token required on /v1/* (none: loopback only).
     #[arg(long, env = "CRM_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<Secret>,
@@ -63,6 +79,14 @@ pub struct Cli {
     /// Workflows file to use instead of the built-in copy of workflows/workflows.json.
     #[arg(long, env = "CRM_WORKFLOWS")]
     pub workflows: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Serve HTTP (the default).
+    Serve,
+    /// Apply pending database migrations (postgres backend) and exit.
+    Migrate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,6 +146,22 @@ pub enum StoreKind {
 pub struct PgSettings {
     pub url: Secret,
     pub schema: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
+    pub startup_wait: Duration,
+}
+
+impl PgSettings {
+    /// Defaults of the flags around a URL and schema.
+    pub fn new(url: Secret, schema: impl Into<String>) -> Self {
+        Self {
+            url,
+            schema: schema.into(),
+            pool_size: 16,
+            timeout: Duration::from_secs(3),
+            startup_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Typed settings of one server.
@@ -175,6 +215,9 @@ impl Cli {
                     .or_else(|| fallback_database_url.map(Secret::new))
                     .ok_or(ConfigError::MissingDatabaseUrl)?,
                 schema: self.pg_schema,
+                pool_size: self.pg_pool_size.max(1),
+                timeout: Duration::from_millis(self.pg_timeout_ms.max(1)),
+                startup_wait: Duration::from_millis(self.pg_startup_wait_ms),
             }),
         };
         if self.body_limit == 0 {

@@ -1,26 +1,31 @@
-//! The `crm-api` binary: parse configuration, set up logging, serve.
+//! The `crm-api` binary: parse configuration, set up logging, serve (or migrate).
 
 use clap::Parser;
-use crm_api::config::Cli;
-use crm_api::startup::Application;
-use crm_api::telemetry;
+use crm_api::config::{Cli, Command};
+use crm_api::{startup, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let served = async {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let outcome = async {
         let settings = cli.into_settings(std::env::var("DATABASE_URL").ok())?;
-        let application = Application::build(settings).await?;
-        application.run_until_stopped().await?;
+        match command {
+            Command::Serve => {
+                startup::Application::build(settings)
+                    .await?
+                    .run_until_stopped()
+                    .await?
+            }
+            Command::Migrate => startup::migrate(&settings).await?,
+        }
         anyhow::Ok(())
     };
-    match served.await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            // One line, naming the problem and every cause.
-            eprintln!("crm-api: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
+    if let Err(error) = outcome.await {
+        // One line naming the problem and every cause.
+        eprintln!("crm-api: {error:#}");
+        return std::process::ExitCode::FAILURE;
     }
+    std::process::ExitCode::SUCCESS
 }

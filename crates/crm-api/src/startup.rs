@@ -2,12 +2,14 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context, bail};
 use crm_adapters_file::{FileStore, FileStoreOptions};
+use crm_adapters_pg::{PgError, PgOptions, PgStore};
 use crm_app::Crm;
 use crm_contracts::{Contract, Contracts, WORKFLOWS_JSON};
 use crm_domain::campaign::CAMPAIGN_WORKFLOW;
@@ -15,7 +17,7 @@ use crm_domain::workflow::{Workflow, WorkflowSet};
 use crm_ports::Store;
 use serde_json::json;
 
-use crate::config::{Settings, StoreKind, resolve};
+use crate::config::{PgSettings, Settings, StoreKind, resolve};
 use crate::extract::BodyLimit;
 use crate::routes;
 use crate::telemetry;
@@ -124,6 +126,48 @@ async fn open_store(kind: &StoreKind) -> anyhow::Result<Arc<dyn Store>> {
             .context("file store start-up panicked")??;
             Ok(Arc::new(store))
         }
-        StoreKind::Postgres(_) => bail!("the postgres backend is not available in this build"),
+        StoreKind::Postgres(settings) => {
+            let options = pg_options(settings)?;
+            migrate_when_reachable(&options, settings.startup_wait).await?;
+            Ok(Arc::new(PgStore::new(&options)?))
+        }
+    }
+}
+
+fn pg_options(settings: &PgSettings) -> anyhow::Result<PgOptions> {
+    let mut options = PgOptions::new(settings.url.expose(), &settings.schema)?;
+    options.pool_size = settings.pool_size;
+    options.timeout = settings.timeout;
+    Ok(options)
+}
+
+/// Applies the migrations of the configured backend, for `crm-api migrate`.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    match &settings.store {
+        StoreKind::Postgres(pg) => migrate_when_reachable(&pg_options(pg)?, pg.startup_wait).await,
+        StoreKind::File { .. } => {
+            bail!("migrate applies to --backend postgres; the file store needs none")
+        }
+    }
+}
+
+/// Migrates, retrying while the database cannot be reached, for at most `wait`.
+async fn migrate_when_reachable(options: &PgOptions, wait: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match crm_adapters_pg::migrate(options).await {
+            Ok(()) => return Ok(()),
+            Err(PgError::Connect(error)) if Instant::now() < deadline => {
+                tracing::warn!(%error, "database not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(PgError::Connect(error)) => {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "database still unreachable after {} ms",
+                    wait.as_millis()
+                )));
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }

@@ -1,0 +1,18 @@
+//! The PostgreSQL store: the production backend, shared by many API and worker replicas.
+//!
+//! Every change commits together with its events (and, in the drain, its outbound item)
+//! in one transaction. Idempotent creates use `INSERT … ON CONFLICT DO NOTHING`, so
+//! concurrent identical requests cannot both create. Campaign updates are conditional on
+//! the revision they were decided on. The drain claims rows with `FOR UPDATE SKIP
+//! LOCKED`, so concurrent drains in any number of processes never share a follow-up.
+//! A database that cannot be reached is `StoreError::Unavailable`, bounded by the pool's
+//! timeouts; nothing here retries on its own.
+
+mod migrate;
+mod rows;
+mod sql;
+mod store;
+pub mod testing;
+
+pub use migrate::migrate;
+pub use store::{PgError, PgOptions, PgStore};

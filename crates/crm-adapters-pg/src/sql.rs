@@ -1,0 +1,84 @@
+//! Query text. Every statement names its columns; none is built from user input.
+
+/// `ON CONFLICT DO NOTHING` without a target covers the primary key and the
+/// `(tenant_id, external_key)` index alike; the caller then finds out which one it was.
+pub const INSERT_CAMPAIGN: &str = "INSERT INTO crm_campaigns (campaign_id, tenant_id, \
+    external_key, name, channel, audience_segment, state, scheduled_at, metadata_json, revision, \
+    created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+    ON CONFLICT DO NOTHING";
+
+pub const SELECT_CAMPAIGN_BY_ID: &str = "SELECT campaign_id, tenant_id, external_key, name, \
+    channel, audience_segment, state, scheduled_at, metadata_json, revision, created_at, \
+    updated_at FROM crm_campaigns WHERE campaign_id = $1";
+
+pub const SELECT_CAMPAIGN_BY_KEY: &str = "SELECT campaign_id, tenant_id, external_key, name, \
+    channel, audience_segment, state, scheduled_at, metadata_json, revision, created_at, \
+    updated_at FROM crm_campaigns WHERE tenant_id = $1 AND external_key = $2";
+
+/// Applies a change only if the stored revision is the one it was decided on.
+pub const UPDATE_CAMPAIGN: &str = "UPDATE crm_campaigns SET external_key = $3, name = $4, \
+    channel = $5, audience_segment = $6, state = $7, scheduled_at = $8, metadata_json = $9, \
+    revision = $10::bigint, updated_at = $11 WHERE campaign_id = $1 AND tenant_id = $2 \
+    AND revision = $10::bigint - 1";
+
+pub const LIST_CAMPAIGNS: &str = "SELECT campaign_id, tenant_id, external_key, name, channel, \
+    audience_segment, state, scheduled_at, metadata_json, revision, created_at, updated_at \
+    FROM crm_campaigns WHERE tenant_id = $1 AND ($2::text IS NULL OR state = $2) \
+    AND ($3::timestamptz IS NULL OR (created_at, campaign_id) > ($3, $4)) \
+    ORDER BY created_at, campaign_id LIMIT $5";
+
+pub const INSERT_FOLLOW_UP: &str = "INSERT INTO crm_followups (followup_id, tenant_id, \
+    campaign_id, external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, \
+    status, provider_message_id, last_error_code, last_error_message, metadata_json, \
+    correlation_id, trace_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+    $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT DO NOTHING";
+
+pub const SELECT_FOLLOW_UP_BY_ID: &str = "SELECT followup_id, tenant_id, campaign_id, \
+    external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
+    provider_message_id, last_error_code, last_error_message, metadata_json, correlation_id, \
+    trace_id, created_at, updated_at FROM crm_followups WHERE followup_id = $1";
+
+pub const SELECT_FOLLOW_UP_BY_KEY: &str = "SELECT followup_id, tenant_id, campaign_id, \
+    external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
+    provider_message_id, last_error_code, last_error_message, metadata_json, correlation_id, \
+    trace_id, created_at, updated_at FROM crm_followups WHERE tenant_id = $1 AND external_key = $2";
+
+pub const LIST_FOLLOW_UPS: &str = "SELECT followup_id, tenant_id, campaign_id, external_key, \
+    lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
+    provider_message_id, last_error_code, last_error_message, metadata_json, correlation_id, \
+    trace_id, created_at, updated_at FROM crm_followups WHERE tenant_id = $1 \
+    AND ($2::text IS NULL OR status = $2) AND ($3::uuid IS NULL OR campaign_id = $3) \
+    AND ($4::timestamptz IS NULL OR (created_at, followup_id) > ($4, $5)) \
+    ORDER BY created_at, followup_id LIMIT $6";
+
+/// Claims due follow-ups. `SKIP LOCKED` hands each row to one drain only; rows of a
+/// paused campaign are filtered out before the limit, so they never block others.
+pub const CLAIM_DUE: &str = "SELECT f.followup_id, f.tenant_id, f.campaign_id, f.external_key, \
+    f.lead_id, f.customer_id, f.phone_e164, f.message, f.schedule_at, f.channel, f.status, \
+    f.provider_message_id, f.last_error_code, f.last_error_message, f.metadata_json, \
+    f.correlation_id, f.trace_id, f.created_at, f.updated_at, c.state AS campaign_state \
+    FROM crm_followups f LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
+    WHERE f.status = 'pending' AND f.schedule_at <= $1 \
+    AND (c.state IS NULL OR c.state <> 'paused') \
+    ORDER BY f.schedule_at, f.followup_id LIMIT $2 FOR UPDATE OF f SKIP LOCKED";
+
+pub const COUNT_DUE: &str = "SELECT count(*) FROM crm_followups f \
+    LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
+    WHERE f.status = 'pending' AND f.schedule_at <= $1 \
+    AND (c.state IS NULL OR c.state <> 'paused')";
+
+pub const UPDATE_FOLLOW_UP_OUTCOME: &str = "UPDATE crm_followups SET status = $2, \
+    provider_message_id = $3, last_error_code = $4, last_error_message = $5, updated_at = $6 \
+    WHERE followup_id = $1 AND status = 'pending'";
+
+pub const INSERT_EVENT: &str = "INSERT INTO crm_events (event_id, tenant_id, name, \
+    correlation_id, emitted_at, envelope) VALUES ($1, $2, $3, $4, $5, $6)";
+
+pub const EVENTS_BY_CORRELATION: &str =
+    "SELECT envelope FROM crm_events WHERE correlation_id = $1 ORDER BY seq";
+
+pub const INSERT_OUTBOUND: &str = "INSERT INTO crm_outbound_queue (queue_item_id, tenant_id, \
+    idempotency_key, item, created_at) VALUES ($1, $2, $3, $4, $5)";
+
+pub const OUTBOUND_ITEMS: &str =
+    "SELECT item FROM crm_outbound_queue ORDER BY seq OFFSET $1 LIMIT $2";

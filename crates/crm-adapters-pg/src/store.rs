@@ -1,0 +1,675 @@
+//! `PgStore`: the ports over a deadpool of tokio-postgres connections.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crm_domain::campaign::Campaign;
+use crm_domain::event::EventEnvelope;
+use crm_domain::follow_up::FollowUp;
+use crm_domain::ids::{CampaignId, CorrelationId, TenantId};
+use crm_domain::outbound::OutboundItem;
+use crm_domain::page::{Cursor, Page};
+use crm_domain::timestamp::Timestamp;
+use crm_ports::{
+    CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome, DrainStatus,
+    DueFollowUp, EventEmitter, FollowUpQuery, FollowUpStore, OutboundQueue, Store, StoreError,
+};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::rows;
+use crate::sql;
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PgOptions {
+    url: String,
+    schema: String,
+    /// Most connections this process holds.
+    pub pool_size: usize,
+    /// Bound on connecting, on waiting for a pooled connection and on each statement:
+    /// with the database down a request fails after at most about this long.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("PgOptions")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("database URL is not valid: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("schema name {0:?} is not a plain identifier (letters, digits, underscores)")]
+    Schema(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("cannot build the connection pool: {0}")]
+    Pool(String),
+    #[error("migration failed: {0}")]
+    Migrate(#[source] tokio_postgres::Error),
+    #[error("migration failed: {0}")]
+    Refinery(String),
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>, schema: impl Into<String>) -> Result<Self, PgError> {
+        let schema = schema.into();
+        let plain = schema.len() <= 63
+            && schema
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain {
+            return Err(PgError::Schema(schema));
+        }
+        let options = Self {
+            url: url.into(),
+            schema,
+            pool_size: 16,
+            timeout: Duration::from_secs(3),
+        };
+        options.pg_config()?;
+        Ok(options)
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, PgError> {
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(PgError::Url)?;
+        let millis = self.timeout.as_millis();
+        config
+            .options(format!(
+                "-c search_path={} -c statement_timeout={millis} -c lock_timeout={millis}",
+                self.schema
+            ))
+            .connect_timeout(self.timeout)
+            .application_name("crm-api");
+        Ok(config)
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share the pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+fn unavailable(error: impl Into<crm_ports::BoxError>) -> StoreError {
+    StoreError::Unavailable(error.into())
+}
+
+impl PgStore {
+    /// Builds the pool. Connections are made on demand, so this succeeds with the
+    /// database down; `ping` tells whether it is reachable.
+    pub fn new(options: &PgOptions) -> Result<Self, PgError> {
+        let manager = Manager::from_config(
+            options.pg_config()?,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgError::Pool(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+}
+
+async fn insert_events(
+    client: &impl GenericClient,
+    events: &[EventEnvelope],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let statement = client
+        .prepare_cached(sql::INSERT_EVENT)
+        .await
+        .map_err(unavailable)?;
+    for event in events {
+        let envelope = serde_json::to_value(event).map_err(unavailable)?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &event.event_id.as_uuid(),
+                    &event.tenant_id.as_str(),
+                    &event.name,
+                    &event.correlation_id.as_uuid(),
+                    &event.emitted_at.as_datetime(),
+                    &envelope,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+fn campaign_params(campaign: &Campaign) -> Result<CampaignParams, StoreError> {
+    Ok(CampaignParams {
+        id: campaign.campaign_id.as_uuid(),
+        metadata: serde_json::Value::Object(campaign.metadata.clone()),
+        revision: i64::try_from(campaign.revision).map_err(unavailable)?,
+    })
+}
+
+/// Owned values of a campaign's parameters that are not plain field borrows.
+struct CampaignParams {
+    id: Uuid,
+    metadata: serde_json::Value,
+    revision: i64,
+}
+
+async fn one<T>(
+    client: &impl GenericClient,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+    map: fn(&tokio_postgres::Row) -> Result<T, rows::RowError>,
+) -> Result<Option<T>, StoreError> {
+    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
+    let row = client
+        .query_opt(&statement, params)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(map).transpose().map_err(unavailable)
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = if more { items.last().map(cursor) } else { None };
+    Page { items, next_cursor }
+}
+
+/// One more than asked for, to know whether another page follows.
+fn fetch_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1
+}
+
+#[async_trait]
+impl CampaignStore for PgStore {
+    async fn create_campaign(
+        &self,
+        campaign: &Campaign,
+        events: &[EventEnvelope],
+    ) -> Result<Created<Campaign>, StoreError> {
+        let params = campaign_params(campaign)?;
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(unavailable)?;
+        let statement = transaction
+            .prepare_cached(sql::INSERT_CAMPAIGN)
+            .await
+            .map_err(unavailable)?;
+        let inserted = transaction
+            .execute(
+                &statement,
+                &[
+                    &params.id,
+                    &campaign.tenant_id.as_str(),
+                    &campaign.external_key,
+                    &campaign.name,
+                    &campaign.channel,
+                    &campaign.audience_segment,
+                    &campaign.state.as_str(),
+                    &campaign.scheduled_at.map(|t| t.as_datetime()),
+                    &params.metadata,
+                    &params.revision,
+                    &campaign.created_at.as_datetime(),
+                    &campaign.updated_at.as_datetime(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        if inserted == 1 {
+            insert_events(&transaction, events).await?;
+            transaction.commit().await.map_err(unavailable)?;
+            return Ok(Created::Created(campaign.clone()));
+        }
+        transaction.rollback().await.map_err(unavailable)?;
+        // Not inserted: the id or the key is taken. Find out which, id first.
+        if let Some(existing) = one(
+            &client,
+            sql::SELECT_CAMPAIGN_BY_ID,
+            &[&params.id],
+            rows::campaign,
+        )
+        .await?
+        {
+            if existing.tenant_id != campaign.tenant_id {
+                return Err(StoreError::IdConflict { id: params.id });
+            }
+            return Ok(Created::Existing(existing));
+        }
+        let by_key = one(
+            &client,
+            sql::SELECT_CAMPAIGN_BY_KEY,
+            &[&campaign.tenant_id.as_str(), &campaign.external_key],
+            rows::campaign,
+        )
+        .await?;
+        by_key
+            .map(Created::Existing)
+            .ok_or_else(|| unavailable("campaign insert conflicted with a row that is gone"))
+    }
+
+    async fn campaign(
+        &self,
+        tenant_id: &TenantId,
+        campaign_id: CampaignId,
+    ) -> Result<Option<Campaign>, StoreError> {
+        let client = self.client().await?;
+        let found = one(
+            &client,
+            sql::SELECT_CAMPAIGN_BY_ID,
+            &[&campaign_id.as_uuid()],
+            rows::campaign,
+        )
+        .await?;
+        Ok(found.filter(|campaign| &campaign.tenant_id == tenant_id))
+    }
+
+    async fn update_campaign(
+        &self,
+        changed: &Campaign,
+        events: &[EventEnvelope],
+    ) -> Result<(), StoreError> {
+        let params = campaign_params(changed)?;
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(unavailable)?;
+        let statement = transaction
+            .prepare_cached(sql::UPDATE_CAMPAIGN)
+            .await
+            .map_err(unavailable)?;
+        let updated = transaction
+            .execute(
+                &statement,
+                &[
+                    &params.id,
+                    &changed.tenant_id.as_str(),
+                    &changed.external_key,
+                    &changed.name,
+                    &changed.channel,
+                    &changed.audience_segment,
+                    &changed.state.as_str(),
+                    &changed.scheduled_at.map(|t| t.as_datetime()),
+                    &params.metadata,
+                    &params.revision,
+                    &changed.updated_at.as_datetime(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        if updated == 0 {
+            let current = one(
+                &transaction,
+                sql::SELECT_CAMPAIGN_BY_ID,
+                &[&params.id],
+                rows::campaign,
+            )
+            .await?;
+            transaction.rollback().await.map_err(unavailable)?;
+            return Err(match current {
+                Some(current) if current.tenant_id == changed.tenant_id => StoreError::Stale {
+                    campaign_id: changed.campaign_id,
+                },
+                _ => StoreError::NotFound {
+                    campaign_id: changed.campaign_id,
+                },
+            });
+        }
+        insert_events(&transaction, events).await?;
+        transaction.commit().await.map_err(unavailable)
+    }
+
+    async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql::LIST_CAMPAIGNS)
+            .await
+            .map_err(unavailable)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &query.tenant_id.as_str(),
+                    &query.state.map(|s| s.as_str()),
+                    &query.after.map(|c| c.created_at.as_datetime()),
+                    &query.after.map(|c| c.id),
+                    &fetch_limit(query.limit),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let items = rows
+            .iter()
+            .map(rows::campaign)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok(page(items, query.limit, |c| Cursor {
+            created_at: c.created_at,
+            id: c.campaign_id.as_uuid(),
+        }))
+    }
+}
+
+#[async_trait]
+impl FollowUpStore for PgStore {
+    async fn create_follow_up(
+        &self,
+        follow_up: &FollowUp,
+        events: &[EventEnvelope],
+    ) -> Result<Created<FollowUp>, StoreError> {
+        let id = follow_up.followup_id.as_uuid();
+        let metadata = serde_json::Value::Object(follow_up.metadata.clone());
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(unavailable)?;
+        let statement = transaction
+            .prepare_cached(sql::INSERT_FOLLOW_UP)
+            .await
+            .map_err(unavailable)?;
+        let inserted = transaction
+            .execute(
+                &statement,
+                &[
+                    &id,
+                    &follow_up.tenant_id.as_str(),
+                    &follow_up.campaign_id.map(|c| c.as_uuid()),
+                    &follow_up.external_key,
+                    &follow_up.lead_id,
+                    &follow_up.customer_id,
+                    &follow_up.phone_e164,
+                    &follow_up.message,
+                    &follow_up.schedule_at.as_datetime(),
+                    &follow_up.channel,
+                    &follow_up.status.as_str(),
+                    &follow_up.provider_message_id.map(|p| p.as_uuid()),
+                    &follow_up.last_error_code,
+                    &follow_up.last_error_message,
+                    &metadata,
+                    &follow_up.correlation_id.as_uuid(),
+                    &follow_up.trace_id,
+                    &follow_up.created_at.as_datetime(),
+                    &follow_up.updated_at.as_datetime(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        if inserted == 1 {
+            insert_events(&transaction, events).await?;
+            transaction.commit().await.map_err(unavailable)?;
+            return Ok(Created::Created(follow_up.clone()));
+        }
+        transaction.rollback().await.map_err(unavailable)?;
+        if let Some(existing) = one(
+            &client,
+            sql::SELECT_FOLLOW_UP_BY_ID,
+            &[&id],
+            rows::follow_up,
+        )
+        .await?
+        {
+            if existing.tenant_id != follow_up.tenant_id {
+                return Err(StoreError::IdConflict { id });
+            }
+            return Ok(Created::Existing(existing));
+        }
+        let by_key = one(
+            &client,
+            sql::SELECT_FOLLOW_UP_BY_KEY,
+            &[&follow_up.tenant_id.as_str(), &follow_up.external_key],
+            rows::follow_up,
+        )
+        .await?;
+        by_key
+            .map(Created::Existing)
+            .ok_or_else(|| unavailable("follow-up insert conflicted with a row that is gone"))
+    }
+
+    async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql::LIST_FOLLOW_UPS)
+            .await
+            .map_err(unavailable)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &query.tenant_id.as_str(),
+                    &query.status.map(|s| s.as_str()),
+                    &query.campaign_id.map(|c| c.as_uuid()),
+                    &query.after.map(|c| c.created_at.as_datetime()),
+                    &query.after.map(|c| c.id),
+                    &fetch_limit(query.limit),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        let items = rows
+            .iter()
+            .map(rows::follow_up)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)?;
+        Ok(page(items, query.limit, |f| Cursor {
+            created_at: f.created_at,
+            id: f.followup_id.as_uuid(),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        dispatcher: &dyn Dispatcher,
+    ) -> Result<Vec<DrainOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await.map_err(unavailable)?;
+        let claim = transaction
+            .prepare_cached(sql::CLAIM_DUE)
+            .await
+            .map_err(unavailable)?;
+        let claimed = transaction
+            .query(
+                &claim,
+                &[&now.as_datetime(), &fetch_limit(limit).saturating_sub(1)],
+            )
+            .await
+            .map_err(unavailable)?;
+        let update = transaction
+            .prepare_cached(sql::UPDATE_FOLLOW_UP_OUTCOME)
+            .await
+            .map_err(unavailable)?;
+        let enqueue = transaction
+            .prepare_cached(sql::INSERT_OUTBOUND)
+            .await
+            .map_err(unavailable)?;
+        let mut outcomes = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            let campaign_state: Option<String> =
+                row.try_get("campaign_state").map_err(unavailable)?;
+            let due = DueFollowUp {
+                follow_up: rows::follow_up(row).map_err(unavailable)?,
+                campaign_state: campaign_state
+                    .map(|state| state.parse())
+                    .transpose()
+                    .map_err(unavailable)?,
+            };
+            let followup_id = due.follow_up.followup_id;
+            let (decided, item, events, status) = match dispatcher.decide(&due) {
+                DispatchDecision::Send {
+                    follow_up,
+                    item,
+                    events,
+                } => (follow_up, Some(item), events, DrainStatus::Sent),
+                DispatchDecision::Fail { follow_up, events } => {
+                    (follow_up, None, events, DrainStatus::Failed)
+                }
+                DispatchDecision::Skip { reason } => {
+                    outcomes.push(DrainOutcome {
+                        followup_id,
+                        status: DrainStatus::Skipped,
+                        reason: Some(reason),
+                    });
+                    continue;
+                }
+            };
+            transaction
+                .execute(
+                    &update,
+                    &[
+                        &followup_id.as_uuid(),
+                        &decided.status.as_str(),
+                        &decided.provider_message_id.map(|p| p.as_uuid()),
+                        &decided.last_error_code,
+                        &decided.last_error_message,
+                        &decided.updated_at.as_datetime(),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            if let Some(item) = &item {
+                let json = serde_json::to_value(item).map_err(unavailable)?;
+                transaction
+                    .execute(
+                        &enqueue,
+                        &[
+                            &item.queue_item_id.as_uuid(),
+                            &item.tenant_id.as_str(),
+                            &item.idempotency_key,
+                            &json,
+                            &item.created_at.as_datetime(),
+                        ],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+            insert_events(&transaction, &events).await?;
+            outcomes.push(DrainOutcome {
+                followup_id,
+                status,
+                reason: (status == DrainStatus::Failed)
+                    .then(|| decided.last_error_code.clone())
+                    .flatten(),
+            });
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(outcomes)
+    }
+
+    async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql::COUNT_DUE)
+            .await
+            .map_err(unavailable)?;
+        let row = client
+            .query_one(&statement, &[&now.as_datetime()])
+            .await
+            .map_err(unavailable)?;
+        let count: i64 = row.try_get(0).map_err(unavailable)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl EventEmitter for PgStore {
+    async fn events_by_correlation(
+        &self,
+        correlation_id: CorrelationId,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql::EVENTS_BY_CORRELATION)
+            .await
+            .map_err(unavailable)?;
+        let rows = client
+            .query(&statement, &[&correlation_id.as_uuid()])
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let envelope: serde_json::Value = row.try_get(0).map_err(unavailable)?;
+                serde_json::from_value(envelope).map_err(unavailable)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl OutboundQueue for PgStore {
+    async fn outbound_items(
+        &self,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboundItem>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(sql::OUTBOUND_ITEMS)
+            .await
+            .map_err(unavailable)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &i64::try_from(offset).unwrap_or(i64::MAX),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let item: serde_json::Value = row.try_get(0).map_err(unavailable)?;
+                serde_json::from_value(item).map_err(unavailable)
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(unavailable)?;
+        Ok(())
+    }
+}
