@@ -1,1 +1,136 @@
-fn main() {}
+//! Repository automation, run as `cargo xtask <task>`.
+//!
+//! - `ci`: what `.ci/run` runs (format, lints, tests with PostgreSQL, smoke, checks);
+//! - `smoke`: the whole flow against PostgreSQL through the real binary;
+//! - `migrate`: apply the migrations to `CRM_DATABASE_URL`;
+//! - `bench`: throughput and latency of the release binary (see `bench.rs`).
+
+mod bench;
+mod server;
+mod smoke;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[1.min(args.len())..];
+    match task {
+        "ci" => ci(),
+        "smoke" => runtime()?.block_on(smoke::run()),
+        "migrate" => migrate(),
+        "bench" => runtime()?.block_on(bench::run(rest)),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|smoke|migrate|bench>");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The workspace root (the parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_owned()
+}
+
+/// Runs a command in the workspace root, failing with its command line if it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The database the smoke, migrate and bench tasks use.
+pub fn database_url() -> anyhow::Result<String> {
+    std::env::var("CRM_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .context("set CRM_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test)")
+}
+
+fn ci() -> anyhow::Result<()> {
+    if std::env::var_os("CRM_TEST_DATABASE_URL").is_none() {
+        bail!("set CRM_TEST_DATABASE_URL: CI runs the PostgreSQL tests too");
+    }
+    run("cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    dependency_check()?;
+    run("cargo", &["test", "--workspace"])?;
+    runtime()?.block_on(smoke::run())
+}
+
+/// The domain stays pure: no async runtime, web framework or database driver.
+fn dependency_check() -> anyhow::Result<()> {
+    let output = Command::new("cargo")
+        .args([
+            "tree",
+            "-p",
+            "crm-domain",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(root())
+        .output()?;
+    let tree = String::from_utf8(output.stdout)?;
+    let forbidden = ["tokio", "actix", "postgres", "deadpool", "reqwest"];
+    let found: Vec<&str> = tree
+        .lines()
+        .filter(|line| forbidden.iter().any(|name| line.starts_with(name)))
+        .collect();
+    if !output.status.success() || !found.is_empty() {
+        bail!("crm-domain must stay pure, but depends on: {found:?}");
+    }
+    eprintln!("dependency check: crm-domain depends on no runtime, framework or driver");
+    Ok(())
+}
+
+fn migrate() -> anyhow::Result<()> {
+    let url = database_url()?;
+    let schema = std::env::var("CRM_PG_SCHEMA").unwrap_or_else(|_| "public".to_owned());
+    run(
+        "cargo",
+        &[
+            "run",
+            "--quiet",
+            "--package",
+            "crm-api",
+            "--",
+            "--backend",
+            "postgres",
+            "--database-url",
+            &url,
+            "--pg-schema",
+            &schema,
+            "migrate",
+        ],
+    )
+}

@@ -5,9 +5,12 @@
 //! once (`error`). Handlers validate a body against its contract, turn it into a
 //! command and call one use case; no business rule lives here.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 mod extract;
+pub mod metrics;
+pub mod openapi;
 mod routes;
 pub mod startup;
 pub mod telemetry;

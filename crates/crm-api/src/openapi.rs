@@ -8,8 +8,8 @@
 //! has no `if`/`then`/`const` fields, cannot hold `properties` beside `allOf` and drops unknown
 //! keywords when it reads JSON, so the contracts could not be embedded without a lossy translation.
 //!
-//! It deliberately describes the routes and does not mount them; the route table stays in
-//! `routes`, and the tests of this document pin the two together.
+//! It deliberately describes the routes and does not mount them: the route table stays in
+//! `routes`, and `tests/openapi.rs` pins the documented routes, statuses and error words.
 
 use std::collections::HashMap;
 
@@ -768,4 +768,64 @@ fn paths(contracts: &Contracts) -> Value {
         item[method] = operation.into_json();
     }
     Value::Object(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            (
+                "https://contracts.crm.local/campaign.record.schema.json",
+                "CampaignRecord",
+            ),
+            (
+                "https://contracts.crm.local/trace.response.schema.json",
+                "TraceResponse",
+            ),
+        ])
+    }
+
+    fn rewritten(reference: &str) -> Option<String> {
+        component_ref(
+            reference,
+            "https://contracts.crm.local/trace.response.schema.json",
+            "TraceResponse",
+            &ids(),
+        )
+    }
+
+    #[test]
+    fn a_ref_to_a_sibling_file_or_its_id_points_at_its_component() {
+        let expected = Some("#/components/schemas/CampaignRecord".to_owned());
+        assert_eq!(rewritten("campaign.record.schema.json"), expected);
+        assert_eq!(rewritten("./campaign.record.schema.json"), expected);
+        assert_eq!(
+            rewritten("https://contracts.crm.local/campaign.record.schema.json"),
+            expected
+        );
+    }
+
+    #[test]
+    fn a_json_pointer_fragment_is_kept_below_the_component() {
+        assert_eq!(
+            rewritten("campaign.record.schema.json#/properties/state").as_deref(),
+            Some("#/components/schemas/CampaignRecord/properties/state")
+        );
+        assert_eq!(
+            rewritten("#/properties/events").as_deref(),
+            Some("#/components/schemas/TraceResponse/properties/events")
+        );
+    }
+
+    #[test]
+    fn a_ref_to_no_known_contract_or_to_an_anchor_is_left_alone() {
+        assert_eq!(rewritten("workflows.schema.json"), None);
+        assert_eq!(rewritten("campaign.record.schema.json#state"), None);
+        assert_eq!(
+            rewritten("https://example.com/campaign.record.schema.json"),
+            None
+        );
+    }
 }

@@ -16,16 +16,19 @@ use crm_domain::campaign::CAMPAIGN_WORKFLOW;
 use crm_domain::workflow::{Workflow, WorkflowSet};
 use crm_ports::Store;
 use serde_json::json;
+use tokio::sync::watch;
 
+use crate::auth::{self, Tokens};
 use crate::config::{PgSettings, Settings, StoreKind, resolve};
 use crate::extract::BodyLimit;
-use crate::routes;
-use crate::telemetry;
+use crate::{metrics, openapi, routes, telemetry};
 
 /// A built server, bound and ready to run.
 pub struct Application {
     port: u16,
     server: Server,
+    crm: Crm,
+    worker_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Application {
@@ -52,33 +55,96 @@ impl Application {
             );
         }
         let store = open_store(&settings.store).await?;
+        metrics::handle();
+        let openapi = web::Data::new(OpenApiDocument(openapi::document(&contracts).to_string()));
         let crm = Crm::new(store, Arc::new(contracts), Arc::new(workflow));
         let listener =
             TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
         let port = listener.local_addr()?.port();
-        let crm = web::Data::new(crm);
+        let shared = web::Data::new(crm.clone());
         let body_limit = web::Data::new(BodyLimit(settings.body_limit));
+        let tokens = web::Data::new(Tokens {
+            api: settings.api_token.clone(),
+            internal: settings.internal_token.clone(),
+        });
         let server = HttpServer::new(move || {
             App::new()
-                .app_data(crm.clone())
+                .app_data(shared.clone())
                 .app_data(body_limit.clone())
+                .app_data(tokens.clone())
+                .app_data(openapi.clone())
+                .wrap(from_fn(auth::require_token))
                 .wrap(from_fn(telemetry::log_request))
                 .configure(routes::configure)
+                .route("/metrics", web::get().to(metrics::render))
+                .route("/openapi.json", web::get().to(serve_openapi))
                 .default_service(web::to(not_found))
         })
         .listen(listener)?
+        // Signals are ours (see `run_until_stopped`), so the worker stops in step.
+        .disable_signals()
+        .shutdown_timeout(30)
         .run();
         tracing::info!(address = %format!("http://{}:{port}", address.ip()), "listening");
-        Ok(Self { port, server })
+        Ok(Self {
+            port,
+            server,
+            crm,
+            worker_interval: settings.worker_interval,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until SIGTERM or Ctrl-C: then stops accepting, finishes in-flight requests
+    /// and the worker's batch in progress, and returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let (stop, stopped) = watch::channel(false);
+        let worker = self.worker_interval.map(|interval| {
+            tokio::spawn(crm_app::worker::run(self.crm.clone(), interval, stopped))
+        });
+        let server = self.server.handle();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: finishing in-flight requests");
+            server.stop(true).await;
+        });
+        let served = self.server.await;
+        let _ = stop.send(true);
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        tracing::info!("stopped");
+        served
     }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// The OpenAPI document, rendered once at start-up.
+struct OpenApiDocument(String);
+
+async fn serve_openapi(document: web::Data<OpenApiDocument>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.0.clone())
 }
 
 async fn not_found() -> HttpResponse {

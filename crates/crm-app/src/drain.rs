@@ -61,7 +61,23 @@ impl Crm {
             now,
             force_failure: command.force_failure,
         };
+        let started = std::time::Instant::now();
         let outcomes = self.store.drain(now, limit, &decide).await?;
+        metrics::histogram!("crm_drain_duration_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("crm_drain_batch_size").record(outcomes.len() as f64);
+        for outcome in &outcomes {
+            match outcome.status {
+                DrainStatus::Sent => metrics::counter!("crm_followups_sent_total").increment(1),
+                DrainStatus::Failed => metrics::counter!(
+                    "crm_followups_failed_total",
+                    "error_code" => outcome.reason.clone().unwrap_or_default()
+                )
+                .increment(1),
+                DrainStatus::Skipped => {
+                    metrics::counter!("crm_followups_skipped_total").increment(1)
+                }
+            }
+        }
         Ok(DrainReport { outcomes })
     }
 

@@ -7,6 +7,7 @@
 mod drain;
 mod error;
 mod service;
+pub mod worker;
 
 pub use drain::{DrainCommand, DrainReport, MAX_DRAIN_LIMIT};
 pub use error::AppError;

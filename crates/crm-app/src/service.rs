@@ -156,6 +156,9 @@ impl Crm {
             now,
         )?];
         let created = self.store.create_campaign(&campaign, &events).await?;
+        if let Created::Created(_) = created {
+            metrics::counter!("crm_campaigns_created_total").increment(1);
+        }
         Ok(created_outcome(created, correlation_id, event.name()))
     }
 
@@ -189,6 +192,8 @@ impl Crm {
                 [self.envelope(&event, &moved.tenant_id, correlation_id, &trace_id, now)?];
             match self.store.update_campaign(&moved, &events).await {
                 Ok(()) => {
+                    metrics::counter!("crm_campaigns_transitioned_total", "to_state" => moved.state.as_str())
+                        .increment(1);
                     return Ok(Outcome {
                         status: CommandStatus::Updated,
                         record: moved,
@@ -246,6 +251,9 @@ impl Crm {
             now,
         )?];
         let created = self.store.create_follow_up(&follow_up, &events).await?;
+        if let Created::Created(_) = created {
+            metrics::counter!("crm_followups_scheduled_total").increment(1);
+        }
         // An idempotent repeat answers with the stored follow-up's own correlation, the
         // one its events are traced under.
         let correlation_id = created.record().correlation_id;

@@ -1,0 +1,105 @@
+//! Bearer tokens: `--api-token` guards `/v1/*`, `--internal-token` guards `/internal/*`.
+//! Health, readiness, metrics and the OpenAPI document stay open.
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::middleware::Next;
+use actix_web::{ResponseError, web};
+
+use crate::config::Secret;
+use crate::error::ApiError;
+
+/// The configured tokens; a family without a token is open (loopback-only servers).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub api: Option<Secret>,
+    pub internal: Option<Secret>,
+}
+
+impl Tokens {
+    fn required_for(&self, path: &str) -> Option<&Secret> {
+        if path == "/v1" || path.starts_with("/v1/") {
+            self.api.as_ref()
+        } else if path == "/internal" || path.starts_with("/internal/") {
+            self.internal.as_ref()
+        } else {
+            None
+        }
+    }
+}
+
+/// Compares in time that depends only on the lengths, so response timing does not
+/// reveal how much of a guess was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let differing = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(differing) == 0 && given.len() == expected.len()
+}
+
+fn authorized(request: &ServiceRequest, expected: &Secret) -> bool {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|token| same_secret(token.trim().as_bytes(), expected.expose().as_bytes()))
+}
+
+pub async fn require_token(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let allowed = match request
+        .app_data::<web::Data<Tokens>>()
+        .and_then(|tokens| tokens.required_for(request.path()))
+    {
+        None => true,
+        Some(expected) => authorized(&request, expected),
+    };
+    if !allowed {
+        let (request, _) = request.into_parts();
+        let response = ApiError::Unauthorized.error_response();
+        return Ok(ServiceResponse::new(request, response).map_into_right_body());
+    }
+    next.call(request)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3creT"));
+        assert!(!same_secret(b"s3cret", b"s3cret-longer"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn each_route_family_needs_its_own_token() {
+        let tokens = Tokens {
+            api: Some(Secret::new("a")),
+            internal: Some(Secret::new("i")),
+        };
+        assert_eq!(
+            tokens.required_for("/v1/crm/campaigns").map(Secret::expose),
+            Some("a")
+        );
+        assert_eq!(
+            tokens
+                .required_for("/internal/worker/crm-followups/drain")
+                .map(Secret::expose),
+            Some("i")
+        );
+        assert_eq!(tokens.required_for("/v1x").map(Secret::expose), None);
+        for open in ["/health", "/ready", "/metrics", "/openapi.json"] {
+            assert!(tokens.required_for(open).is_none(), "{open}");
+        }
+    }
+}

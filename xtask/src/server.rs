@@ -1,0 +1,77 @@
+//! Starting the real `crm-api` binary and talking to it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::root;
+
+/// A running `crm-api` process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds the binary (`release` or debug) and returns its path.
+pub fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut args = vec!["build", "--quiet", "--package", "crm-api"];
+    if release {
+        args.push("--release");
+    }
+    crate::run("cargo", &args)?;
+    let profile = if release { "release" } else { "debug" };
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join(profile).join("crm-api"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Server {
+    /// Starts the binary with `args` on a free port and waits until `/ready` answers.
+    pub async fn start(binary: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let bind = format!("127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .args(["--bind", &bind])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut server = Self {
+            child,
+            base: format!("http://{bind}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("crm-api exited during start-up with {status}");
+            }
+            if let Ok(response) = client.get(format!("{}/ready", server.base)).send().await
+                && response.status().is_success()
+            {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!("crm-api did not become ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
