@@ -63,15 +63,53 @@ pub fn contract_body<T: DeserializeOwned>(
     contracts
         .validate(contract, &json)
         .map_err(ApiError::Validation)?;
+    if let Some(pointer) = nul_character(&json, String::new()) {
+        return Err(ApiError::violation(
+            &pointer,
+            "text must not contain the U+0000 character",
+        ));
+    }
     // The contract is stricter than the types, so a document that passed it always fits.
     serde_json::from_value(json).map_err(|error| ApiError::violation("", error.to_string()))
 }
 
+/// The pointer of the first string (or key) holding U+0000, which no store keeps: text
+/// in PostgreSQL cannot contain it, so it is refused everywhere alike.
+fn nul_character(value: &Value, pointer: String) -> Option<String> {
+    match value {
+        Value::String(text) => text.contains('\0').then_some(pointer),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| nul_character(item, format!("{pointer}/{index}"))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            let escaped = key.replace('~', "~0").replace('/', "~1");
+            let pointer = format!("{pointer}/{escaped}");
+            if key.contains('\0') {
+                Some(pointer)
+            } else {
+                nul_character(item, pointer)
+            }
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
 /// The query string as name/value pairs; a malformed one names no parameter we know.
 pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
-    web::Query::<Vec<(String, String)>>::from_query(request.query_string())
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
         .map(web::Query::into_inner)
-        .map_err(|error| ApiError::invalid_query("query", error.to_string()))
+        .map_err(|error| ApiError::invalid_query("query", error.to_string()))?;
+    if pairs
+        .iter()
+        .any(|(key, value)| key.contains('\0') || value.contains('\0'))
+    {
+        return Err(ApiError::invalid_query(
+            "query",
+            "text must not contain the U+0000 character",
+        ));
+    }
+    Ok(pairs)
 }
 
 /// The last value of a parameter, as most HTTP stacks read repeated parameters.

@@ -1,0 +1,14 @@
+//! Black-box HTTP tests: the real `Application` on a free loopback port, driven only
+//! through HTTP and JSON, every reply checked against `contracts/`.
+//!
+//! The same tests run on the file store by default and on PostgreSQL when
+//! `CRM_TEST_DATABASE_URL` is set (see `helpers::TestStore::new`).
+
+mod campaigns;
+mod errors;
+mod follow_ups;
+mod health;
+mod helpers;
+mod tenants;
+mod trace;
+mod worker;
