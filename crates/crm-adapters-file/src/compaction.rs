@@ -8,6 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUp;
@@ -29,6 +30,10 @@ pub(crate) struct Manifest {
     pub generation: u64,
     pub events_bytes: u64,
     pub outbound_bytes: u64,
+    /// Size of the two snapshots, so the next compaction waits for a journal at least as
+    /// large: rewriting them then costs a bounded amount per write, whatever the size.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -67,8 +72,8 @@ pub(crate) fn compact(
     dir: &Path,
     previous: Manifest,
     through: u64,
-    campaigns: &[Campaign],
-    follow_ups: &[FollowUp],
+    campaigns: &[Arc<Campaign>],
+    follow_ups: &[Arc<FollowUp>],
 ) -> Result<Manifest, CompactionError> {
     let generations: Vec<u64> = journal_generations(dir)?
         .into_iter()
@@ -88,12 +93,13 @@ pub(crate) fn compact(
     }
     let events_bytes = finish_log(events)?;
     let outbound_bytes = finish_log(outbound)?;
-    write_atomically(dir, CAMPAIGNS, &Snapshot { items: campaigns })?;
-    write_atomically(dir, FOLLOW_UPS, &Snapshot { items: follow_ups })?;
+    let campaigns_bytes = write_atomically(dir, CAMPAIGNS, &Snapshot { items: campaigns })?;
+    let follow_ups_bytes = write_atomically(dir, FOLLOW_UPS, &Snapshot { items: follow_ups })?;
     let manifest = Manifest {
         generation: through,
         events_bytes,
         outbound_bytes,
+        snapshot_bytes: campaigns_bytes + follow_ups_bytes,
     };
     write_atomically(dir, MANIFEST, &manifest)?;
     for generation in generations {
@@ -121,15 +127,18 @@ fn finish_log(writer: BufWriter<File>) -> io::Result<u64> {
     Ok(file.metadata()?.len())
 }
 
-fn write_atomically(dir: &Path, name: &str, value: &impl Serialize) -> io::Result<()> {
+/// Writes `name` whole or not at all; returns its size.
+fn write_atomically(dir: &Path, name: &str, value: &impl Serialize) -> io::Result<u64> {
     let temporary = dir.join(format!("{name}.tmp"));
     let mut writer = BufWriter::with_capacity(1 << 20, File::create(&temporary)?);
     serde_json::to_writer(&mut writer, value)?;
     writer.write_all(b"\n")?;
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
+    let size = file.metadata()?.len();
     fs::rename(&temporary, dir.join(name))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(size)
 }
 
 /// Makes renames and new files in `dir` durable.

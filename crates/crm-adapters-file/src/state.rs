@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use crm_domain::campaign::{Campaign, CampaignState};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
@@ -22,10 +23,11 @@ type ListKey = (TenantId, Timestamp, Uuid);
 
 #[derive(Debug, Default)]
 pub(crate) struct State {
-    pub campaigns: HashMap<CampaignId, Campaign>,
+    /// Shared, so a compaction snapshot costs a pointer per record, not a deep copy.
+    pub campaigns: HashMap<CampaignId, Arc<Campaign>>,
     campaign_keys: HashMap<(TenantId, String), CampaignId>,
     campaign_order: BTreeSet<ListKey>,
-    pub follow_ups: HashMap<FollowUpId, FollowUp>,
+    pub follow_ups: HashMap<FollowUpId, Arc<FollowUp>>,
     follow_up_keys: HashMap<(TenantId, String), FollowUpId>,
     follow_up_order: BTreeSet<ListKey>,
     /// Pending follow-ups by `(schedule_at, id)`: the drain's queue.
@@ -77,7 +79,7 @@ impl State {
             campaign.created_at,
             id.as_uuid(),
         ));
-        self.campaigns.insert(id, campaign);
+        self.campaigns.insert(id, Arc::new(campaign));
     }
 
     pub fn apply_follow_up(&mut self, follow_up: FollowUp) {
@@ -97,26 +99,27 @@ impl State {
         if follow_up.status == FollowUpStatus::Pending {
             self.due.insert((follow_up.schedule_at, id));
         }
-        self.follow_ups.insert(id, follow_up);
+        self.follow_ups.insert(id, Arc::new(follow_up));
     }
 
     pub fn campaign_by_key(&self, tenant_id: &TenantId, key: &str) -> Option<&Campaign> {
         let id = self
             .campaign_keys
             .get(&(tenant_id.clone(), key.to_owned()))?;
-        self.campaigns.get(id)
+        self.campaigns.get(id).map(Arc::as_ref)
     }
 
     pub fn follow_up_by_key(&self, tenant_id: &TenantId, key: &str) -> Option<&FollowUp> {
         let id = self
             .follow_up_keys
             .get(&(tenant_id.clone(), key.to_owned()))?;
-        self.follow_ups.get(id)
+        self.follow_ups.get(id).map(Arc::as_ref)
     }
 
     pub fn tenant_campaign(&self, tenant_id: &TenantId, id: CampaignId) -> Option<&Campaign> {
         self.campaigns
             .get(&id)
+            .map(Arc::as_ref)
             .filter(|c| &c.tenant_id == tenant_id)
     }
 
@@ -129,6 +132,7 @@ impl State {
             |id| {
                 self.campaigns
                     .get(&CampaignId::new(id))
+                    .map(Arc::as_ref)
                     .filter(|c| query.state.is_none_or(|state| c.state == state))
             },
         )
@@ -141,10 +145,13 @@ impl State {
             query.after,
             query.limit,
             |id| {
-                self.follow_ups.get(&FollowUpId::new(id)).filter(|f| {
-                    query.status.is_none_or(|status| f.status == status)
-                        && query.campaign_id.is_none_or(|c| f.campaign_id == Some(c))
-                })
+                self.follow_ups
+                    .get(&FollowUpId::new(id))
+                    .map(Arc::as_ref)
+                    .filter(|f| {
+                        query.status.is_none_or(|status| f.status == status)
+                            && query.campaign_id.is_none_or(|c| f.campaign_id == Some(c))
+                    })
             },
         )
     }
@@ -157,7 +164,7 @@ impl State {
             .take_while(move |(schedule_at, _)| *schedule_at <= now)
             .filter(|(_, id)| !self.claimed.contains(id))
             .filter_map(|(_, id)| {
-                let follow_up = self.follow_ups.get(id)?;
+                let follow_up = self.follow_ups.get(id).map(Arc::as_ref)?;
                 let state = follow_up
                     .campaign_id
                     .and_then(|c| self.campaigns.get(&c))
@@ -170,11 +177,11 @@ impl State {
         self.events.get(&correlation_id).map_or(&[], Vec::as_slice)
     }
 
-    pub fn campaign_list(&self) -> Vec<Campaign> {
+    pub fn campaign_list(&self) -> Vec<Arc<Campaign>> {
         self.campaigns.values().cloned().collect()
     }
 
-    pub fn follow_up_list(&self) -> Vec<FollowUp> {
+    pub fn follow_up_list(&self) -> Vec<Arc<FollowUp>> {
         self.follow_ups.values().cloned().collect()
     }
 }

@@ -103,7 +103,12 @@ impl FileStore {
         shared.appended += 1;
         shared.generation_bytes += bytes;
         shared.state.apply(entry).map_err(StoreError::unavailable)?;
-        if shared.generation_bytes >= self.inner.options.compact_after_bytes && !shared.compacting {
+        let threshold = self
+            .inner
+            .options
+            .compact_after_bytes
+            .max(shared.manifest.snapshot_bytes);
+        if shared.generation_bytes >= threshold && !shared.compacting {
             self.start_compaction(shared);
         }
         Ok(shared.appended)
@@ -198,7 +203,12 @@ impl CampaignStore for FileStore {
         let line = entry.encode();
         let (outcome, seen) = {
             let mut shared = self.lock();
-            let existing = match shared.state.campaigns.get(&campaign.campaign_id) {
+            let existing = match shared
+                .state
+                .campaigns
+                .get(&campaign.campaign_id)
+                .map(Arc::as_ref)
+            {
                 Some(found) if found.tenant_id != campaign.tenant_id => {
                     return Err(StoreError::IdConflict {
                         id: campaign.campaign_id.as_uuid(),
@@ -294,7 +304,12 @@ impl FollowUpStore for FileStore {
         let line = entry.encode();
         let (outcome, seen) = {
             let mut shared = self.lock();
-            let existing = match shared.state.follow_ups.get(&follow_up.followup_id) {
+            let existing = match shared
+                .state
+                .follow_ups
+                .get(&follow_up.followup_id)
+                .map(Arc::as_ref)
+            {
                 Some(found) if found.tenant_id != follow_up.tenant_id => {
                     return Err(StoreError::IdConflict {
                         id: follow_up.followup_id.as_uuid(),
