@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use crm_contracts::{Contract, Contracts};
+use crm_domain::page::CURSOR_PATTERN;
 use serde_json::{Map, Value, json};
 
 /// The dialect of every schema in the document: the one the contracts declare in `$schema`.
@@ -56,7 +57,9 @@ pub fn document(contracts: &Contracts) -> Value {
                 state machine, follow-up messages scheduled per phone number, the worker drain \
                 that hands due follow-ups to the outbound queue, and the orchestration events of \
                 every change. All bodies are JSON; every error body is \
-                `{\"error\": \"<code>\", \"details\": <optional>}`, never a stack trace."
+                `{\"error\": \"<code>\", \"details\": <optional>}`, never a stack trace. \
+                No text, in a body or a query parameter, may contain the U+0000 character: \
+                it cannot be stored, so it is `400 validation_error` wherever it appears."
         },
         "tags": [
             {"name": "campaigns", "description": "Create, transition and list campaigns."},
@@ -399,9 +402,9 @@ fn page_parameters() -> [Value; 2] {
         query(
             "cursor",
             false,
-            "The `next_cursor` of the previous page; a cursor this server did not issue is \
+            "The `next_cursor` of the previous page. Text of another shape is \
              `400 validation_error`.",
-            json!({"type": "string"}),
+            json!({"type": "string", "pattern": CURSOR_PATTERN}),
         ),
     ]
 }

@@ -76,8 +76,10 @@ impl Application {
                 .wrap(from_fn(auth::require_token))
                 .wrap(from_fn(telemetry::log_request))
                 .configure(routes::configure)
-                .route("/metrics", web::get().to(metrics::render))
-                .route("/openapi.json", web::get().to(serve_openapi))
+                .service(routes::resource("/metrics", "GET").route(web::get().to(metrics::render)))
+                .service(
+                    routes::resource("/openapi.json", "GET").route(web::get().to(serve_openapi)),
+                )
                 .default_service(web::to(not_found))
         })
         .listen(listener)?

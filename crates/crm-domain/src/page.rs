@@ -1,7 +1,9 @@
 //! Keyset pagination shared by every list: oldest first by `(created_at, id)`.
 //!
-//! A cursor is the position of the last item of a page. It is opaque to clients; a
-//! text the server could not have issued does not decode.
+//! A cursor is the position of the last item of a page, spelled
+//! `c1_<unix millis>_<32 hex digits>` (`CURSOR_PATTERN`). It is opaque to clients; a text
+//! of another shape does not decode. A well-shaped cursor past either end of time is a
+//! position like any other: it simply starts before the first or after the last item.
 
 use uuid::Uuid;
 
@@ -11,6 +13,9 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
 const CURSOR_PREFIX: &str = "c1_";
+
+/// Exactly the texts `Cursor::decode` accepts.
+pub const CURSOR_PATTERN: &str = "^c1_(0|-?[1-9][0-9]{0,17})_[0-9a-f]{32}$";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cursor {
@@ -29,17 +34,28 @@ impl Cursor {
 
     pub fn decode(text: &str) -> Option<Self> {
         let (millis, id) = text.strip_prefix(CURSOR_PREFIX)?.split_once('_')?;
-        let millis: i64 = millis.parse().ok()?;
-        if id.len() != 32 {
+        let digits = millis.strip_prefix('-').unwrap_or(millis);
+        let canonical_number = (digits == "0" || !digits.starts_with('0'))
+            && (1..=18).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && millis != "-0";
+        let canonical_id =
+            id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !canonical_number || !canonical_id {
             return None;
         }
-        let id = Uuid::try_parse(id).ok()?;
-        let cursor = Self {
-            created_at: Timestamp::from_unix_millis(millis)?,
-            id,
-        };
-        // Only the canonical spelling is one we issued.
-        (cursor.encode() == text).then_some(cursor)
+        let millis: i64 = millis.parse().ok()?;
+        let created_at = Timestamp::from_unix_millis(millis)
+            .filter(|at| (Timestamp::MIN..=Timestamp::MAX).contains(at))
+            .unwrap_or(if millis < 0 {
+                Timestamp::MIN
+            } else {
+                Timestamp::MAX
+            });
+        Some(Self {
+            created_at,
+            id: Uuid::try_parse(id).ok()?,
+        })
     }
 }
 
@@ -64,16 +80,29 @@ mod tests {
     }
 
     #[test]
-    fn texts_the_server_did_not_issue_do_not_decode() {
+    fn texts_of_another_shape_do_not_decode() {
+        let zeros = "0".repeat(32);
         for text in [
-            "",
-            "abc",
-            "c1_",
-            "c1_12_zz",
-            "c1_+12_00000000000000000000000000000000",
-            "c1_1_0000",
+            String::new(),
+            "abc".into(),
+            "c1_".into(),
+            "c1_12_zz".into(),
+            format!("c1_+12_{zeros}"),
+            format!("c1_012_{zeros}"),
+            format!("c1_-0_{zeros}"),
+            "c1_1_0000".into(),
+            format!("c1_1_{}", "A".repeat(32)),
         ] {
-            assert_eq!(Cursor::decode(text), None, "{text}");
+            assert_eq!(Cursor::decode(&text), None, "{text}");
         }
+    }
+
+    #[test]
+    fn a_well_shaped_cursor_past_the_end_of_time_is_clamped_not_refused() {
+        let zeros = "0".repeat(32);
+        let late = Cursor::decode(&format!("c1_999999999999999999_{zeros}")).unwrap();
+        assert_eq!(late.created_at, Timestamp::MAX);
+        let early = Cursor::decode(&format!("c1_-999999999999999999_{zeros}")).unwrap();
+        assert_eq!(early.created_at, Timestamp::MIN);
     }
 }

@@ -23,6 +23,8 @@ pub struct TimestampError {
 impl Timestamp {
     /// The earliest instant a timestamp can hold (year 0000), a lower bound for ranges.
     pub const MIN: Timestamp = Timestamp(time::macros::datetime!(0000-01-01 00:00 UTC));
+    /// The latest instant a timestamp can hold, the last millisecond of year 9999.
+    pub const MAX: Timestamp = Timestamp(time::macros::datetime!(9999-12-31 23:59:59.999 UTC));
 
     /// Wraps an instant, normalised to UTC and truncated to milliseconds.
     pub fn from_datetime(instant: OffsetDateTime) -> Self {
@@ -39,7 +41,8 @@ impl Timestamp {
             text: text.to_owned(),
         };
         let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| error())?;
-        let utc = parsed.to_offset(UtcOffset::UTC);
+        // The offset can carry an instant past the years the type holds.
+        let utc = parsed.checked_to_offset(UtcOffset::UTC).ok_or_else(error)?;
         // Four-digit years only, so the value always prints back in RFC 3339 form.
         if !(0..=9999).contains(&utc.year()) {
             return Err(error());
@@ -105,6 +108,21 @@ mod tests {
         ] {
             assert!(Timestamp::parse(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn offsets_that_carry_an_instant_outside_years_0000_to_9999_are_refused() {
+        for text in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
+            assert!(Timestamp::parse(text).is_err(), "{text}");
+        }
+        let last = Timestamp::parse("9999-12-31T23:59:59.999+00:00").unwrap();
+        assert_eq!(last.to_string(), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn a_leap_second_reads_as_the_last_millisecond_of_its_minute() {
+        let leap = Timestamp::parse("1990-12-31T23:59:60Z").unwrap();
+        assert_eq!(leap.to_string(), "1990-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -6,36 +6,63 @@ mod health;
 mod trace;
 mod worker;
 
-use actix_web::web;
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
 use crm_domain::ids::TenantId;
 use crm_domain::page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
+use serde_json::json;
 
 use crate::error::ApiError;
 use crate::extract::param;
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .route("/health", web::get().to(health::health))
-        .route("/ready", web::get().to(health::ready))
+        .service(resource("/health", "GET").route(web::get().to(health::health)))
+        .service(resource("/ready", "GET").route(web::get().to(health::ready)))
         .service(
-            web::scope("/v1/crm")
-                .route("/campaigns", web::post().to(campaigns::create_campaign))
-                .route("/campaigns", web::get().to(campaigns::list_campaigns))
-                .route(
-                    "/campaigns/{campaign_id}/state",
-                    web::patch().to(campaigns::advance_campaign),
-                )
-                .route("/followups", web::post().to(follow_ups::create_follow_up))
-                .route("/followups", web::get().to(follow_ups::list_follow_ups)),
+            resource("/v1/crm/campaigns", "GET, POST")
+                .route(web::post().to(campaigns::create_campaign))
+                .route(web::get().to(campaigns::list_campaigns)),
         )
         .service(
-            web::scope("/internal")
-                .route(
-                    "/worker/crm-followups/drain",
-                    web::post().to(worker::drain_follow_ups),
-                )
-                .route("/orchestration/trace", web::get().to(trace::trace)),
+            resource("/v1/crm/campaigns/{campaign_id}/state", "PATCH")
+                .route(web::patch().to(campaigns::advance_campaign)),
+        )
+        .service(
+            resource("/v1/crm/followups", "GET, POST")
+                .route(web::post().to(follow_ups::create_follow_up))
+                .route(web::get().to(follow_ups::list_follow_ups)),
+        )
+        .service(
+            resource("/internal/worker/crm-followups/drain", "POST")
+                .route(web::post().to(worker::drain_follow_ups)),
+        )
+        .service(
+            resource("/internal/orchestration/trace", "GET").route(web::get().to(trace::trace)),
         );
+}
+
+/// A path whose other methods answer `405` with the `Allow` header.
+pub(crate) fn resource(path: &str, allowed: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, allowed))
+            .json(json!({ "error": "method_not_allowed" }))
+    }))
+}
+
+/// A whole number above zero written in decimal digits, however large (a value past
+/// `usize` saturates: every caller caps it anyway).
+fn positive_integer(text: &str) -> Option<usize> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let significant = text.trim_start_matches('0');
+    match significant.len() {
+        0 => None,
+        1..=18 => significant.parse().ok(),
+        _ => Some(usize::MAX),
+    }
 }
 
 /// The `tenant_id` every list needs.
@@ -49,15 +76,9 @@ fn tenant_param(pairs: &[(String, String)]) -> Result<TenantId, ApiError> {
 fn page_params(pairs: &[(String, String)]) -> Result<(usize, Option<Cursor>), ApiError> {
     let limit = match param(pairs, "limit") {
         None => DEFAULT_LIMIT,
-        Some(text) => match text.parse::<u64>() {
-            Ok(0) | Err(_) => {
-                return Err(ApiError::invalid_query(
-                    "limit",
-                    "must be a positive integer",
-                ));
-            }
-            Ok(limit) => usize::try_from(limit).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
-        },
+        Some(text) => positive_integer(text)
+            .ok_or_else(|| ApiError::invalid_query("limit", "must be a positive integer"))?
+            .min(MAX_LIMIT),
     };
     let cursor = param(pairs, "cursor")
         .map(|text| {
@@ -67,4 +88,22 @@ fn page_params(pairs: &[(String, String)]) -> Result<(usize, Option<Cursor>), Ap
         })
         .transpose()?;
     Ok((limit, cursor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::positive_integer;
+
+    #[test]
+    fn limits_are_decimal_digits_above_zero_of_any_size() {
+        assert_eq!(positive_integer("7"), Some(7));
+        assert_eq!(positive_integer("007"), Some(7));
+        assert_eq!(
+            positive_integer("3298813592504923120750529871872"),
+            Some(usize::MAX)
+        );
+        for bad in ["", "0", "000", "-1", "+1", "1.5", "abc", " 1"] {
+            assert_eq!(positive_integer(bad), None, "{bad:?}");
+        }
+    }
 }
