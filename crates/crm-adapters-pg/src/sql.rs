@@ -1,11 +1,20 @@
 //! Query text. Every statement names its columns; none is built from user input.
 
+// Every write below is one statement: the change and its events (given as parallel
+// arrays: event id, tenant, name, correlation id, emitted_at, envelope) commit together
+// or not at all, in a single round trip. The events are written only when the change
+// wrote a row.
+
 /// `ON CONFLICT DO NOTHING` without a target covers the primary key and the
 /// `(tenant_id, external_key)` index alike; the caller then finds out which one it was.
-pub const INSERT_CAMPAIGN: &str = "INSERT INTO crm_campaigns (campaign_id, tenant_id, \
-    external_key, name, channel, audience_segment, state, scheduled_at, metadata_json, revision, \
-    created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-    ON CONFLICT DO NOTHING";
+pub const CREATE_CAMPAIGN: &str = "WITH changed AS (INSERT INTO crm_campaigns (campaign_id, \
+    tenant_id, external_key, name, channel, audience_segment, state, scheduled_at, \
+    metadata_json, revision, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+    $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING 1), \
+    events AS (INSERT INTO crm_events (event_id, tenant_id, name, correlation_id, emitted_at, \
+    envelope) SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::uuid[], \
+    $17::timestamptz[], $18::jsonb[]) WHERE EXISTS (SELECT 1 FROM changed)) \
+    SELECT count(*) FROM changed";
 
 pub const SELECT_CAMPAIGN_BY_ID: &str = "SELECT campaign_id, tenant_id, external_key, name, \
     channel, audience_segment, state, scheduled_at, metadata_json, revision, created_at, \
@@ -16,10 +25,14 @@ pub const SELECT_CAMPAIGN_BY_KEY: &str = "SELECT campaign_id, tenant_id, externa
     updated_at FROM crm_campaigns WHERE tenant_id = $1 AND external_key = $2";
 
 /// Applies a change only if the stored revision is the one it was decided on.
-pub const UPDATE_CAMPAIGN: &str = "UPDATE crm_campaigns SET external_key = $3, name = $4, \
-    channel = $5, audience_segment = $6, state = $7, scheduled_at = $8, metadata_json = $9, \
-    revision = $10::bigint, updated_at = $11 WHERE campaign_id = $1 AND tenant_id = $2 \
-    AND revision = $10::bigint - 1";
+pub const UPDATE_CAMPAIGN: &str = "WITH changed AS (UPDATE crm_campaigns SET external_key = $3, \
+    name = $4, channel = $5, audience_segment = $6, state = $7, scheduled_at = $8, \
+    metadata_json = $9, revision = $10::bigint, updated_at = $11 WHERE campaign_id = $1 \
+    AND tenant_id = $2 AND revision = $10::bigint - 1 RETURNING 1), \
+    events AS (INSERT INTO crm_events (event_id, tenant_id, name, correlation_id, emitted_at, \
+    envelope) SELECT * FROM unnest($12::uuid[], $13::text[], $14::text[], $15::uuid[], \
+    $16::timestamptz[], $17::jsonb[]) WHERE EXISTS (SELECT 1 FROM changed)) \
+    SELECT count(*) FROM changed";
 
 pub const LIST_CAMPAIGNS: &str = "SELECT campaign_id, tenant_id, external_key, name, channel, \
     audience_segment, state, scheduled_at, metadata_json, revision, created_at, updated_at \
@@ -27,11 +40,16 @@ pub const LIST_CAMPAIGNS: &str = "SELECT campaign_id, tenant_id, external_key, n
     AND ($3::timestamptz IS NULL OR (created_at, campaign_id) > ($3, $4)) \
     ORDER BY created_at, campaign_id LIMIT $5";
 
-pub const INSERT_FOLLOW_UP: &str = "INSERT INTO crm_followups (followup_id, tenant_id, \
-    campaign_id, external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, \
-    status, provider_message_id, last_error_code, last_error_message, metadata_json, \
-    correlation_id, trace_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-    $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT DO NOTHING";
+pub const CREATE_FOLLOW_UP: &str = "WITH changed AS (INSERT INTO crm_followups (followup_id, \
+    tenant_id, campaign_id, external_key, lead_id, customer_id, phone_e164, message, \
+    schedule_at, channel, status, provider_message_id, last_error_code, last_error_message, \
+    metadata_json, correlation_id, trace_id, created_at, updated_at) VALUES ($1, $2, $3, $4, \
+    $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+    ON CONFLICT DO NOTHING RETURNING 1), \
+    events AS (INSERT INTO crm_events (event_id, tenant_id, name, correlation_id, emitted_at, \
+    envelope) SELECT * FROM unnest($20::uuid[], $21::text[], $22::text[], $23::uuid[], \
+    $24::timestamptz[], $25::jsonb[]) WHERE EXISTS (SELECT 1 FROM changed)) \
+    SELECT count(*) FROM changed";
 
 pub const SELECT_FOLLOW_UP_BY_ID: &str = "SELECT followup_id, tenant_id, campaign_id, \
     external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
@@ -67,18 +85,29 @@ pub const COUNT_DUE: &str = "SELECT count(*) FROM crm_followups f \
     WHERE f.status = 'pending' AND f.schedule_at <= $1 \
     AND (c.state IS NULL OR c.state <> 'paused')";
 
-pub const UPDATE_FOLLOW_UP_OUTCOME: &str = "UPDATE crm_followups SET status = $2, \
-    provider_message_id = $3, last_error_code = $4, last_error_message = $5, updated_at = $6 \
-    WHERE followup_id = $1 AND status = 'pending'";
+/// The drain's decisions for a whole batch, as parallel arrays (id, status,
+/// provider_message_id, last_error_code, last_error_message, updated_at).
+pub const RECORD_OUTCOMES: &str = "UPDATE crm_followups f SET status = o.status, \
+    provider_message_id = o.provider_message_id, last_error_code = o.last_error_code, \
+    last_error_message = o.last_error_message, updated_at = o.updated_at \
+    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
+    $6::timestamptz[]) AS o(followup_id, status, provider_message_id, last_error_code, \
+    last_error_message, updated_at) \
+    WHERE f.followup_id = o.followup_id AND f.status = 'pending'";
 
-pub const INSERT_EVENT: &str = "INSERT INTO crm_events (event_id, tenant_id, name, \
-    correlation_id, emitted_at, envelope) VALUES ($1, $2, $3, $4, $5, $6)";
+/// Events as parallel arrays, as in the writes above.
+pub const INSERT_EVENTS: &str = "INSERT INTO crm_events (event_id, tenant_id, name, \
+    correlation_id, emitted_at, envelope) SELECT * FROM unnest($1::uuid[], $2::text[], \
+    $3::text[], $4::uuid[], $5::timestamptz[], $6::jsonb[])";
+
+/// Outbound items as parallel arrays (queue item id, tenant, idempotency key, item,
+/// created_at). The unique idempotency key refuses a second item for a follow-up.
+pub const ENQUEUE_OUTBOUND: &str = "INSERT INTO crm_outbound_queue (queue_item_id, tenant_id, \
+    idempotency_key, item, created_at) SELECT * FROM unnest($1::uuid[], $2::text[], \
+    $3::text[], $4::jsonb[], $5::timestamptz[])";
 
 pub const EVENTS_BY_CORRELATION: &str =
     "SELECT envelope FROM crm_events WHERE correlation_id = $1 ORDER BY seq";
-
-pub const INSERT_OUTBOUND: &str = "INSERT INTO crm_outbound_queue (queue_item_id, tenant_id, \
-    idempotency_key, item, created_at) VALUES ($1, $2, $3, $4, $5)";
 
 pub const OUTBOUND_ITEMS: &str =
     "SELECT item FROM crm_outbound_queue ORDER BY seq OFFSET $1 LIMIT $2";

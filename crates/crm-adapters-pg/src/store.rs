@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use crm_domain::campaign::Campaign;
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, CorrelationId, TenantId};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::{Cursor, Page};
 use crm_domain::timestamp::Timestamp;
@@ -15,6 +15,7 @@ use crm_ports::{
     DueFollowUp, EventEmitter, FollowUpQuery, FollowUpStore, OutboundQueue, Store, StoreError,
 };
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use time::OffsetDateTime;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -149,35 +150,170 @@ impl PgStore {
     }
 }
 
-async fn insert_events(
-    client: &impl GenericClient,
-    events: &[EventEnvelope],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
+/// Events as the parallel arrays the write statements take.
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<Uuid>,
+    tenants: Vec<String>,
+    names: Vec<String>,
+    correlations: Vec<Uuid>,
+    emitted: Vec<OffsetDateTime>,
+    envelopes: Vec<serde_json::Value>,
+}
+
+impl EventColumns {
+    fn new(events: &[EventEnvelope]) -> Result<Self, StoreError> {
+        let mut columns = Self {
+            ids: Vec::with_capacity(events.len()),
+            tenants: Vec::with_capacity(events.len()),
+            names: Vec::with_capacity(events.len()),
+            correlations: Vec::with_capacity(events.len()),
+            emitted: Vec::with_capacity(events.len()),
+            envelopes: Vec::with_capacity(events.len()),
+        };
+        columns.extend(events)?;
+        Ok(columns)
     }
-    let statement = client
-        .prepare_cached(sql::INSERT_EVENT)
+
+    fn extend(&mut self, events: &[EventEnvelope]) -> Result<(), StoreError> {
+        for event in events {
+            self.ids.push(event.event_id.as_uuid());
+            self.tenants.push(event.tenant_id.as_str().to_owned());
+            self.names.push(event.name.clone());
+            self.correlations.push(event.correlation_id.as_uuid());
+            self.emitted.push(event.emitted_at.as_datetime());
+            self.envelopes
+                .push(serde_json::to_value(event).map_err(unavailable)?);
+        }
+        Ok(())
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.ids,
+            &self.tenants,
+            &self.names,
+            &self.correlations,
+            &self.emitted,
+            &self.envelopes,
+        ]
+    }
+}
+
+/// Runs a write statement that returns no rows.
+async fn changed_rows_of(
+    client: &impl GenericClient,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
+    client
+        .execute(&statement, params)
+        .await
+        .map_err(unavailable)
+}
+
+/// A drain batch's decisions as the parallel arrays of its three write statements.
+#[derive(Default)]
+struct Decided {
+    ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    provider_message_ids: Vec<Option<Uuid>>,
+    error_codes: Vec<Option<String>>,
+    error_messages: Vec<Option<String>>,
+    updated_at: Vec<OffsetDateTime>,
+    events: EventColumns,
+    item_ids: Vec<Uuid>,
+    item_tenants: Vec<String>,
+    item_keys: Vec<String>,
+    items: Vec<serde_json::Value>,
+    item_created_at: Vec<OffsetDateTime>,
+}
+
+impl Decided {
+    fn add(
+        &mut self,
+        followup_id: FollowUpId,
+        decision: DispatchDecision,
+    ) -> Result<DrainOutcome, StoreError> {
+        let (follow_up, item, events, status) = match decision {
+            DispatchDecision::Send {
+                follow_up,
+                item,
+                events,
+            } => (follow_up, Some(item), events, DrainStatus::Sent),
+            DispatchDecision::Fail { follow_up, events } => {
+                (follow_up, None, events, DrainStatus::Failed)
+            }
+            DispatchDecision::Skip { reason } => {
+                return Ok(DrainOutcome {
+                    followup_id,
+                    status: DrainStatus::Skipped,
+                    reason: Some(reason),
+                });
+            }
+        };
+        self.ids.push(followup_id.as_uuid());
+        self.statuses.push(follow_up.status.as_str());
+        self.provider_message_ids
+            .push(follow_up.provider_message_id.map(|p| p.as_uuid()));
+        self.error_codes.push(follow_up.last_error_code.clone());
+        self.error_messages
+            .push(follow_up.last_error_message.clone());
+        self.updated_at.push(follow_up.updated_at.as_datetime());
+        self.events.extend(&events)?;
+        if let Some(item) = item {
+            self.item_ids.push(item.queue_item_id.as_uuid());
+            self.item_tenants.push(item.tenant_id.as_str().to_owned());
+            self.item_keys.push(item.idempotency_key.clone());
+            self.items
+                .push(serde_json::to_value(&*item).map_err(unavailable)?);
+            self.item_created_at.push(item.created_at.as_datetime());
+        }
+        let reason = (status == DrainStatus::Failed)
+            .then(|| follow_up.last_error_code.clone())
+            .flatten();
+        Ok(DrainOutcome {
+            followup_id,
+            status,
+            reason,
+        })
+    }
+
+    fn outcome_params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.ids,
+            &self.statuses,
+            &self.provider_message_ids,
+            &self.error_codes,
+            &self.error_messages,
+            &self.updated_at,
+        ]
+    }
+
+    fn outbound_params(&self) -> [&(dyn ToSql + Sync); 5] {
+        [
+            &self.item_ids,
+            &self.item_tenants,
+            &self.item_keys,
+            &self.items,
+            &self.item_created_at,
+        ]
+    }
+}
+
+/// Runs one write statement that ends in `SELECT count(*) FROM changed`.
+async fn changed_rows(
+    client: &impl GenericClient,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<i64, StoreError> {
+    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
+    let row = client
+        .query_one(&statement, params)
         .await
         .map_err(unavailable)?;
-    for event in events {
-        let envelope = serde_json::to_value(event).map_err(unavailable)?;
-        client
-            .execute(
-                &statement,
-                &[
-                    &event.event_id.as_uuid(),
-                    &event.tenant_id.as_str(),
-                    &event.name,
-                    &event.correlation_id.as_uuid(),
-                    &event.emitted_at.as_datetime(),
-                    &envelope,
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-    }
-    Ok(())
+    row.try_get(0).map_err(unavailable)
 }
 
 fn campaign_params(campaign: &Campaign) -> Result<CampaignParams, StoreError> {
@@ -229,38 +365,29 @@ impl CampaignStore for PgStore {
         events: &[EventEnvelope],
     ) -> Result<Created<Campaign>, StoreError> {
         let params = campaign_params(campaign)?;
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(unavailable)?;
-        let statement = transaction
-            .prepare_cached(sql::INSERT_CAMPAIGN)
-            .await
-            .map_err(unavailable)?;
-        let inserted = transaction
-            .execute(
-                &statement,
-                &[
-                    &params.id,
-                    &campaign.tenant_id.as_str(),
-                    &campaign.external_key,
-                    &campaign.name,
-                    &campaign.channel,
-                    &campaign.audience_segment,
-                    &campaign.state.as_str(),
-                    &campaign.scheduled_at.map(|t| t.as_datetime()),
-                    &params.metadata,
-                    &params.revision,
-                    &campaign.created_at.as_datetime(),
-                    &campaign.updated_at.as_datetime(),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        if inserted == 1 {
-            insert_events(&transaction, events).await?;
-            transaction.commit().await.map_err(unavailable)?;
+        let events = EventColumns::new(events)?;
+        let client = self.client().await?;
+        let scheduled_at = campaign.scheduled_at.map(|t| t.as_datetime());
+        let created_at = campaign.created_at.as_datetime();
+        let updated_at = campaign.updated_at.as_datetime();
+        let record: [&(dyn ToSql + Sync); 12] = [
+            &params.id,
+            &campaign.tenant_id.as_str(),
+            &campaign.external_key,
+            &campaign.name,
+            &campaign.channel,
+            &campaign.audience_segment,
+            &campaign.state.as_str(),
+            &scheduled_at,
+            &params.metadata,
+            &params.revision,
+            &created_at,
+            &updated_at,
+        ];
+        let all: Vec<_> = record.into_iter().chain(events.params()).collect();
+        if changed_rows(&client, sql::CREATE_CAMPAIGN, &all).await? == 1 {
             return Ok(Created::Created(campaign.clone()));
         }
-        transaction.rollback().await.map_err(unavailable)?;
         // Not inserted: the id or the key is taken. Find out which, id first.
         if let Some(existing) = one(
             &client,
@@ -309,51 +436,44 @@ impl CampaignStore for PgStore {
         events: &[EventEnvelope],
     ) -> Result<(), StoreError> {
         let params = campaign_params(changed)?;
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(unavailable)?;
-        let statement = transaction
-            .prepare_cached(sql::UPDATE_CAMPAIGN)
-            .await
-            .map_err(unavailable)?;
-        let updated = transaction
-            .execute(
-                &statement,
-                &[
-                    &params.id,
-                    &changed.tenant_id.as_str(),
-                    &changed.external_key,
-                    &changed.name,
-                    &changed.channel,
-                    &changed.audience_segment,
-                    &changed.state.as_str(),
-                    &changed.scheduled_at.map(|t| t.as_datetime()),
-                    &params.metadata,
-                    &params.revision,
-                    &changed.updated_at.as_datetime(),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        if updated == 0 {
-            let current = one(
-                &transaction,
-                sql::SELECT_CAMPAIGN_BY_ID,
-                &[&params.id],
-                rows::campaign,
-            )
-            .await?;
-            transaction.rollback().await.map_err(unavailable)?;
-            return Err(match current {
-                Some(current) if current.tenant_id == changed.tenant_id => StoreError::Stale {
-                    campaign_id: changed.campaign_id,
-                },
-                _ => StoreError::NotFound {
-                    campaign_id: changed.campaign_id,
-                },
-            });
+        let events = EventColumns::new(events)?;
+        let client = self.client().await?;
+        let scheduled_at = changed.scheduled_at.map(|t| t.as_datetime());
+        let updated_at = changed.updated_at.as_datetime();
+        let record: [&(dyn ToSql + Sync); 11] = [
+            &params.id,
+            &changed.tenant_id.as_str(),
+            &changed.external_key,
+            &changed.name,
+            &changed.channel,
+            &changed.audience_segment,
+            &changed.state.as_str(),
+            &scheduled_at,
+            &params.metadata,
+            &params.revision,
+            &updated_at,
+        ];
+        let all: Vec<_> = record.into_iter().chain(events.params()).collect();
+        if changed_rows(&client, sql::UPDATE_CAMPAIGN, &all).await? == 1 {
+            return Ok(());
         }
-        insert_events(&transaction, events).await?;
-        transaction.commit().await.map_err(unavailable)
+        // Nothing changed: another writer moved the revision, or the tenant has no such
+        // campaign.
+        let current = one(
+            &client,
+            sql::SELECT_CAMPAIGN_BY_ID,
+            &[&params.id],
+            rows::campaign,
+        )
+        .await?;
+        Err(match current {
+            Some(current) if current.tenant_id == changed.tenant_id => StoreError::Stale {
+                campaign_id: changed.campaign_id,
+            },
+            _ => StoreError::NotFound {
+                campaign_id: changed.campaign_id,
+            },
+        })
     }
 
     async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError> {
@@ -396,45 +516,39 @@ impl FollowUpStore for PgStore {
     ) -> Result<Created<FollowUp>, StoreError> {
         let id = follow_up.followup_id.as_uuid();
         let metadata = serde_json::Value::Object(follow_up.metadata.clone());
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(unavailable)?;
-        let statement = transaction
-            .prepare_cached(sql::INSERT_FOLLOW_UP)
-            .await
-            .map_err(unavailable)?;
-        let inserted = transaction
-            .execute(
-                &statement,
-                &[
-                    &id,
-                    &follow_up.tenant_id.as_str(),
-                    &follow_up.campaign_id.map(|c| c.as_uuid()),
-                    &follow_up.external_key,
-                    &follow_up.lead_id,
-                    &follow_up.customer_id,
-                    &follow_up.phone_e164,
-                    &follow_up.message,
-                    &follow_up.schedule_at.as_datetime(),
-                    &follow_up.channel,
-                    &follow_up.status.as_str(),
-                    &follow_up.provider_message_id.map(|p| p.as_uuid()),
-                    &follow_up.last_error_code,
-                    &follow_up.last_error_message,
-                    &metadata,
-                    &follow_up.correlation_id.as_uuid(),
-                    &follow_up.trace_id,
-                    &follow_up.created_at.as_datetime(),
-                    &follow_up.updated_at.as_datetime(),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        if inserted == 1 {
-            insert_events(&transaction, events).await?;
-            transaction.commit().await.map_err(unavailable)?;
+        let events = EventColumns::new(events)?;
+        let client = self.client().await?;
+        let campaign_id = follow_up.campaign_id.map(|c| c.as_uuid());
+        let provider_message_id = follow_up.provider_message_id.map(|p| p.as_uuid());
+        let correlation_id = follow_up.correlation_id.as_uuid();
+        let schedule_at = follow_up.schedule_at.as_datetime();
+        let created_at = follow_up.created_at.as_datetime();
+        let updated_at = follow_up.updated_at.as_datetime();
+        let record: [&(dyn ToSql + Sync); 19] = [
+            &id,
+            &follow_up.tenant_id.as_str(),
+            &campaign_id,
+            &follow_up.external_key,
+            &follow_up.lead_id,
+            &follow_up.customer_id,
+            &follow_up.phone_e164,
+            &follow_up.message,
+            &schedule_at,
+            &follow_up.channel,
+            &follow_up.status.as_str(),
+            &provider_message_id,
+            &follow_up.last_error_code,
+            &follow_up.last_error_message,
+            &metadata,
+            &correlation_id,
+            &follow_up.trace_id,
+            &created_at,
+            &updated_at,
+        ];
+        let all: Vec<_> = record.into_iter().chain(events.params()).collect();
+        if changed_rows(&client, sql::CREATE_FOLLOW_UP, &all).await? == 1 {
             return Ok(Created::Created(follow_up.clone()));
         }
-        transaction.rollback().await.map_err(unavailable)?;
         if let Some(existing) = one(
             &client,
             sql::SELECT_FOLLOW_UP_BY_ID,
@@ -510,15 +624,8 @@ impl FollowUpStore for PgStore {
             )
             .await
             .map_err(unavailable)?;
-        let update = transaction
-            .prepare_cached(sql::UPDATE_FOLLOW_UP_OUTCOME)
-            .await
-            .map_err(unavailable)?;
-        let enqueue = transaction
-            .prepare_cached(sql::INSERT_OUTBOUND)
-            .await
-            .map_err(unavailable)?;
         let mut outcomes = Vec::with_capacity(claimed.len());
+        let mut decided = Decided::default();
         for row in &claimed {
             let campaign_state: Option<String> =
                 row.try_get("campaign_state").map_err(unavailable)?;
@@ -529,63 +636,23 @@ impl FollowUpStore for PgStore {
                     .transpose()
                     .map_err(unavailable)?,
             };
-            let followup_id = due.follow_up.followup_id;
-            let (decided, item, events, status) = match dispatcher.decide(&due) {
-                DispatchDecision::Send {
-                    follow_up,
-                    item,
-                    events,
-                } => (follow_up, Some(item), events, DrainStatus::Sent),
-                DispatchDecision::Fail { follow_up, events } => {
-                    (follow_up, None, events, DrainStatus::Failed)
-                }
-                DispatchDecision::Skip { reason } => {
-                    outcomes.push(DrainOutcome {
-                        followup_id,
-                        status: DrainStatus::Skipped,
-                        reason: Some(reason),
-                    });
-                    continue;
-                }
-            };
-            transaction
-                .execute(
-                    &update,
-                    &[
-                        &followup_id.as_uuid(),
-                        &decided.status.as_str(),
-                        &decided.provider_message_id.map(|p| p.as_uuid()),
-                        &decided.last_error_code,
-                        &decided.last_error_message,
-                        &decided.updated_at.as_datetime(),
-                    ],
-                )
-                .await
-                .map_err(unavailable)?;
-            if let Some(item) = &item {
-                let json = serde_json::to_value(item).map_err(unavailable)?;
-                transaction
-                    .execute(
-                        &enqueue,
-                        &[
-                            &item.queue_item_id.as_uuid(),
-                            &item.tenant_id.as_str(),
-                            &item.idempotency_key,
-                            &json,
-                            &item.created_at.as_datetime(),
-                        ],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-            }
-            insert_events(&transaction, &events).await?;
-            outcomes.push(DrainOutcome {
-                followup_id,
-                status,
-                reason: (status == DrainStatus::Failed)
-                    .then(|| decided.last_error_code.clone())
-                    .flatten(),
-            });
+            outcomes.push(decided.add(due.follow_up.followup_id, dispatcher.decide(&due))?);
+        }
+        // The whole batch is three statements, committed with the claim or not at all.
+        if !decided.ids.is_empty() {
+            changed_rows_of(
+                &transaction,
+                sql::RECORD_OUTCOMES,
+                &decided.outcome_params(),
+            )
+            .await?;
+            changed_rows_of(&transaction, sql::INSERT_EVENTS, &decided.events.params()).await?;
+            changed_rows_of(
+                &transaction,
+                sql::ENQUEUE_OUTBOUND,
+                &decided.outbound_params(),
+            )
+            .await?;
         }
         transaction.commit().await.map_err(unavailable)?;
         Ok(outcomes)
