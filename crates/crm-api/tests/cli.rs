@@ -1,0 +1,169 @@
+//! The binary's command line: help, start-up failures, log formats, and secrets that
+//! must never be printed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_crm-api");
+const TOKEN: &str = "tok-5f1d-never-print-me";
+const PASSWORD: &str = "pw-hunter2-never-print-me";
+
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(BINARY)
+        .args(args)
+        .env("CRM_API_TOKEN", TOKEN)
+        .env("CRM_INTERNAL_TOKEN", TOKEN)
+        .env(
+            "CRM_DATABASE_URL",
+            format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/test"),
+        )
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("the binary runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code(), text)
+}
+
+#[test]
+fn help_lists_every_flag_and_prints_no_secret_from_the_environment() {
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    for flag in [
+        "--bind",
+        "--backend",
+        "--data-dir",
+        "--database-url",
+        "--pg-schema",
+        "--api-token",
+        "--internal-token",
+        "--body-limit",
+        "--worker-interval-ms",
+        "--log-format",
+        "--workflows",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+    assert!(!text.contains(TOKEN) && !text.contains(PASSWORD), "{text}");
+}
+
+#[test]
+fn an_unreachable_database_stops_start_up_with_one_line_and_no_password() {
+    let (code, text) = run(&[
+        "--backend",
+        "postgres",
+        "--pg-startup-wait-ms",
+        "0",
+        "--log-format",
+        "json",
+    ]);
+    assert_eq!(code, Some(1));
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("crm-api: database still unreachable"),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD), "{text}");
+}
+
+#[test]
+fn bad_values_stop_start_up_with_a_non_zero_exit_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let bad_workflows = dir.path().join("workflows.json");
+    std::fs::write(&bad_workflows, r#"{"version": "1", "module": "m", "workflows": {"campaign": {"states": ["draft"], "transitions": [{"from": "draft", "to": "gone", "trigger": "go"}]}}}"#).unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["--backend", "mongo"], "mongo"),
+        (
+            &["--bind", "not-an-address", "--data-dir", data_dir],
+            "--bind",
+        ),
+        (
+            &[
+                "--workflows",
+                bad_workflows.to_str().unwrap(),
+                "--data-dir",
+                data_dir,
+            ],
+            "gone",
+        ),
+        (
+            &["--body-limit", "0", "--data-dir", data_dir],
+            "--body-limit",
+        ),
+    ];
+    for (args, named) in cases {
+        let (code, text) = run(args);
+        assert_ne!(code, Some(0), "{args:?} started");
+        assert!(text.contains(named), "{args:?}: {text}");
+        assert!(!text.contains(TOKEN), "{text}");
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BINARY)
+        .args([
+            "--log-format",
+            "json",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("CRM_API_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if health_with_request_id(port, "cli-test-1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "SIGTERM ends the server with status 0"
+    );
+    let lines: Vec<serde_json::Value> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(|line| serde_json::from_str(&line.unwrap()).expect("every log line is a JSON object"))
+        .collect();
+    let request = lines
+        .iter()
+        .find(|line| line["request_id"] == "cli-test-1")
+        .expect("a line for the request");
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["route"], "/health");
+    assert_eq!(request["status"], 200);
+    assert!(request["latency_ms"].is_number());
+}
+
+/// A plain HTTP/1.1 `GET /health`; true when it answered 200.
+fn health_with_request_id(port: u16, request_id: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Request-Id: {request_id}\r\nConnection: close\r\n\r\n"
+    );
+    let mut reply = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut reply).is_ok()
+        && reply.starts_with("HTTP/1.1 200")
+}
