@@ -1,6 +1,8 @@
 //! Repository automation, run as `cargo xtask <task>`.
 //!
-//! - `ci`: what `.ci/run` runs (format, lints, tests with PostgreSQL, smoke, checks);
+//! - `ci`: what `.ci/run` runs (format, lints, the dependency check, tests with
+//!   PostgreSQL, smoke, API fuzzing);
+//! - `deps`: check that `crm-domain` stays free of runtimes, frameworks and drivers;
 //! - `smoke`: the whole flow against PostgreSQL through the real binary;
 //! - `migrate`: apply the migrations to `CRM_DATABASE_URL`;
 //! - `bench`: throughput and latency of the release binary (see `bench.rs`).
@@ -20,11 +22,12 @@ fn main() -> anyhow::Result<()> {
     let rest = &args[1.min(args.len())..];
     match task {
         "ci" => ci(),
+        "deps" => dependency_check(),
         "smoke" => runtime()?.block_on(smoke::run()),
         "migrate" => migrate(),
         "bench" => runtime()?.block_on(bench::run(rest)),
         _ => {
-            eprintln!("usage: cargo xtask <ci|smoke|migrate|bench>");
+            eprintln!("usage: cargo xtask <ci|deps|smoke|migrate|bench>");
             bail!("unknown task {task:?}")
         }
     }
@@ -83,7 +86,9 @@ fn ci() -> anyhow::Result<()> {
     )?;
     dependency_check()?;
     run("cargo", &["test", "--workspace"])?;
-    runtime()?.block_on(smoke::run())
+    runtime()?.block_on(smoke::run())?;
+    run("cargo", &["build", "--quiet", "--package", "crm-api"])?;
+    run(".ci/fuzz", &["target/debug/crm-api"])
 }
 
 /// The domain stays pure: no async runtime, web framework or database driver.
