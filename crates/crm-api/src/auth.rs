@@ -44,8 +44,12 @@ fn authorized(request: &ServiceRequest, expected: &Secret) -> bool {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| same_secret(token.trim().as_bytes(), expected.expose().as_bytes()))
+        .and_then(|value| value.split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, token)| {
+            same_secret(token.trim().as_bytes(), expected.expose().as_bytes())
+        })
 }
 
 pub async fn require_token(
@@ -79,6 +83,23 @@ mod tests {
         assert!(!same_secret(b"s3cret", b"s3creT"));
         assert!(!same_secret(b"s3cret", b"s3cret-longer"));
         assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        let expected = Secret::new("s3cret");
+        for header in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+            let request = actix_web::test::TestRequest::default()
+                .insert_header((AUTHORIZATION, header))
+                .to_srv_request();
+            assert!(authorized(&request, &expected), "{header}");
+        }
+        for header in ["Basic s3cret", "Bearers3cret", "s3cret", "Bearer s3cre"] {
+            let request = actix_web::test::TestRequest::default()
+                .insert_header((AUTHORIZATION, header))
+                .to_srv_request();
+            assert!(!authorized(&request, &expected), "{header}");
+        }
     }
 
     #[test]

@@ -15,10 +15,7 @@ pub enum ApiError {
     #[error("body breaks the contract")]
     Validation(Vec<Violation>),
     #[error("query parameter {parameter} {message}")]
-    InvalidQuery {
-        parameter: &'static str,
-        message: String,
-    },
+    InvalidQuery { parameter: String, message: String },
     #[error("tenant_id query parameter is missing")]
     MissingTenantId,
     #[error("correlation_id query parameter is missing")]
@@ -83,9 +80,9 @@ impl ApiError {
         }
     }
 
-    pub fn invalid_query(parameter: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid_query(parameter: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidQuery {
-            parameter,
+            parameter: parameter.into(),
             message: message.into(),
         }
     }

@@ -100,12 +100,12 @@ pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiEr
     let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
         .map(web::Query::into_inner)
         .map_err(|error| ApiError::invalid_query("query", error.to_string()))?;
-    if pairs
+    if let Some((key, _)) = pairs
         .iter()
-        .any(|(key, value)| key.contains('\0') || value.contains('\0'))
+        .find(|(key, value)| key.contains('\0') || value.contains('\0'))
     {
         return Err(ApiError::invalid_query(
-            "query",
+            key.replace('\0', "\u{fffd}"),
             "text must not contain the U+0000 character",
         ));
     }

@@ -1,6 +1,7 @@
 //! Durability of the file store, through the real `crm-api` binary on a temporary data dir:
-//! acknowledged writes survive `kill -9`, a corrupt snapshot stops start-up without being
-//! touched, and a second process cannot open a data dir that is in use.
+//! acknowledged writes survive `kill -9`, SIGTERM under load stops the process cleanly
+//! without losing them, a corrupt snapshot stops start-up without being touched, and a
+//! second process cannot open a data dir that is in use.
 //!
 //! Every wait is bounded and polls a condition; a server left running by a failed
 //! assertion is killed when its `Server` is dropped.
@@ -20,9 +21,16 @@ use uuid::Uuid;
 const BINARY: &str = env!("CARGO_BIN_EXE_crm-api");
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The graceful shutdown bound: the server's own 30 s for in-flight requests, plus slack.
+const GRACEFUL_EXIT_TIMEOUT: Duration = Duration::from_secs(35);
+/// Schedules that are never due, and one that always is.
+const FUTURE: &str = "2999-01-01T09:00:00.000Z";
+const PAST: &str = "2025-01-01T09:00:00.000Z";
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 const CLIENTS: usize = 8;
 const LOAD_AT_LEAST: Duration = Duration::from_millis(1_500);
+/// How long the clients run before the SIGTERM.
+const SIGTERM_AFTER: Duration = Duration::from_secs(1);
 const KILL_CYCLES: usize = 3;
 const MAX_PAGES: usize = 1_000;
 
@@ -34,8 +42,9 @@ struct Server {
 }
 
 impl Server {
-    /// Starts the binary on `data_dir` and a free loopback port, without waiting for it.
-    fn spawn(data_dir: &Path, log: PathBuf) -> Server {
+    /// Starts the binary on `data_dir` and a free loopback port with `flags` added,
+    /// without waiting for it.
+    fn spawn(data_dir: &Path, log: PathBuf, flags: &[&str]) -> Server {
         let port = free_port();
         let output = File::create(&log).expect("a log file");
         let mut command = Command::new(BINARY);
@@ -50,6 +59,7 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data_dir)
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::from(output.try_clone().expect("a log handle")))
             .stderr(Stdio::from(output))
@@ -64,10 +74,15 @@ impl Server {
 
     /// Starts the binary and waits until `/health` answers; retries on another port when
     /// the chosen one was taken between picking it and binding it.
-    async fn start(data_dir: &Path, logs: &Path, client: &reqwest::Client) -> Server {
+    async fn start(
+        data_dir: &Path,
+        logs: &Path,
+        client: &reqwest::Client,
+        flags: &[&str],
+    ) -> Server {
         for _ in 0..3 {
             let log = logs.join(format!("server-{}.log", Uuid::new_v4().simple()));
-            let mut server = Server::spawn(data_dir, log);
+            let mut server = Server::spawn(data_dir, log, flags);
             match server.wait_until_healthy(client).await {
                 Ok(()) => return server,
                 Err(log) if log.contains("cannot listen") => continue,
@@ -105,6 +120,15 @@ impl Server {
         // An error means the process is already gone, which is what we want.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as an orchestrator stops a container; does not wait.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed: {status}");
     }
 
     fn log_text(&self) -> String {
@@ -174,7 +198,7 @@ async fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatu
     }
 }
 
-fn follow_up_body(tenant: &str, followup_id: &str) -> Value {
+fn follow_up_body(tenant: &str, followup_id: &str, schedule_at: &str) -> Value {
     json!({"request": {
         "request_id": Uuid::new_v4(),
         "tenant_id": tenant,
@@ -183,24 +207,25 @@ fn follow_up_body(tenant: &str, followup_id: &str) -> Value {
             "followup_id": followup_id,
             "phone_e164": "+5511999990001",
             "message": "Your order is ready.",
-            "schedule_at": "2999-01-01T09:00:00.000Z"
+            "schedule_at": schedule_at
         }
     }})
 }
 
-/// Creates follow-ups one after another until a request fails (the server was killed),
-/// recording every id acknowledged with a 200.
-async fn create_until_killed(
+/// Creates follow-ups scheduled at `schedule_at` one after another until a request fails
+/// (the server is gone), recording every id acknowledged with a 200.
+async fn create_until_gone(
     client: reqwest::Client,
     url: String,
     tenant: String,
+    schedule_at: &'static str,
     acknowledged: Arc<Mutex<Vec<String>>>,
 ) -> Result<(), String> {
     loop {
         let id = Uuid::new_v4().to_string();
         let response = match client
             .post(&url)
-            .json(&follow_up_body(&tenant, &id))
+            .json(&follow_up_body(&tenant, &id, schedule_at))
             .send()
             .await
         {
@@ -228,7 +253,7 @@ async fn acknowledged_follow_ups_survive_repeated_kill_9_under_load() {
     let mut acknowledged_so_far: HashSet<String> = HashSet::new();
 
     for cycle in 0..KILL_CYCLES {
-        let mut server = Server::start(data_dir.path(), logs.path(), &client).await;
+        let mut server = Server::start(data_dir.path(), logs.path(), &client, &[]).await;
         let listed = server.follow_up_ids(&client, &tenant).await;
         let lost: Vec<&String> = acknowledged_so_far.difference(&listed).collect();
         assert!(
@@ -239,10 +264,11 @@ async fn acknowledged_follow_ups_survive_repeated_kill_9_under_load() {
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let mut clients = tokio::task::JoinSet::new();
         for _ in 0..CLIENTS {
-            clients.spawn(create_until_killed(
+            clients.spawn(create_until_gone(
                 client.clone(),
                 format!("{}/v1/crm/followups", server.address),
                 tenant.clone(),
+                FUTURE,
                 Arc::clone(&acknowledged),
             ));
         }
@@ -271,10 +297,81 @@ async fn acknowledged_follow_ups_survive_repeated_kill_9_under_load() {
         acknowledged_so_far.extend(acknowledged.iter().cloned());
     }
 
-    let server = Server::start(data_dir.path(), logs.path(), &client).await;
+    let server = Server::start(data_dir.path(), logs.path(), &client, &[]).await;
     let listed = server.follow_up_ids(&client, &tenant).await;
     let lost: Vec<&String> = acknowledged_so_far.difference(&listed).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_with_the_worker_on_exits_0_and_keeps_every_acknowledged_write() {
+    let data_dir = TempDir::new().expect("a data dir");
+    let logs = TempDir::new().expect("a log dir");
+    let client = client();
+    let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    let worker = ["--worker-interval-ms", "50"];
+    let mut server = Server::start(data_dir.path(), logs.path(), &client, &worker).await;
+
+    // Due follow-ups, so the worker is draining while the server shuts down.
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        clients.spawn(create_until_gone(
+            client.clone(),
+            format!("{}/v1/crm/followups", server.address),
+            tenant.clone(),
+            PAST,
+            Arc::clone(&acknowledged),
+        ));
+    }
+    let started = Instant::now();
+    loop {
+        let count = acknowledged.lock().expect("the ack list").len();
+        if started.elapsed() >= SIGTERM_AFTER && count > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "no create acknowledged within {START_TIMEOUT:?}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    server.terminate();
+    let terminated = Instant::now();
+    // The clients keep going until the server stops answering.
+    let status = wait_for_exit(&mut server.child, GRACEFUL_EXIT_TIMEOUT).await;
+    let log = server.log_text();
+    let status = status.unwrap_or_else(|| {
+        panic!("crm-api still runs {GRACEFUL_EXIT_TIMEOUT:?} after SIGTERM:\n{log}")
+    });
+    assert!(
+        status.success(),
+        "crm-api exited with {status} after SIGTERM:\n{log}"
+    );
+    let stopping = terminated.elapsed();
+    let finished = tokio::time::timeout(Duration::from_secs(30), clients.join_all())
+        .await
+        .expect("the clients stop once the server is gone");
+    for outcome in finished {
+        outcome.unwrap_or_else(|message| panic!("{message}\n{log}"));
+    }
+
+    let acknowledged: HashSet<String> = acknowledged
+        .lock()
+        .expect("the ack list")
+        .iter()
+        .cloned()
+        .collect();
+    let restarted = Server::start(data_dir.path(), logs.path(), &client, &[]).await;
+    let listed = restarted.follow_up_ids(&client, &tenant).await;
+    let lost: Vec<&String> = acknowledged.difference(&listed).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged follow-ups lost after SIGTERM (stopped in {stopping:?}): {lost:?}",
+        lost.len(),
+        acknowledged.len()
+    );
 }
 
 #[tokio::test]
@@ -291,7 +388,7 @@ async fn a_corrupt_snapshot_stops_start_up_naming_the_file_and_leaves_it_untouch
         let corrupt = data_dir.path().join(snapshot);
         fs::write(&corrupt, garbage).expect("a corrupt snapshot");
 
-        let mut server = Server::spawn(data_dir.path(), logs.path().join("server.log"));
+        let mut server = Server::spawn(data_dir.path(), logs.path().join("server.log"), &[]);
         let status = wait_for_exit(&mut server.child, EXIT_TIMEOUT).await;
 
         let log = server.log_text();
@@ -319,9 +416,9 @@ async fn a_second_process_on_a_data_dir_in_use_exits_quickly_and_leaves_the_firs
     let data_dir = TempDir::new().expect("a data dir");
     let logs = TempDir::new().expect("a log dir");
     let client = client();
-    let first = Server::start(data_dir.path(), logs.path(), &client).await;
+    let first = Server::start(data_dir.path(), logs.path(), &client, &[]).await;
 
-    let mut second = Server::spawn(data_dir.path(), logs.path().join("second.log"));
+    let mut second = Server::spawn(data_dir.path(), logs.path().join("second.log"), &[]);
     let started = Instant::now();
     let status = wait_for_exit(&mut second.child, EXIT_TIMEOUT).await;
 

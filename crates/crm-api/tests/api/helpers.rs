@@ -12,6 +12,7 @@ use std::time::Duration;
 use crm_api::config::{PgSettings, Secret, Settings, StoreKind};
 use crm_api::startup::Application;
 use crm_contracts::{Contract, Contracts};
+use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{RequestBuilder, Url};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -47,14 +48,21 @@ pub struct TestApp {
     _store: Arc<TestStore>,
 }
 
-/// One reply: its status and its JSON body, already checked against its contract.
+/// One reply: its status, its headers and its JSON body, already checked against its
+/// contract.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    pub headers: HeaderMap,
     pub body: Value,
 }
 
 impl Reply {
+    /// The value of header `name`, when present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
     /// The body of a 200 reply.
     #[track_caller]
     pub fn ok(self) -> Value {
@@ -188,24 +196,31 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server on a fresh store, with `configure` applied to its settings first.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    try_spawn_app_with(configure)
+        .await
+        .unwrap_or_else(|error| panic!("the application does not build: {error:#}"))
+}
+
+/// Like `spawn_app_with`, for settings the application may refuse: the error of
+/// `Application::build` when it does.
+pub async fn try_spawn_app_with(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<TestApp> {
     let store = TestStore::new();
     let mut settings = Settings::new(store.kind());
     configure(&mut settings);
-    let application = Application::build(settings)
-        .await
-        .expect("the application builds");
+    let application = Application::build(settings).await?;
+    // Whatever the bind address, the server answers on loopback.
     let address = format!("http://127.0.0.1:{}", application.port());
     tokio::spawn(application.run_until_stopped());
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("a http client");
-    TestApp {
+    Ok(TestApp {
         address,
         client,
         backend: store.backend(),
         _store: Arc::new(store),
-    }
+    })
 }
 
 impl TestApp {
@@ -213,7 +228,7 @@ impl TestApp {
         Url::parse(&format!("{}{path}", self.address)).expect("a valid url")
     }
 
-    fn url_with_query(&self, path: &str, query: &[(&str, &str)]) -> Url {
+    pub fn url_with_query(&self, path: &str, query: &[(&str, &str)]) -> Url {
         let mut url = self.url(path);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
@@ -232,6 +247,7 @@ impl TestApp {
             .await
             .unwrap_or_else(|error| panic!("{what} failed: {error}"));
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let text = response
             .text()
             .await
@@ -252,7 +268,11 @@ impl TestApp {
                 contract.file_name()
             );
         }
-        Reply { status, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn post_json(&self, path: &str, body: &Value, success: Contract) -> Reply {
@@ -334,6 +354,34 @@ impl TestApp {
         self.send(self.client.get(self.url("/ready")), None).await
     }
 
+    /// `/openapi.json` is checked by `tests/openapi.rs`.
+    pub async fn openapi(&self) -> Reply {
+        self.send(self.client.get(self.url("/openapi.json")), None)
+            .await
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics answers");
+        assert_eq!(response.status(), 200, "GET /metrics");
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/plain"),
+            "GET /metrics is served as {content_type:?}"
+        );
+        response.text().await.expect("the metrics text")
+    }
+
     // Steps many tests share.
 
     /// Creates a campaign of `tenant` in `state` and returns the stored record.
@@ -370,7 +418,17 @@ impl TestApp {
 
     /// Creates every body, a few at a time, and returns the stored records in body order.
     pub async fn seed_follow_ups(&self, bodies: Vec<Value>) -> Vec<Value> {
-        let mut records = Vec::with_capacity(bodies.len());
+        self.seed_follow_up_responses(bodies)
+            .await
+            .into_iter()
+            .map(|mut response| response["followup"].take())
+            .collect()
+    }
+
+    /// Creates every body, a few at a time, and returns the `response` objects (record
+    /// and orchestration) in body order.
+    pub async fn seed_follow_up_responses(&self, bodies: Vec<Value>) -> Vec<Value> {
+        let mut responses = Vec::with_capacity(bodies.len());
         for chunk in bodies.chunks(SEED_PARALLELISM) {
             let mut tasks = tokio::task::JoinSet::new();
             for (position, body) in chunk.iter().cloned().enumerate() {
@@ -379,13 +437,9 @@ impl TestApp {
             }
             let mut created = tasks.join_all().await;
             created.sort_by_key(|(position, _)| *position);
-            records.extend(
-                created
-                    .into_iter()
-                    .map(|(_, response)| response["followup"].clone()),
-            );
+            responses.extend(created.into_iter().map(|(_, response)| response));
         }
-        records
+        responses
     }
 
     /// Runs `request` `times` times at once, each on its own handle to this server.

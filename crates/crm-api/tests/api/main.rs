@@ -9,6 +9,8 @@ mod errors;
 mod follow_ups;
 mod health;
 mod helpers;
+mod ops;
+mod regressions;
 mod tenants;
 mod trace;
 mod worker;
