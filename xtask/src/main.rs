@@ -119,11 +119,12 @@ fn dependency_check() -> anyhow::Result<()> {
 }
 
 fn migrate() -> anyhow::Result<()> {
+    // The URL goes through the environment, never the command line, which is echoed.
     let url = database_url()?;
     let schema = std::env::var("CRM_PG_SCHEMA").unwrap_or_else(|_| "public".to_owned());
-    run(
-        "cargo",
-        &[
+    eprintln!("$ cargo run --package crm-api -- --backend postgres --pg-schema {schema} migrate");
+    let status = Command::new("cargo")
+        .args([
             "run",
             "--quiet",
             "--package",
@@ -131,11 +132,13 @@ fn migrate() -> anyhow::Result<()> {
             "--",
             "--backend",
             "postgres",
-            "--database-url",
-            &url,
-            "--pg-schema",
-            &schema,
-            "migrate",
-        ],
-    )
+        ])
+        .args(["--pg-schema", &schema, "migrate"])
+        .env("CRM_DATABASE_URL", url)
+        .current_dir(root())
+        .status()?;
+    if !status.success() {
+        bail!("migrate failed with {status}");
+    }
+    Ok(())
 }

@@ -86,10 +86,13 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
 
     let manifest = read_manifest(dir)?;
     let mut state = State::default();
-    for campaign in read_snapshot::<Campaign>(&dir.join(compaction::CAMPAIGNS))? {
+    // After a compaction both snapshots exist; one that is gone is lost data, not an
+    // empty store.
+    let compacted = manifest.generation > 0;
+    for campaign in read_snapshot::<Campaign>(&dir.join(compaction::CAMPAIGNS), compacted)? {
         state.apply_campaign(campaign);
     }
-    for follow_up in read_snapshot::<FollowUp>(&dir.join(compaction::FOLLOW_UPS))? {
+    for follow_up in read_snapshot::<FollowUp>(&dir.join(compaction::FOLLOW_UPS), compacted)? {
         state.apply_follow_up(follow_up);
     }
     for event in read_log(dir, compaction::EVENTS, manifest.events_bytes)? {
@@ -99,6 +102,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
     state.outbound = read_log(dir, compaction::OUTBOUND, manifest.outbound_bytes)?;
 
     let generations = compaction::journal_generations(dir).map_err(dir_error)?;
+    let mut replayed = 0;
     for &generation in &generations {
         let path = journal::journal_path(dir, generation);
         if generation <= manifest.generation {
@@ -108,14 +112,32 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
         }
         for entry in journal_entries(&path)? {
             state.apply(entry).map_err(|e| corrupt(&path, e))?;
+            replayed += 1;
         }
     }
-    let generation = generations
+    let last = generations
         .last()
         .copied()
         .unwrap_or(0)
-        .max(manifest.generation)
-        + 1;
+        .max(manifest.generation);
+    // Everything was read: fold the journal into the snapshots and logs now, so the
+    // data dir holds plain `campaigns.json` / `followups.json` after every start.
+    let manifest = if replayed > 0 {
+        compaction::compact(
+            dir,
+            manifest,
+            last,
+            &state.campaign_list(),
+            &state.follow_up_list(),
+        )
+        .map_err(|error| OpenError::Dir {
+            path: dir.to_owned(),
+            source: std::io::Error::other(error.to_string()),
+        })?
+    } else {
+        manifest
+    };
+    let generation = last + 1;
     let journal_path = journal::journal_path(dir, generation);
     let journal = OpenOptions::new()
         .create_new(true)
@@ -174,13 +196,20 @@ struct Snapshot<T> {
     items: Vec<T>,
 }
 
-fn read_snapshot<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, OpenError> {
+fn read_snapshot<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    must_exist: bool,
+) -> Result<Vec<T>, OpenError> {
     match File::open(path) {
         Ok(file) => {
             let snapshot: Snapshot<T> =
                 serde_json::from_reader(BufReader::new(file)).map_err(|e| corrupt(path, e))?;
             Ok(snapshot.items)
         }
+        Err(error) if error.kind() == io::ErrorKind::NotFound && must_exist => Err(corrupt(
+            path,
+            "missing, but manifest.json records a compaction that wrote it",
+        )),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(error) => Err(read_error(path)(error)),
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crm_domain::campaign::Campaign;
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::CampaignId;
+use crm_domain::ids::{CampaignId, FollowUpId};
 use crm_domain::ids::{CorrelationId, TenantId};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::Page;
@@ -109,7 +109,8 @@ impl FileStore {
             .compact_after_bytes
             .max(shared.manifest.snapshot_bytes);
         if shared.generation_bytes >= threshold && !shared.compacting {
-            self.start_compaction(shared);
+            // Runs on its own; `compacting` tells whether it is still going.
+            drop(self.start_compaction(shared));
         }
         Ok(shared.appended)
     }
@@ -124,7 +125,7 @@ impl FileStore {
     }
 
     /// Rotates to a new journal generation and folds the old ones in the background.
-    fn start_compaction(&self, shared: &mut Shared) {
+    fn start_compaction(&self, shared: &mut Shared) -> Option<tokio::task::JoinHandle<()>> {
         let next = shared.generation + 1;
         let file = match std::fs::OpenOptions::new()
             .create_new(true)
@@ -134,12 +135,15 @@ impl FileStore {
             Ok(file) => file,
             Err(error) => {
                 tracing::error!(%error, "cannot start a new journal generation; compaction postponed");
-                return;
+                return None;
             }
         };
-        if self.inner.journal.rotate(file).is_err() {
-            return;
+        // The new file must survive a power loss before anything is acknowledged in it.
+        if let Err(error) = compaction::sync_dir(&self.inner.dir) {
+            tracing::error!(%error, "cannot sync the data dir; compaction postponed");
+            return None;
         }
+        self.inner.journal.rotate(file).ok()?;
         let through = shared.generation;
         shared.generation = next;
         shared.generation_bytes = 0;
@@ -149,7 +153,7 @@ impl FileStore {
         let previous = shared.manifest;
         let wait_for = shared.appended;
         let store = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let dir = store.inner.dir.clone();
             let result = match store.durable(wait_for).await {
                 Ok(()) => tokio::task::spawn_blocking(move || {
@@ -171,13 +175,36 @@ impl FileStore {
                     tracing::error!(%error, "file store compaction failed; the journal keeps everything")
                 }
             }
-        });
+        }))
     }
 
     /// Waits until everything acknowledged or visible so far is durable, so a read never
     /// reports a record whose write could still be lost.
     async fn settle(&self, seen: u64) -> Result<(), StoreError> {
         self.durable(seen).await
+    }
+}
+
+/// Follow-ups a drain has claimed; the claim ends when this is released or dropped.
+struct Claim<'a> {
+    store: &'a FileStore,
+    ids: Vec<FollowUpId>,
+}
+
+impl Claim<'_> {
+    fn release(&mut self, shared: &mut Shared) {
+        for id in self.ids.drain(..) {
+            shared.state.claimed.remove(&id);
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            let store = self.store;
+            self.release(&mut store.lock());
+        }
     }
 }
 
@@ -367,15 +394,16 @@ impl FollowUpStore for FileStore {
             }
             (claimed, shared.appended)
         };
-        let release = |shared: &mut Shared| {
-            for due in &claimed {
-                shared.state.claimed.remove(&due.follow_up.followup_id);
-            }
+        // Released however this call ends, including when its future is dropped mid-way
+        // (a client that hangs up): a claim must never outlive its drain.
+        let mut claim = Claim {
+            store: self,
+            ids: claimed
+                .iter()
+                .map(|due| due.follow_up.followup_id)
+                .collect(),
         };
-        if let Err(error) = self.settle(seen).await {
-            release(&mut self.lock());
-            return Err(error);
-        }
+        self.settle(seen).await?;
 
         let mut entry = Entry::default();
         let mut items = Vec::new();
@@ -418,7 +446,7 @@ impl FollowUpStore for FileStore {
 
         let seen = {
             let mut shared = self.lock();
-            release(&mut shared);
+            claim.release(&mut shared);
             if entry.follow_ups.is_empty() {
                 shared.appended
             } else {
@@ -490,5 +518,23 @@ impl Store for FileStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let seen = self.lock().appended;
         self.settle(seen).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Let a compaction in progress finish, then fold whatever the journal holds.
+        while self.lock().compacting {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let compaction = {
+            let mut shared = self.lock();
+            if shared.generation_bytes == 0 {
+                return Ok(());
+            }
+            self.start_compaction(&mut shared)
+        };
+        if let Some(compaction) = compaction {
+            compaction.await.map_err(StoreError::unavailable)?;
+        }
+        Ok(())
     }
 }

@@ -131,6 +131,24 @@ async fn a_corrupt_snapshot_stops_start_up_naming_it_and_is_left_untouched() {
 }
 
 #[tokio::test]
+async fn a_snapshot_missing_after_a_compaction_stops_start_up_instead_of_starting_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), u64::MAX).unwrap();
+    write_some(&store).await;
+    drop(store);
+    // Reopening folds the journal into the snapshots.
+    drop(open(dir.path(), u64::MAX).unwrap());
+    assert!(
+        journal_files(dir.path()).is_empty(),
+        "the journal was folded in"
+    );
+    fs::remove_file(dir.path().join("campaigns.json")).unwrap();
+    let error = open(dir.path(), u64::MAX).unwrap_err();
+    assert!(matches!(error, OpenError::Corrupt { .. }), "{error:?}");
+    assert!(error.to_string().contains("campaigns.json"), "{error}");
+}
+
+#[tokio::test]
 async fn a_torn_final_journal_line_is_an_unacknowledged_write_and_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), u64::MAX).unwrap();

@@ -23,17 +23,32 @@ pub async fn migrate(options: &PgOptions) -> Result<(), PgError> {
             tracing::warn!(%error, "migration connection closed");
         }
     });
+    // A migration may legitimately take longer than a request, and waiting for another
+    // replica's migration is expected: no timeouts on this connection.
     client
-        .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
-            options.schema()
-        ))
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
         .await
         .map_err(PgError::Migrate)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(PgError::Migrate)?;
+    // Only create a missing schema, under the lock: a role without CREATE on the
+    // database can still run in a schema an administrator made for it.
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&options.schema()],
+        )
+        .await
+        .map_err(PgError::Migrate)?
+        .get(0);
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE SCHEMA \"{}\"", options.schema()))
+            .await
+            .map_err(PgError::Migrate)?;
+    }
     let applied = embedded::migrations::runner()
         .set_migration_table_name("crm_schema_history")
         .run_async(&mut client)

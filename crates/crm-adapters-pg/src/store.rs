@@ -94,13 +94,18 @@ impl PgOptions {
     pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, PgError> {
         let mut config: tokio_postgres::Config = self.url.parse().map_err(PgError::Url)?;
         let millis = self.timeout.as_millis();
+        // Ours come last, so they win over the same settings in the URL's `options`.
+        let options = format!(
+            "{} -c search_path={} -c statement_timeout={millis} -c lock_timeout={millis}",
+            config.get_options().unwrap_or_default(),
+            self.schema
+        );
         config
-            .options(format!(
-                "-c search_path={} -c statement_timeout={millis} -c lock_timeout={millis}",
-                self.schema
-            ))
-            .connect_timeout(self.timeout)
-            .application_name("crm-api");
+            .options(options.trim_start())
+            .connect_timeout(self.timeout);
+        if config.get_application_name().is_none() {
+            config.application_name("crm-api");
+        }
         Ok(config)
     }
 }

@@ -56,9 +56,11 @@ pub async fn require_token(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    // The decoded path, as the router sees it: `/%761/...` must not slip past `/v1`.
+    let path = request.match_info().as_str();
     let allowed = match request
         .app_data::<web::Data<Tokens>>()
-        .and_then(|tokens| tokens.required_for(request.path()))
+        .and_then(|tokens| tokens.required_for(path))
     {
         None => true,
         Some(expected) => authorized(&request, expected),

@@ -199,6 +199,8 @@ pub enum ConfigError {
     MissingDatabaseUrl,
     #[error("--body-limit must be at least 1 byte")]
     ZeroBodyLimit,
+    #[error("{0} is empty; give a token or leave it unset")]
+    EmptyToken(&'static str),
 }
 
 impl Cli {
@@ -222,6 +224,17 @@ impl Cli {
         };
         if self.body_limit == 0 {
             return Err(ConfigError::ZeroBodyLimit);
+        }
+        for (flag, token) in [
+            ("--api-token", &self.api_token),
+            ("--internal-token", &self.internal_token),
+        ] {
+            if token
+                .as_ref()
+                .is_some_and(|token| token.expose().trim().is_empty())
+            {
+                return Err(ConfigError::EmptyToken(flag));
+            }
         }
         Ok(Settings {
             bind: self.bind,

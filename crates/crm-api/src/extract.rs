@@ -25,6 +25,10 @@ impl FromRequest for RawBody {
         let limit = request
             .app_data::<web::Data<BodyLimit>>()
             .map_or(65_536, |limit| limit.0);
+        let json_or_none = request
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .is_none_or(|value| is_json(value.to_str().unwrap_or_default()));
         let declared = request
             .headers()
             .get(actix_web::http::header::CONTENT_LENGTH)
@@ -39,12 +43,29 @@ impl FromRequest for RawBody {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
             match payload.to_bytes_limited(limit).await {
+                // A body declared as something else is refused, so that a browser form
+                // or a `text/plain` fetch from a web page cannot drive the API.
+                Ok(Ok(body)) if !body.is_empty() && !json_or_none => Err(ApiError::InvalidJson(
+                    "content-type must be application/json".to_owned(),
+                )),
                 Ok(Ok(body)) => Ok(RawBody(body)),
                 Ok(Err(error)) => Err(ApiError::InvalidJson(error.to_string())),
                 Err(_) => Err(ApiError::PayloadTooLarge { limit }),
             }
         })
     }
+}
+
+/// `application/json`, or any `application/<something>+json`, with any parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Parses a body as JSON, checks it against `contract` and deserializes it.
@@ -119,4 +140,29 @@ pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .rev()
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn only_json_media_types_are_json() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+        ] {
+            assert!(is_json(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+            "json",
+        ] {
+            assert!(!is_json(other), "{other}");
+        }
+    }
 }

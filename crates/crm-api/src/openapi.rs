@@ -645,13 +645,22 @@ fn paths(contracts: &Contracts) -> Value {
         description: "The orchestration events of one correlation id, oldest first. `commands` \
             stays empty; it is kept for clients of the existing implementation.",
         access: Access::Internal,
-        parameters: vec![query(
-            "correlation_id",
-            true,
-            "The correlation id; missing or empty is `400 missing_correlation_id`, and text that \
-             is not a uuid simply has no events.",
-            json!({"type": "string", "minLength": 1}),
-        )],
+        parameters: vec![
+            query(
+                "correlation_id",
+                true,
+                "The correlation id; missing or empty is `400 missing_correlation_id`, and text \
+                 that is not a uuid simply has no events.",
+                json!({"type": "string", "minLength": 1}),
+            ),
+            query(
+                "tenant_id",
+                false,
+                "Only this tenant's events. Correlation ids come from clients, so a caller \
+                 acting for one tenant should always say which.",
+                json!({"type": "string", "minLength": 1}),
+            ),
+        ],
         request_body: None,
         ok: json_response("The events, oldest first.", component("TraceResponse")),
         errors: guarded(

@@ -118,6 +118,9 @@ impl Application {
         if let Some(worker) = worker {
             let _ = worker.await;
         }
+        if let Err(error) = self.crm.store().flush().await {
+            tracing::warn!(%error, "store flush at shutdown failed; nothing acknowledged is lost");
+        }
         tracing::info!("stopped");
         served
     }
@@ -180,6 +183,8 @@ fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<W
     let workflow = set
         .workflow(CAMPAIGN_WORKFLOW)
         .with_context(|| format!("workflows file {origin} is refused"))?;
+    crm_domain::campaign::check_workflow(workflow)
+        .with_context(|| format!("workflows file {origin} cannot drive campaigns"))?;
     Ok(workflow.clone())
 }
 

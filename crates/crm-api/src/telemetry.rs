@@ -26,7 +26,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// Keeps or makes the request id, echoes it, and logs one line per request with the
-/// method, the route pattern (never the raw path with its ids), status and latency.
+/// method, the route pattern (for grouping) and the path, status and latency.
 pub async fn log_request(
     mut request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -44,6 +44,7 @@ pub async fn log_request(
         HeaderValue::from_str(&request_id).expect("a visible-ASCII request id"),
     );
     let method = request.method().clone();
+    let path = request.path().to_owned();
     let mut response = next.call(request).await?;
     let route = response
         .request()
@@ -61,6 +62,7 @@ pub async fn log_request(
         target: "crm_api::request",
         %method,
         route,
+        path,
         status,
         latency_ms,
         request_id,

@@ -73,7 +73,9 @@ fn bad_values_stop_start_up_with_a_non_zero_exit_naming_the_problem() {
     let data_dir = dir.path().to_str().unwrap();
     let bad_workflows = dir.path().join("workflows.json");
     std::fs::write(&bad_workflows, r#"{"version": "1", "module": "m", "workflows": {"campaign": {"states": ["draft"], "transitions": [{"from": "draft", "to": "gone", "trigger": "go"}]}}}"#).unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let odd_workflows = dir.path().join("odd-workflows.json");
+    std::fs::write(&odd_workflows, r#"{"version": "1", "module": "m", "workflows": {"campaign": {"states": ["draft", "archived"], "transitions": [{"from": "draft", "to": "archived", "trigger": "archive"}]}}}"#).unwrap();
+    let cases: [(&[&str], &str); 6] = [
         (&["--backend", "mongo"], "mongo"),
         (
             &["--bind", "not-an-address", "--data-dir", data_dir],
@@ -91,6 +93,16 @@ fn bad_values_stop_start_up_with_a_non_zero_exit_naming_the_problem() {
         (
             &["--body-limit", "0", "--data-dir", data_dir],
             "--body-limit",
+        ),
+        (&["--api-token", " ", "--data-dir", data_dir], "--api-token"),
+        (
+            &[
+                "--workflows",
+                odd_workflows.to_str().unwrap(),
+                "--data-dir",
+                data_dir,
+            ],
+            "archived",
         ),
     ];
     for (args, named) in cases {

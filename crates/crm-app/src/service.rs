@@ -268,11 +268,17 @@ impl Crm {
         Ok(self.store.list_follow_ups(query).await?)
     }
 
+    /// The events of one correlation, oldest first; only `tenant_id`'s when given.
     pub async fn trace(
         &self,
         correlation_id: CorrelationId,
+        tenant_id: Option<&TenantId>,
     ) -> Result<Vec<EventEnvelope>, AppError> {
-        Ok(self.store.events_by_correlation(correlation_id).await?)
+        let mut events = self.store.events_by_correlation(correlation_id).await?;
+        if let Some(tenant_id) = tenant_id {
+            events.retain(|event| &event.tenant_id == tenant_id);
+        }
+        Ok(events)
     }
 
     /// Wraps a domain event in its envelope and checks it against the event contract.

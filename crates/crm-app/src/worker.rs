@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crm_ports::DrainStatus;
 use tokio::sync::watch;
 
 use crate::drain::{DrainCommand, MAX_DRAIN_LIMIT};
@@ -22,8 +23,14 @@ pub async fn run(crm: Crm, interval: Duration, mut stop: watch::Receiver<bool>) 
     };
     while !*stop.borrow() {
         match crm.drain(command).await {
-            // A full batch means more may be due: go again at once.
-            Ok(report) if report.outcomes.len() == MAX_DRAIN_LIMIT => continue,
+            // A full batch that moved something means more may be due: go again at once.
+            // A batch of skips only would come back the same, so it waits like the rest.
+            Ok(report)
+                if report.outcomes.len() == MAX_DRAIN_LIMIT
+                    && report.count(DrainStatus::Skipped) < report.outcomes.len() =>
+            {
+                continue;
+            }
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, "worker drain failed; retrying after the interval")

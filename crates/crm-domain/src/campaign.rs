@@ -74,6 +74,15 @@ impl FromStr for CampaignState {
     }
 }
 
+/// Checks that a workflow can drive campaigns: each of its states must be a campaign
+/// state, or campaigns could never reach it (or leave it). Returns the first that is not.
+pub fn check_workflow(workflow: &Workflow) -> Result<(), UnknownCampaignState> {
+    workflow
+        .states()
+        .iter()
+        .try_for_each(|state| state.parse::<CampaignState>().map(drop))
+}
+
 /// A stored campaign.
 ///
 /// Invariant: `revision` grows by one with every saved change, so a store can refuse a

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{page_params, tenant_param};
+use super::{command_reply, list_reply, page_params, tenant, tenant_param, timestamp};
 use crate::error::ApiError;
 use crate::extract::{RawBody, contract_body, param, query_pairs};
 
@@ -91,29 +91,6 @@ impl<'a> From<&'a Campaign> for CampaignView<'a> {
     }
 }
 
-/// The reply of a create or update: the stored record under `record_name`.
-pub(super) fn command_reply(
-    request_id: Uuid,
-    record_name: &str,
-    record: Value,
-    status: &str,
-    correlation_id: CorrelationId,
-    event: Option<&str>,
-) -> HttpResponse {
-    let mut reply = json!({
-        "response": {
-            "request_id": request_id,
-            "status": status,
-            "orchestration": {
-                "correlation_id": correlation_id,
-                "lifecycle_event_name": event,
-            },
-        }
-    });
-    reply["response"][record_name] = record;
-    HttpResponse::Ok().json(reply)
-}
-
 fn campaign_reply(request_id: Uuid, outcome: &Outcome<Campaign>) -> HttpResponse {
     command_reply(
         request_id,
@@ -123,14 +100,6 @@ fn campaign_reply(request_id: Uuid, outcome: &Outcome<Campaign>) -> HttpResponse
         outcome.correlation_id,
         outcome.lifecycle_event_name,
     )
-}
-
-pub(super) fn tenant(text: String, pointer: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(text).ok_or_else(|| ApiError::violation(pointer, "must not be empty"))
-}
-
-pub(super) fn timestamp(text: &str, pointer: &str) -> Result<Timestamp, ApiError> {
-    Timestamp::parse(text).map_err(|error| ApiError::violation(pointer, error.to_string()))
 }
 
 pub async fn create_campaign(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
@@ -207,10 +176,5 @@ pub async fn list_campaigns(
     };
     let page = crm.list_campaigns(&query).await?;
     let items: Vec<CampaignView> = page.items.iter().map(CampaignView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "tenant_id": query.tenant_id,
-        "count": items.len(),
-        "items": items,
-        "next_cursor": page.next_cursor.map(|cursor| cursor.encode()),
-    })))
+    Ok(list_reply(&query.tenant_id, items, page.next_cursor))
 }

@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::campaigns::{command_reply, tenant, timestamp};
-use super::{page_params, tenant_param};
+use super::{command_reply, list_reply, page_params, tenant, tenant_param, timestamp};
 use crate::error::ApiError;
 use crate::extract::{RawBody, contract_body, param, query_pairs};
 
@@ -152,10 +151,5 @@ pub async fn list_follow_ups(
     };
     let page = crm.list_follow_ups(&query).await?;
     let items: Vec<FollowUpView> = page.items.iter().map(FollowUpView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "tenant_id": query.tenant_id,
-        "count": items.len(),
-        "items": items,
-        "next_cursor": page.next_cursor.map(|cursor| cursor.encode()),
-    })))
+    Ok(list_reply(&query.tenant_id, items, page.next_cursor))
 }

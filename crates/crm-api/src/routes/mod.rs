@@ -8,9 +8,11 @@ mod worker;
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use crm_domain::ids::TenantId;
+use crm_domain::ids::{CorrelationId, TenantId};
 use crm_domain::page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
-use serde_json::json;
+use crm_domain::timestamp::Timestamp;
+use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::param;
@@ -48,6 +50,51 @@ pub(crate) fn resource(path: &str, allowed: &'static str) -> actix_web::Resource
         HttpResponse::MethodNotAllowed()
             .insert_header((header::ALLOW, allowed))
             .json(json!({ "error": "method_not_allowed" }))
+    }))
+}
+
+/// The reply of a create or update: the stored record under `record_name`.
+fn command_reply(
+    request_id: Uuid,
+    record_name: &str,
+    record: Value,
+    status: &str,
+    correlation_id: CorrelationId,
+    event: Option<&str>,
+) -> HttpResponse {
+    let mut reply = json!({
+        "response": {
+            "request_id": request_id,
+            "status": status,
+            "orchestration": {
+                "correlation_id": correlation_id,
+                "lifecycle_event_name": event,
+            },
+        }
+    });
+    reply["response"][record_name] = record;
+    HttpResponse::Ok().json(reply)
+}
+
+fn tenant(text: String, pointer: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(text).ok_or_else(|| ApiError::violation(pointer, "must not be empty"))
+}
+
+fn timestamp(text: &str, pointer: &str) -> Result<Timestamp, ApiError> {
+    Timestamp::parse(text).map_err(|error| ApiError::violation(pointer, error.to_string()))
+}
+
+/// The reply of a list: one page and where the next starts.
+fn list_reply(
+    tenant_id: &TenantId,
+    items: Vec<impl serde::Serialize>,
+    next: Option<Cursor>,
+) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "tenant_id": tenant_id,
+        "count": items.len(),
+        "items": items,
+        "next_cursor": next.map(|cursor| cursor.encode()),
     }))
 }
 

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::Crm;
-use crm_domain::ids::CorrelationId;
+use crm_domain::ids::{CorrelationId, TenantId};
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -14,8 +14,9 @@ pub async fn trace(crm: web::Data<Crm>, request: HttpRequest) -> Result<HttpResp
         .filter(|text| !text.is_empty())
         .ok_or(ApiError::MissingCorrelationId)?;
     // Every correlation id we issue is a uuid; any other text simply has no events.
+    let tenant_id = param(&pairs, "tenant_id").and_then(TenantId::parse);
     let events = match CorrelationId::parse(correlation) {
-        Some(correlation_id) => crm.trace(correlation_id).await?,
+        Some(correlation_id) => crm.trace(correlation_id, tenant_id.as_ref()).await?,
         None => Vec::new(),
     };
     Ok(HttpResponse::Ok().json(json!({

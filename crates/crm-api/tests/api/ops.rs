@@ -538,3 +538,30 @@ async fn the_openapi_document_is_served_as_openapi_3_1_json() {
     );
     assert_eq!(reply.body["openapi"], "3.1.0");
 }
+
+#[tokio::test]
+async fn a_percent_encoded_path_is_guarded_like_the_path_it_decodes_to() {
+    let app = spawn_app_with_tokens().await;
+    // The router decodes `%76` to `v` and `%69` to `i`; the token check must too.
+    for (method, path) in [
+        (Method::POST, "/%761/crm/campaigns"),
+        (Method::GET, "/v1/crm/%63ampaigns?tenant_id=t"),
+        (Method::POST, "/%69nternal/worker/crm-followups/drain"),
+        (
+            Method::GET,
+            "/internal/orchestration/%74race?correlation_id=x",
+        ),
+    ] {
+        let request = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.address))
+            .header("content-type", "application/json")
+            .body("{}");
+        let reply = app.send(request, None).await;
+        assert_eq!(
+            (reply.status, reply.body["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{method} {path}"
+        );
+    }
+}

@@ -413,3 +413,79 @@ async fn a_drain_limit_written_as_a_float_is_read_as_the_whole_number_it_is() {
     let pending = app.all_follow_ups(&tenant, &[("status", "pending")]).await;
     assert_eq!(pending.len(), 1);
 }
+
+#[tokio::test]
+async fn a_body_declared_as_anything_but_json_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let body = campaign_body(&tenant).to_string();
+    // What a web page can send to a local server without a preflight.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let request = app
+            .client
+            .post(app.url(CAMPAIGNS))
+            .header("content-type", content_type)
+            .body(body.clone());
+        let reply = app.send(request, None).await;
+        assert_eq!(
+            (reply.status, reply.body["error"].as_str()),
+            (400, Some("invalid_json")),
+            "{content_type}"
+        );
+    }
+    let listed = app
+        .list_campaigns(&[("tenant_id", tenant.as_str())])
+        .await
+        .ok();
+    assert_eq!(listed["count"], json!(0));
+    let request = app
+        .client
+        .post(app.url(CAMPAIGNS))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body);
+    assert_eq!(
+        app.send(request, Some(Contract::CampaignCommandResponse))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_trace_of_a_shared_correlation_id_can_be_limited_to_one_tenant() {
+    let app = spawn_app().await;
+    let (first, second) = (new_tenant(), new_tenant());
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    for tenant in [&first, &second] {
+        let body = with(
+            campaign_body(tenant),
+            "/request/correlation_id",
+            json!(correlation_id),
+        );
+        app.create_campaign(&body).await.ok();
+    }
+    let all = app.trace(&correlation_id).await.ok();
+    assert_eq!(all["events"].as_array().unwrap().len(), 2);
+    let reply = app
+        .get(
+            TRACE,
+            &[
+                ("correlation_id", correlation_id.as_str()),
+                ("tenant_id", first.as_str()),
+            ],
+            Contract::TraceResponse,
+        )
+        .await
+        .ok();
+    let tenants: Vec<&str> = reply["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, [first.as_str()]);
+}

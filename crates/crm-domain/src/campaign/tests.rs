@@ -232,3 +232,16 @@ fn state_words_round_trip() {
     }
     assert!("archived".parse::<CampaignState>().is_err());
 }
+
+#[test]
+fn a_workflow_with_a_state_campaigns_do_not_have_cannot_drive_campaigns() {
+    assert_eq!(check_workflow(&workflow()), Ok(()));
+    let odd = WorkflowSet::parse(
+        r#"{"version": "1", "module": "t", "workflows": {"campaign": {"states": ["draft", "archived"], "transitions": []}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        check_workflow(odd.workflow(CAMPAIGN_WORKFLOW).unwrap()),
+        Err(UnknownCampaignState("archived".into()))
+    );
+}
