@@ -6,7 +6,7 @@ use std::path::Path;
 use crm_adapters_file::{FileStore, FileStoreOptions, OpenError};
 use crm_domain::follow_up::FollowUpStatus;
 use crm_ports::conformance::{SendAll, all_follow_ups, at, create_campaign, schedule, tenant};
-use crm_ports::{CampaignStore, EventEmitter, FollowUpStore, OutboundQueue};
+use crm_ports::{CampaignStore, EventEmitter, FollowUpStore, OutboundQueue, Store};
 
 fn open(dir: &Path, compact_after_bytes: u64) -> Result<FileStore, OpenError> {
     FileStore::open(
@@ -80,12 +80,10 @@ async fn everything_acknowledged_is_there_after_a_restart_from_compacted_files()
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 1).unwrap();
     let (campaign, _) = write_some(&store).await;
-    // Let the background compactions finish, then check the snapshots exist.
-    wait_until(|| {
-        dir.path().join("followups.json").exists()
-            && dir.path().join("outbound-queue.ndjson").exists()
-    })
-    .await;
+    // Let the background compactions finish: a running one keeps the dir locked.
+    store.flush().await.unwrap();
+    assert!(dir.path().join("followups.json").exists());
+    assert!(dir.path().join("outbound-queue.ndjson").exists());
     drop(store);
     let store = open(dir.path(), u64::MAX).unwrap();
     assert_restored(&store, &campaign).await;
@@ -113,7 +111,7 @@ async fn a_corrupt_snapshot_stops_start_up_naming_it_and_is_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 1).unwrap();
     write_some(&store).await;
-    wait_until(|| dir.path().join("followups.json").exists()).await;
+    store.flush().await.unwrap();
     drop(store);
     let path = dir.path().join("followups.json");
     let mut bytes = fs::read(&path).unwrap();
@@ -197,14 +195,4 @@ fn journal_files(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-async fn wait_until(condition: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("condition not reached within 5 s");
 }
