@@ -160,6 +160,8 @@ pub(crate) struct JournalStopped;
 fn write_loop(mut file: File, commands: Receiver<Command>, durable: watch::Sender<Durable>) {
     let mut written = 0u64;
     let mut batch = Vec::new();
+    // Bytes of the current file known to be on disk; a failed batch is cut back to it.
+    let mut synced = file.metadata().map_or(0, |metadata| metadata.len());
     while let Ok(first) = commands.recv() {
         let mut pending = vec![first];
         pending.extend(commands.try_iter());
@@ -171,12 +173,13 @@ fn write_loop(mut file: File, commands: Receiver<Command>, durable: watch::Sende
                     written += 1;
                 }
                 Command::Rotate(next) => {
-                    result = result.and_then(|()| flush(&mut file, &mut batch));
+                    result = result.and_then(|()| flush(&mut file, &mut batch, &mut synced));
                     file = next;
+                    synced = 0;
                 }
             }
         }
-        result = result.and_then(|()| flush(&mut file, &mut batch));
+        result = result.and_then(|()| flush(&mut file, &mut batch, &mut synced));
         match result {
             Ok(()) => {
                 durable.send_modify(|d| d.lines = written);
@@ -192,10 +195,21 @@ fn write_loop(mut file: File, commands: Receiver<Command>, durable: watch::Sende
     }
 }
 
-fn flush(file: &mut File, batch: &mut Vec<u8>) -> io::Result<()> {
-    if !batch.is_empty() {
-        file.write_all(batch)?;
-        batch.clear();
+/// Writes and syncs `batch`. On failure the file is cut back to what was synced before,
+/// so that writes the callers are told failed do not come back after a restart.
+fn flush(file: &mut File, batch: &mut Vec<u8>, synced: &mut u64) -> io::Result<()> {
+    let written = file.write_all(batch).and_then(|()| file.sync_data());
+    match written {
+        Ok(()) => {
+            *synced += batch.len() as u64;
+            batch.clear();
+            Ok(())
+        }
+        Err(error) => {
+            if let Err(cut) = file.set_len(*synced).and_then(|()| file.sync_data()) {
+                tracing::error!(%cut, "cannot cut the journal back after a failed write");
+            }
+            Err(error)
+        }
     }
-    file.sync_data()
 }

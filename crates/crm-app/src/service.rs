@@ -7,7 +7,7 @@ use crm_domain::campaign::{self, Advance, Advanced, Campaign, CampaignState, New
 use crm_domain::event::{DomainEvent, EventContext, EventEnvelope};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus, NewFollowUp};
 use crm_domain::ids::{CampaignId, CorrelationId, EventId, FollowUpId, TenantId};
-use crm_domain::page::Page;
+use crm_domain::page::{MAX_LIMIT, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_domain::workflow::Workflow;
 use crm_ports::{CampaignQuery, Created, FollowUpQuery, Store, StoreError};
@@ -15,6 +15,9 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::error::AppError;
+
+/// The channel of a follow-up that names none.
+const DEFAULT_CHANNEL: &str = "whatsapp";
 
 /// How many times a transition is decided again when another writer got there first.
 const STALE_RETRIES: usize = 16;
@@ -79,7 +82,8 @@ pub struct StartCampaign {
     pub name: String,
     pub channel: String,
     pub audience_segment: Option<String>,
-    pub state: CampaignState,
+    /// `None`: the workflow's initial state (`draft`).
+    pub state: Option<CampaignState>,
     pub scheduled_at: Option<Timestamp>,
     pub metadata: Map<String, Value>,
 }
@@ -106,8 +110,10 @@ pub struct ScheduleFollowUp {
     pub phone_e164: String,
     pub message: String,
     pub schedule_at: Timestamp,
-    pub channel: String,
-    pub status: FollowUpStatus,
+    /// `None`: `whatsapp`, the only channel of this slice.
+    pub channel: Option<String>,
+    /// `None`: `pending`.
+    pub status: Option<FollowUpStatus>,
     pub metadata: Map<String, Value>,
 }
 
@@ -143,7 +149,7 @@ impl Crm {
             name: command.name,
             channel: command.channel,
             audience_segment: command.audience_segment,
-            state: command.state,
+            state: command.state.unwrap_or_else(|| self.initial_state()),
             scheduled_at: command.scheduled_at,
             metadata: command.metadata,
         };
@@ -192,6 +198,15 @@ impl Crm {
                 [self.envelope(&event, &moved.tenant_id, correlation_id, &trace_id, now)?];
             match self.store.update_campaign(&moved, &events).await {
                 Ok(()) => {
+                    // The contract carries a reason code but no record field or event
+                    // payload does; the log keeps it.
+                    tracing::info!(
+                        campaign_id = %moved.campaign_id,
+                        from = %current.state,
+                        to = %moved.state,
+                        reason_code = command.advance.reason_code.as_deref(),
+                        "campaign transitioned"
+                    );
                     metrics::counter!("crm_campaigns_transitioned_total", "to_state" => moved.state.as_str())
                         .increment(1);
                     return Ok(Outcome {
@@ -235,8 +250,10 @@ impl Crm {
             phone_e164: command.phone_e164,
             message: command.message,
             schedule_at: command.schedule_at,
-            channel: command.channel,
-            status: command.status,
+            channel: command
+                .channel
+                .unwrap_or_else(|| DEFAULT_CHANNEL.to_owned()),
+            status: command.status.unwrap_or(FollowUpStatus::Pending),
             metadata: command.metadata,
             correlation_id,
             trace_id: new_trace_id(),
@@ -260,12 +277,30 @@ impl Crm {
         Ok(created_outcome(created, correlation_id, event.name()))
     }
 
+    /// One page; a limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
     pub async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, AppError> {
-        Ok(self.store.list_campaigns(query).await?)
+        let query = CampaignQuery {
+            limit: query.limit.clamp(1, MAX_LIMIT),
+            ..query.clone()
+        };
+        Ok(self.store.list_campaigns(&query).await?)
     }
 
+    /// One page; a limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
     pub async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, AppError> {
-        Ok(self.store.list_follow_ups(query).await?)
+        let query = FollowUpQuery {
+            limit: query.limit.clamp(1, MAX_LIMIT),
+            ..query.clone()
+        };
+        Ok(self.store.list_follow_ups(&query).await?)
+    }
+
+    /// The workflow's initial state when it names one the campaign has, else `draft`.
+    fn initial_state(&self) -> CampaignState {
+        self.workflow
+            .initial_state()
+            .and_then(|state| state.parse().ok())
+            .unwrap_or(CampaignState::Draft)
     }
 
     /// The events of one correlation, oldest first; only `tenant_id`'s when given.

@@ -62,7 +62,7 @@ pub struct CampaignQuery {
     pub tenant_id: TenantId,
     pub state: Option<CampaignState>,
     pub after: Option<Cursor>,
-    /// At least 1; the use case enforces the maximum.
+    /// At least 1; the use case caps it at `crm_domain::page::MAX_LIMIT`.
     pub limit: usize,
 }
 

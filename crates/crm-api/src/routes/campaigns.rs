@@ -114,7 +114,7 @@ pub async fn create_campaign(crm: web::Data<Crm>, body: RawBody) -> Result<HttpR
         name: fields.name,
         channel: fields.channel,
         audience_segment: fields.audience_segment,
-        state: fields.state.unwrap_or(CampaignState::Draft),
+        state: fields.state,
         scheduled_at: fields
             .scheduled_at
             .as_deref()

@@ -108,8 +108,8 @@ pub async fn create_follow_up(
         phone_e164: fields.phone_e164,
         message: fields.message,
         schedule_at: timestamp(&fields.schedule_at, "/request/followup/schedule_at")?,
-        channel: fields.channel.unwrap_or_else(|| "whatsapp".to_owned()),
-        status: fields.status.unwrap_or(FollowUpStatus::Pending),
+        channel: fields.channel,
+        status: fields.status,
         metadata: fields.metadata,
     };
     let outcome = crm.schedule_follow_up(command).await?;

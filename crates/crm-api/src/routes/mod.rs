@@ -9,7 +9,7 @@ mod worker;
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use crm_domain::ids::{CorrelationId, TenantId};
-use crm_domain::page::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
+use crm_domain::page::{Cursor, DEFAULT_LIMIT};
 use crm_domain::timestamp::Timestamp;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -119,13 +119,12 @@ fn tenant_param(pairs: &[(String, String)]) -> Result<TenantId, ApiError> {
         .ok_or(ApiError::MissingTenantId)
 }
 
-/// `limit` (1.., default 100, above 1000 served as 1000) and `cursor` of a list.
+/// `limit` (1.., default 100; the use case caps it) and `cursor` of a list.
 fn page_params(pairs: &[(String, String)]) -> Result<(usize, Option<Cursor>), ApiError> {
     let limit = match param(pairs, "limit") {
         None => DEFAULT_LIMIT,
         Some(text) => positive_integer(text)
-            .ok_or_else(|| ApiError::invalid_query("limit", "must be a positive integer"))?
-            .min(MAX_LIMIT),
+            .ok_or_else(|| ApiError::invalid_query("limit", "must be a positive integer"))?,
     };
     let cursor = param(pairs, "cursor")
         .map(|text| {

@@ -1,7 +1,7 @@
 //! `POST /internal/worker/crm-followups/drain`.
 
 use actix_web::{HttpResponse, web};
-use crm_app::{Crm, DrainCommand, DrainReport, MAX_DRAIN_LIMIT};
+use crm_app::{Crm, DrainCommand, DrainReport};
 use crm_contracts::Contract;
 use crm_ports::DrainStatus;
 use serde::Deserialize;
@@ -30,10 +30,9 @@ pub async fn drain_follow_ups(
     )?;
     let defaults = DrainCommand::default();
     let command = DrainCommand {
-        // The contract guarantees a whole number >= 1; anything above the cap is the cap.
-        limit: body.limit.map_or(defaults.limit, |limit| {
-            limit.min(MAX_DRAIN_LIMIT as f64) as usize
-        }),
+        // The contract guarantees a whole number >= 1; `as` saturates past `usize`, and
+        // the use case caps it.
+        limit: body.limit.map_or(defaults.limit, |limit| limit as usize),
         force_failure: body.force_failure,
     };
     let report = crm.drain(command).await?;
