@@ -23,7 +23,8 @@ macro_rules! uuid_id {
                 self.0
             }
 
-            /// Parses the canonical hyphenated form; anything else is not one of our ids.
+            /// Parses any spelling of a uuid (hyphenated, simple, braced or urn); other text
+            /// is not one of our ids.
             pub fn parse(text: &str) -> Option<Self> {
                 Uuid::parse_str(text).ok().map(Self)
             }
