@@ -185,6 +185,47 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// An idempotent create: `existing` finds the record this one repeats (or refuses
+    /// the id); otherwise `entry` is committed. Both happen under one lock.
+    async fn create<T: Clone>(
+        &self,
+        record: &T,
+        entry: Entry,
+        existing: impl FnOnce(&State) -> Result<Option<T>, StoreError>,
+    ) -> Result<Created<T>, StoreError> {
+        let line = entry.encode();
+        let (outcome, seen) = {
+            let mut shared = self.lock();
+            match existing(&shared.state)? {
+                Some(found) => (Created::Existing(found), shared.appended),
+                None => {
+                    let seen = self.commit(&mut shared, entry, line)?;
+                    (Created::Created(record.clone()), seen)
+                }
+            }
+        };
+        self.settle(seen).await?;
+        Ok(outcome)
+    }
+}
+
+/// The stored record a create repeats: the one with its id (an id of another tenant is a
+/// conflict), else the tenant's one with its external key.
+fn repeated<'a, T: Clone>(
+    by_id: Option<&'a T>,
+    tenant_of: impl Fn(&T) -> &TenantId,
+    tenant_id: &TenantId,
+    id: uuid::Uuid,
+    by_key: impl FnOnce() -> Option<&'a T>,
+) -> Result<Option<T>, StoreError> {
+    match by_id {
+        Some(found) if tenant_of(found) != tenant_id => Err(StoreError::IdConflict { id }),
+        Some(found) => Ok(Some(found.clone())),
+        None => Ok(by_key().cloned()),
+    }
+}
+
 /// Follow-ups a drain has claimed; the claim ends when this is released or dropped.
 struct Claim<'a> {
     store: &'a FileStore,
@@ -227,37 +268,19 @@ impl CampaignStore for FileStore {
             events: raw(events),
             ..Entry::default()
         };
-        let line = entry.encode();
-        let (outcome, seen) = {
-            let mut shared = self.lock();
-            let existing = match shared
-                .state
-                .campaigns
-                .get(&campaign.campaign_id)
-                .map(Arc::as_ref)
-            {
-                Some(found) if found.tenant_id != campaign.tenant_id => {
-                    return Err(StoreError::IdConflict {
-                        id: campaign.campaign_id.as_uuid(),
-                    });
-                }
-                Some(found) => Some(found.clone()),
-                None => campaign
-                    .external_key
-                    .as_deref()
-                    .and_then(|key| shared.state.campaign_by_key(&campaign.tenant_id, key))
-                    .cloned(),
-            };
-            match existing {
-                Some(found) => (Created::Existing(found), shared.appended),
-                None => {
-                    let seen = self.commit(&mut shared, entry, line)?;
-                    (Created::Created(campaign.clone()), seen)
-                }
-            }
-        };
-        self.settle(seen).await?;
-        Ok(outcome)
+        self.create(campaign, entry, |state| {
+            repeated(
+                state.campaigns.get(&campaign.campaign_id).map(Arc::as_ref),
+                |found| &found.tenant_id,
+                &campaign.tenant_id,
+                campaign.campaign_id.as_uuid(),
+                || {
+                    let key = campaign.external_key.as_deref()?;
+                    state.campaign_by_key(&campaign.tenant_id, key)
+                },
+            )
+        })
+        .await
     }
 
     async fn campaign(
@@ -328,37 +351,22 @@ impl FollowUpStore for FileStore {
             events: raw(events),
             ..Entry::default()
         };
-        let line = entry.encode();
-        let (outcome, seen) = {
-            let mut shared = self.lock();
-            let existing = match shared
-                .state
-                .follow_ups
-                .get(&follow_up.followup_id)
-                .map(Arc::as_ref)
-            {
-                Some(found) if found.tenant_id != follow_up.tenant_id => {
-                    return Err(StoreError::IdConflict {
-                        id: follow_up.followup_id.as_uuid(),
-                    });
-                }
-                Some(found) => Some(found.clone()),
-                None => follow_up
-                    .external_key
-                    .as_deref()
-                    .and_then(|key| shared.state.follow_up_by_key(&follow_up.tenant_id, key))
-                    .cloned(),
-            };
-            match existing {
-                Some(found) => (Created::Existing(found), shared.appended),
-                None => {
-                    let seen = self.commit(&mut shared, entry, line)?;
-                    (Created::Created(follow_up.clone()), seen)
-                }
-            }
-        };
-        self.settle(seen).await?;
-        Ok(outcome)
+        self.create(follow_up, entry, |state| {
+            repeated(
+                state
+                    .follow_ups
+                    .get(&follow_up.followup_id)
+                    .map(Arc::as_ref),
+                |found| &found.tenant_id,
+                &follow_up.tenant_id,
+                follow_up.followup_id.as_uuid(),
+                || {
+                    let key = follow_up.external_key.as_deref()?;
+                    state.follow_up_by_key(&follow_up.tenant_id, key)
+                },
+            )
+        })
+        .await
     }
 
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {

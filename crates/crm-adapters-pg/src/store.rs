@@ -307,6 +307,43 @@ impl Decided {
     }
 }
 
+/// How to find the stored record an idempotent create ran into.
+struct Lookup<T> {
+    by_id: &'static str,
+    by_key: &'static str,
+    map: fn(&tokio_postgres::Row) -> Result<T, rows::RowError>,
+    tenant_of: fn(&T) -> &TenantId,
+}
+
+impl<T> Lookup<T> {
+    /// The insert did nothing, so the id or the tenant's key is taken: by id first (an id
+    /// of another tenant is a conflict), then by key.
+    async fn repeated(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        tenant_id: &TenantId,
+        external_key: &Option<String>,
+    ) -> Result<Created<T>, StoreError> {
+        if let Some(existing) = one(client, self.by_id, &[&id], self.map).await? {
+            if (self.tenant_of)(&existing) != tenant_id {
+                return Err(StoreError::IdConflict { id });
+            }
+            return Ok(Created::Existing(existing));
+        }
+        let by_key = one(
+            client,
+            self.by_key,
+            &[&tenant_id.as_str(), external_key],
+            self.map,
+        )
+        .await?;
+        by_key
+            .map(Created::Existing)
+            .ok_or_else(|| unavailable("an insert conflicted with a row that is gone"))
+    }
+}
+
 /// Runs one write statement that ends in `SELECT count(*) FROM changed`.
 async fn changed_rows(
     client: &impl GenericClient,
@@ -393,30 +430,20 @@ impl CampaignStore for PgStore {
         if changed_rows(&client, sql::CREATE_CAMPAIGN, &all).await? == 1 {
             return Ok(Created::Created(campaign.clone()));
         }
-        // Not inserted: the id or the key is taken. Find out which, id first.
-        if let Some(existing) = one(
-            &client,
-            sql::SELECT_CAMPAIGN_BY_ID,
-            &[&params.id],
-            rows::campaign,
-        )
-        .await?
-        {
-            if existing.tenant_id != campaign.tenant_id {
-                return Err(StoreError::IdConflict { id: params.id });
-            }
-            return Ok(Created::Existing(existing));
-        }
-        let by_key = one(
-            &client,
-            sql::SELECT_CAMPAIGN_BY_KEY,
-            &[&campaign.tenant_id.as_str(), &campaign.external_key],
-            rows::campaign,
-        )
-        .await?;
-        by_key
-            .map(Created::Existing)
-            .ok_or_else(|| unavailable("campaign insert conflicted with a row that is gone"))
+        let lookup = Lookup {
+            by_id: sql::SELECT_CAMPAIGN_BY_ID,
+            by_key: sql::SELECT_CAMPAIGN_BY_KEY,
+            map: rows::campaign,
+            tenant_of: |found: &Campaign| &found.tenant_id,
+        };
+        lookup
+            .repeated(
+                &client,
+                params.id,
+                &campaign.tenant_id,
+                &campaign.external_key,
+            )
+            .await
     }
 
     async fn campaign(
@@ -554,29 +581,15 @@ impl FollowUpStore for PgStore {
         if changed_rows(&client, sql::CREATE_FOLLOW_UP, &all).await? == 1 {
             return Ok(Created::Created(follow_up.clone()));
         }
-        if let Some(existing) = one(
-            &client,
-            sql::SELECT_FOLLOW_UP_BY_ID,
-            &[&id],
-            rows::follow_up,
-        )
-        .await?
-        {
-            if existing.tenant_id != follow_up.tenant_id {
-                return Err(StoreError::IdConflict { id });
-            }
-            return Ok(Created::Existing(existing));
-        }
-        let by_key = one(
-            &client,
-            sql::SELECT_FOLLOW_UP_BY_KEY,
-            &[&follow_up.tenant_id.as_str(), &follow_up.external_key],
-            rows::follow_up,
-        )
-        .await?;
-        by_key
-            .map(Created::Existing)
-            .ok_or_else(|| unavailable("follow-up insert conflicted with a row that is gone"))
+        let lookup = Lookup {
+            by_id: sql::SELECT_FOLLOW_UP_BY_ID,
+            by_key: sql::SELECT_FOLLOW_UP_BY_KEY,
+            map: rows::follow_up,
+            tenant_of: |found: &FollowUp| &found.tenant_id,
+        };
+        lookup
+            .repeated(&client, id, &follow_up.tenant_id, &follow_up.external_key)
+            .await
     }
 
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {
