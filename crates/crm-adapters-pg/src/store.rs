@@ -387,6 +387,23 @@ async fn one<T>(
     row.as_ref().map(map).transpose().map_err(unavailable)
 }
 
+async fn all<T>(
+    client: &impl GenericClient,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+    map: fn(&tokio_postgres::Row) -> Result<T, rows::RowError>,
+) -> Result<Vec<T>, StoreError> {
+    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
+    let rows = client
+        .query(&statement, params)
+        .await
+        .map_err(unavailable)?;
+    rows.iter()
+        .map(map)
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)
+}
+
 fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
     let more = items.len() > limit;
     items.truncate(limit);
@@ -510,28 +527,14 @@ impl CampaignStore for PgStore {
 
     async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql::LIST_CAMPAIGNS)
-            .await
-            .map_err(unavailable)?;
-        let rows = client
-            .query(
-                &statement,
-                &[
-                    &query.tenant_id.as_str(),
-                    &query.state.map(|s| s.as_str()),
-                    &query.after.map(|c| c.created_at.as_datetime()),
-                    &query.after.map(|c| c.id),
-                    &fetch_limit(query.limit),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        let items = rows
-            .iter()
-            .map(rows::campaign)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &query.tenant_id.as_str(),
+            &query.state.map(|s| s.as_str()),
+            &query.after.map(|c| c.created_at.as_datetime()),
+            &query.after.map(|c| c.id),
+            &fetch_limit(query.limit),
+        ];
+        let items = all(&client, sql::LIST_CAMPAIGNS, &params, rows::campaign).await?;
         Ok(page(items, query.limit, |c| Cursor {
             created_at: c.created_at,
             id: c.campaign_id.as_uuid(),
@@ -594,29 +597,15 @@ impl FollowUpStore for PgStore {
 
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql::LIST_FOLLOW_UPS)
-            .await
-            .map_err(unavailable)?;
-        let rows = client
-            .query(
-                &statement,
-                &[
-                    &query.tenant_id.as_str(),
-                    &query.status.map(|s| s.as_str()),
-                    &query.campaign_id.map(|c| c.as_uuid()),
-                    &query.after.map(|c| c.created_at.as_datetime()),
-                    &query.after.map(|c| c.id),
-                    &fetch_limit(query.limit),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
-        let items = rows
-            .iter()
-            .map(rows::follow_up)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &query.tenant_id.as_str(),
+            &query.status.map(|s| s.as_str()),
+            &query.campaign_id.map(|c| c.as_uuid()),
+            &query.after.map(|c| c.created_at.as_datetime()),
+            &query.after.map(|c| c.id),
+            &fetch_limit(query.limit),
+        ];
+        let items = all(&client, sql::LIST_FOLLOW_UPS, &params, rows::follow_up).await?;
         Ok(page(items, query.limit, |f| Cursor {
             created_at: f.created_at,
             id: f.followup_id.as_uuid(),
