@@ -14,7 +14,12 @@ pub async fn trace(crm: web::Data<Crm>, request: HttpRequest) -> Result<HttpResp
         .filter(|text| !text.is_empty())
         .ok_or(ApiError::MissingCorrelationId)?;
     // Every correlation id we issue is a uuid; any other text simply has no events.
-    let tenant_id = param(&pairs, "tenant_id").and_then(TenantId::parse);
+    let tenant_id = param(&pairs, "tenant_id")
+        .map(|text| {
+            TenantId::parse(text)
+                .ok_or_else(|| ApiError::invalid_query("tenant_id", "must not be empty"))
+        })
+        .transpose()?;
     let events = match CorrelationId::parse(correlation) {
         Some(correlation_id) => crm.trace(correlation_id, tenant_id.as_ref()).await?,
         None => Vec::new(),

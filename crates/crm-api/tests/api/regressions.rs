@@ -489,3 +489,20 @@ async fn the_trace_of_a_shared_correlation_id_can_be_limited_to_one_tenant() {
         .collect();
     assert_eq!(tenants, [first.as_str()]);
 }
+
+#[tokio::test]
+async fn an_empty_tenant_filter_on_the_trace_is_a_validation_error() {
+    let app = spawn_app().await;
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let reply = app
+        .get(
+            TRACE,
+            &[
+                ("correlation_id", correlation_id.as_str()),
+                ("tenant_id", ""),
+            ],
+            Contract::TraceResponse,
+        )
+        .await;
+    assert_eq!(reply.invalid_parameters(), ["tenant_id"]);
+}
