@@ -219,7 +219,7 @@ async fn create_until_gone(
     url: String,
     tenant: String,
     schedule_at: &'static str,
-    acknowledged: Arc<Mutex<Vec<String>>>,
+    acknowledged: Acknowledged,
 ) -> Result<(), String> {
     loop {
         let id = Uuid::new_v4().to_string();
@@ -244,6 +244,51 @@ async fn create_until_gone(
     }
 }
 
+type Acknowledged = Arc<Mutex<Vec<String>>>;
+
+/// `CLIENTS` writers creating follow-ups against `server` until it is gone.
+fn start_writers(
+    client: &reqwest::Client,
+    server: &Server,
+    tenant: &str,
+    schedule_at: &'static str,
+) -> (tokio::task::JoinSet<Result<(), String>>, Acknowledged) {
+    let acknowledged: Acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        clients.spawn(create_until_gone(
+            client.clone(),
+            format!("{}/v1/crm/followups", server.address),
+            tenant.to_owned(),
+            schedule_at,
+            Arc::clone(&acknowledged),
+        ));
+    }
+    (clients, acknowledged)
+}
+
+/// Waits until the writers have run for `at_least` and one create was acknowledged.
+async fn wait_for_load(
+    acknowledged: &Acknowledged,
+    at_least: Duration,
+    server: &Server,
+    stage: &str,
+) {
+    let started = Instant::now();
+    loop {
+        let count = acknowledged.lock().expect("the ack list").len();
+        if started.elapsed() >= at_least && count > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "{stage}: no create acknowledged within {START_TIMEOUT:?}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_follow_ups_survive_repeated_kill_9_under_load() {
     let data_dir = TempDir::new().expect("a data dir");
@@ -261,30 +306,14 @@ async fn acknowledged_follow_ups_survive_repeated_kill_9_under_load() {
             "cycle {cycle}: acknowledged but lost: {lost:?}"
         );
 
-        let acknowledged = Arc::new(Mutex::new(Vec::new()));
-        let mut clients = tokio::task::JoinSet::new();
-        for _ in 0..CLIENTS {
-            clients.spawn(create_until_gone(
-                client.clone(),
-                format!("{}/v1/crm/followups", server.address),
-                tenant.clone(),
-                FUTURE,
-                Arc::clone(&acknowledged),
-            ));
-        }
-        let started = Instant::now();
-        loop {
-            let count = acknowledged.lock().expect("the ack list").len();
-            if started.elapsed() >= LOAD_AT_LEAST && count > 0 {
-                break;
-            }
-            assert!(
-                started.elapsed() < START_TIMEOUT,
-                "cycle {cycle}: no create acknowledged within {START_TIMEOUT:?}:\n{}",
-                server.log_text()
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        let (clients, acknowledged) = start_writers(&client, &server, &tenant, FUTURE);
+        wait_for_load(
+            &acknowledged,
+            LOAD_AT_LEAST,
+            &server,
+            &format!("cycle {cycle}"),
+        )
+        .await;
         // Killed while the clients still have requests in flight.
         server.kill();
         let finished = tokio::time::timeout(Duration::from_secs(30), clients.join_all())
@@ -313,30 +342,8 @@ async fn sigterm_under_load_with_the_worker_on_exits_0_and_keeps_every_acknowled
     let mut server = Server::start(data_dir.path(), logs.path(), &client, &worker).await;
 
     // Due follow-ups, so the worker is draining while the server shuts down.
-    let acknowledged = Arc::new(Mutex::new(Vec::new()));
-    let mut clients = tokio::task::JoinSet::new();
-    for _ in 0..CLIENTS {
-        clients.spawn(create_until_gone(
-            client.clone(),
-            format!("{}/v1/crm/followups", server.address),
-            tenant.clone(),
-            PAST,
-            Arc::clone(&acknowledged),
-        ));
-    }
-    let started = Instant::now();
-    loop {
-        let count = acknowledged.lock().expect("the ack list").len();
-        if started.elapsed() >= SIGTERM_AFTER && count > 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < START_TIMEOUT,
-            "no create acknowledged within {START_TIMEOUT:?}:\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    let (clients, acknowledged) = start_writers(&client, &server, &tenant, PAST);
+    wait_for_load(&acknowledged, SIGTERM_AFTER, &server, "before SIGTERM").await;
     server.terminate();
     let terminated = Instant::now();
     // The clients keep going until the server stops answering.

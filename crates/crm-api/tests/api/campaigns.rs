@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    advance_body, assert_millisecond_utc, assert_oldest_first, campaign_body, distinct_ids,
-    items_of, new_id, new_tenant, page_sizes, retried, spawn_app, status_counts, str_field, with,
-    without,
+    advance_body, assert_idempotent, assert_millisecond_utc, assert_oldest_first, campaign_body,
+    distinct_ids, items_of, new_id, new_tenant, page_sizes, retried, spawn_app, status_counts,
+    str_field, with, without,
 };
 
 /// Every transition of the campaign workflow (SPEC §3), as `(from, to, trigger)`.
@@ -119,16 +119,8 @@ async fn repeating_a_create_with_the_same_external_key_is_idempotent_and_changes
     let reply = app.create_campaign(&repeat).await.ok();
 
     let response = &reply["response"];
-    assert_eq!(response["status"], "idempotent");
+    assert_idempotent(response, "campaign", &original);
     assert_eq!(response["request_id"], repeat["request"]["request_id"]);
-    assert_eq!(
-        response["campaign"], original,
-        "the stored record, unchanged"
-    );
-    assert_eq!(
-        response["orchestration"]["lifecycle_event_name"],
-        Value::Null
-    );
     assert_eq!(app.all_campaigns(&tenant, &[]).await, vec![original]);
 }
 
@@ -146,15 +138,7 @@ async fn repeating_a_create_with_the_same_campaign_id_is_idempotent_and_changes_
 
     let response = app.create_campaign(&repeat).await.ok()["response"].take();
 
-    assert_eq!(response["status"], "idempotent");
-    assert_eq!(
-        response["campaign"], original,
-        "the stored record, unchanged"
-    );
-    assert_eq!(
-        response["orchestration"]["lifecycle_event_name"],
-        Value::Null
-    );
+    assert_idempotent(&response, "campaign", &original);
     assert_eq!(app.all_campaigns(&tenant, &[]).await, vec![original]);
 }
 

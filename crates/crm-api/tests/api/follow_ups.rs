@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    FUTURE, assert_millisecond_utc, assert_oldest_first, campaign_follow_up_body, distinct_ids,
-    drained, follow_up_body, items_of, new_id, new_tenant, page_sizes, retried, spawn_app,
-    status_counts, str_field, with, without,
+    FUTURE, assert_idempotent, assert_millisecond_utc, assert_oldest_first,
+    campaign_follow_up_body, distinct_ids, drained, follow_up_body, items_of, new_id, new_tenant,
+    page_sizes, retried, spawn_app, status_counts, str_field, with, without,
 };
 
 #[tokio::test]
@@ -119,16 +119,8 @@ async fn repeating_a_follow_up_with_the_same_external_key_is_idempotent_and_chan
 
     let response = app.create_follow_up(&repeat).await.ok()["response"].take();
 
-    assert_eq!(response["status"], "idempotent");
+    assert_idempotent(&response, "followup", &original);
     assert_eq!(response["request_id"], repeat["request"]["request_id"]);
-    assert_eq!(
-        response["followup"], original,
-        "the stored record, unchanged"
-    );
-    assert_eq!(
-        response["orchestration"]["lifecycle_event_name"],
-        Value::Null
-    );
     assert_eq!(app.all_follow_ups(&tenant, &[]).await, vec![original]);
 }
 
@@ -146,15 +138,7 @@ async fn repeating_a_follow_up_with_the_same_followup_id_is_idempotent_and_chang
 
     let response = app.create_follow_up(&repeat).await.ok()["response"].take();
 
-    assert_eq!(response["status"], "idempotent");
-    assert_eq!(
-        response["followup"], original,
-        "the stored record, unchanged"
-    );
-    assert_eq!(
-        response["orchestration"]["lifecycle_event_name"],
-        Value::Null
-    );
+    assert_idempotent(&response, "followup", &original);
     assert_eq!(app.all_follow_ups(&tenant, &[]).await, vec![original]);
 }
 

@@ -750,3 +750,17 @@ pub fn drained<'a>(report: &'a Value, followup_id: &str) -> Option<&'a Value> {
         .iter()
         .find(|entry| entry["followup_id"] == followup_id)
 }
+
+/// An idempotent repeat: the stored record under `record_name`, unchanged, and no event.
+#[track_caller]
+pub fn assert_idempotent(response: &Value, record_name: &str, original: &Value) {
+    assert_eq!(response["status"], "idempotent");
+    assert_eq!(
+        &response[record_name], original,
+        "the stored record, unchanged"
+    );
+    assert_eq!(
+        response["orchestration"]["lifecycle_event_name"],
+        Value::Null
+    );
+}
