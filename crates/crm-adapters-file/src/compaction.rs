@@ -1,147 +1,235 @@
-//! Compaction: fold finished journal generations into the snapshots and the NDJSON logs.
+//! Compaction: write the image as of one journal sequence number into the snapshot files
+//! and commit them with a new manifest.
 //!
-//! Crash-safe in every step. The manifest is the commit point: until it is renamed into
-//! place, start-up still replays the old journals (replay is an upsert of whole records,
-//! so snapshots that are already newer do no harm) and cuts the logs back to the lengths
-//! the old manifest vouches for. Journals are deleted only after the manifest is durable.
+//! Every file is written whole under `<name>.next` and synced first; nothing a reader
+//! trusts has changed yet. Renaming the new manifest into place is the commit point: it
+//! names each file with its length and crc32. Only then are the `.next` files renamed
+//! over the old ones and the folded journals deleted. A crash at any instant leaves either
+//! the old manifest with the old files (the `.next` files are leftovers) or the new
+//! manifest with each file under its final or its `.next` name, which start-up finishes
+//! renaming once everything has verified.
 
-use std::fs::{self, File, OpenOptions};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
-use crm_domain::campaign::Campaign;
-use crm_domain::follow_up::FollowUp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde::ser::SerializeSeq;
 
-use crate::journal;
-use crate::open::{OpenError, journal_entries};
+use crate::journal::{journal_path, sync_dir};
+use crate::manifest::{self, Digest, Manifest};
+use crate::records::{CampaignRecord, EventRecord, FORMAT, FollowUpRecord, OutboundRecord};
+use crate::state::Image;
 
-pub(crate) const MANIFEST: &str = "manifest.json";
 pub(crate) const CAMPAIGNS: &str = "campaigns.json";
 pub(crate) const FOLLOW_UPS: &str = "followups.json";
 pub(crate) const EVENTS: &str = "events.ndjson";
 pub(crate) const OUTBOUND: &str = "outbound-queue.ndjson";
 
-/// What the compacted files hold: every journal generation up to `generation`, and
-/// exactly the first `events_bytes` / `outbound_bytes` bytes of the logs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Manifest {
+/// Every snapshot file a manifest names.
+pub(crate) const SNAPSHOT_FILES: [&str; 4] = [CAMPAIGNS, FOLLOW_UPS, EVENTS, OUTBOUND];
+
+/// The name a snapshot file is written under before its manifest commits.
+pub(crate) fn next_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.next"))
+}
+
+/// What a compaction folds: the image as of journal record `image.last_seq`, which is
+/// the last record of journal generation `generation`.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub image: Image,
     pub generation: u64,
-    pub events_bytes: u64,
-    pub outbound_bytes: u64,
-    /// Size of the two snapshots, so the next compaction waits for a journal at least as
-    /// large: rewriting them then costs a bounded amount per write, whatever the size.
-    #[serde(default)]
-    pub snapshot_bytes: u64,
+    /// Journals up to this generation that predate format 2.
+    pub legacy_generation: u64,
 }
 
-#[derive(Serialize)]
-struct Snapshot<'a, T> {
-    items: &'a [T],
+/// Counts and checksums what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
 }
 
-/// The journal generations present in `dir`, oldest first.
-pub(crate) fn journal_generations(dir: &Path) -> io::Result<Vec<u64>> {
-    let mut generations = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        let generation: Option<u64> = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("journal."))
-            .and_then(|n| n.strip_suffix(".ndjson"))
-            .and_then(|n| n.parse().ok());
-        generations.extend(generation);
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        self.bytes += written as u64;
+        Ok(written)
     }
-    generations.sort_unstable();
-    Ok(generations)
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum CompactionError {
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    #[error(transparent)]
-    Journal(#[from] OpenError),
-}
-
-/// Folds every journal generation up to `through` into the compacted files.
-/// `campaigns` and `follow_ups` are every record as of the end of that generation or
-/// later. Returns the new manifest.
-pub(crate) fn compact(
+/// Writes `name.next` with `fill`, synced; returns its digest.
+fn write_next(
     dir: &Path,
-    previous: Manifest,
-    through: u64,
-    campaigns: &[Arc<Campaign>],
-    follow_ups: &[Arc<FollowUp>],
-) -> Result<Manifest, CompactionError> {
-    let generations: Vec<u64> = journal_generations(dir)?
-        .into_iter()
-        .filter(|g| *g <= through)
-        .collect();
-    let mut events = open_log(&dir.join(EVENTS), previous.events_bytes)?;
-    let mut outbound = open_log(&dir.join(OUTBOUND), previous.outbound_bytes)?;
-    for &generation in &generations {
-        for entry in journal_entries(&journal::journal_path(dir, generation))? {
-            for event in &entry.events {
-                writeln!(events, "{}", event.get())?;
+    name: &str,
+    fill: impl FnOnce(&mut Hashing<BufWriter<File>>) -> io::Result<()>,
+) -> io::Result<Digest> {
+    let file = File::create(next_path(dir, name))?;
+    let mut writer = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    fill(&mut writer)?;
+    let digest = Digest {
+        bytes: writer.bytes,
+        crc32: format!("{:08x}", writer.hasher.clone().finalize()),
+    };
+    let file = writer.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(digest)
+}
+
+/// `{"items": [...]}` of records made by `record` from each value.
+fn write_items<'a, T: 'a, R: Serialize>(
+    writer: &mut impl Write,
+    values: impl Iterator<Item = &'a T>,
+    record: impl Fn(&'a T) -> R,
+) -> io::Result<()> {
+    struct Items<I>(std::cell::RefCell<Option<I>>);
+    impl<I: Iterator<Item = R2>, R2: Serialize> Serialize for Items<I> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut seq = serializer.serialize_seq(None)?;
+            for item in self.0.borrow_mut().take().into_iter().flatten() {
+                seq.serialize_element(&item)?;
             }
-            for item in &entry.outbound {
-                writeln!(outbound, "{}", item.get())?;
-            }
+            seq.end()
         }
     }
-    let events_bytes = finish_log(events)?;
-    let outbound_bytes = finish_log(outbound)?;
-    let campaigns_bytes = write_atomically(dir, CAMPAIGNS, &Snapshot { items: campaigns })?;
-    let follow_ups_bytes = write_atomically(dir, FOLLOW_UPS, &Snapshot { items: follow_ups })?;
-    let manifest = Manifest {
-        generation: through,
-        events_bytes,
-        outbound_bytes,
-        snapshot_bytes: campaigns_bytes + follow_ups_bytes,
+    #[derive(Serialize)]
+    struct Snapshot<I: Serialize> {
+        items: I,
+    }
+    let items = Items(std::cell::RefCell::new(Some(values.map(record))));
+    serde_json::to_writer(&mut *writer, &Snapshot { items })?;
+    writer.write_all(b"\n")
+}
+
+fn write_lines<R: Serialize>(
+    writer: &mut impl Write,
+    records: impl Iterator<Item = R>,
+) -> io::Result<()> {
+    for record in records {
+        serde_json::to_writer(&mut *writer, &record)?;
+        writer.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Writes the snapshot and commits it. Events emitted before `expire_before` are left out
+/// when they lead the log (retention keeps a prefix-free log, so a feed position either
+/// is retained or lies before `events_deleted_through`). Returns the committed manifest.
+pub(crate) fn commit(
+    dir: &Path,
+    snapshot: &Snapshot,
+    expire_events_before: Option<crm_domain::timestamp::Timestamp>,
+) -> io::Result<Manifest> {
+    let image = &snapshot.image;
+    let mut deleted_through = image.events_deleted_through;
+    let retained = image.events.values().skip_while(|event| {
+        let expired = expire_events_before.is_some_and(|cutoff| event.emitted_at < cutoff);
+        if expired {
+            deleted_through = deleted_through.max(event.seq);
+        }
+        expired
+    });
+    let mut files = BTreeMap::new();
+    files.insert(
+        CAMPAIGNS.to_owned(),
+        write_next(dir, CAMPAIGNS, |writer| {
+            write_items(writer, image.campaigns.values(), |c| {
+                CampaignRecord::from(&**c)
+            })
+        })?,
+    );
+    files.insert(
+        FOLLOW_UPS.to_owned(),
+        write_next(dir, FOLLOW_UPS, |writer| {
+            write_items(writer, image.follow_ups.values(), |f| {
+                FollowUpRecord::from(&**f)
+            })
+        })?,
+    );
+    files.insert(
+        EVENTS.to_owned(),
+        write_next(dir, EVENTS, |writer| {
+            write_lines(
+                writer,
+                retained.map(|event| EventRecord {
+                    seq: event.seq,
+                    envelope: Cow::Borrowed(&event.json),
+                }),
+            )
+        })?,
+    );
+    files.insert(
+        OUTBOUND.to_owned(),
+        write_next(dir, OUTBOUND, |writer| {
+            write_lines(
+                writer,
+                image.outbound.values().map(|item| OutboundRecord {
+                    seq: item.seq,
+                    followup_id: item.followup_id.as_uuid(),
+                    item: Cow::Borrowed(&item.json),
+                }),
+            )
+        })?,
+    );
+    let committed = Manifest {
+        format: FORMAT,
+        generation: snapshot.generation,
+        legacy_generation: snapshot.legacy_generation,
+        last_seq: image.last_seq,
+        last_event_seq: image.last_event_seq,
+        last_outbound_seq: image.last_outbound_seq,
+        events_deleted_through: deleted_through,
+        files,
     };
-    write_atomically(dir, MANIFEST, &manifest)?;
-    for generation in generations {
-        fs::remove_file(journal::journal_path(dir, generation))?;
+    manifest::write(dir, &committed)?;
+    finish(dir, &committed, committed.files.keys())?;
+    Ok(committed)
+}
+
+/// After a manifest committed: puts the `.next` files of `names` in place, then deletes
+/// the journals it folded. Start-up runs it again after a crash, naming only the files
+/// it found (and verified) under their `.next` name.
+pub(crate) fn finish<'a>(
+    dir: &Path,
+    committed: &Manifest,
+    names: impl IntoIterator<Item = &'a String>,
+) -> io::Result<()> {
+    for name in names {
+        fs::rename(next_path(dir, name), dir.join(name))?;
     }
     sync_dir(dir)?;
-    Ok(manifest)
+    for generation in crate::journal::journal_generations(dir)? {
+        if generation <= committed.generation {
+            fs::remove_file(journal_path(dir, generation))?;
+        }
+    }
+    sync_dir(dir)
 }
 
-/// Opens a log for appending after cutting it back to its committed length, which
-/// drops what an earlier, failed compaction may have appended.
-fn open_log(path: &Path, committed: u64) -> io::Result<BufWriter<File>> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .append(true)
-        .open(path)?;
-    file.set_len(committed)?;
-    Ok(BufWriter::with_capacity(1 << 20, file))
-}
-
-fn finish_log(writer: BufWriter<File>) -> io::Result<u64> {
-    let file = writer.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    Ok(file.metadata()?.len())
-}
-
-/// Writes `name` whole or not at all; returns its size.
-fn write_atomically(dir: &Path, name: &str, value: &impl Serialize) -> io::Result<u64> {
-    let temporary = dir.join(format!("{name}.tmp"));
-    let mut writer = BufWriter::with_capacity(1 << 20, File::create(&temporary)?);
-    serde_json::to_writer(&mut writer, value)?;
-    writer.write_all(b"\n")?;
-    let file = writer.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    let size = file.metadata()?.len();
-    fs::rename(&temporary, dir.join(name))?;
-    sync_dir(dir)?;
-    Ok(size)
-}
-
-/// Makes renames and new files in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Removes what an unfinished write left behind (`.next` and `.tmp` files that no
+/// committed manifest names). Called only after everything verified.
+pub(crate) fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(".next") || name.ends_with(".tmp") {
+            fs::remove_file(&path)?;
+        }
+    }
+    sync_dir(dir)
 }

@@ -1,215 +1,364 @@
-//! The journal: one line per committed change, fsynced before the change is acknowledged.
+//! The journal: one framed line per committed change, fsynced before the change is
+//! acknowledged.
 //!
-//! Each line is `<crc32 as 8 hex digits> <json entry>\n`. A dedicated writer thread
-//! takes lines in commit order, writes every line that is waiting in one go and calls
-//! `fdatasync` once for all of them (group commit), then publishes how many lines are
-//! durable. Callers wait on that number before they answer.
+//! A journal file is `journal.<generation>.ndjson`. Its first line is a header naming the
+//! format and the generation; every other line is one record carrying its place in a
+//! sequence that runs on across files, so a missing line or file shows as a gap. A file
+//! is created whole (header written and synced under a temporary name, then renamed), so
+//! an empty journal file is always damage, never a crash.
+//!
+//! A writer thread takes lines in commit order, writes every line that is waiting in one
+//! go and calls `fdatasync` once for all of them (group commit), then publishes how far
+//! the sequence is durable. When a write fails (a full disk), the file is cut back to what
+//! was synced, that batch and everything queued behind it fail, and the writer refuses
+//! lines until the store has rolled its pending changes back (`reset`); the next batch
+//! then tries the disk again, so the store recovers by itself once there is room.
 
-use std::fs::File;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
 
-use crm_domain::campaign::Campaign;
-use crm_domain::follow_up::FollowUp;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-/// One committed unit: the records it changed (whole, so replay is an upsert) and the
-/// events and outbound items it produced.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Entry {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub campaigns: Vec<Campaign>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub follow_ups: Vec<FollowUp>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<Box<RawValue>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub outbound: Vec<Box<RawValue>>,
-}
-
-impl Entry {
-    pub fn encode(&self) -> Vec<u8> {
-        let json = serde_json::to_vec(self).expect("journal entries always serialize");
-        let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
-        line.extend_from_slice(&json);
-        line.push(b'\n');
-        line
-    }
-}
-
-/// Why a journal line could not be read back.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum LineError {
-    #[error("checksum mismatch")]
-    Checksum,
-    #[error("malformed line")]
-    Framing,
-    #[error("unreadable entry: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-pub(crate) fn decode(line: &[u8]) -> Result<Entry, LineError> {
-    if line.len() < 10 || line[8] != b' ' {
-        return Err(LineError::Framing);
-    }
-    let crc = std::str::from_utf8(&line[..8])
-        .ok()
-        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-        .ok_or(LineError::Framing)?;
-    let json = &line[9..];
-    if crc32fast::hash(json) != crc {
-        return Err(LineError::Checksum);
-    }
-    Ok(serde_json::from_slice(json)?)
-}
-
-/// The complete lines of a journal file, and whether it ends in a torn (unterminated)
-/// line. A torn final line is a write that was never acknowledged: its `fdatasync` had
-/// not returned when the process died.
-pub(crate) struct JournalText {
-    pub lines: Vec<(usize, Vec<u8>)>,
-    pub torn_tail_bytes: usize,
-}
-
-pub(crate) fn read_lines(bytes: Vec<u8>) -> JournalText {
-    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let lines = bytes[..complete]
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .filter(|(_, line)| !line.is_empty())
-        .map(|(index, line)| (index + 1, line.to_vec()))
-        .collect();
-    JournalText {
-        lines,
-        torn_tail_bytes: bytes.len() - complete,
-    }
-}
+use crate::frame;
+use crate::records::{FORMAT, HeaderLine, JournalHeader};
 
 pub(crate) fn journal_path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("journal.{generation:06}.ndjson"))
 }
 
-/// How far the journal is durable.
+/// The generation a journal file name stands for, if it is one.
+pub(crate) fn journal_generation(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("journal.")?.strip_suffix(".ndjson")?;
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The journal generations present in `dir`, oldest first.
+pub(crate) fn journal_generations(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut generations = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        generations.extend(name.to_str().and_then(journal_generation));
+    }
+    generations.sort_unstable();
+    Ok(generations)
+}
+
+/// Creates the journal file of `generation` whole, or not at all: the header is written
+/// and synced under a temporary name, which is then renamed into place and the rename
+/// made durable.
+pub(crate) fn create_journal(dir: &Path, generation: u64) -> io::Result<File> {
+    let path = journal_path(dir, generation);
+    let temporary = path.with_extension("ndjson.tmp");
+    let header = frame::encode(&HeaderLine {
+        journal: JournalHeader {
+            format: FORMAT,
+            generation,
+        },
+    });
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&temporary)?;
+    file.write_all(&header)?;
+    file.sync_all()?;
+    drop(file);
+    if path.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", path.display()),
+        ));
+    }
+    fs::rename(&temporary, &path)?;
+    sync_dir(dir)?;
+    OpenOptions::new().append(true).open(&path)
+}
+
+/// Makes renames, new files and deletions in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// How far the journal is durable, as the writer publishes it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Durable {
-    /// Lines written and fsynced since the store opened.
-    pub lines: u64,
-    /// Set once a write or fsync failed; nothing is acknowledged after that.
-    pub failed: Option<Arc<str>>,
+pub(crate) struct Status {
+    /// Rolled forward by every `reset`; a line belongs to the epoch it was sent in.
+    pub epoch: u64,
+    /// The last sequence number on disk.
+    pub durable: u64,
+    /// Set when a write failed: nothing more is taken until the next `reset`.
+    pub broken: Option<Arc<str>>,
+    /// `epoch_ends[e]`: the last durable sequence number of ended epoch `e`.
+    pub epoch_ends: Vec<u64>,
+    /// Whether the last write or sync succeeded.
+    pub healthy: bool,
+}
+
+impl Status {
+    /// The fate of line `seq` sent in `epoch`, once it is decided.
+    pub fn outcome(&self, seq: u64, epoch: u64) -> Option<Result<(), Arc<str>>> {
+        if epoch < self.epoch {
+            let end = self.epoch_ends.get(epoch as usize).copied().unwrap_or(0);
+            return Some(if seq <= end {
+                Ok(())
+            } else {
+                Err(Arc::from("journal write failed"))
+            });
+        }
+        if self.durable >= seq {
+            return Some(Ok(()));
+        }
+        self.broken.clone().map(Err)
+    }
+}
+
+/// The parts of `Status` the store looks at on every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub epoch: u64,
+    pub durable: u64,
+    pub broken: bool,
+    pub healthy: bool,
 }
 
 enum Command {
-    Append(Vec<u8>),
-    /// Switch to a new journal file; everything sent before is synced first.
-    Rotate(File),
+    Append {
+        seq: u64,
+        line: Vec<u8>,
+    },
+    /// Switch to a new journal file; everything sent before goes to the old one.
+    Rotate {
+        generation: u64,
+        done: Sender<io::Result<()>>,
+    },
+    /// The store rolled back everything after `Status::durable`: take lines again.
+    Reset {
+        epoch: u64,
+    },
 }
 
-/// The sending side of the writer thread. Lines must be sent in commit order, which the
-/// store guarantees by sending while it holds its state lock.
+/// The sending side of the writer thread. Lines must be sent in sequence order, which the
+/// store guarantees by sending while it holds its lock.
 #[derive(Debug)]
 pub(crate) struct Journal {
-    commands: Sender<Command>,
-    durable: watch::Receiver<Durable>,
-}
-
-impl Journal {
-    pub fn start(file: File) -> io::Result<Self> {
-        let (commands, receiver) = channel();
-        let (durable_tx, durable) = watch::channel(Durable::default());
-        std::thread::Builder::new()
-            .name("crm-journal".into())
-            .spawn(move || write_loop(file, receiver, durable_tx))?;
-        Ok(Self { commands, durable })
-    }
-
-    /// Queues a line; returns at once. Fails only when the writer has stopped.
-    pub fn append(&self, line: Vec<u8>) -> Result<(), JournalStopped> {
-        self.commands
-            .send(Command::Append(line))
-            .map_err(|_| JournalStopped)
-    }
-
-    pub fn rotate(&self, file: File) -> Result<(), JournalStopped> {
-        self.commands
-            .send(Command::Rotate(file))
-            .map_err(|_| JournalStopped)
-    }
-
-    /// Waits until the first `lines` lines are durable.
-    pub async fn wait_durable(&self, lines: u64) -> Result<(), Arc<str>> {
-        let mut durable = self.durable.clone();
-        let state = durable
-            .wait_for(|d| d.lines >= lines || d.failed.is_some())
-            .await
-            .map_err(|_| Arc::<str>::from("journal writer stopped"))?;
-        match &state.failed {
-            Some(reason) => Err(reason.clone()),
-            None => Ok(()),
-        }
-    }
+    commands: Option<Sender<Command>>,
+    status: watch::Receiver<Status>,
+    thread: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("journal writer stopped")]
 pub(crate) struct JournalStopped;
 
-fn write_loop(mut file: File, commands: Receiver<Command>, durable: watch::Sender<Durable>) {
-    let mut written = 0u64;
-    let mut batch = Vec::new();
-    // Bytes of the current file known to be on disk; a failed batch is cut back to it.
-    let mut synced = file.metadata().map_or(0, |metadata| metadata.len());
-    while let Ok(first) = commands.recv() {
-        let mut pending = vec![first];
-        pending.extend(commands.try_iter());
-        let mut result = Ok(());
-        for command in pending {
-            match command {
-                Command::Append(line) => {
-                    batch.extend_from_slice(&line);
-                    written += 1;
-                }
-                Command::Rotate(next) => {
-                    result = result.and_then(|()| flush(&mut file, &mut batch, &mut synced));
-                    file = next;
-                    synced = 0;
-                }
-            }
+impl Journal {
+    /// Starts the writer on `file` (an open journal, positioned at its end), with
+    /// sequence numbers up to `durable` already on disk.
+    pub fn start(dir: PathBuf, file: File, durable: u64) -> io::Result<Self> {
+        let (commands, receiver) = channel();
+        let (status_tx, status) = watch::channel(Status {
+            durable,
+            healthy: true,
+            ..Status::default()
+        });
+        let synced = file.metadata()?.len();
+        let writer = Writer {
+            dir,
+            file,
+            synced,
+            poisoned: false,
+            status: status_tx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("crm-journal".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(Self {
+            commands: Some(commands),
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<(), JournalStopped> {
+        self.commands
+            .as_ref()
+            .ok_or(JournalStopped)?
+            .send(command)
+            .map_err(|_| JournalStopped)
+    }
+
+    /// Queues a line; returns at once.
+    pub fn append(&self, seq: u64, line: Vec<u8>) -> Result<(), JournalStopped> {
+        self.send(Command::Append { seq, line })
+    }
+
+    /// Asks for a switch to `generation`; the answer arrives on the returned channel.
+    pub fn rotate(&self, generation: u64) -> Result<Receiver<io::Result<()>>, JournalStopped> {
+        let (done, answer) = channel();
+        self.send(Command::Rotate { generation, done })?;
+        Ok(answer)
+    }
+
+    pub fn reset(&self, epoch: u64) -> Result<(), JournalStopped> {
+        self.send(Command::Reset { epoch })
+    }
+
+    /// The writer's progress, read without copying the whole status.
+    pub fn progress(&self) -> Progress {
+        let status = self.status.borrow();
+        Progress {
+            epoch: status.epoch,
+            durable: status.durable,
+            broken: status.broken.is_some(),
+            healthy: status.healthy,
         }
-        result = result.and_then(|()| flush(&mut file, &mut batch, &mut synced));
-        match result {
-            Ok(()) => {
-                durable.send_modify(|d| d.lines = written);
-            }
-            Err(error) => {
-                tracing::error!(%error, "journal write failed; the file store stops acknowledging writes");
-                durable.send_modify(|d| d.failed = Some(Arc::from(error.to_string())));
-                // Drain and drop everything else: nothing more can be acknowledged.
-                for _ in commands.iter() {}
-                return;
-            }
+    }
+
+    /// Waits until line `seq` of `epoch` is durable, or known lost.
+    pub async fn wait(&self, seq: u64, epoch: u64) -> Result<(), Arc<str>> {
+        let mut status = self.status.clone();
+        let decided = status
+            .wait_for(|status| status.outcome(seq, epoch).is_some())
+            .await
+            .map_err(|_| Arc::<str>::from("journal writer stopped"))?;
+        decided
+            .outcome(seq, epoch)
+            .unwrap_or_else(|| Err(Arc::from("journal writer stopped")))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what it holds and stop.
+        drop(self.commands.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
-/// Writes and syncs `batch`. On failure the file is cut back to what was synced before,
-/// so that writes the callers are told failed do not come back after a restart.
-fn flush(file: &mut File, batch: &mut Vec<u8>, synced: &mut u64) -> io::Result<()> {
-    let written = file.write_all(batch).and_then(|()| file.sync_data());
-    match written {
-        Ok(()) => {
-            *synced += batch.len() as u64;
-            batch.clear();
-            Ok(())
-        }
-        Err(error) => {
-            if let Err(cut) = file.set_len(*synced).and_then(|()| file.sync_data()) {
-                tracing::error!(%cut, "cannot cut the journal back after a failed write");
+struct Writer {
+    dir: PathBuf,
+    file: File,
+    /// Bytes of the current file known to be on disk; a failed batch is cut back to it.
+    synced: u64,
+    /// The file could not be cut back after a failed write: it may end in a partial
+    /// line, so nothing more may be appended to it.
+    poisoned: bool,
+    status: watch::Sender<Status>,
+}
+
+impl Writer {
+    fn run(mut self, commands: Receiver<Command>) {
+        let mut batch = Vec::new();
+        let mut last = None;
+        while let Ok(first) = commands.recv() {
+            for command in std::iter::once(first).chain(commands.try_iter()) {
+                match command {
+                    Command::Append { seq, line } => {
+                        if self.status.borrow().broken.is_none() {
+                            batch.extend_from_slice(&line);
+                            last = Some(seq);
+                        }
+                    }
+                    Command::Rotate { generation, done } => {
+                        self.flush(&mut batch, &mut last);
+                        let _ = done.send(self.rotate(generation));
+                    }
+                    Command::Reset { epoch } => self.reset(epoch),
+                }
             }
-            Err(error)
+            self.flush(&mut batch, &mut last);
         }
+    }
+
+    /// Writes and syncs the batch, then publishes the outcome.
+    fn flush(&mut self, batch: &mut Vec<u8>, last: &mut Option<u64>) {
+        let Some(seq) = last.take() else { return };
+        let written = self
+            .file
+            .write_all(batch)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.synced += batch.len() as u64;
+                self.status.send_modify(|status| {
+                    status.durable = seq;
+                    status.healthy = true;
+                });
+            }
+            Err(error) => {
+                tracing::error!(%error, "journal write failed; the changes of this batch are refused");
+                if let Err(cut) = self
+                    .file
+                    .set_len(self.synced)
+                    .and_then(|()| self.file.sync_data())
+                {
+                    tracing::error!(%cut, "cannot cut the journal back after a failed write; the store stays unavailable until it is restarted");
+                    self.poisoned = true;
+                }
+                self.status.send_modify(|status| {
+                    status.broken = Some(Arc::from(error.to_string()));
+                    status.healthy = false;
+                });
+            }
+        }
+        batch.clear();
+    }
+
+    fn rotate(&mut self, generation: u64) -> io::Result<()> {
+        if let Some(reason) = self.status.borrow().broken.clone() {
+            return Err(io::Error::other(reason.to_string()));
+        }
+        let file = create_journal(&self.dir, generation)?;
+        self.synced = file.metadata()?.len();
+        self.file = file;
+        Ok(())
+    }
+
+    fn reset(&mut self, epoch: u64) {
+        let poisoned = self.poisoned;
+        self.status.send_modify(|status| {
+            let end = status.durable;
+            status.epoch_ends.resize(status.epoch as usize, end);
+            status.epoch_ends.push(end);
+            status.epoch = epoch;
+            if !poisoned {
+                status.broken = None;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_decided_by_its_own_epoch() {
+        let status = Status {
+            epoch: 1,
+            durable: 12,
+            broken: None,
+            epoch_ends: vec![7],
+            healthy: true,
+        };
+        assert!(matches!(status.outcome(7, 0), Some(Ok(()))));
+        assert!(matches!(status.outcome(8, 0), Some(Err(_))));
+        assert!(matches!(status.outcome(12, 1), Some(Ok(()))));
+        assert!(status.outcome(13, 1).is_none());
+    }
+
+    #[test]
+    fn journal_names_carry_their_generation() {
+        assert_eq!(journal_generation("journal.000042.ndjson"), Some(42));
+        assert_eq!(journal_generation("journal.000042.ndjson.tmp"), None);
+        assert_eq!(journal_generation("journal..ndjson"), None);
+        assert_eq!(journal_generation("journal.-1.ndjson"), None);
     }
 }

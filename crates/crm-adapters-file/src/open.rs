@@ -1,29 +1,55 @@
-//! Opening a data dir: take the lock, load the snapshots and logs, replay the journal.
+//! Opening a data dir: take the lock, verify everything, and only then change anything.
+//!
+//! Verification trusts nothing it has not checked: the manifest's own checksum, each
+//! snapshot file's length and crc32 against the manifest (under its final name, or under
+//! `.next` when a compaction committed but had not yet renamed it), every record in those
+//! files, and every journal line (its checksum, its header, and a sequence that must run
+//! on from the manifest without a gap). A damaged file stops start-up with its path (and
+//! line or item), and not one byte of the data dir has changed. Once everything has
+//! verified, start-up finishes what a crash interrupted: renames the verified `.next`
+//! files, deletes folded journals and leftovers.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUp;
+use crm_domain::ids::{CorrelationId, FollowUpId, TenantId};
+use crm_domain::timestamp::Timestamp;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::compaction::{self, Manifest};
-use crate::journal::{self, read_lines};
-use crate::state::State;
+use crate::compaction::{self, SNAPSHOT_FILES, Snapshot, next_path};
+use crate::frame;
+use crate::journal::{journal_generations, journal_path};
+use crate::legacy;
+use crate::manifest::{self, MANIFEST, Manifest};
+use crate::records::{
+    CampaignRecord, EntryRecord, EventRecord, FORMAT, FollowUpRecord, HeaderLine, OutboundRecord,
+};
+use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
 /// Tuning of the file store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStoreOptions {
-    /// Compact once the current journal holds this many bytes.
+    /// Compact once the current journal holds this many bytes (and at least as many as
+    /// the snapshots, so rewriting them costs a bounded amount per write).
     pub compact_after_bytes: u64,
+    /// Events older than this are dropped at compaction; `None` keeps them all.
+    pub retention: Option<Duration>,
+    /// How long a graceful shutdown waits for its final compaction. Every acknowledged
+    /// write is in the journal already, so giving up loses nothing.
+    pub shutdown_wait: Duration,
 }
 
 impl Default for FileStoreOptions {
     fn default() -> Self {
         Self {
             compact_after_bytes: 64 * 1024 * 1024,
+            retention: None,
+            shutdown_wait: Duration::from_secs(20),
         }
     }
 }
@@ -53,107 +79,6 @@ pub enum OpenError {
     Corrupt { path: PathBuf, detail: String },
 }
 
-pub(crate) struct Loaded {
-    pub lock: File,
-    pub state: State,
-    pub manifest: Manifest,
-    /// The journal generation new writes go to; it is a new, empty file.
-    pub generation: u64,
-    pub journal: File,
-}
-
-pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
-    let dir_error = |source| OpenError::Dir {
-        path: dir.to_owned(),
-        source,
-    };
-    fs::create_dir_all(dir).map_err(dir_error)?;
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".lock"))
-        .map_err(dir_error)?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            return Err(OpenError::Locked {
-                path: dir.to_owned(),
-            });
-        }
-        Err(TryLockError::Error(source)) => return Err(dir_error(source)),
-    }
-
-    let manifest = read_manifest(dir)?;
-    let mut state = State::default();
-    // After a compaction both snapshots exist; one that is gone is lost data, not an
-    // empty store.
-    let compacted = manifest.generation > 0;
-    for campaign in read_snapshot::<Campaign>(&dir.join(compaction::CAMPAIGNS), compacted)? {
-        state.apply_campaign(campaign);
-    }
-    for follow_up in read_snapshot::<FollowUp>(&dir.join(compaction::FOLLOW_UPS), compacted)? {
-        state.apply_follow_up(follow_up);
-    }
-    for event in read_log(dir, compaction::EVENTS, manifest.events_bytes)? {
-        let path = dir.join(compaction::EVENTS);
-        state.add_event(event).map_err(|e| corrupt(&path, e))?;
-    }
-    state.outbound = read_log(dir, compaction::OUTBOUND, manifest.outbound_bytes)?;
-
-    let generations = compaction::journal_generations(dir).map_err(dir_error)?;
-    let mut replayed = 0;
-    for &generation in &generations {
-        let path = journal::journal_path(dir, generation);
-        if generation <= manifest.generation {
-            // Folded in by a compaction that stopped before it could delete the file.
-            fs::remove_file(&path).map_err(dir_error)?;
-            continue;
-        }
-        for entry in journal_entries(&path)? {
-            state.apply(entry).map_err(|e| corrupt(&path, e))?;
-            replayed += 1;
-        }
-    }
-    let last = generations
-        .last()
-        .copied()
-        .unwrap_or(0)
-        .max(manifest.generation);
-    // Everything was read: fold the journal into the snapshots and logs now, so the
-    // data dir holds plain `campaigns.json` / `followups.json` after every start.
-    let manifest = if replayed > 0 {
-        compaction::compact(
-            dir,
-            manifest,
-            last,
-            &state.campaign_list(),
-            &state.follow_up_list(),
-        )
-        .map_err(|error| OpenError::Dir {
-            path: dir.to_owned(),
-            source: std::io::Error::other(error.to_string()),
-        })?
-    } else {
-        manifest
-    };
-    let generation = last + 1;
-    let journal_path = journal::journal_path(dir, generation);
-    let journal = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&journal_path)
-        .map_err(dir_error)?;
-    compaction::sync_dir(dir).map_err(dir_error)?;
-    Ok(Loaded {
-        lock,
-        state,
-        manifest,
-        generation,
-        journal,
-    })
-}
-
 pub(crate) fn corrupt(path: &Path, detail: impl ToString) -> OpenError {
     OpenError::Corrupt {
         path: path.to_owned(),
@@ -168,98 +93,520 @@ pub(crate) fn read_error(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '
     }
 }
 
-fn read_manifest(dir: &Path) -> Result<Manifest, OpenError> {
-    let path = dir.join(compaction::MANIFEST);
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(&path, e)),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            // Without a manifest the dir must hold no compacted data at all; otherwise
-            // we could not know which journal lines those files already contain.
-            for name in [
-                compaction::CAMPAIGNS,
-                compaction::FOLLOW_UPS,
-                compaction::EVENTS,
-                compaction::OUTBOUND,
-            ] {
-                if dir.join(name).exists() {
-                    return Err(corrupt(&path, format!("missing, but {name} exists")));
-                }
-            }
-            Ok(Manifest::default())
-        }
-        Err(error) => Err(read_error(&path)(error)),
+fn dir_error(dir: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+    move |source| OpenError::Dir {
+        path: dir.to_owned(),
+        source,
     }
+}
+
+/// A verified data dir, ready to take writes.
+pub(crate) struct Loaded {
+    pub lock: File,
+    pub state: State,
+    pub manifest: Manifest,
+    /// The highest journal generation present; new writes go to the next one.
+    pub generation: u64,
+    /// Bytes of journal records not folded into the snapshots yet.
+    pub journal_bytes: u64,
+}
+
+pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
+    fs::create_dir_all(dir).map_err(dir_error(dir))?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(dir_error(dir))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(OpenError::Locked {
+                path: dir.to_owned(),
+            });
+        }
+        Err(TryLockError::Error(source)) => return Err(dir_error(dir)(source)),
+    }
+    let manifest_path = dir.join(MANIFEST);
+    let manifest = match fs::read(&manifest_path) {
+        Ok(bytes) => Some(manifest::parse(&bytes).map_err(|e| corrupt(&manifest_path, e))?),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(read_error(&manifest_path)(error)),
+    };
+    let generations = journal_generations(dir).map_err(dir_error(dir))?;
+    let (state, manifest, generation, journal_bytes) = match manifest {
+        Some(manifest::Read::Current(manifest)) => {
+            let verified = verify(dir, &manifest, &generations)?;
+            // Everything verified: finish what a crash interrupted.
+            compaction::finish(dir, &manifest, &verified.renames).map_err(dir_error(dir))?;
+            compaction::remove_leftovers(dir).map_err(dir_error(dir))?;
+            let generation = generations
+                .last()
+                .copied()
+                .unwrap_or(0)
+                .max(manifest.generation);
+            (verified.state, manifest, generation, verified.journal_bytes)
+        }
+        Some(manifest::Read::Legacy(old)) => upgrade(dir, legacy::read(dir, Some(old))?)?,
+        None if !generations.is_empty() => {
+            if !legacy::journals_are_legacy(dir, &generations)? {
+                return Err(corrupt(
+                    &manifest_path,
+                    format!(
+                        "missing, but {} exists: every data dir of this format has one",
+                        journal_path(dir, generations[0]).display()
+                    ),
+                ));
+            }
+            // The first release before its first compaction committed: the journals
+            // hold everything, and any snapshot or log file is an unfinished write.
+            upgrade(dir, legacy::read(dir, None)?)?
+        }
+        None => {
+            if let Some(name) = SNAPSHOT_FILES.iter().find(|name| dir.join(name).exists()) {
+                return Err(corrupt(
+                    &manifest_path,
+                    format!("missing, but {name} exists"),
+                ));
+            }
+            // A new data dir: write its empty snapshot so that it always has a manifest.
+            compaction::remove_leftovers(dir).map_err(dir_error(dir))?;
+            let state = State::default();
+            let manifest = compaction::commit(
+                dir,
+                &Snapshot {
+                    image: state.image().clone(),
+                    generation: 0,
+                    legacy_generation: 0,
+                },
+                None,
+            )
+            .map_err(dir_error(dir))?;
+            (state, manifest, 0, 0)
+        }
+    };
+    Ok(Loaded {
+        lock,
+        state,
+        manifest,
+        generation,
+        journal_bytes,
+    })
+}
+
+/// Writes a data dir read in the first release's format as a format 2 snapshot, and
+/// folds its journals. Until the new manifest commits, the old files are untouched.
+fn upgrade(dir: &Path, old: legacy::Legacy) -> Result<(State, Manifest, u64, u64), OpenError> {
+    compaction::remove_leftovers(dir).map_err(dir_error(dir))?;
+    let manifest = compaction::commit(
+        dir,
+        &Snapshot {
+            image: old.state.image().clone(),
+            generation: old.generation,
+            legacy_generation: old.generation,
+        },
+        None,
+    )
+    .map_err(dir_error(dir))?;
+    tracing::info!(dir = %dir.display(), "data dir upgraded to format {FORMAT}");
+    Ok((old.state, manifest, old.generation, 0))
+}
+
+struct Verified {
+    state: State,
+    /// Snapshot files found (and verified) under their `.next` name.
+    renames: Vec<String>,
+    journal_bytes: u64,
+}
+
+fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verified, OpenError> {
+    let manifest_path = dir.join(MANIFEST);
+    let mut renames = Vec::new();
+    let mut contents = Vec::new();
+    for name in SNAPSHOT_FILES {
+        let digest = manifest
+            .files
+            .get(name)
+            .ok_or_else(|| corrupt(&manifest_path, format!("it names no {name}")))?;
+        let (bytes, renamed) = verified_file(dir, name, digest)?;
+        if renamed {
+            renames.push(name.to_owned());
+        }
+        contents.push(bytes);
+    }
+    if let Some(unknown) = manifest
+        .files
+        .keys()
+        .find(|name| !SNAPSHOT_FILES.contains(&name.as_str()))
+    {
+        return Err(corrupt(
+            &manifest_path,
+            format!("it names {unknown}, which this version does not know"),
+        ));
+    }
+    let [campaigns, follow_ups, events, outbound] =
+        <[Vec<u8>; 4]>::try_from(contents).expect("four snapshot files");
+
+    let mut state = State::default();
+    let mut change = Change::default();
+    read_items(
+        dir,
+        compaction::CAMPAIGNS,
+        &campaigns,
+        |record: CampaignRecord| {
+            let campaign = Campaign::try_from(record).map_err(|e| e.to_string())?;
+            change.campaigns.push(campaign);
+            Ok(())
+        },
+    )?;
+    read_items(
+        dir,
+        compaction::FOLLOW_UPS,
+        &follow_ups,
+        |record: FollowUpRecord| {
+            let follow_up = FollowUp::try_from(record).map_err(|e| e.to_string())?;
+            change.follow_ups.push(follow_up);
+            Ok(())
+        },
+    )?;
+    unique(
+        dir,
+        compaction::CAMPAIGNS,
+        change.campaigns.iter().map(|c| c.campaign_id.as_uuid()),
+    )?;
+    unique(
+        dir,
+        compaction::FOLLOW_UPS,
+        change.follow_ups.iter().map(|f| f.followup_id.as_uuid()),
+    )?;
+    let mut last_event = manifest.events_deleted_through;
+    read_lines(dir, compaction::EVENTS, &events, |record: EventRecord| {
+        if record.seq <= last_event || record.seq > manifest.last_event_seq {
+            return Err(format!(
+                "event number {} is out of order (after {last_event}, at most {})",
+                record.seq, manifest.last_event_seq
+            ));
+        }
+        last_event = record.seq;
+        change
+            .events
+            .push(stored_event(&record.envelope, record.seq)?);
+        Ok(())
+    })?;
+    let mut last_item = 0;
+    read_lines(
+        dir,
+        compaction::OUTBOUND,
+        &outbound,
+        |record: OutboundRecord| {
+            if record.seq <= last_item || record.seq > manifest.last_outbound_seq {
+                return Err(format!(
+                    "outbound item number {} is out of order",
+                    record.seq
+                ));
+            }
+            last_item = record.seq;
+            change.outbound.push(StoredOutbound {
+                seq: record.seq,
+                followup_id: FollowUpId::new(record.followup_id),
+                json: record.item.into_owned(),
+            });
+            Ok(())
+        },
+    )?;
+    drop((campaigns, follow_ups, events, outbound));
+    state.apply(manifest.last_seq, change);
+    state.set_counters(
+        manifest.last_seq,
+        manifest.last_event_seq,
+        manifest.last_outbound_seq,
+    );
+    state.set_events_deleted_through(manifest.events_deleted_through);
+
+    let mut journal_bytes = 0;
+    let mut expected_generation = manifest.generation + 1;
+    let last_generation = generations.last().copied().unwrap_or(0);
+    for &generation in generations {
+        let path = journal_path(dir, generation);
+        if generation <= manifest.generation {
+            verify_folded(&path, generation, manifest)?;
+            continue;
+        }
+        if generation != expected_generation {
+            return Err(corrupt(
+                &journal_path(dir, expected_generation),
+                format!(
+                    "missing: journals run from {} to {generation}",
+                    manifest.generation + 1
+                ),
+            ));
+        }
+        expected_generation += 1;
+        journal_bytes += replay(&path, generation, generation == last_generation, &mut state)?;
+    }
+    Ok(Verified {
+        state,
+        renames,
+        journal_bytes,
+    })
+}
+
+/// The bytes of snapshot file `name`: under its final name when they match the manifest,
+/// else under `.next` (a compaction committed and was cut short before the rename).
+fn verified_file(
+    dir: &Path,
+    name: &str,
+    digest: &manifest::Digest,
+) -> Result<(Vec<u8>, bool), OpenError> {
+    let path = dir.join(name);
+    let matches =
+        |bytes: &[u8]| bytes.len() as u64 == digest.bytes && frame::checksum(bytes) == digest.crc32;
+    let found = match fs::read(&path) {
+        Ok(bytes) if matches(&bytes) => return Ok((bytes, false)),
+        Ok(bytes) => Some(bytes),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(error) => return Err(read_error(&path)(error)),
+    };
+    if let Ok(bytes) = fs::read(next_path(dir, name))
+        && matches(&bytes)
+    {
+        return Ok((bytes, true));
+    }
+    Err(corrupt(
+        &path,
+        match found {
+            Some(bytes) => format!(
+                "{} bytes with crc32 {}, but manifest.json records {} bytes with crc32 {}",
+                bytes.len(),
+                frame::checksum(&bytes),
+                digest.bytes,
+                digest.crc32
+            ),
+            None => "missing, but manifest.json records it".to_owned(),
+        },
+    ))
 }
 
 #[derive(Deserialize)]
-struct Snapshot<T> {
+struct Items<T> {
     items: Vec<T>,
 }
 
-fn read_snapshot<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    must_exist: bool,
-) -> Result<Vec<T>, OpenError> {
-    match File::open(path) {
-        Ok(file) => {
-            let snapshot: Snapshot<T> =
-                serde_json::from_reader(BufReader::new(file)).map_err(|e| corrupt(path, e))?;
-            Ok(snapshot.items)
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound && must_exist => Err(corrupt(
-            path,
-            "missing, but manifest.json records a compaction that wrote it",
-        )),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(error) => Err(read_error(path)(error)),
+fn read_items<T: for<'de> Deserialize<'de>>(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mut take: impl FnMut(T) -> Result<(), String>,
+) -> Result<(), OpenError> {
+    let path = dir.join(name);
+    let items: Items<T> = serde_json::from_slice(bytes).map_err(|e| corrupt(&path, e))?;
+    for (index, item) in items.items.into_iter().enumerate() {
+        take(item).map_err(|e| corrupt(&path, format!("item {index}: {e}")))?;
     }
+    Ok(())
 }
 
-/// Reads an NDJSON log up to the length the manifest vouches for. Bytes past it were
-/// appended by a compaction that did not finish; the journal still holds them, so they
-/// are cut off and written again by the next compaction.
-fn read_log(dir: &Path, name: &str, committed: u64) -> Result<Vec<Box<RawValue>>, OpenError> {
+fn read_lines<T: for<'de> Deserialize<'de>>(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mut take: impl FnMut(T) -> Result<(), String>,
+) -> Result<(), OpenError> {
     let path = dir.join(name);
-    let file = match OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound && committed == 0 => {
-            return Ok(Vec::new());
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        return Err(corrupt(&path, "the last line is unterminated"));
+    }
+    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
         }
-        Err(error) => return Err(read_error(&path)(error)),
-    };
-    let length = file.metadata().map_err(read_error(&path))?.len();
-    if length < committed {
+        let record: T = serde_json::from_slice(line)
+            .map_err(|e| corrupt(&path, format!("line {}: {e}", index + 1)))?;
+        take(record).map_err(|e| corrupt(&path, format!("line {}: {e}", index + 1)))?;
+    }
+    Ok(())
+}
+
+fn unique(dir: &Path, name: &str, ids: impl Iterator<Item = uuid::Uuid>) -> Result<(), OpenError> {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(corrupt(
+                &dir.join(name),
+                format!("record {id} appears twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Just enough of an event envelope to index it.
+#[derive(Deserialize)]
+struct EventKeys {
+    tenant_id: String,
+    correlation_id: uuid::Uuid,
+    emitted_at: Timestamp,
+}
+
+pub(crate) fn stored_event(envelope: &RawValue, seq: u64) -> Result<StoredEvent, String> {
+    let keys: EventKeys =
+        serde_json::from_str(envelope.get()).map_err(|e| format!("event envelope: {e}"))?;
+    Ok(StoredEvent {
+        seq,
+        tenant_id: TenantId::parse(keys.tenant_id)
+            .ok_or_else(|| "event envelope: tenant_id is empty".to_owned())?,
+        correlation_id: CorrelationId::new(keys.correlation_id),
+        emitted_at: keys.emitted_at,
+        json: envelope.to_owned(),
+    })
+}
+
+/// A journal line: its number, its text, and whether it is the unterminated last one.
+struct Line<'a> {
+    number: usize,
+    text: &'a [u8],
+    unterminated: bool,
+}
+
+fn journal_lines(bytes: &[u8]) -> impl Iterator<Item = Line<'_>> {
+    let unterminated = !bytes.ends_with(b"\n");
+    let count = bytes.split(|&b| b == b'\n').count();
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(move |(index, text)| !(text.is_empty() && index + 1 == count))
+        .map(move |(index, text)| Line {
+            number: index + 1,
+            text,
+            unterminated: unterminated && index + 1 == count,
+        })
+}
+
+/// Checks a journal's header line.
+fn check_header(path: &Path, generation: u64, line: Option<Line<'_>>) -> Result<(), OpenError> {
+    let header = line
+        .filter(|line| !line.unterminated)
+        .and_then(|line| frame::decode(line.text).ok())
+        .and_then(|json| serde_json::from_slice::<HeaderLine>(json).ok())
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                "line 1: no journal header (the file is damaged or emptied)",
+            )
+        })?;
+    if header.journal.format != FORMAT || header.journal.generation != generation {
         return Err(corrupt(
-            &path,
-            format!("{length} bytes, but the manifest records {committed}"),
+            path,
+            format!(
+                "line 1: header of format {} generation {}, expected format {FORMAT} generation {generation}",
+                header.journal.format, header.journal.generation
+            ),
         ));
     }
-    if length > committed {
-        tracing::warn!(path = %path.display(), extra_bytes = length - committed, "cutting off an unfinished compaction");
-        file.set_len(committed).map_err(read_error(&path))?;
-        file.sync_all().map_err(read_error(&path))?;
-    }
-    let mut items = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(read_error(&path))?;
-        let item: Box<RawValue> = serde_json::from_str(&line)
-            .map_err(|e| corrupt(&path, format!("line {}: {e}", index + 1)))?;
-        items.push(item);
-    }
-    Ok(items)
+    Ok(())
 }
 
-/// Reads every complete line of a journal file; see `read_lines` for torn tails.
-pub(crate) fn journal_entries(path: &Path) -> Result<Vec<journal::Entry>, OpenError> {
-    let bytes = fs::read(path).map_err(read_error(path))?;
-    let text = read_lines(bytes);
-    if text.torn_tail_bytes > 0 {
-        tracing::warn!(path = %path.display(), bytes = text.torn_tail_bytes, "ignoring a torn final journal line (a write that was never acknowledged)");
+/// A folded journal (start-up deletes it) must hold nothing the snapshots lack.
+fn verify_folded(path: &Path, generation: u64, manifest: &Manifest) -> Result<(), OpenError> {
+    if generation <= manifest.legacy_generation {
+        return Ok(());
     }
-    text.lines
-        .into_iter()
-        .map(|(number, line)| {
-            journal::decode(&line).map_err(|e| corrupt(path, format!("line {number}: {e}")))
-        })
-        .collect()
+    let bytes = fs::read(path).map_err(read_error(path))?;
+    let mut lines = journal_lines(&bytes);
+    check_header(path, generation, lines.next())?;
+    for line in lines {
+        let Ok(json) = frame::decode(line.text) else {
+            continue;
+        };
+        let seq = serde_json::from_slice::<SeqOnly>(json).map_or(0, |record| record.seq);
+        if seq > manifest.last_seq {
+            return Err(corrupt(
+                path,
+                format!(
+                    "line {}: record {seq} is past the snapshots' {}, yet manifest.json counts this journal as folded",
+                    line.number, manifest.last_seq
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+/// Replays one journal into `state`, checking that its records continue the sequence.
+/// Returns its size.
+fn replay(path: &Path, generation: u64, last: bool, state: &mut State) -> Result<u64, OpenError> {
+    let bytes = fs::read(path).map_err(read_error(path))?;
+    let mut lines = journal_lines(&bytes);
+    check_header(path, generation, lines.next())?;
+    for line in lines {
+        let json = match frame::decode(line.text) {
+            Ok(json) => json,
+            Err(_) if line.unterminated && last => {
+                // The tail of the newest journal that is not a whole record is a write
+                // whose sync never returned: it was never acknowledged.
+                tracing::warn!(path = %path.display(), bytes = line.text.len(), "ignoring a torn final journal line (a write that was never acknowledged)");
+                continue;
+            }
+            Err(error) => return Err(corrupt(path, format!("line {}: {error}", line.number))),
+        };
+        let record: EntryRecord = serde_json::from_slice(json)
+            .map_err(|e| corrupt(path, format!("line {}: {e}", line.number)))?;
+        let expected = state.image().last_seq + 1;
+        if record.seq != expected {
+            return Err(corrupt(
+                path,
+                format!(
+                    "line {}: record {} where record {expected} belongs: records are missing",
+                    line.number, record.seq
+                ),
+            ));
+        }
+        let change = change_of(record, state)
+            .map_err(|e| corrupt(path, format!("line {}: {e}", line.number)))?;
+        state.apply(expected, change);
+    }
+    Ok(bytes.len() as u64)
+}
+
+fn change_of(record: EntryRecord<'_>, state: &State) -> Result<Change, String> {
+    let mut change = Change::default();
+    for campaign in record.campaigns {
+        change
+            .campaigns
+            .push(Campaign::try_from(campaign).map_err(|e| e.to_string())?);
+    }
+    for follow_up in record.follow_ups {
+        change
+            .follow_ups
+            .push(FollowUp::try_from(follow_up).map_err(|e| e.to_string())?);
+    }
+    let mut last_event = state.image().last_event_seq;
+    for event in record.events {
+        if event.seq <= last_event {
+            return Err(format!("event number {} is out of order", event.seq));
+        }
+        last_event = event.seq;
+        change
+            .events
+            .push(stored_event(&event.envelope, event.seq)?);
+    }
+    let mut last_item = state.image().last_outbound_seq;
+    for item in record.outbound {
+        if item.seq <= last_item {
+            return Err(format!("outbound item number {} is out of order", item.seq));
+        }
+        last_item = item.seq;
+        change.outbound.push(StoredOutbound {
+            seq: item.seq,
+            followup_id: FollowUpId::new(item.followup_id),
+            json: item.item.into_owned(),
+        });
+    }
+    Ok(change)
 }

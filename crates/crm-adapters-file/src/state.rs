@@ -1,9 +1,11 @@
-//! The in-memory image of the store: every record, plus the indexes the queries need.
+//! The in-memory image of the store: every durable record, plus the indexes queries need.
 //!
-//! `apply` is the only way records change, used both for live writes and for replaying
-//! the journal at start-up, so the two can never disagree.
+//! `Image` holds the records in persistent maps, so a compaction snapshot is an O(1)
+//! clone taken under the lock and written out without it. `Indexes` are derived from the
+//! image and never written down. `apply` is the only way either changes, used for live
+//! commits and for replay alike, so the two cannot disagree.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -13,210 +15,534 @@ use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
 use crm_domain::page::{Cursor, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{CampaignQuery, FollowUpQuery};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::journal::Entry;
+/// An event as stored: its place in commit order, what the queries filter on, and the
+/// envelope exactly as it was validated.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEvent {
+    pub seq: u64,
+    pub tenant_id: TenantId,
+    pub correlation_id: CorrelationId,
+    pub emitted_at: Timestamp,
+    pub json: Box<RawValue>,
+}
 
-type ListKey = (TenantId, Timestamp, Uuid);
+/// An outbound item as stored: its place in enqueue order and the item's JSON.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredOutbound {
+    pub seq: u64,
+    pub followup_id: FollowUpId,
+    pub json: Box<RawValue>,
+}
+
+/// One committed unit: the records it changed (whole, so applying is an upsert) and the
+/// events and outbound items it produced, each already numbered.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Change {
+    pub campaigns: Vec<Campaign>,
+    pub follow_ups: Vec<FollowUp>,
+    pub events: Vec<StoredEvent>,
+    pub outbound: Vec<StoredOutbound>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.campaigns.is_empty()
+            && self.follow_ups.is_empty()
+            && self.events.is_empty()
+            && self.outbound.is_empty()
+    }
+}
+
+/// Every durable record and the counters that continue from them. Cloning is O(1).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Image {
+    pub campaigns: imbl::HashMap<CampaignId, Arc<Campaign>>,
+    pub follow_ups: imbl::HashMap<FollowUpId, Arc<FollowUp>>,
+    pub events: imbl::OrdMap<u64, Arc<StoredEvent>>,
+    pub outbound: imbl::OrdMap<u64, Arc<StoredOutbound>>,
+    /// The last journal record applied.
+    pub last_seq: u64,
+    pub last_event_seq: u64,
+    pub last_outbound_seq: u64,
+    /// Events up to here were removed by retention.
+    pub events_deleted_through: u64,
+}
+
+type Millis = i64;
+/// A tenant, interned: index keys stay small however long tenant ids are.
+type TenantKey = u32;
+
+/// Pending follow-ups are queued per lane. A drain visits lanes, not follow-ups, so
+/// follow-ups held back (a paused campaign) cost it nothing however many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Lane {
+    tenant: TenantKey,
+    campaign: Option<CampaignId>,
+}
 
 #[derive(Debug, Default)]
-pub(crate) struct State {
-    /// Shared, so a compaction snapshot costs a pointer per record, not a deep copy.
-    pub campaigns: HashMap<CampaignId, Arc<Campaign>>,
-    campaign_keys: HashMap<(TenantId, String), CampaignId>,
-    campaign_order: BTreeSet<ListKey>,
-    pub follow_ups: HashMap<FollowUpId, Arc<FollowUp>>,
-    follow_up_keys: HashMap<(TenantId, String), FollowUpId>,
-    follow_up_order: BTreeSet<ListKey>,
-    /// Pending follow-ups by `(schedule_at, id)`: the drain's queue.
-    due: BTreeSet<(Timestamp, FollowUpId)>,
-    /// Follow-ups a drain in progress has claimed; no other drain may take them.
-    pub claimed: HashSet<FollowUpId>,
-    events: HashMap<CorrelationId, Vec<Box<RawValue>>>,
-    pub outbound: Vec<Box<RawValue>>,
+struct Indexes {
+    tenants: HashMap<TenantId, TenantKey>,
+    campaign_keys: HashMap<(TenantKey, String), CampaignId>,
+    campaign_order: BTreeSet<(TenantKey, Millis, Uuid)>,
+    campaign_state_order: BTreeSet<(TenantKey, CampaignState, Millis, Uuid)>,
+    follow_up_keys: HashMap<(TenantKey, String), FollowUpId>,
+    follow_up_order: BTreeSet<(TenantKey, Millis, Uuid)>,
+    follow_up_status_order: BTreeSet<(TenantKey, FollowUpStatus, Millis, Uuid)>,
+    campaign_follow_ups: BTreeSet<(CampaignId, Millis, Uuid)>,
+    campaign_status_follow_ups: BTreeSet<(CampaignId, FollowUpStatus, Millis, Uuid)>,
+    lanes: BTreeMap<Lane, BTreeSet<(Millis, FollowUpId)>>,
+    events_by_correlation: BTreeSet<(CorrelationId, u64)>,
 }
 
-/// Just enough of an event to index it.
-#[derive(Deserialize)]
-struct EventKey {
-    correlation_id: CorrelationId,
+impl Indexes {
+    fn tenant(&mut self, tenant_id: &TenantId) -> TenantKey {
+        let next = TenantKey::try_from(self.tenants.len()).expect("fewer than 2^32 tenants");
+        *self.tenants.entry(tenant_id.clone()).or_insert(next)
+    }
 }
+
+/// The image and its indexes.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    image: Image,
+    indexes: Indexes,
+}
+
+/// How many index entries a filtered read may pass over before it answers with what it
+/// has: a read never holds the store for long, whatever the data looks like.
+pub(crate) const SCAN_BUDGET: usize = 10_000;
 
 impl State {
-    pub fn apply(&mut self, entry: Entry) -> Result<(), serde_json::Error> {
-        for campaign in entry.campaigns {
-            self.apply_campaign(campaign);
-        }
-        for follow_up in entry.follow_ups {
-            self.apply_follow_up(follow_up);
-        }
-        for event in entry.events {
-            self.add_event(event)?;
-        }
-        self.outbound.extend(entry.outbound);
-        Ok(())
+    pub fn image(&self) -> &Image {
+        &self.image
     }
 
-    pub fn add_event(&mut self, event: Box<RawValue>) -> Result<(), serde_json::Error> {
-        let key: EventKey = serde_json::from_str(event.get())?;
-        self.events
-            .entry(key.correlation_id)
-            .or_default()
-            .push(event);
-        Ok(())
+    /// Applies one committed unit numbered `seq`.
+    pub fn apply(&mut self, seq: u64, change: Change) {
+        for campaign in change.campaigns {
+            self.put_campaign(campaign);
+        }
+        for follow_up in change.follow_ups {
+            self.put_follow_up(follow_up);
+        }
+        for event in change.events {
+            self.put_event(event);
+        }
+        for item in change.outbound {
+            self.image.last_outbound_seq = self.image.last_outbound_seq.max(item.seq);
+            self.image.outbound.insert(item.seq, Arc::new(item));
+        }
+        self.image.last_seq = seq;
     }
 
-    pub fn apply_campaign(&mut self, campaign: Campaign) {
+    pub fn set_counters(&mut self, last_seq: u64, last_event_seq: u64, last_outbound_seq: u64) {
+        self.image.last_seq = last_seq;
+        self.image.last_event_seq = self.image.last_event_seq.max(last_event_seq);
+        self.image.last_outbound_seq = self.image.last_outbound_seq.max(last_outbound_seq);
+    }
+
+    pub fn set_events_deleted_through(&mut self, seq: u64) {
+        self.image.events_deleted_through = self.image.events_deleted_through.max(seq);
+        self.image.last_event_seq = self.image.last_event_seq.max(seq);
+    }
+
+    pub fn put_campaign(&mut self, campaign: Campaign) {
+        let tenant = self.indexes.tenant(&campaign.tenant_id);
         let id = campaign.campaign_id;
-        if let Some(key) = &campaign.external_key {
-            self.campaign_keys
-                .insert((campaign.tenant_id.clone(), key.clone()), id);
+        let created = campaign.created_at.unix_millis();
+        if let Some(old) = self.image.campaigns.get(&id) {
+            self.indexes
+                .campaign_state_order
+                .remove(&(tenant, old.state, created, id.as_uuid()));
         }
-        self.campaign_order.insert((
-            campaign.tenant_id.clone(),
-            campaign.created_at,
-            id.as_uuid(),
-        ));
-        self.campaigns.insert(id, Arc::new(campaign));
+        if let Some(key) = &campaign.external_key {
+            self.indexes.campaign_keys.insert((tenant, key.clone()), id);
+        }
+        self.indexes
+            .campaign_order
+            .insert((tenant, created, id.as_uuid()));
+        self.indexes
+            .campaign_state_order
+            .insert((tenant, campaign.state, created, id.as_uuid()));
+        self.image.campaigns.insert(id, Arc::new(campaign));
     }
 
-    pub fn apply_follow_up(&mut self, follow_up: FollowUp) {
+    pub fn put_follow_up(&mut self, follow_up: FollowUp) {
+        let tenant = self.indexes.tenant(&follow_up.tenant_id);
         let id = follow_up.followup_id;
-        if let Some(old) = self.follow_ups.get(&id) {
-            self.due.remove(&(old.schedule_at, id));
+        let created = follow_up.created_at.unix_millis();
+        let lane = Lane {
+            tenant,
+            campaign: follow_up.campaign_id,
+        };
+        if let Some(old) = self.image.follow_ups.get(&id).cloned() {
+            self.indexes.follow_up_status_order.remove(&(
+                tenant,
+                old.status,
+                created,
+                id.as_uuid(),
+            ));
+            if let Some(campaign) = old.campaign_id {
+                self.indexes.campaign_status_follow_ups.remove(&(
+                    campaign,
+                    old.status,
+                    created,
+                    id.as_uuid(),
+                ));
+            }
+            if old.status == FollowUpStatus::Pending {
+                let old_lane = Lane {
+                    tenant,
+                    campaign: old.campaign_id,
+                };
+                if let Some(queue) = self.indexes.lanes.get_mut(&old_lane) {
+                    queue.remove(&(old.schedule_at.unix_millis(), id));
+                    if queue.is_empty() {
+                        self.indexes.lanes.remove(&old_lane);
+                    }
+                }
+            }
         }
         if let Some(key) = &follow_up.external_key {
-            self.follow_up_keys
-                .insert((follow_up.tenant_id.clone(), key.clone()), id);
+            self.indexes
+                .follow_up_keys
+                .insert((tenant, key.clone()), id);
         }
-        self.follow_up_order.insert((
-            follow_up.tenant_id.clone(),
-            follow_up.created_at,
+        self.indexes
+            .follow_up_order
+            .insert((tenant, created, id.as_uuid()));
+        self.indexes.follow_up_status_order.insert((
+            tenant,
+            follow_up.status,
+            created,
             id.as_uuid(),
         ));
-        if follow_up.status == FollowUpStatus::Pending {
-            self.due.insert((follow_up.schedule_at, id));
+        if let Some(campaign) = follow_up.campaign_id {
+            self.indexes
+                .campaign_follow_ups
+                .insert((campaign, created, id.as_uuid()));
+            self.indexes.campaign_status_follow_ups.insert((
+                campaign,
+                follow_up.status,
+                created,
+                id.as_uuid(),
+            ));
         }
-        self.follow_ups.insert(id, Arc::new(follow_up));
+        if follow_up.status == FollowUpStatus::Pending {
+            self.indexes
+                .lanes
+                .entry(lane)
+                .or_default()
+                .insert((follow_up.schedule_at.unix_millis(), id));
+        }
+        self.image.follow_ups.insert(id, Arc::new(follow_up));
     }
 
-    pub fn campaign_by_key(&self, tenant_id: &TenantId, key: &str) -> Option<&Campaign> {
-        let id = self
-            .campaign_keys
-            .get(&(tenant_id.clone(), key.to_owned()))?;
-        self.campaigns.get(id).map(Arc::as_ref)
+    pub fn put_event(&mut self, event: StoredEvent) {
+        self.image.last_event_seq = self.image.last_event_seq.max(event.seq);
+        self.indexes
+            .events_by_correlation
+            .insert((event.correlation_id, event.seq));
+        self.image.events.insert(event.seq, Arc::new(event));
     }
 
-    pub fn follow_up_by_key(&self, tenant_id: &TenantId, key: &str) -> Option<&FollowUp> {
-        let id = self
-            .follow_up_keys
-            .get(&(tenant_id.clone(), key.to_owned()))?;
-        self.follow_ups.get(id).map(Arc::as_ref)
+    /// Removes events up to `seq` (retention), at most `budget` of them; returns whether
+    /// some are left to remove.
+    pub fn forget_events_through(&mut self, seq: u64, budget: usize) -> bool {
+        for _ in 0..budget {
+            match self.image.events.get_min() {
+                Some((first, event)) if *first <= seq => {
+                    let (first, correlation_id) = (*first, event.correlation_id);
+                    self.indexes
+                        .events_by_correlation
+                        .remove(&(correlation_id, first));
+                    self.image.events.remove(&first);
+                }
+                _ => break,
+            }
+        }
+        self.set_events_deleted_through(seq);
+        self.image
+            .events
+            .get_min()
+            .is_some_and(|(first, _)| *first <= seq)
+    }
+
+    pub fn campaign(&self, id: CampaignId) -> Option<&Arc<Campaign>> {
+        self.image.campaigns.get(&id)
+    }
+
+    pub fn follow_up(&self, id: FollowUpId) -> Option<&Arc<FollowUp>> {
+        self.image.follow_ups.get(&id)
     }
 
     pub fn tenant_campaign(&self, tenant_id: &TenantId, id: CampaignId) -> Option<&Campaign> {
-        self.campaigns
-            .get(&id)
+        self.campaign(id)
             .map(Arc::as_ref)
             .filter(|c| &c.tenant_id == tenant_id)
     }
 
+    pub fn campaign_by_key(&self, tenant_id: &TenantId, key: &str) -> Option<&Campaign> {
+        let tenant = *self.indexes.tenants.get(tenant_id)?;
+        let id = self.indexes.campaign_keys.get(&(tenant, key.to_owned()))?;
+        self.campaign(*id).map(Arc::as_ref)
+    }
+
+    pub fn follow_up_by_key(&self, tenant_id: &TenantId, key: &str) -> Option<&FollowUp> {
+        let tenant = *self.indexes.tenants.get(tenant_id)?;
+        let id = self.indexes.follow_up_keys.get(&(tenant, key.to_owned()))?;
+        self.follow_up(*id).map(Arc::as_ref)
+    }
+
     pub fn list_campaigns(&self, query: &CampaignQuery) -> Page<Campaign> {
-        page(
-            &self.campaign_order,
-            &query.tenant_id,
-            query.after,
-            query.limit,
-            |id| {
-                self.campaigns
-                    .get(&CampaignId::new(id))
-                    .map(Arc::as_ref)
-                    .filter(|c| query.state.is_none_or(|state| c.state == state))
-            },
-        )
+        let Some(&tenant) = self.indexes.tenants.get(&query.tenant_id) else {
+            return empty_page();
+        };
+        let lookup = |id: Uuid| self.campaign(CampaignId::new(id)).map(|c| (**c).clone());
+        match query.state {
+            None => page(
+                &self.indexes.campaign_order,
+                (tenant, Millis::MIN, Uuid::nil()),
+                (tenant, Millis::MAX, Uuid::max()),
+                query
+                    .after
+                    .map(|c| (tenant, c.created_at.unix_millis(), c.id)),
+                query.limit,
+                |&(_, created, id)| (created, id),
+                lookup,
+            ),
+            Some(state) => page(
+                &self.indexes.campaign_state_order,
+                (tenant, state, Millis::MIN, Uuid::nil()),
+                (tenant, state, Millis::MAX, Uuid::max()),
+                query
+                    .after
+                    .map(|c| (tenant, state, c.created_at.unix_millis(), c.id)),
+                query.limit,
+                |&(_, _, created, id)| (created, id),
+                lookup,
+            ),
+        }
     }
 
     pub fn list_follow_ups(&self, query: &FollowUpQuery) -> Page<FollowUp> {
-        page(
-            &self.follow_up_order,
-            &query.tenant_id,
-            query.after,
-            query.limit,
-            |id| {
-                self.follow_ups
-                    .get(&FollowUpId::new(id))
-                    .map(Arc::as_ref)
-                    .filter(|f| {
-                        query.status.is_none_or(|status| f.status == status)
-                            && query.campaign_id.is_none_or(|c| f.campaign_id == Some(c))
-                    })
-            },
+        let Some(&tenant) = self.indexes.tenants.get(&query.tenant_id) else {
+            return empty_page();
+        };
+        let after = |c: Cursor| (c.created_at.unix_millis(), c.id);
+        let lookup = |id: Uuid| {
+            self.follow_up(FollowUpId::new(id))
+                .filter(|f| f.tenant_id == query.tenant_id)
+                .map(|f| (**f).clone())
+        };
+        match (query.campaign_id, query.status) {
+            (None, None) => page(
+                &self.indexes.follow_up_order,
+                (tenant, Millis::MIN, Uuid::nil()),
+                (tenant, Millis::MAX, Uuid::max()),
+                query.after.map(after).map(|(m, id)| (tenant, m, id)),
+                query.limit,
+                |&(_, created, id)| (created, id),
+                lookup,
+            ),
+            (None, Some(status)) => page(
+                &self.indexes.follow_up_status_order,
+                (tenant, status, Millis::MIN, Uuid::nil()),
+                (tenant, status, Millis::MAX, Uuid::max()),
+                query
+                    .after
+                    .map(after)
+                    .map(|(m, id)| (tenant, status, m, id)),
+                query.limit,
+                |&(_, _, created, id)| (created, id),
+                lookup,
+            ),
+            (Some(campaign), None) => page(
+                &self.indexes.campaign_follow_ups,
+                (campaign, Millis::MIN, Uuid::nil()),
+                (campaign, Millis::MAX, Uuid::max()),
+                query.after.map(after).map(|(m, id)| (campaign, m, id)),
+                query.limit,
+                |&(_, created, id)| (created, id),
+                lookup,
+            ),
+            (Some(campaign), Some(status)) => page(
+                &self.indexes.campaign_status_follow_ups,
+                (campaign, status, Millis::MIN, Uuid::nil()),
+                (campaign, status, Millis::MAX, Uuid::max()),
+                query
+                    .after
+                    .map(after)
+                    .map(|(m, id)| (campaign, status, m, id)),
+                query.limit,
+                |&(_, _, created, id)| (created, id),
+                lookup,
+            ),
+        }
+    }
+
+    /// Up to `limit` due follow-ups in drain order (oldest `schedule_at`, then id), with
+    /// their campaign's state. Lanes whose campaign is in a `held` state are passed over
+    /// without looking at their follow-ups; `skip` passes over single follow-ups (claimed
+    /// by another drain, or with a change on its way to the disk).
+    pub fn due(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        held: &[CampaignState],
+        skip: impl Fn(FollowUpId) -> bool,
+    ) -> Vec<(Arc<FollowUp>, Option<CampaignState>)> {
+        let now = now.unix_millis();
+        let mut heads = BinaryHeap::new();
+        let mut cursors = Vec::new();
+        for (lane, queue) in &self.indexes.lanes {
+            let state = lane
+                .campaign
+                .and_then(|id| self.campaign(id))
+                .map(|c| c.state);
+            if state.is_some_and(|state| held.contains(&state)) {
+                continue;
+            }
+            let mut entries = queue.iter().take_while(|(at, _)| *at <= now);
+            if let Some(&first) = entries.find(|(_, id)| !skip(*id)) {
+                heads.push(std::cmp::Reverse((first, cursors.len())));
+                cursors.push((entries, state));
+            }
+        }
+        let mut due = Vec::with_capacity(limit.min(heads.len() * 4));
+        while due.len() < limit {
+            let Some(std::cmp::Reverse(((_, id), lane))) = heads.pop() else {
+                break;
+            };
+            let (entries, state) = &mut cursors[lane];
+            if let Some(follow_up) = self.follow_up(id) {
+                due.push((follow_up.clone(), *state));
+            }
+            if let Some(&next) = entries.find(|(_, id)| !skip(*id)) {
+                heads.push(std::cmp::Reverse((next, lane)));
+            }
+        }
+        due
+    }
+
+    /// How many follow-ups are due in lanes that are not held, counting no further than
+    /// `cap`.
+    pub fn count_due(&self, now: Timestamp, held: &[CampaignState], cap: usize) -> usize {
+        let now = now.unix_millis();
+        let mut count = 0;
+        for (lane, queue) in &self.indexes.lanes {
+            let state = lane
+                .campaign
+                .and_then(|id| self.campaign(id))
+                .map(|c| c.state);
+            if state.is_some_and(|state| held.contains(&state)) {
+                continue;
+            }
+            count += queue
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .take(cap - count)
+                .count();
+            if count >= cap {
+                break;
+            }
+        }
+        count
+    }
+
+    /// Events of one correlation after position `after`, oldest first, only `tenant_id`'s
+    /// when given; at most `limit`, passing over at most `SCAN_BUDGET` others. Returns
+    /// the events and the position to continue from, if there may be more.
+    pub fn events_by_correlation(
+        &self,
+        correlation_id: CorrelationId,
+        tenant_id: Option<&TenantId>,
+        after: u64,
+        limit: usize,
+    ) -> (Vec<Arc<StoredEvent>>, Option<u64>) {
+        let range = self.indexes.events_by_correlation.range((
+            Bound::Excluded((correlation_id, after)),
+            Bound::Included((correlation_id, u64::MAX)),
+        ));
+        bounded_scan(
+            range.filter_map(|(_, seq)| self.image.events.get(seq)),
+            |event| tenant_id.is_none_or(|t| &event.tenant_id == t),
+            limit,
         )
     }
 
-    /// Due follow-ups in drain order, skipping claimed ones and those a paused campaign
-    /// holds, with their campaign's state.
-    pub fn due(&self, now: Timestamp) -> impl Iterator<Item = (&FollowUp, Option<CampaignState>)> {
-        self.due
-            .iter()
-            .take_while(move |(schedule_at, _)| *schedule_at <= now)
-            .filter(|(_, id)| !self.claimed.contains(id))
-            .filter_map(|(_, id)| {
-                let follow_up = self.follow_ups.get(id).map(Arc::as_ref)?;
-                let state = follow_up
-                    .campaign_id
-                    .and_then(|c| self.campaigns.get(&c))
-                    .map(|c| c.state);
-                (state != Some(CampaignState::Paused)).then_some((follow_up, state))
-            })
-    }
-
-    pub fn events(&self, correlation_id: CorrelationId) -> &[Box<RawValue>] {
-        self.events.get(&correlation_id).map_or(&[], Vec::as_slice)
-    }
-
-    pub fn campaign_list(&self) -> Vec<Arc<Campaign>> {
-        self.campaigns.values().cloned().collect()
-    }
-
-    pub fn follow_up_list(&self) -> Vec<Arc<FollowUp>> {
-        self.follow_ups.values().cloned().collect()
+    pub fn outbound_items(&self, offset: u64, limit: usize) -> Vec<Arc<StoredOutbound>> {
+        self.image
+            .outbound
+            .values()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 
-fn page<'a, T: Clone + 'a>(
-    order: &BTreeSet<ListKey>,
-    tenant_id: &TenantId,
-    after: Option<Cursor>,
+/// Takes matching items up to `limit`, passing over at most `SCAN_BUDGET` items. The
+/// position returned is the last one looked at when more may follow, so a caller that
+/// keeps following it sees every match once.
+fn bounded_scan<'a>(
+    items: impl Iterator<Item = &'a Arc<StoredEvent>>,
+    matches: impl Fn(&StoredEvent) -> bool,
     limit: usize,
-    lookup: impl Fn(Uuid) -> Option<&'a T>,
+) -> (Vec<Arc<StoredEvent>>, Option<u64>) {
+    let mut found = Vec::new();
+    let mut last = None;
+    for (scanned, event) in items.enumerate() {
+        if found.len() == limit || scanned == SCAN_BUDGET {
+            return (found, last);
+        }
+        last = Some(event.seq);
+        if matches(event) {
+            found.push(event.clone());
+        }
+    }
+    (found, None)
+}
+
+fn empty_page<T>() -> Page<T> {
+    Page {
+        items: Vec::new(),
+        next_cursor: None,
+    }
+}
+
+/// One page of an index ordered by `(created_at, id)` within `[from, to]`, resuming after
+/// `after`. `position` reads the `(created_at, id)` of an entry; `lookup` makes the item.
+fn page<K: Ord + Clone, T>(
+    index: &BTreeSet<K>,
+    from: K,
+    to: K,
+    after: Option<K>,
+    limit: usize,
+    position: impl Fn(&K) -> (Millis, Uuid),
+    lookup: impl Fn(Uuid) -> Option<T>,
 ) -> Page<T> {
-    let start = match after {
-        Some(cursor) => Bound::Excluded((tenant_id.clone(), cursor.created_at, cursor.id)),
-        None => Bound::Included((tenant_id.clone(), Timestamp::MIN, Uuid::nil())),
-    };
+    let start = after.map_or(Bound::Included(from), Bound::Excluded);
     let mut items = Vec::new();
     let mut last = None;
-    let mut more = false;
-    for (tenant, created_at, id) in order.range((start, Bound::Unbounded)) {
-        if tenant != tenant_id {
-            break;
-        }
-        let Some(item) = lookup(*id) else { continue };
+    for key in index.range((start, Bound::Included(to))) {
+        let (created, id) = position(key);
+        let Some(item) = lookup(id) else { continue };
         if items.len() == limit {
-            more = true;
-            break;
+            let next_cursor = last.and_then(|(created, id)| {
+                Timestamp::from_unix_millis(created).map(|created_at| Cursor { created_at, id })
+            });
+            return Page { items, next_cursor };
         }
-        items.push(item.clone());
-        last = Some(Cursor {
-            created_at: *created_at,
-            id: *id,
-        });
+        items.push(item);
+        last = Some((created, id));
     }
     Page {
         items,
-        next_cursor: if more { last } else { None },
+        next_cursor: None,
     }
 }

@@ -7,8 +7,7 @@ use async_trait::async_trait;
 use crm_domain::campaign::Campaign;
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, FollowUpId};
-use crm_domain::ids::{CorrelationId, TenantId};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::Page;
 use crm_domain::timestamp::Timestamp;
@@ -16,198 +15,207 @@ use crm_ports::{
     CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome, DrainStatus,
     DueFollowUp, EventEmitter, FollowUpQuery, FollowUpStore, OutboundQueue, Store, StoreError,
 };
-use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::compaction::{self, Manifest};
-use crate::journal::{self, Entry, Journal};
+use crate::compactor::Compactor;
+use crate::frame;
+use crate::journal::{self, Journal};
 use crate::open::{self, FileStoreOptions, OpenError};
-use crate::state::State;
+use crate::records::{CampaignRecord, EntryRecord, EventRecord, FollowUpRecord, OutboundRecord};
+use crate::shared::{Shared, Ticket, Touch};
+use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
 /// The embedded store. Cheap to clone; all clones share one data dir.
 #[derive(Debug, Clone)]
 pub struct FileStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    dir: PathBuf,
-    options: FileStoreOptions,
-    shared: Mutex<Shared>,
-    journal: Journal,
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub options: FileStoreOptions,
+    pub shared: Mutex<Shared>,
+    pub journal: Journal,
+    pub compactor: Compactor,
     /// Held, never read: the OS lock on `.lock` lives as long as this handle.
     _lock: std::fs::File,
 }
 
-#[derive(Debug)]
-struct Shared {
-    state: State,
-    /// Journal lines handed to the writer since the store opened.
-    appended: u64,
-    generation: u64,
-    generation_bytes: u64,
-    manifest: Manifest,
-    compacting: bool,
-}
-
 impl FileStore {
-    /// Opens (or creates) a data dir. Fails with the path of any file it cannot read,
-    /// and when another process holds the dir.
+    /// Opens (or creates) a data dir. Fails with the path of any file it cannot read or
+    /// verify (having changed nothing), and when another process holds the dir.
     pub fn open(dir: impl Into<PathBuf>, options: FileStoreOptions) -> Result<Self, OpenError> {
         let dir = dir.into();
         let loaded = open::load(&dir)?;
-        let journal = Journal::start(loaded.journal).map_err(|source| OpenError::Dir {
+        let dir_error = |source| OpenError::Dir {
             path: dir.clone(),
             source,
-        })?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                dir,
+        };
+        let generation = loaded.generation + 1;
+        let file = journal::create_journal(&dir, generation).map_err(dir_error)?;
+        let journal =
+            Journal::start(dir.clone(), file, loaded.state.image().last_seq).map_err(dir_error)?;
+        let store = Self {
+            inner: Arc::new_cyclic(|weak| Inner {
+                dir: dir.clone(),
                 options,
-                shared: Mutex::new(Shared {
-                    state: loaded.state,
-                    appended: 0,
-                    generation: loaded.generation,
-                    generation_bytes: 0,
-                    manifest: loaded.manifest,
-                    compacting: false,
-                }),
+                shared: Mutex::new(Shared::new(
+                    loaded.state,
+                    loaded.manifest,
+                    generation,
+                    loaded.journal_bytes,
+                )),
                 journal,
+                compactor: Compactor::start(weak.clone()),
                 _lock: loaded.lock,
             }),
-        })
+        };
+        store.maybe_compact(&mut store.lock());
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        // A panic while holding the lock leaves no half-applied write behind (apply runs
-        // after every check), so the image is still consistent.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves no half-applied change behind (changes
+        // are applied whole in `catch_up`), so the image is still consistent.
         self.inner
             .shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Hands `entry` to the journal and applies it to the image, in one critical section
-    /// so that journal order is commit order. Returns the line number to wait for.
-    fn commit(&self, shared: &mut Shared, entry: Entry, line: Vec<u8>) -> Result<u64, StoreError> {
-        let bytes = line.len() as u64;
-        self.inner
-            .journal
-            .append(line)
-            .map_err(StoreError::unavailable)?;
-        shared.appended += 1;
-        shared.generation_bytes += bytes;
-        shared.state.apply(entry).map_err(StoreError::unavailable)?;
+    /// The lock, with every durable change applied.
+    pub(crate) fn current(&self) -> MutexGuard<'_, Shared> {
+        let mut shared = self.lock();
+        shared.catch_up(&self.inner.journal);
+        shared
+    }
+
+    /// Asks for a compaction once the journal is as large as the snapshots.
+    fn maybe_compact(&self, shared: &mut Shared) {
         let threshold = self
             .inner
             .options
             .compact_after_bytes
-            .max(shared.manifest.snapshot_bytes);
-        if shared.generation_bytes >= threshold && !shared.compacting {
-            // Runs on its own; `compacting` tells whether it is still going.
-            drop(self.start_compaction(shared));
+            .max(shared.manifest.snapshot_bytes());
+        if shared.generation_bytes >= threshold && !shared.snapshot.active {
+            self.inner.compactor.request();
         }
-        Ok(shared.appended)
     }
 
-    /// Waits until journal line `line` is durable: nothing is acknowledged before that.
-    async fn durable(&self, line: u64) -> Result<(), StoreError> {
+    /// Sends `change` to the journal; the caller then waits on the ticket.
+    fn commit(
+        &self,
+        shared: &mut Shared,
+        change: Change,
+        keys: Vec<Touch>,
+        claims: Vec<FollowUpId>,
+    ) -> Result<Ticket, StoreError> {
+        let (ticket, _) = shared
+            .commit(&self.inner.journal, change, keys, claims, journal_line)
+            .map_err(StoreError::unavailable)?;
+        self.maybe_compact(shared);
+        Ok(ticket)
+    }
+
+    /// Waits until the change of `ticket` is durable: nothing is acknowledged before.
+    async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
         self.inner
             .journal
-            .wait_durable(line)
+            .wait(ticket.seq, ticket.epoch)
             .await
             .map_err(|reason| StoreError::unavailable(reason.to_string()))
     }
 
-    /// Rotates to a new journal generation and folds the old ones in the background.
-    fn start_compaction(&self, shared: &mut Shared) -> Option<tokio::task::JoinHandle<()>> {
-        let next = shared.generation + 1;
-        let file = match std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(journal::journal_path(&self.inner.dir, next))
-        {
-            Ok(file) => file,
-            Err(error) => {
-                tracing::error!(%error, "cannot start a new journal generation; compaction postponed");
-                return None;
-            }
-        };
-        // The new file must survive a power loss before anything is acknowledged in it.
-        if let Err(error) = compaction::sync_dir(&self.inner.dir) {
-            tracing::error!(%error, "cannot sync the data dir; compaction postponed");
-            return None;
-        }
-        self.inner.journal.rotate(file).ok()?;
-        let through = shared.generation;
-        shared.generation = next;
-        shared.generation_bytes = 0;
-        shared.compacting = true;
-        let campaigns = shared.state.campaign_list();
-        let follow_ups = shared.state.follow_up_list();
-        let previous = shared.manifest;
-        let wait_for = shared.appended;
-        let store = self.clone();
-        Some(tokio::spawn(async move {
-            let dir = store.inner.dir.clone();
-            let result = match store.durable(wait_for).await {
-                Ok(()) => tokio::task::spawn_blocking(move || {
-                    compaction::compact(&dir, previous, through, &campaigns, &follow_ups)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string())),
-                Err(error) => Err(error.to_string()),
-            };
-            let mut shared = store.lock();
-            shared.compacting = false;
-            match result {
-                Ok(manifest) => {
-                    tracing::info!(generation = through, "file store compacted");
-                    shared.manifest = manifest;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "file store compaction failed; the journal keeps everything")
-                }
-            }
-        }))
-    }
-
-    /// Waits until everything acknowledged or visible so far is durable, so a read never
-    /// reports a record whose write could still be lost.
-    async fn settle(&self, seen: u64) -> Result<(), StoreError> {
-        self.durable(seen).await
-    }
-}
-
-impl FileStore {
     /// An idempotent create: `existing` finds the record this one repeats (or refuses
-    /// the id); otherwise `entry` is committed. Both happen under one lock.
+    /// the id) among durable records; a create of the same id or key still on its way to
+    /// the disk is waited for first.
     async fn create<T: Clone>(
         &self,
         record: &T,
-        entry: Entry,
-        existing: impl FnOnce(&State) -> Result<Option<T>, StoreError>,
+        change: Change,
+        keys: Vec<Touch>,
+        existing: impl Fn(&State) -> Result<Option<T>, StoreError>,
     ) -> Result<Created<T>, StoreError> {
-        let line = entry.encode();
-        let (outcome, seen) = {
-            let mut shared = self.lock();
-            match existing(&shared.state)? {
-                Some(found) => (Created::Existing(found), shared.appended),
-                None => {
-                    let seen = self.commit(&mut shared, entry, line)?;
-                    (Created::Created(record.clone()), seen)
+        loop {
+            let ticket = {
+                let mut shared = self.current();
+                if let Some(conflict) = shared.conflict(&keys) {
+                    Err(conflict)
+                } else if let Some(found) = existing(&shared.state)? {
+                    return Ok(Created::Existing(found));
+                } else {
+                    Ok(self.commit(&mut shared, change.clone(), keys.clone(), Vec::new())?)
+                }
+            };
+            match ticket {
+                Ok(ticket) => {
+                    self.durable(ticket).await?;
+                    return Ok(Created::Created(record.clone()));
+                }
+                // Decided either way, the other write changes what this one finds.
+                Err(conflict) => {
+                    let _ = self.durable(conflict).await;
                 }
             }
-        };
-        self.settle(seen).await?;
-        Ok(outcome)
+        }
     }
+
+    /// Writes a probe file and syncs it: whether the data dir takes writes right now.
+    fn probe(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let path = self.inner.dir.join(".probe");
+        let result = std::fs::File::create(&path).and_then(|mut file| {
+            file.write_all(&[0; 64 * 1024])?;
+            file.sync_all()
+        });
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+}
+
+/// The journal line of change number `seq`.
+fn journal_line(seq: u64, change: &Change) -> Vec<u8> {
+    frame::encode(&EntryRecord {
+        seq,
+        campaigns: change.campaigns.iter().map(CampaignRecord::from).collect(),
+        follow_ups: change.follow_ups.iter().map(FollowUpRecord::from).collect(),
+        events: change
+            .events
+            .iter()
+            .map(|event| EventRecord {
+                seq: event.seq,
+                envelope: std::borrow::Cow::Borrowed(&event.json),
+            })
+            .collect(),
+        outbound: change
+            .outbound
+            .iter()
+            .map(|item| OutboundRecord {
+                seq: item.seq,
+                followup_id: item.followup_id.as_uuid(),
+                item: std::borrow::Cow::Borrowed(&item.json),
+            })
+            .collect(),
+    })
+}
+
+fn stored_events(events: &[EventEnvelope]) -> Vec<StoredEvent> {
+    events
+        .iter()
+        .map(|event| StoredEvent {
+            // Numbered at commit.
+            seq: 0,
+            tenant_id: event.tenant_id.clone(),
+            correlation_id: event.correlation_id,
+            emitted_at: event.emitted_at,
+            json: serde_json::value::to_raw_value(event).expect("envelopes always serialize"),
+        })
+        .collect()
 }
 
 /// The stored record a create repeats: the one with its id (an id of another tenant is a
@@ -226,34 +234,26 @@ fn repeated<'a, T: Clone>(
     }
 }
 
-/// Follow-ups a drain has claimed; the claim ends when this is released or dropped.
+/// Follow-ups a drain has claimed; the claim ends when they are handed to a commit, or
+/// when this is dropped (a drain cut short: its client hung up).
 struct Claim<'a> {
     store: &'a FileStore,
     ids: Vec<FollowUpId>,
 }
 
-impl Claim<'_> {
-    fn release(&mut self, shared: &mut Shared) {
-        for id in self.ids.drain(..) {
-            shared.state.claimed.remove(&id);
-        }
-    }
-}
-
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.ids.is_empty() {
-            let store = self.store;
-            self.release(&mut store.lock());
+            let mut shared = self.store.lock();
+            for id in self.ids.drain(..) {
+                shared.claimed.remove(&id);
+            }
         }
     }
 }
 
-fn raw<T: Serialize>(values: &[T]) -> Vec<Box<RawValue>> {
-    values
-        .iter()
-        .map(|v| serde_json::value::to_raw_value(v).expect("records always serialize"))
-        .collect()
+fn decode<T: serde::de::DeserializeOwned>(json: &RawValue) -> Result<T, StoreError> {
+    serde_json::from_str(json.get()).map_err(StoreError::unavailable)
 }
 
 #[async_trait]
@@ -263,14 +263,14 @@ impl CampaignStore for FileStore {
         campaign: &Campaign,
         events: &[EventEnvelope],
     ) -> Result<Created<Campaign>, StoreError> {
-        let entry = Entry {
+        let change = Change {
             campaigns: vec![campaign.clone()],
-            events: raw(events),
-            ..Entry::default()
+            events: stored_events(events),
+            ..Change::default()
         };
-        self.create(campaign, entry, |state| {
+        self.create(campaign, change, Touch::of_campaign(campaign), |state| {
             repeated(
-                state.campaigns.get(&campaign.campaign_id).map(Arc::as_ref),
+                state.campaign(campaign.campaign_id).map(Arc::as_ref),
                 |found| &found.tenant_id,
                 &campaign.tenant_id,
                 campaign.campaign_id.as_uuid(),
@@ -288,16 +288,11 @@ impl CampaignStore for FileStore {
         tenant_id: &TenantId,
         campaign_id: CampaignId,
     ) -> Result<Option<Campaign>, StoreError> {
-        let (found, seen) = {
-            let shared = self.lock();
-            let found = shared
-                .state
-                .tenant_campaign(tenant_id, campaign_id)
-                .cloned();
-            (found, shared.appended)
-        };
-        self.settle(seen).await?;
-        Ok(found)
+        let shared = self.current();
+        Ok(shared
+            .state
+            .tenant_campaign(tenant_id, campaign_id)
+            .cloned())
     }
 
     async fn update_campaign(
@@ -305,37 +300,44 @@ impl CampaignStore for FileStore {
         changed: &Campaign,
         events: &[EventEnvelope],
     ) -> Result<(), StoreError> {
-        let entry = Entry {
-            campaigns: vec![changed.clone()],
-            events: raw(events),
-            ..Entry::default()
-        };
-        let line = entry.encode();
-        let seen = {
-            let mut shared = self.lock();
-            let current = shared
-                .state
-                .tenant_campaign(&changed.tenant_id, changed.campaign_id)
-                .ok_or(StoreError::NotFound {
-                    campaign_id: changed.campaign_id,
-                })?;
-            if current.revision + 1 != changed.revision {
-                return Err(StoreError::Stale {
-                    campaign_id: changed.campaign_id,
-                });
+        let keys = vec![Touch::Campaign(changed.campaign_id)];
+        loop {
+            let ticket = {
+                let mut shared = self.current();
+                match shared.conflict(&keys) {
+                    Some(conflict) => Err(conflict),
+                    None => {
+                        let current = shared
+                            .state
+                            .tenant_campaign(&changed.tenant_id, changed.campaign_id)
+                            .ok_or(StoreError::NotFound {
+                                campaign_id: changed.campaign_id,
+                            })?;
+                        if current.revision + 1 != changed.revision {
+                            return Err(StoreError::Stale {
+                                campaign_id: changed.campaign_id,
+                            });
+                        }
+                        let change = Change {
+                            campaigns: vec![changed.clone()],
+                            events: stored_events(events),
+                            ..Change::default()
+                        };
+                        Ok(self.commit(&mut shared, change, keys.clone(), Vec::new())?)
+                    }
+                }
+            };
+            match ticket {
+                Ok(ticket) => return self.durable(ticket).await,
+                Err(conflict) => {
+                    let _ = self.durable(conflict).await;
+                }
             }
-            self.commit(&mut shared, entry, line)?
-        };
-        self.settle(seen).await
+        }
     }
 
     async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError> {
-        let (page, seen) = {
-            let shared = self.lock();
-            (shared.state.list_campaigns(query), shared.appended)
-        };
-        self.settle(seen).await?;
-        Ok(page)
+        Ok(self.current().state.list_campaigns(query))
     }
 }
 
@@ -346,17 +348,14 @@ impl FollowUpStore for FileStore {
         follow_up: &FollowUp,
         events: &[EventEnvelope],
     ) -> Result<Created<FollowUp>, StoreError> {
-        let entry = Entry {
+        let change = Change {
             follow_ups: vec![follow_up.clone()],
-            events: raw(events),
-            ..Entry::default()
+            events: stored_events(events),
+            ..Change::default()
         };
-        self.create(follow_up, entry, |state| {
+        self.create(follow_up, change, Touch::of_follow_up(follow_up), |state| {
             repeated(
-                state
-                    .follow_ups
-                    .get(&follow_up.followup_id)
-                    .map(Arc::as_ref),
+                state.follow_up(follow_up.followup_id).map(Arc::as_ref),
                 |found| &found.tenant_id,
                 &follow_up.tenant_id,
                 follow_up.followup_id.as_uuid(),
@@ -370,12 +369,7 @@ impl FollowUpStore for FileStore {
     }
 
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {
-        let (page, seen) = {
-            let shared = self.lock();
-            (shared.state.list_follow_ups(query), shared.appended)
-        };
-        self.settle(seen).await?;
-        Ok(page)
+        Ok(self.current().state.list_follow_ups(query))
     }
 
     async fn drain(
@@ -386,89 +380,94 @@ impl FollowUpStore for FileStore {
     ) -> Result<Vec<DrainOutcome>, StoreError> {
         // Claim under the lock, decide outside it, commit under it again. A claimed
         // follow-up is invisible to every other drain until its decision is applied.
-        let (claimed, seen) = {
-            let mut shared = self.lock();
-            let claimed: Vec<DueFollowUp> = shared
+        let claimed = {
+            let mut shared = self.current();
+            let shared = &mut *shared;
+            let due = shared
                 .state
-                .due(now)
-                .take(limit)
-                .map(|(follow_up, campaign_state)| DueFollowUp {
-                    follow_up: follow_up.clone(),
-                    campaign_state,
-                })
-                .collect();
-            for due in &claimed {
-                shared.state.claimed.insert(due.follow_up.followup_id);
+                .due(now, limit, dispatcher.held_states(), |id| {
+                    shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
+                });
+            for (follow_up, _) in &due {
+                shared.claimed.insert(follow_up.followup_id);
             }
-            (claimed, shared.appended)
+            due
         };
-        // Released however this call ends, including when its future is dropped mid-way
-        // (a client that hangs up): a claim must never outlive its drain.
         let mut claim = Claim {
             store: self,
-            ids: claimed
-                .iter()
-                .map(|due| due.follow_up.followup_id)
-                .collect(),
+            ids: claimed.iter().map(|(f, _)| f.followup_id).collect(),
         };
-        self.settle(seen).await?;
 
-        let mut entry = Entry::default();
-        let mut items = Vec::new();
+        let mut change = Change::default();
+        let mut keys = Vec::new();
         let mut outcomes = Vec::with_capacity(claimed.len());
-        for due in &claimed {
-            let followup_id = due.follow_up.followup_id;
-            match dispatcher.decide(due) {
+        for (follow_up, campaign_state) in claimed {
+            let due = DueFollowUp {
+                follow_up: (*follow_up).clone(),
+                campaign_state,
+            };
+            let followup_id = follow_up.followup_id;
+            let (record, events, item, status) = match dispatcher.decide(&due) {
                 DispatchDecision::Send {
                     follow_up,
                     item,
                     events,
-                } => {
-                    entry.follow_ups.push(*follow_up);
-                    entry.events.extend(raw(&events));
-                    items.push(*item);
-                    outcomes.push(DrainOutcome {
-                        followup_id,
-                        status: DrainStatus::Sent,
-                        reason: None,
-                    });
-                }
+                } => (follow_up, events, Some(item), DrainStatus::Sent),
                 DispatchDecision::Fail { follow_up, events } => {
-                    let reason = follow_up.last_error_code.clone();
-                    entry.follow_ups.push(*follow_up);
-                    entry.events.extend(raw(&events));
+                    (follow_up, events, None, DrainStatus::Failed)
+                }
+                DispatchDecision::Skip { reason } => {
                     outcomes.push(DrainOutcome {
                         followup_id,
-                        status: DrainStatus::Failed,
-                        reason,
+                        status: DrainStatus::Skipped,
+                        reason: Some(reason),
                     });
+                    continue;
                 }
-                DispatchDecision::Skip { reason } => outcomes.push(DrainOutcome {
-                    followup_id,
-                    status: DrainStatus::Skipped,
-                    reason: Some(reason),
-                }),
+            };
+            outcomes.push(DrainOutcome {
+                followup_id,
+                status,
+                reason: (status == DrainStatus::Failed)
+                    .then(|| record.last_error_code.clone())
+                    .flatten(),
+            });
+            if let Some(item) = item {
+                change.outbound.push(stored_outbound(&item));
             }
+            change.events.extend(stored_events(&events));
+            keys.push(Touch::FollowUp(followup_id));
+            change.follow_ups.push(*record);
         }
-        entry.outbound = raw(&items);
-
-        let seen = {
-            let mut shared = self.lock();
-            claim.release(&mut shared);
-            if entry.follow_ups.is_empty() {
-                shared.appended
-            } else {
-                let line = entry.encode();
-                self.commit(&mut shared, entry, line)?
+        let ticket = {
+            let mut shared = self.current();
+            if change.is_empty() {
+                return Ok(outcomes);
             }
+            // The claims pass to the commit: they end once it is decided.
+            let claims = std::mem::take(&mut claim.ids);
+            self.commit(&mut shared, change, keys, claims)?
         };
-        self.settle(seen).await?;
+        self.durable(ticket).await?;
         Ok(outcomes)
     }
 
     async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let shared = self.lock();
-        Ok(shared.state.due(now).count() as u64)
+        let shared = self.current();
+        let held = crm_domain::follow_up::holding_states();
+        Ok(shared.state.count_due(now, &held, COUNT_DUE_CAP) as u64)
+    }
+}
+
+/// `count_due` stops counting here: the gauge says "at least this many".
+pub const COUNT_DUE_CAP: usize = 10_000;
+
+fn stored_outbound(item: &OutboundItem) -> StoredOutbound {
+    StoredOutbound {
+        // Numbered at commit.
+        seq: 0,
+        followup_id: FollowUpId::new(item.context.context_id),
+        json: serde_json::value::to_raw_value(item).expect("outbound items always serialize"),
     }
 }
 
@@ -478,18 +477,23 @@ impl EventEmitter for FileStore {
         &self,
         correlation_id: CorrelationId,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let (events, seen) = {
-            let shared = self.lock();
-            let events: Result<Vec<EventEnvelope>, _> = shared
-                .state
-                .events(correlation_id)
-                .iter()
-                .map(|event| serde_json::from_str(event.get()))
-                .collect();
-            (events, shared.appended)
-        };
-        self.settle(seen).await?;
-        events.map_err(StoreError::unavailable)
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, next) = self.current().state.events_by_correlation(
+                correlation_id,
+                None,
+                after,
+                crm_domain::page::MAX_LIMIT,
+            );
+            for event in page {
+                events.push(decode(&event.json)?);
+            }
+            match next {
+                Some(next) => after = next,
+                None => return Ok(events),
+            }
+        }
     }
 }
 
@@ -500,20 +504,8 @@ impl OutboundQueue for FileStore {
         offset: u64,
         limit: usize,
     ) -> Result<Vec<OutboundItem>, StoreError> {
-        let (items, seen) = {
-            let shared = self.lock();
-            let items: Result<Vec<OutboundItem>, _> = shared
-                .state
-                .outbound
-                .iter()
-                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-                .take(limit)
-                .map(|item| serde_json::from_str(item.get()))
-                .collect();
-            (items, shared.appended)
-        };
-        self.settle(seen).await?;
-        items.map_err(StoreError::unavailable)
+        let items = self.current().state.outbound_items(offset, limit);
+        items.iter().map(|item| decode(&item.json)).collect()
     }
 }
 
@@ -524,25 +516,30 @@ impl Store for FileStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let seen = self.lock().appended;
-        self.settle(seen).await
+        let healthy = {
+            let _shared = self.current();
+            self.inner.journal.progress().healthy
+        };
+        if healthy {
+            return Ok(());
+        }
+        // The last journal write failed: serve again once the disk takes writes.
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.probe())
+            .await
+            .map_err(StoreError::unavailable)?
+            .map_err(StoreError::unavailable)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        // Let a compaction in progress finish, then fold whatever the journal holds.
-        while self.lock().compacting {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let done = self.inner.compactor.request_and_watch();
+        let wait = self.inner.options.shutdown_wait;
+        match tokio::time::timeout(wait, done).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StoreError::unavailable(format!(
+                "the final compaction did not finish within {} ms; the journal keeps every acknowledged write",
+                wait.as_millis()
+            ))),
         }
-        let compaction = {
-            let mut shared = self.lock();
-            if shared.generation_bytes == 0 {
-                return Ok(());
-            }
-            self.start_compaction(&mut shared)
-        };
-        if let Some(compaction) = compaction {
-            compaction.await.map_err(StoreError::unavailable)?;
-        }
-        Ok(())
     }
 }

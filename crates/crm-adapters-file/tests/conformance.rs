@@ -33,6 +33,7 @@ async fn the_file_store_passes_the_conformance_suite() {
 async fn the_file_store_passes_the_conformance_suite_while_compacting_constantly() {
     let options = FileStoreOptions {
         compact_after_bytes: 1,
+        ..FileStoreOptions::default()
     };
     crm_ports::conformance::run_all(|| async { open(options) }).await;
 }

@@ -1,77 +1,27 @@
-//! What survives a restart, and what makes the file store refuse to start.
+//! What survives a restart: acknowledged writes, from the journal and from compacted
+//! files, and data dirs written by earlier releases.
+
+mod support;
 
 use std::fs;
 use std::path::Path;
 
-use crm_adapters_file::{FileStore, FileStoreOptions, OpenError};
+use crm_adapters_file::OpenError;
+use crm_domain::campaign::CampaignState;
 use crm_domain::follow_up::FollowUpStatus;
-use crm_ports::conformance::{SendAll, all_follow_ups, at, create_campaign, schedule, tenant};
-use crm_ports::{CampaignStore, EventEmitter, FollowUpStore, OutboundQueue, Store};
-
-fn open(dir: &Path, compact_after_bytes: u64) -> Result<FileStore, OpenError> {
-    FileStore::open(
-        dir,
-        FileStoreOptions {
-            compact_after_bytes,
-        },
-    )
-}
-
-/// Writes a campaign, three follow-ups and drains two of them.
-async fn write_some(store: &FileStore) -> (crm_domain::campaign::Campaign, usize) {
-    let tenant_id = tenant("tenant_a");
-    let campaign = create_campaign(store, &tenant_id, at(0)).await;
-    for offset in 0..3 {
-        schedule(store, &tenant_id, Some(campaign.campaign_id), at(offset)).await;
-    }
-    let drained = store
-        .drain(at(10_000), 2, &SendAll::default())
-        .await
-        .unwrap();
-    (campaign, drained.len())
-}
-
-async fn assert_restored(store: &FileStore, campaign: &crm_domain::campaign::Campaign) {
-    let tenant_id = tenant("tenant_a");
-    assert_eq!(
-        store
-            .campaign(&tenant_id, campaign.campaign_id)
-            .await
-            .unwrap()
-            .as_ref(),
-        Some(campaign)
-    );
-    let follow_ups = all_follow_ups(store, &tenant_id).await;
-    assert_eq!(follow_ups.len(), 3);
-    let sent = follow_ups
-        .iter()
-        .filter(|f| f.status == FollowUpStatus::Sent)
-        .count();
-    assert_eq!(sent, 2);
-    assert_eq!(store.outbound_items(0, 100).await.unwrap().len(), 2);
-    assert_eq!(store.count_due(at(10_000)).await.unwrap(), 1);
-    for follow_up in follow_ups {
-        let events = store
-            .events_by_correlation(follow_up.correlation_id)
-            .await
-            .unwrap();
-        let expected = if follow_up.status == FollowUpStatus::Sent {
-            2
-        } else {
-            1
-        };
-        assert_eq!(events.len(), expected);
-    }
-}
+use crm_domain::ids::{CampaignId, CorrelationId};
+use crm_ports::conformance::{all_follow_ups, tenant};
+use crm_ports::{CampaignQuery, Store};
+use support::{assert_restored, copy_dir, journal_files, open, open_quiet, write_some};
+use uuid::Uuid;
 
 #[tokio::test]
 async fn everything_acknowledged_is_there_after_a_restart_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), u64::MAX).unwrap();
-    let (campaign, drained) = write_some(&store).await;
-    assert_eq!(drained, 2);
+    let store = open_quiet(dir.path()).unwrap();
+    let campaign = write_some(&store).await;
     drop(store);
-    let store = open(dir.path(), u64::MAX).unwrap();
+    let store = open_quiet(dir.path()).unwrap();
     assert_restored(&store, &campaign).await;
 }
 
@@ -79,120 +29,210 @@ async fn everything_acknowledged_is_there_after_a_restart_from_the_journal() {
 async fn everything_acknowledged_is_there_after_a_restart_from_compacted_files() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 1).unwrap();
-    let (campaign, _) = write_some(&store).await;
-    // Let the background compactions finish: a running one keeps the dir locked.
+    let campaign = write_some(&store).await;
     store.flush().await.unwrap();
-    assert!(dir.path().join("followups.json").exists());
-    assert!(dir.path().join("outbound-queue.ndjson").exists());
+    assert_eq!(
+        journal_files(dir.path()).len(),
+        1,
+        "every journal but the current one was folded in"
+    );
     drop(store);
-    let store = open(dir.path(), u64::MAX).unwrap();
+    let store = open_quiet(dir.path()).unwrap();
     assert_restored(&store, &campaign).await;
     // And again, now mixing compacted files with a fresh journal.
     drop(store);
-    let store = open(dir.path(), u64::MAX).unwrap();
+    let store = open_quiet(dir.path()).unwrap();
     assert_restored(&store, &campaign).await;
 }
 
 #[tokio::test]
 async fn a_second_store_on_the_same_dir_is_refused_while_the_first_is_open() {
     let dir = tempfile::tempdir().unwrap();
-    let first = open(dir.path(), u64::MAX).unwrap();
-    let second = open(dir.path(), u64::MAX);
+    let first = open_quiet(dir.path()).unwrap();
+    let second = open_quiet(dir.path());
     assert!(
         matches!(second, Err(OpenError::Locked { .. })),
         "{second:?}"
     );
     drop(first);
-    open(dir.path(), u64::MAX).expect("the dir is free once the first store is gone");
+    open_quiet(dir.path()).expect("the dir is free once the first store is gone");
 }
 
 #[tokio::test]
-async fn a_corrupt_snapshot_stops_start_up_naming_it_and_is_left_untouched() {
+async fn a_new_data_dir_has_a_manifest_from_its_first_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1).unwrap();
-    write_some(&store).await;
-    store.flush().await.unwrap();
-    drop(store);
-    let path = dir.path().join("followups.json");
-    let mut bytes = fs::read(&path).unwrap();
-    bytes.truncate(bytes.len() / 2);
-    fs::write(&path, &bytes).unwrap();
+    drop(open_quiet(dir.path()).unwrap());
+    for name in [
+        "manifest.json",
+        "campaigns.json",
+        "followups.json",
+        "events.ndjson",
+        "outbound-queue.ndjson",
+    ] {
+        assert!(dir.path().join(name).exists(), "{name}");
+    }
+    let campaigns: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("campaigns.json")).unwrap()).unwrap();
+    assert_eq!(campaigns, serde_json::json!({"items": []}));
+}
 
-    let error = open(dir.path(), u64::MAX).unwrap_err();
-    assert!(matches!(error, OpenError::Corrupt { .. }), "{error:?}");
-    assert!(error.to_string().contains("followups.json"), "{error}");
-    assert_eq!(
-        fs::read(&path).unwrap(),
-        bytes,
-        "the unreadable file is not rewritten"
+fn fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+        dir.path(),
     );
+    dir
 }
 
-#[tokio::test]
-async fn a_snapshot_missing_after_a_compaction_stops_start_up_instead_of_starting_empty() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), u64::MAX).unwrap();
-    write_some(&store).await;
-    drop(store);
-    // Reopening folds the journal into the snapshots.
-    drop(open(dir.path(), u64::MAX).unwrap());
-    assert!(
-        journal_files(dir.path()).is_empty(),
-        "the journal was folded in"
-    );
-    fs::remove_file(dir.path().join("campaigns.json")).unwrap();
-    let error = open(dir.path(), u64::MAX).unwrap_err();
-    assert!(matches!(error, OpenError::Corrupt { .. }), "{error:?}");
-    assert!(error.to_string().contains("campaigns.json"), "{error}");
+fn id(text: &str) -> Uuid {
+    Uuid::parse_str(text).unwrap()
 }
 
-#[tokio::test]
-async fn a_torn_final_journal_line_is_an_unacknowledged_write_and_is_ignored() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), u64::MAX).unwrap();
-    let (campaign, _) = write_some(&store).await;
-    drop(store);
-    let journal = journal_files(dir.path()).pop().unwrap();
-    let mut bytes = fs::read(&journal).unwrap();
-    bytes.extend_from_slice(b"0badc0de {\"campaigns\":[{\"campa");
-    fs::write(&journal, &bytes).unwrap();
-    let store = open(dir.path(), u64::MAX).unwrap();
-    assert_restored(&store, &campaign).await;
-}
-
-#[tokio::test]
-async fn a_damaged_journal_line_stops_start_up_naming_the_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), u64::MAX).unwrap();
-    write_some(&store).await;
-    drop(store);
-    let journal = journal_files(dir.path()).pop().unwrap();
-    let text = fs::read_to_string(&journal).unwrap();
-    // Flip one digit of the phone number in the second line: JSON stays valid, the
-    // checksum does not.
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    lines[1] = lines[1].replacen("+5511", "+5512", 1);
-    fs::write(&journal, lines.join("\n") + "\n").unwrap();
-    let error = open(dir.path(), u64::MAX).unwrap_err().to_string();
-    assert!(
-        error.contains(&journal.display().to_string()) && error.contains("line 2"),
-        "{error}"
-    );
-}
-
-fn journal_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = fs::read_dir(dir)
+/// The data dir of `tests/fixtures/format-1` was written by the first release: three
+/// campaigns and four follow-ups, a drain, a graceful stop (a compaction), then one more
+/// follow-up drained, another scheduled and a campaign paused, and a `kill -9`, so its
+/// journal holds those four changes unreplayed.
+async fn assert_format_1_fixture(store: &dyn Store) {
+    let acme = tenant("acme");
+    let campaigns = store
+        .list_campaigns(&CampaignQuery {
+            tenant_id: acme.clone(),
+            state: None,
+            after: None,
+            limit: 100,
+        })
+        .await
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("journal.")
-                && fs::metadata(p).unwrap().len() > 0
+        .items;
+    let states: Vec<_> = campaigns
+        .iter()
+        .map(|c| (c.campaign_id.as_uuid(), c.state, c.revision))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (
+                id("aaaaaaaa-0000-4000-8000-000000000001"),
+                CampaignState::Paused,
+                4
+            ),
+            (
+                id("aaaaaaaa-0000-4000-8000-000000000002"),
+                CampaignState::Paused,
+                2
+            ),
+        ]
+    );
+    let spring = &campaigns[0];
+    assert_eq!(spring.external_key.as_deref(), Some("spring-sale"));
+    assert_eq!(spring.metadata["owner"], "ana");
+    assert_eq!(spring.metadata["note"], "running");
+    let winter = store
+        .campaign(
+            &tenant("globex"),
+            CampaignId::new(id("aaaaaaaa-0000-4000-8000-000000000003")),
+        )
+        .await
+        .unwrap()
+        .expect("globex's campaign");
+    assert_eq!(winter.state, CampaignState::Canceled);
+
+    let mut follow_ups = all_follow_ups(store, &acme).await;
+    follow_ups.extend(all_follow_ups(store, &tenant("globex")).await);
+    follow_ups.sort_by_key(|f| f.followup_id);
+    let statuses: Vec<_> = follow_ups
+        .iter()
+        .map(|f| {
+            (
+                f.followup_id.to_string(),
+                f.status,
+                f.last_error_code.clone(),
+            )
         })
         .collect();
-    files.sort();
-    files
+    let expected = [
+        ("1", FollowUpStatus::Sent, None),
+        ("2", FollowUpStatus::Pending, None),
+        ("3", FollowUpStatus::Failed, Some("CAMPAIGN_CANCELED")),
+        ("4", FollowUpStatus::Pending, None),
+        ("5", FollowUpStatus::Sent, None),
+        ("6", FollowUpStatus::Pending, None),
+    ];
+    assert_eq!(
+        statuses,
+        expected
+            .iter()
+            .map(|(n, status, code)| (
+                format!("bbbbbbbb-0000-4000-8000-00000000000{n}"),
+                *status,
+                code.map(str::to_owned)
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        follow_ups[0].provider_message_id.as_deref(),
+        Some("ba43faf3-f026-48e0-a603-4ea60228c63c")
+    );
+    let items = store.outbound_items(0, 100).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[0].queue_item_id.to_string(),
+        "ba43faf3-f026-48e0-a603-4ea60228c63c"
+    );
+    let events = store
+        .events_by_correlation(CorrelationId::new(id(
+            "c0000000-0000-4000-8000-000000000002",
+        )))
+        .await
+        .unwrap();
+    let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["crm.followup.scheduled", "crm.followup.sent"]);
+}
+
+#[tokio::test]
+async fn a_data_dir_of_the_first_release_opens_with_every_record_and_is_upgraded() {
+    let dir = fixture("format-1");
+    let store = open_quiet(dir.path()).unwrap();
+    assert_format_1_fixture(&store).await;
+    drop(store);
+    let manifest = fs::read_to_string(dir.path().join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"format\":2"), "{manifest}");
+    assert!(
+        !dir.path().join("journal.000003.ndjson").exists(),
+        "the first release's journals were folded in"
+    );
+    // Upgraded once, it opens as any other data dir.
+    let store = open_quiet(dir.path()).unwrap();
+    assert_format_1_fixture(&store).await;
+}
+
+#[tokio::test]
+async fn a_first_release_data_dir_whose_first_compaction_was_cut_short_opens_from_its_journals() {
+    // The first release, killed during its first compaction: journals, snapshot and log
+    // files it had begun to write, and no manifest. That release refused to start on
+    // it; the journals hold everything.
+    let dir = fixture("format-1");
+    let journal = fs::read(dir.path().join("journal.000003.ndjson")).unwrap();
+    fs::remove_file(dir.path().join("manifest.json")).unwrap();
+    fs::remove_file(dir.path().join("journal.000002.ndjson")).unwrap();
+    fs::write(dir.path().join("journal.000001.ndjson"), &journal).unwrap();
+    fs::remove_file(dir.path().join("journal.000003.ndjson")).unwrap();
+    fs::write(dir.path().join("campaigns.json"), b"{\"items\":[{\"campai").unwrap();
+    let store = open_quiet(dir.path()).unwrap();
+    let follow_ups = all_follow_ups(&store, &tenant("acme")).await;
+    let ids: Vec<_> = follow_ups
+        .iter()
+        .map(|f| f.followup_id.to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "bbbbbbbb-0000-4000-8000-000000000005",
+            "bbbbbbbb-0000-4000-8000-000000000006"
+        ]
+    );
+    assert_eq!(follow_ups[0].status, FollowUpStatus::Sent);
 }

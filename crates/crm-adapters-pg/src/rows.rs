@@ -2,7 +2,7 @@
 
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
 use crm_domain::timestamp::Timestamp;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -74,7 +74,6 @@ pub fn follow_up(row: &Row) -> Result<FollowUp, RowError> {
     let get_err = |e: tokio_postgres::Error| bad(TABLE, e);
     let status: String = row.try_get("status").map_err(get_err)?;
     let campaign_id: Option<Uuid> = row.try_get("campaign_id").map_err(get_err)?;
-    let provider_message_id: Option<Uuid> = row.try_get("provider_message_id").map_err(get_err)?;
     Ok(FollowUp {
         followup_id: FollowUpId::new(row.try_get("followup_id").map_err(get_err)?),
         tenant_id: tenant(row, TABLE)?,
@@ -87,7 +86,7 @@ pub fn follow_up(row: &Row) -> Result<FollowUp, RowError> {
         schedule_at: timestamp(row, "schedule_at", TABLE)?,
         channel: row.try_get("channel").map_err(get_err)?,
         status: status.parse().map_err(|e| bad(TABLE, e))?,
-        provider_message_id: provider_message_id.map(QueueItemId::new),
+        provider_message_id: row.try_get("provider_message_id").map_err(get_err)?,
         last_error_code: row.try_get("last_error_code").map_err(get_err)?,
         last_error_message: row.try_get("last_error_message").map_err(get_err)?,
         metadata: metadata(row, TABLE)?,

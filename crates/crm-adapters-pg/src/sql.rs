@@ -69,28 +69,77 @@ pub const LIST_FOLLOW_UPS: &str = "SELECT followup_id, tenant_id, campaign_id, e
     AND ($4::timestamptz IS NULL OR (created_at, followup_id) > ($4, $5)) \
     ORDER BY created_at, followup_id LIMIT $6";
 
-/// Claims due follow-ups. `SKIP LOCKED` hands each row to one drain only; rows of a
-/// paused campaign are filtered out before the limit, so they never block others.
-pub const CLAIM_DUE: &str = "SELECT f.followup_id, f.tenant_id, f.campaign_id, f.external_key, \
-    f.lead_id, f.customer_id, f.phone_e164, f.message, f.schedule_at, f.channel, f.status, \
+/// The lane of a follow-up, exactly as `crm_followups_lane_due` spells it: its tenant and
+/// its campaign (the nil uuid for none).
+macro_rules! lane {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".tenant_id, coalesce(",
+            $alias,
+            ".campaign_id, '00000000-0000-0000-0000-000000000000'::uuid)"
+        )
+    };
+}
+
+/// Every lane with pending follow-ups, by a skip scan of the lane index: one index
+/// descent per lane, whatever the number of rows in it. `$1`: the held campaign states,
+/// whose lanes are left out.
+macro_rules! open_lanes {
+    () => {
+        concat!(
+            "WITH RECURSIVE lanes(tenant_id, campaign) AS ((SELECT ",
+            lane!("f"),
+            " FROM crm_followups f WHERE f.status = 'pending' ORDER BY 1, 2 LIMIT 1) \
+            UNION ALL SELECT next.* FROM lanes l CROSS JOIN LATERAL (SELECT ",
+            lane!("f"),
+            " FROM crm_followups f WHERE f.status = 'pending' AND (",
+            lane!("f"),
+            ") > (l.tenant_id, l.campaign) ORDER BY 1, 2 LIMIT 1) next), \
+            open_lanes AS (SELECT l.* FROM lanes l LEFT JOIN crm_campaigns c \
+            ON c.campaign_id = l.campaign WHERE c.state IS NULL OR c.state <> ALL($1::text[])) "
+        )
+    };
+}
+
+/// Claims due follow-ups (`$2` now, `$3` how many, `$4` how deep to look), oldest
+/// `schedule_at` first. Candidates come from the open lanes only; `SKIP LOCKED` then hands
+/// each row to one drain only, and looking deeper than the batch lets concurrent drains
+/// each fill theirs.
+pub const CLAIM_DUE: &str = concat!(
+    open_lanes!(),
+    ", candidates AS (SELECT d.followup_id FROM open_lanes l CROSS JOIN LATERAL \
+    (SELECT f.followup_id, f.schedule_at FROM crm_followups f WHERE (",
+    lane!("f"),
+    ") = (l.tenant_id, l.campaign) AND f.status = 'pending' AND f.schedule_at <= $2 \
+    ORDER BY f.schedule_at, f.followup_id LIMIT $4) d ORDER BY d.schedule_at, d.followup_id \
+    LIMIT $4) \
+    SELECT f.followup_id, f.tenant_id, f.campaign_id, f.external_key, f.lead_id, \
+    f.customer_id, f.phone_e164, f.message, f.schedule_at, f.channel, f.status, \
     f.provider_message_id, f.last_error_code, f.last_error_message, f.metadata_json, \
     f.correlation_id, f.trace_id, f.created_at, f.updated_at, c.state AS campaign_state \
-    FROM crm_followups f LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
-    WHERE f.status = 'pending' AND f.schedule_at <= $1 \
-    AND (c.state IS NULL OR c.state <> 'paused') \
-    ORDER BY f.schedule_at, f.followup_id LIMIT $2 FOR UPDATE OF f SKIP LOCKED";
-
-pub const COUNT_DUE: &str = "SELECT count(*) FROM crm_followups f \
+    FROM crm_followups f JOIN candidates USING (followup_id) \
     LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
-    WHERE f.status = 'pending' AND f.schedule_at <= $1 \
-    AND (c.state IS NULL OR c.state <> 'paused')";
+    WHERE f.status = 'pending' ORDER BY f.schedule_at, f.followup_id LIMIT $3 \
+    FOR UPDATE OF f SKIP LOCKED"
+);
+
+/// Due follow-ups in open lanes (`$2` now), counting no further than `$3`.
+pub const COUNT_DUE: &str = concat!(
+    open_lanes!(),
+    "SELECT count(*) FROM (SELECT 1 FROM open_lanes l CROSS JOIN LATERAL \
+    (SELECT 1 FROM crm_followups f WHERE (",
+    lane!("f"),
+    ") = (l.tenant_id, l.campaign) AND f.status = 'pending' AND f.schedule_at <= $2 \
+    LIMIT $3) d LIMIT $3) capped"
+);
 
 /// The drain's decisions for a whole batch, as parallel arrays (id, status,
 /// provider_message_id, last_error_code, last_error_message, updated_at).
 pub const RECORD_OUTCOMES: &str = "UPDATE crm_followups f SET status = o.status, \
     provider_message_id = o.provider_message_id, last_error_code = o.last_error_code, \
     last_error_message = o.last_error_message, updated_at = o.updated_at \
-    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
     $6::timestamptz[]) AS o(followup_id, status, provider_message_id, last_error_code, \
     last_error_message, updated_at) \
     WHERE f.followup_id = o.followup_id AND f.status = 'pending'";

@@ -95,14 +95,25 @@ impl PgOptions {
         let mut config: tokio_postgres::Config = self.url.parse().map_err(PgError::Url)?;
         let millis = self.timeout.as_millis();
         // Ours come last, so they win over the same settings in the URL's `options`.
+        // A transaction whose client went silent must not hold its row locks (claimed
+        // follow-ups) for long: the server ends it.
         let options = format!(
-            "{} -c search_path={} -c statement_timeout={millis} -c lock_timeout={millis}",
+            "{} -c search_path={} -c statement_timeout={millis} -c lock_timeout={millis} \
+             -c idle_in_transaction_session_timeout={}",
             config.get_options().unwrap_or_default(),
-            self.schema
+            self.schema,
+            millis.saturating_mul(2).max(1_000),
         );
+        // A link that goes silent kills the connection instead of leaving it half-open:
+        // unacknowledged data gives up after the timeout, idle links are probed.
         config
             .options(options.trim_start())
-            .connect_timeout(self.timeout);
+            .connect_timeout(self.timeout)
+            .tcp_user_timeout(self.timeout.max(Duration::from_secs(1)))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
         if config.get_application_name().is_none() {
             config.application_name("crm-api");
         }
@@ -114,6 +125,8 @@ impl PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The bound on every call, from asking for a connection to the last row.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -147,11 +160,39 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| PgError::Pool(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            timeout: options.timeout,
+        })
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+    /// Runs `work` on a pooled connection. Everything, from waiting for the connection to
+    /// the last row, is bounded by the timeout, whatever the network does; a connection
+    /// cut short mid-call is thrown away, never reused. A write cut short may still have
+    /// committed: `Unavailable` then means "outcome unknown".
+    async fn call<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut client = tokio::time::timeout_at(deadline, self.pool.get())
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(unavailable)?;
+        match tokio::time::timeout_at(deadline, work(&mut client)).await {
+            Ok(result) => result,
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                Err(self.timed_out())
+            }
+        }
+    }
+
+    fn timed_out(&self) -> StoreError {
+        unavailable(format!(
+            "no answer from the database within {} ms",
+            self.timeout.as_millis()
+        ))
     }
 }
 
@@ -223,7 +264,7 @@ async fn changed_rows_of(
 struct Decided {
     ids: Vec<Uuid>,
     statuses: Vec<&'static str>,
-    provider_message_ids: Vec<Option<Uuid>>,
+    provider_message_ids: Vec<Option<String>>,
     error_codes: Vec<Option<String>>,
     error_messages: Vec<Option<String>>,
     updated_at: Vec<OffsetDateTime>,
@@ -261,7 +302,7 @@ impl Decided {
         self.ids.push(followup_id.as_uuid());
         self.statuses.push(follow_up.status.as_str());
         self.provider_message_ids
-            .push(follow_up.provider_message_id.map(|p| p.as_uuid()));
+            .push(follow_up.provider_message_id.clone());
         self.error_codes.push(follow_up.last_error_code.clone());
         self.error_messages
             .push(follow_up.last_error_message.clone());
@@ -425,7 +466,6 @@ impl CampaignStore for PgStore {
     ) -> Result<Created<Campaign>, StoreError> {
         let params = campaign_params(campaign)?;
         let events = EventColumns::new(events)?;
-        let client = self.client().await?;
         let scheduled_at = campaign.scheduled_at.map(|t| t.as_datetime());
         let created_at = campaign.created_at.as_datetime();
         let updated_at = campaign.updated_at.as_datetime();
@@ -444,23 +484,26 @@ impl CampaignStore for PgStore {
             &updated_at,
         ];
         let all: Vec<_> = record.into_iter().chain(events.params()).collect();
-        if changed_rows(&client, sql::CREATE_CAMPAIGN, &all).await? == 1 {
-            return Ok(Created::Created(campaign.clone()));
-        }
-        let lookup = Lookup {
-            by_id: sql::SELECT_CAMPAIGN_BY_ID,
-            by_key: sql::SELECT_CAMPAIGN_BY_KEY,
-            map: rows::campaign,
-            tenant_of: |found: &Campaign| &found.tenant_id,
-        };
-        lookup
-            .repeated(
-                &client,
-                params.id,
-                &campaign.tenant_id,
-                &campaign.external_key,
-            )
-            .await
+        self.call(async |client| {
+            if changed_rows(&*client, sql::CREATE_CAMPAIGN, &all).await? == 1 {
+                return Ok(Created::Created(campaign.clone()));
+            }
+            let lookup = Lookup {
+                by_id: sql::SELECT_CAMPAIGN_BY_ID,
+                by_key: sql::SELECT_CAMPAIGN_BY_KEY,
+                map: rows::campaign,
+                tenant_of: |found: &Campaign| &found.tenant_id,
+            };
+            lookup
+                .repeated(
+                    &*client,
+                    params.id,
+                    &campaign.tenant_id,
+                    &campaign.external_key,
+                )
+                .await
+        })
+        .await
     }
 
     async fn campaign(
@@ -468,14 +511,17 @@ impl CampaignStore for PgStore {
         tenant_id: &TenantId,
         campaign_id: CampaignId,
     ) -> Result<Option<Campaign>, StoreError> {
-        let client = self.client().await?;
-        let found = one(
-            &client,
-            sql::SELECT_CAMPAIGN_BY_ID,
-            &[&campaign_id.as_uuid()],
-            rows::campaign,
-        )
-        .await?;
+        let found = self
+            .call(async |client| {
+                one(
+                    &*client,
+                    sql::SELECT_CAMPAIGN_BY_ID,
+                    &[&campaign_id.as_uuid()],
+                    rows::campaign,
+                )
+                .await
+            })
+            .await?;
         Ok(found.filter(|campaign| &campaign.tenant_id == tenant_id))
     }
 
@@ -486,7 +532,6 @@ impl CampaignStore for PgStore {
     ) -> Result<(), StoreError> {
         let params = campaign_params(changed)?;
         let events = EventColumns::new(events)?;
-        let client = self.client().await?;
         let scheduled_at = changed.scheduled_at.map(|t| t.as_datetime());
         let updated_at = changed.updated_at.as_datetime();
         let record: [&(dyn ToSql + Sync); 11] = [
@@ -503,30 +548,32 @@ impl CampaignStore for PgStore {
             &updated_at,
         ];
         let all: Vec<_> = record.into_iter().chain(events.params()).collect();
-        if changed_rows(&client, sql::UPDATE_CAMPAIGN, &all).await? == 1 {
-            return Ok(());
-        }
-        // Nothing changed: another writer moved the revision, or the tenant has no such
-        // campaign.
-        let current = one(
-            &client,
-            sql::SELECT_CAMPAIGN_BY_ID,
-            &[&params.id],
-            rows::campaign,
-        )
-        .await?;
-        Err(match current {
-            Some(current) if current.tenant_id == changed.tenant_id => StoreError::Stale {
-                campaign_id: changed.campaign_id,
-            },
-            _ => StoreError::NotFound {
-                campaign_id: changed.campaign_id,
-            },
+        self.call(async |client| {
+            if changed_rows(&*client, sql::UPDATE_CAMPAIGN, &all).await? == 1 {
+                return Ok(());
+            }
+            // Nothing changed: another writer moved the revision, or the tenant has no
+            // such campaign.
+            let current = one(
+                &*client,
+                sql::SELECT_CAMPAIGN_BY_ID,
+                &[&params.id],
+                rows::campaign,
+            )
+            .await?;
+            Err(match current {
+                Some(current) if current.tenant_id == changed.tenant_id => StoreError::Stale {
+                    campaign_id: changed.campaign_id,
+                },
+                _ => StoreError::NotFound {
+                    campaign_id: changed.campaign_id,
+                },
+            })
         })
+        .await
     }
 
     async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError> {
-        let client = self.client().await?;
         let params: [&(dyn ToSql + Sync); 5] = [
             &query.tenant_id.as_str(),
             &query.state.map(|s| s.as_str()),
@@ -534,7 +581,9 @@ impl CampaignStore for PgStore {
             &query.after.map(|c| c.id),
             &fetch_limit(query.limit),
         ];
-        let items = all(&client, sql::LIST_CAMPAIGNS, &params, rows::campaign).await?;
+        let items = self
+            .call(async |client| all(&*client, sql::LIST_CAMPAIGNS, &params, rows::campaign).await)
+            .await?;
         Ok(page(items, query.limit, |c| Cursor {
             created_at: c.created_at,
             id: c.campaign_id.as_uuid(),
@@ -552,9 +601,7 @@ impl FollowUpStore for PgStore {
         let id = follow_up.followup_id.as_uuid();
         let metadata = serde_json::Value::Object(follow_up.metadata.clone());
         let events = EventColumns::new(events)?;
-        let client = self.client().await?;
         let campaign_id = follow_up.campaign_id.map(|c| c.as_uuid());
-        let provider_message_id = follow_up.provider_message_id.map(|p| p.as_uuid());
         let correlation_id = follow_up.correlation_id.as_uuid();
         let schedule_at = follow_up.schedule_at.as_datetime();
         let created_at = follow_up.created_at.as_datetime();
@@ -571,7 +618,7 @@ impl FollowUpStore for PgStore {
             &schedule_at,
             &follow_up.channel,
             &follow_up.status.as_str(),
-            &provider_message_id,
+            &follow_up.provider_message_id,
             &follow_up.last_error_code,
             &follow_up.last_error_message,
             &metadata,
@@ -581,22 +628,24 @@ impl FollowUpStore for PgStore {
             &updated_at,
         ];
         let all: Vec<_> = record.into_iter().chain(events.params()).collect();
-        if changed_rows(&client, sql::CREATE_FOLLOW_UP, &all).await? == 1 {
-            return Ok(Created::Created(follow_up.clone()));
-        }
-        let lookup = Lookup {
-            by_id: sql::SELECT_FOLLOW_UP_BY_ID,
-            by_key: sql::SELECT_FOLLOW_UP_BY_KEY,
-            map: rows::follow_up,
-            tenant_of: |found: &FollowUp| &found.tenant_id,
-        };
-        lookup
-            .repeated(&client, id, &follow_up.tenant_id, &follow_up.external_key)
-            .await
+        self.call(async |client| {
+            if changed_rows(&*client, sql::CREATE_FOLLOW_UP, &all).await? == 1 {
+                return Ok(Created::Created(follow_up.clone()));
+            }
+            let lookup = Lookup {
+                by_id: sql::SELECT_FOLLOW_UP_BY_ID,
+                by_key: sql::SELECT_FOLLOW_UP_BY_KEY,
+                map: rows::follow_up,
+                tenant_of: |found: &FollowUp| &found.tenant_id,
+            };
+            lookup
+                .repeated(&*client, id, &follow_up.tenant_id, &follow_up.external_key)
+                .await
+        })
+        .await
     }
 
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {
-        let client = self.client().await?;
         let params: [&(dyn ToSql + Sync); 6] = [
             &query.tenant_id.as_str(),
             &query.status.map(|s| s.as_str()),
@@ -605,7 +654,11 @@ impl FollowUpStore for PgStore {
             &query.after.map(|c| c.id),
             &fetch_limit(query.limit),
         ];
-        let items = all(&client, sql::LIST_FOLLOW_UPS, &params, rows::follow_up).await?;
+        let items = self
+            .call(async |client| {
+                all(&*client, sql::LIST_FOLLOW_UPS, &params, rows::follow_up).await
+            })
+            .await?;
         Ok(page(items, query.limit, |f| Cursor {
             created_at: f.created_at,
             id: f.followup_id.as_uuid(),
@@ -618,67 +671,88 @@ impl FollowUpStore for PgStore {
         limit: usize,
         dispatcher: &dyn Dispatcher,
     ) -> Result<Vec<DrainOutcome>, StoreError> {
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await.map_err(unavailable)?;
-        let claim = transaction
-            .prepare_cached(sql::CLAIM_DUE)
-            .await
-            .map_err(unavailable)?;
-        let claimed = transaction
-            .query(
-                &claim,
-                &[&now.as_datetime(), &fetch_limit(limit).saturating_sub(1)],
-            )
-            .await
-            .map_err(unavailable)?;
-        let mut outcomes = Vec::with_capacity(claimed.len());
-        let mut decided = Decided::default();
-        for row in &claimed {
-            let campaign_state: Option<String> =
-                row.try_get("campaign_state").map_err(unavailable)?;
-            let due = DueFollowUp {
-                follow_up: rows::follow_up(row).map_err(unavailable)?,
-                campaign_state: campaign_state
-                    .map(|state| state.parse())
-                    .transpose()
-                    .map_err(unavailable)?,
-            };
-            outcomes.push(decided.add(due.follow_up.followup_id, dispatcher.decide(&due))?);
-        }
-        // The whole batch is three statements, committed with the claim or not at all.
-        if !decided.ids.is_empty() {
-            changed_rows_of(
-                &transaction,
-                sql::RECORD_OUTCOMES,
-                &decided.outcome_params(),
-            )
-            .await?;
-            changed_rows_of(&transaction, sql::INSERT_EVENTS, &decided.events.params()).await?;
-            changed_rows_of(
-                &transaction,
-                sql::ENQUEUE_OUTBOUND,
-                &decided.outbound_params(),
-            )
-            .await?;
-        }
-        transaction.commit().await.map_err(unavailable)?;
-        Ok(outcomes)
+        let held: Vec<&str> = dispatcher
+            .held_states()
+            .iter()
+            .map(|state| state.as_str())
+            .collect();
+        let limit = fetch_limit(limit).saturating_sub(1);
+        // Deep enough that a few drains running at once each fill their batch.
+        let depth = limit.saturating_mul(CLAIM_DEPTH);
+        self.call(async |client| {
+            let transaction = client.transaction().await.map_err(unavailable)?;
+            let claim = transaction
+                .prepare_cached(sql::CLAIM_DUE)
+                .await
+                .map_err(unavailable)?;
+            let claimed = transaction
+                .query(&claim, &[&held, &now.as_datetime(), &limit, &depth])
+                .await
+                .map_err(unavailable)?;
+            let mut outcomes = Vec::with_capacity(claimed.len());
+            let mut decided = Decided::default();
+            for row in &claimed {
+                let campaign_state: Option<String> =
+                    row.try_get("campaign_state").map_err(unavailable)?;
+                let due = DueFollowUp {
+                    follow_up: rows::follow_up(row).map_err(unavailable)?,
+                    campaign_state: campaign_state
+                        .map(|state| state.parse())
+                        .transpose()
+                        .map_err(unavailable)?,
+                };
+                outcomes.push(decided.add(due.follow_up.followup_id, dispatcher.decide(&due))?);
+            }
+            // The whole batch is three statements, committed with the claim or not at all.
+            if !decided.ids.is_empty() {
+                changed_rows_of(
+                    &transaction,
+                    sql::RECORD_OUTCOMES,
+                    &decided.outcome_params(),
+                )
+                .await?;
+                changed_rows_of(&transaction, sql::INSERT_EVENTS, &decided.events.params()).await?;
+                changed_rows_of(
+                    &transaction,
+                    sql::ENQUEUE_OUTBOUND,
+                    &decided.outbound_params(),
+                )
+                .await?;
+            }
+            transaction.commit().await.map_err(unavailable)?;
+            Ok(outcomes)
+        })
+        .await
     }
 
     async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql::COUNT_DUE)
-            .await
-            .map_err(unavailable)?;
-        let row = client
-            .query_one(&statement, &[&now.as_datetime()])
-            .await
-            .map_err(unavailable)?;
-        let count: i64 = row.try_get(0).map_err(unavailable)?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        let held: Vec<&str> = crm_domain::follow_up::holding_states()
+            .into_iter()
+            .map(|state| state.as_str())
+            .collect();
+        let cap = i64::try_from(COUNT_DUE_CAP).unwrap_or(i64::MAX);
+        self.call(async |client| {
+            let statement = client
+                .prepare_cached(sql::COUNT_DUE)
+                .await
+                .map_err(unavailable)?;
+            let row = client
+                .query_one(&statement, &[&held, &now.as_datetime(), &cap])
+                .await
+                .map_err(unavailable)?;
+            let count: i64 = row.try_get(0).map_err(unavailable)?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
     }
 }
+
+/// How many times a batch a claim looks at, so that concurrent drains skipping each
+/// other's locked rows still fill their batches.
+const CLAIM_DEPTH: i64 = 4;
+
+/// `count_due` stops counting here: the gauge says "at least this many".
+pub const COUNT_DUE_CAP: usize = 10_000;
 
 #[async_trait]
 impl EventEmitter for PgStore {
@@ -686,15 +760,18 @@ impl EventEmitter for PgStore {
         &self,
         correlation_id: CorrelationId,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql::EVENTS_BY_CORRELATION)
-            .await
-            .map_err(unavailable)?;
-        let rows = client
-            .query(&statement, &[&correlation_id.as_uuid()])
-            .await
-            .map_err(unavailable)?;
+        let rows = self
+            .call(async |client| {
+                let statement = client
+                    .prepare_cached(sql::EVENTS_BY_CORRELATION)
+                    .await
+                    .map_err(unavailable)?;
+                client
+                    .query(&statement, &[&correlation_id.as_uuid()])
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
         rows.iter()
             .map(|row| {
                 let envelope: serde_json::Value = row.try_get(0).map_err(unavailable)?;
@@ -711,21 +788,24 @@ impl OutboundQueue for PgStore {
         offset: u64,
         limit: usize,
     ) -> Result<Vec<OutboundItem>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(sql::OUTBOUND_ITEMS)
-            .await
-            .map_err(unavailable)?;
-        let rows = client
-            .query(
-                &statement,
-                &[
-                    &i64::try_from(offset).unwrap_or(i64::MAX),
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+        let rows = self
+            .call(async |client| {
+                let statement = client
+                    .prepare_cached(sql::OUTBOUND_ITEMS)
+                    .await
+                    .map_err(unavailable)?;
+                client
+                    .query(
+                        &statement,
+                        &[
+                            &i64::try_from(offset).unwrap_or(i64::MAX),
+                            &i64::try_from(limit).unwrap_or(i64::MAX),
+                        ],
+                    )
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
         rows.iter()
             .map(|row| {
                 let item: serde_json::Value = row.try_get(0).map_err(unavailable)?;
@@ -742,8 +822,10 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.simple_query("SELECT 1").await.map_err(unavailable)?;
-        Ok(())
+        self.call(async |client| {
+            client.simple_query("SELECT 1").await.map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -5,6 +5,7 @@
 //! against its contract, then the operator's `force_failure` switch.
 
 use crm_contracts::Contract;
+use crm_domain::campaign::CampaignState;
 use crm_domain::event::DomainEvent;
 use crm_domain::follow_up::{self, AlreadyFinal, FailureReason, FollowUp, Gate};
 use crm_domain::ids::QueueItemId;
@@ -50,6 +51,7 @@ struct Decide<'a> {
     crm: &'a Crm,
     now: Timestamp,
     force_failure: bool,
+    held: Vec<CampaignState>,
 }
 
 impl Crm {
@@ -60,6 +62,7 @@ impl Crm {
             crm: self,
             now,
             force_failure: command.force_failure,
+            held: follow_up::holding_states(),
         };
         let started = std::time::Instant::now();
         let outcomes = self.store.drain(now, limit, &decide).await?;
@@ -88,6 +91,10 @@ impl Crm {
 }
 
 impl Dispatcher for Decide<'_> {
+    fn held_states(&self) -> &[CampaignState] {
+        &self.held
+    }
+
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
         let follow_up = &due.follow_up;
         match follow_up::gate(due.campaign_state) {

@@ -16,7 +16,7 @@ pub const CAMPAIGN_WORKFLOW: &str = "campaign";
 
 /// The campaign states the wire contract knows. Which moves are allowed between them is
 /// not hard-coded: it comes from the `campaign` workflow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignState {
     Draft,
@@ -87,7 +87,8 @@ pub fn check_workflow(workflow: &Workflow) -> Result<(), UnknownCampaignState> {
 ///
 /// Invariant: `revision` grows by one with every saved change, so a store can refuse a
 /// change decided on a stale copy. It is storage bookkeeping; the wire view leaves it out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// How a store writes a campaign down is the store's business: this type has no serde.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Campaign {
     pub campaign_id: CampaignId,
     pub tenant_id: TenantId,
@@ -100,7 +101,6 @@ pub struct Campaign {
     pub metadata: Map<String, Value>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
-    #[serde(default)]
     pub revision: u64,
 }
 

@@ -15,7 +15,7 @@ use crate::event::{DomainEvent, FollowUpFacts};
 use crate::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
 use crate::timestamp::Timestamp;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FollowUpStatus {
     Pending,
@@ -60,8 +60,9 @@ impl FromStr for FollowUpStatus {
 /// A stored follow-up.
 ///
 /// Invariant: `correlation_id` and `trace_id` are fixed at creation, so the scheduled,
-/// sent and failed events of one follow-up share one trace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// sent and failed events of one follow-up share one trace. How a store writes a
+/// follow-up down is the store's business: this type has no serde.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FollowUp {
     pub followup_id: FollowUpId,
     pub tenant_id: TenantId,
@@ -74,7 +75,9 @@ pub struct FollowUp {
     pub schedule_at: Timestamp,
     pub channel: String,
     pub status: FollowUpStatus,
-    pub provider_message_id: Option<QueueItemId>,
+    /// The outbound queue item id once sent; records adopted from the earlier
+    /// implementation may hold any text the provider gave.
+    pub provider_message_id: Option<String>,
     pub last_error_code: Option<String>,
     pub last_error_message: Option<String>,
     pub metadata: Map<String, Value>,
@@ -176,6 +179,16 @@ pub fn gate(campaign_state: Option<CampaignState>) -> Gate {
     }
 }
 
+/// The campaign states whose follow-ups are held (not due, not failed: waiting), read off
+/// `gate` so the rule lives in one place. Stores use it to pass over held follow-ups
+/// without reading them.
+pub fn holding_states() -> Vec<CampaignState> {
+    CampaignState::ALL
+        .into_iter()
+        .filter(|state| gate(Some(*state)) == Gate::Hold)
+        .collect()
+}
+
 impl FollowUp {
     /// Makes the record for a new follow-up and the event announcing it.
     pub fn schedule(new: NewFollowUp, now: Timestamp) -> (FollowUp, DomainEvent) {
@@ -216,7 +229,7 @@ impl FollowUp {
         now: Timestamp,
     ) -> Result<(FollowUp, DomainEvent), AlreadyFinal> {
         let mut sent = self.moved(FollowUpStatus::Sent, now)?;
-        sent.provider_message_id = Some(queue_item_id);
+        sent.provider_message_id = Some(queue_item_id.to_string());
         let event = DomainEvent::FollowUpSent {
             facts: FollowUpFacts::from(&sent),
             provider_message_id: queue_item_id,

@@ -209,12 +209,26 @@ pub async fn move_campaign(
 }
 
 /// Sends every follow-up it is offered and remembers the order it saw them in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SendAll {
     seen: Mutex<Vec<DueFollowUp>>,
+    held: Vec<CampaignState>,
+}
+
+impl Default for SendAll {
+    fn default() -> Self {
+        Self {
+            seen: Mutex::default(),
+            held: crm_domain::follow_up::holding_states(),
+        }
+    }
 }
 
 impl Dispatcher for SendAll {
+    fn held_states(&self) -> &[CampaignState] {
+        &self.held
+    }
+
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
         self.seen.lock().unwrap().push(due.clone());
         let now = at(100_000);
@@ -651,7 +665,10 @@ pub async fn drain_commits_the_outbound_item_status_and_event_together(store: &d
     assert_eq!(stored.status, FollowUpStatus::Sent);
     let items = store.outbound_items(0, 100).await.unwrap();
     assert_eq!(items.len(), 1);
-    assert_eq!(Some(items[0].queue_item_id), stored.provider_message_id);
+    assert_eq!(
+        Some(items[0].queue_item_id.to_string()),
+        stored.provider_message_id
+    );
     assert_eq!(
         items[0].idempotency_key,
         format!("followup:{}", follow_up.followup_id)
@@ -727,6 +744,10 @@ pub async fn a_paused_campaign_holds_its_follow_ups_without_blocking_others(stor
 pub async fn failed_and_skipped_decisions_are_stored_as_decided(store: &dyn Store) {
     struct FailFirstSkipRest(Mutex<bool>);
     impl Dispatcher for FailFirstSkipRest {
+        fn held_states(&self) -> &[CampaignState] {
+            &[CampaignState::Paused]
+        }
+
         fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
             let mut failed_one = self.0.lock().unwrap();
             if *failed_one {

@@ -148,6 +148,11 @@ pub enum DispatchDecision {
 /// Decides the fate of each claimed follow-up. Called by the store while it holds the
 /// claim, so it must be quick and must not block.
 pub trait Dispatcher: Send + Sync {
+    /// Campaign states whose follow-ups are not due (a paused campaign's): the store
+    /// passes over them without reading them, so however many there are, a drain costs
+    /// the same.
+    fn held_states(&self) -> &[CampaignState];
+
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision;
 }
 

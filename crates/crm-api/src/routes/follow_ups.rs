@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::{Crm, ScheduleFollowUp};
 use crm_contracts::Contract;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
-use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::FollowUpQuery;
 use serde::{Deserialize, Serialize};
@@ -58,7 +58,7 @@ struct FollowUpView<'a> {
     schedule_at: Timestamp,
     channel: &'a str,
     status: FollowUpStatus,
-    provider_message_id: Option<QueueItemId>,
+    provider_message_id: &'a Option<String>,
     last_error_code: &'a Option<String>,
     last_error_message: &'a Option<String>,
     metadata: &'a Map<String, Value>,
@@ -80,7 +80,7 @@ impl<'a> From<&'a FollowUp> for FollowUpView<'a> {
             schedule_at: follow_up.schedule_at,
             channel: &follow_up.channel,
             status: follow_up.status,
-            provider_message_id: follow_up.provider_message_id,
+            provider_message_id: &follow_up.provider_message_id,
             last_error_code: &follow_up.last_error_code,
             last_error_message: &follow_up.last_error_message,
             metadata: &follow_up.metadata,

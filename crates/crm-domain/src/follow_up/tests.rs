@@ -46,7 +46,7 @@ fn marking_sent_records_the_queue_item_and_emits_a_completed_event() {
         .mark_sent(item, at("2025-01-01T09:00:01.000Z"))
         .unwrap();
     assert_eq!(sent.status, FollowUpStatus::Sent);
-    assert_eq!(sent.provider_message_id, Some(item));
+    assert_eq!(sent.provider_message_id, Some(item.to_string()));
     assert!(!sent.is_due(at("2030-01-01T00:00:00.000Z")));
     assert_eq!(event.name(), "crm.followup.sent");
     assert_eq!(event.payload()["provider_message_id"], json!(item));

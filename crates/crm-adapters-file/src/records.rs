@@ -1,0 +1,297 @@
+//! The on-disk record format (version 2), owned by this store and independent of the
+//! domain types: renaming a domain field cannot silently change what a data dir holds.
+//!
+//! Each record type borrows from the domain value when it is written and owns its data
+//! when it is read; `TryFrom` back into the domain checks every field (an unknown state or
+//! status is a damaged record, not a guess). A change to anything here is a new format
+//! version, and the fixtures under `tests/fixtures` must still open.
+
+use std::borrow::Cow;
+
+use crm_domain::campaign::Campaign;
+use crm_domain::follow_up::FollowUp;
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::timestamp::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// The format version this code writes; the manifest and every journal name it.
+pub(crate) const FORMAT: u32 = 2;
+
+/// Why a record could not become a domain value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RecordError(pub String);
+
+fn tenant(text: &str) -> Result<TenantId, RecordError> {
+    TenantId::parse(text).ok_or_else(|| RecordError("tenant_id is empty".into()))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CampaignRecord<'a> {
+    pub campaign_id: Uuid,
+    pub tenant_id: Cow<'a, str>,
+    pub external_key: Option<Cow<'a, str>>,
+    pub name: Cow<'a, str>,
+    pub channel: Cow<'a, str>,
+    pub audience_segment: Option<Cow<'a, str>>,
+    pub state: Cow<'a, str>,
+    pub scheduled_at: Option<Timestamp>,
+    pub metadata: Cow<'a, Map<String, Value>>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub revision: u64,
+}
+
+impl<'a> From<&'a Campaign> for CampaignRecord<'a> {
+    fn from(campaign: &'a Campaign) -> Self {
+        Self {
+            campaign_id: campaign.campaign_id.as_uuid(),
+            tenant_id: Cow::Borrowed(campaign.tenant_id.as_str()),
+            external_key: campaign.external_key.as_deref().map(Cow::Borrowed),
+            name: Cow::Borrowed(&campaign.name),
+            channel: Cow::Borrowed(&campaign.channel),
+            audience_segment: campaign.audience_segment.as_deref().map(Cow::Borrowed),
+            state: Cow::Borrowed(campaign.state.as_str()),
+            scheduled_at: campaign.scheduled_at,
+            metadata: Cow::Borrowed(&campaign.metadata),
+            created_at: campaign.created_at,
+            updated_at: campaign.updated_at,
+            revision: campaign.revision,
+        }
+    }
+}
+
+impl TryFrom<CampaignRecord<'_>> for Campaign {
+    type Error = RecordError;
+
+    fn try_from(record: CampaignRecord<'_>) -> Result<Self, RecordError> {
+        Ok(Campaign {
+            campaign_id: CampaignId::new(record.campaign_id),
+            tenant_id: tenant(&record.tenant_id)?,
+            external_key: record.external_key.map(Cow::into_owned),
+            name: record.name.into_owned(),
+            channel: record.channel.into_owned(),
+            audience_segment: record.audience_segment.map(Cow::into_owned),
+            state: record
+                .state
+                .parse()
+                .map_err(|e| RecordError(format!("state: {e}")))?,
+            scheduled_at: record.scheduled_at,
+            metadata: record.metadata.into_owned(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            revision: record.revision,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FollowUpRecord<'a> {
+    pub followup_id: Uuid,
+    pub tenant_id: Cow<'a, str>,
+    pub campaign_id: Option<Uuid>,
+    pub external_key: Option<Cow<'a, str>>,
+    pub lead_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    pub phone_e164: Cow<'a, str>,
+    pub message: Cow<'a, str>,
+    pub schedule_at: Timestamp,
+    pub channel: Cow<'a, str>,
+    pub status: Cow<'a, str>,
+    pub provider_message_id: Option<Cow<'a, str>>,
+    pub last_error_code: Option<Cow<'a, str>>,
+    pub last_error_message: Option<Cow<'a, str>>,
+    pub metadata: Cow<'a, Map<String, Value>>,
+    pub correlation_id: Uuid,
+    pub trace_id: Cow<'a, str>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl<'a> From<&'a FollowUp> for FollowUpRecord<'a> {
+    fn from(follow_up: &'a FollowUp) -> Self {
+        Self {
+            followup_id: follow_up.followup_id.as_uuid(),
+            tenant_id: Cow::Borrowed(follow_up.tenant_id.as_str()),
+            campaign_id: follow_up.campaign_id.map(|id| id.as_uuid()),
+            external_key: follow_up.external_key.as_deref().map(Cow::Borrowed),
+            lead_id: follow_up.lead_id,
+            customer_id: follow_up.customer_id,
+            phone_e164: Cow::Borrowed(&follow_up.phone_e164),
+            message: Cow::Borrowed(&follow_up.message),
+            schedule_at: follow_up.schedule_at,
+            channel: Cow::Borrowed(&follow_up.channel),
+            status: Cow::Borrowed(follow_up.status.as_str()),
+            provider_message_id: follow_up.provider_message_id.as_deref().map(Cow::Borrowed),
+            last_error_code: follow_up.last_error_code.as_deref().map(Cow::Borrowed),
+            last_error_message: follow_up.last_error_message.as_deref().map(Cow::Borrowed),
+            metadata: Cow::Borrowed(&follow_up.metadata),
+            correlation_id: follow_up.correlation_id.as_uuid(),
+            trace_id: Cow::Borrowed(&follow_up.trace_id),
+            created_at: follow_up.created_at,
+            updated_at: follow_up.updated_at,
+        }
+    }
+}
+
+impl TryFrom<FollowUpRecord<'_>> for FollowUp {
+    type Error = RecordError;
+
+    fn try_from(record: FollowUpRecord<'_>) -> Result<Self, RecordError> {
+        Ok(FollowUp {
+            followup_id: FollowUpId::new(record.followup_id),
+            tenant_id: tenant(&record.tenant_id)?,
+            campaign_id: record.campaign_id.map(CampaignId::new),
+            external_key: record.external_key.map(Cow::into_owned),
+            lead_id: record.lead_id,
+            customer_id: record.customer_id,
+            phone_e164: record.phone_e164.into_owned(),
+            message: record.message.into_owned(),
+            schedule_at: record.schedule_at,
+            channel: record.channel.into_owned(),
+            status: record
+                .status
+                .parse()
+                .map_err(|e| RecordError(format!("status: {e}")))?,
+            provider_message_id: record.provider_message_id.map(Cow::into_owned),
+            last_error_code: record.last_error_code.map(Cow::into_owned),
+            last_error_message: record.last_error_message.map(Cow::into_owned),
+            metadata: record.metadata.into_owned(),
+            correlation_id: CorrelationId::new(record.correlation_id),
+            trace_id: record.trace_id.into_owned(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        })
+    }
+}
+
+/// An event as validated and stored, with its place in commit order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventRecord<'a> {
+    pub seq: u64,
+    pub envelope: Cow<'a, RawValue>,
+}
+
+/// An outbound queue item as handed to the sender, with its place in enqueue order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutboundRecord<'a> {
+    pub seq: u64,
+    pub followup_id: Uuid,
+    pub item: Cow<'a, RawValue>,
+}
+
+/// One journal record: a committed change, with its place in the journal's sequence.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EntryRecord<'a> {
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub campaigns: Vec<CampaignRecord<'a>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_ups: Vec<FollowUpRecord<'a>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventRecord<'a>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<OutboundRecord<'a>>,
+}
+
+/// The first line of every journal file: which format and generation it is.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JournalHeader {
+    pub format: u32,
+    pub generation: u64,
+}
+
+/// A journal line is either the header or a record; the header comes first.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HeaderLine {
+    pub journal: JournalHeader,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_domain::campaign::CampaignState;
+    use crm_domain::follow_up::FollowUpStatus;
+    use serde_json::json;
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp::parse(text).unwrap()
+    }
+
+    fn campaign() -> Campaign {
+        Campaign {
+            campaign_id: CampaignId::new(Uuid::from_u128(1)),
+            tenant_id: TenantId::parse("acme").unwrap(),
+            external_key: Some("spring".into()),
+            name: "Spring".into(),
+            channel: "whatsapp".into(),
+            audience_segment: None,
+            state: CampaignState::Paused,
+            scheduled_at: Some(at("2025-01-01T09:00:00.000Z")),
+            metadata: json!({"n": 123456789012345678u64})
+                .as_object()
+                .unwrap()
+                .clone(),
+            created_at: at("2025-01-01T08:00:00.000Z"),
+            updated_at: at("2025-01-01T08:30:00.000Z"),
+            revision: 4,
+        }
+    }
+
+    #[test]
+    fn a_campaign_reads_back_as_it_was_written() {
+        let original = campaign();
+        let text = serde_json::to_string(&CampaignRecord::from(&original)).unwrap();
+        let record: CampaignRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(Campaign::try_from(record).unwrap(), original);
+    }
+
+    #[test]
+    fn a_follow_up_reads_back_as_it_was_written() {
+        let original = FollowUp {
+            followup_id: FollowUpId::new(Uuid::from_u128(2)),
+            tenant_id: TenantId::parse("acme").unwrap(),
+            campaign_id: Some(CampaignId::new(Uuid::from_u128(1))),
+            external_key: None,
+            lead_id: Some(Uuid::from_u128(3)),
+            customer_id: None,
+            phone_e164: "+5511999998888".into(),
+            message: "hi".into(),
+            schedule_at: at("2025-01-01T09:00:00.000Z"),
+            channel: "whatsapp".into(),
+            status: FollowUpStatus::Sent,
+            provider_message_id: Some("wamid.X".into()),
+            last_error_code: None,
+            last_error_message: None,
+            metadata: Map::new(),
+            correlation_id: CorrelationId::new(Uuid::from_u128(4)),
+            trace_id: "abcdef0123456789".into(),
+            created_at: at("2025-01-01T08:00:00.000Z"),
+            updated_at: at("2025-01-01T09:00:00.001Z"),
+        };
+        let text = serde_json::to_string(&FollowUpRecord::from(&original)).unwrap();
+        let record: FollowUpRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(FollowUp::try_from(record).unwrap(), original);
+    }
+
+    #[test]
+    fn an_unknown_state_or_field_is_refused_not_guessed() {
+        let mut value = serde_json::to_value(CampaignRecord::from(&campaign())).unwrap();
+        value["state"] = json!("archived");
+        let record: CampaignRecord = serde_json::from_value(value.clone()).unwrap();
+        assert!(Campaign::try_from(record).is_err());
+        value["state"] = json!("draft");
+        value["color"] = json!("red");
+        assert!(serde_json::from_value::<CampaignRecord>(value).is_err());
+    }
+}
