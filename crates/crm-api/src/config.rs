@@ -35,6 +35,11 @@ pub struct Cli {
     )]
     pub data_dir: PathBuf,
 
+    /// File backend: fold the journal into the snapshots once it holds this many bytes
+    /// (and at least as many as the snapshots).
+    #[arg(long, env = "CRM_FILE_COMPACT_AFTER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub file_compact_after_bytes: u64,
+
     /// PostgreSQL URL of the postgres backend (falls back to DATABASE_URL).
     #[arg(long, env = "CRM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
@@ -71,6 +76,21 @@ pub struct Cli {
     /// Drain due follow-ups every N milliseconds in this process (0: off).
     #[arg(long, env = "CRM_WORKER_INTERVAL_MS", default_value_t = 0)]
     pub worker_interval_ms: u64,
+
+    /// Events and finished outbound items older than this many hours are deleted
+    /// (fractions allowed).
+    #[arg(long, env = "CRM_RETENTION_HOURS", default_value_t = 168.0)]
+    pub retention_hours: f64,
+
+    /// Longest time, in ms, a client may take to send a whole request (head and body).
+    #[arg(long, env = "CRM_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Longest time, in ms, a graceful shutdown (SIGTERM) may take: in-flight requests,
+    /// the worker's batch and the file store's final compaction. Every acknowledged write
+    /// is durable already, so running out of time loses nothing.
+    #[arg(long, env = "CRM_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
 
     /// Log line format.
     #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -138,8 +158,24 @@ impl std::str::FromStr for Secret {
 /// Where the records live.
 #[derive(Debug, Clone)]
 pub enum StoreKind {
-    File { dir: PathBuf },
+    File(FileSettings),
     Postgres(PgSettings),
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSettings {
+    pub dir: PathBuf,
+    pub compact_after_bytes: u64,
+}
+
+impl FileSettings {
+    /// Defaults of the flags around a data dir.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            compact_after_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +211,9 @@ pub struct Settings {
     pub api_token: Option<Secret>,
     pub internal_token: Option<Secret>,
     pub worker_interval: Option<Duration>,
+    pub retention: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 impl Settings {
@@ -188,6 +227,9 @@ impl Settings {
             api_token: None,
             internal_token: None,
             worker_interval: None,
+            retention: Duration::from_secs(168 * 3600),
+            request_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -201,6 +243,10 @@ pub enum ConfigError {
     ZeroBodyLimit,
     #[error("{0} is empty; give a token or leave it unset")]
     EmptyToken(&'static str),
+    #[error("--retention-hours must be a number of hours above zero, not {0}")]
+    Retention(f64),
+    #[error("{0} must be at least 1 ms")]
+    ZeroTimeout(&'static str),
 }
 
 impl Cli {
@@ -210,7 +256,10 @@ impl Cli {
         fallback_database_url: Option<String>,
     ) -> Result<Settings, ConfigError> {
         let store = match self.backend {
-            Backend::File => StoreKind::File { dir: self.data_dir },
+            Backend::File => StoreKind::File(FileSettings {
+                dir: self.data_dir,
+                compact_after_bytes: self.file_compact_after_bytes.max(1),
+            }),
             Backend::Postgres => StoreKind::Postgres(PgSettings {
                 url: self
                     .database_url
@@ -224,6 +273,18 @@ impl Cli {
         };
         if self.body_limit == 0 {
             return Err(ConfigError::ZeroBodyLimit);
+        }
+        let retention = Duration::try_from_secs_f64(self.retention_hours * 3600.0)
+            .ok()
+            .filter(|retention| !retention.is_zero())
+            .ok_or(ConfigError::Retention(self.retention_hours))?;
+        for (flag, millis) in [
+            ("--request-timeout-ms", self.request_timeout_ms),
+            ("--shutdown-timeout-ms", self.shutdown_timeout_ms),
+        ] {
+            if millis == 0 {
+                return Err(ConfigError::ZeroTimeout(flag));
+            }
         }
         for (flag, token) in [
             ("--api-token", &self.api_token),
@@ -245,6 +306,9 @@ impl Cli {
             internal_token: self.internal_token,
             worker_interval: (self.worker_interval_ms > 0)
                 .then(|| Duration::from_millis(self.worker_interval_ms)),
+            retention,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
         })
     }
 }

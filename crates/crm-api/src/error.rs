@@ -30,6 +30,8 @@ pub enum ApiError {
     IdConflict,
     #[error("body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request was not received within {} ms", timeout.as_millis())]
+    RequestTimeout { timeout: std::time::Duration },
     #[error("missing or wrong bearer token")]
     Unauthorized,
     #[error("storage unavailable")]
@@ -51,6 +53,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::IdConflict => "id_conflict",
             Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::RequestTimeout { .. } => "request_timeout",
             Self::Unauthorized => "unauthorized",
             Self::StorageUnavailable(_) => "storage_unavailable",
             Self::Internal(_) => "internal_error",
@@ -69,6 +72,9 @@ impl ApiError {
                 None => json!({ "code": refusal.code() }),
             }),
             Self::PayloadTooLarge { limit } => Some(json!({ "limit_bytes": limit })),
+            Self::RequestTimeout { timeout } => {
+                Some(json!({ "timeout_ms": timeout.as_millis() as u64 }))
+            }
             Self::MissingTenantId
             | Self::MissingCorrelationId
             | Self::CampaignNotFound
@@ -124,6 +130,7 @@ impl ResponseError for ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::IdConflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

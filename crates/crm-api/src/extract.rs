@@ -9,9 +9,13 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// The largest body a route accepts, in bytes (`--body-limit`).
+/// The largest body a route accepts (`--body-limit`), and how long a client may take to
+/// send it (`--request-timeout-ms`).
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyLimit {
+    pub bytes: usize,
+    pub timeout: std::time::Duration,
+}
 
 /// A request body read up to the configured limit. Bodies over it are refused as soon
 /// as the limit is passed, without buffering the rest.
@@ -22,9 +26,11 @@ impl FromRequest for RawBody {
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = request
+        let (limit, timeout) = request
             .app_data::<web::Data<BodyLimit>>()
-            .map_or(65_536, |limit| limit.0);
+            .map_or((65_536, std::time::Duration::from_secs(10)), |limit| {
+                (limit.bytes, limit.timeout)
+            });
         let json_or_none = request
             .headers()
             .get(actix_web::http::header::CONTENT_TYPE)
@@ -42,7 +48,11 @@ impl FromRequest for RawBody {
             if declared.is_some_and(|length| length > limit) {
                 return Err(ApiError::PayloadTooLarge { limit });
             }
-            match payload.to_bytes_limited(limit).await {
+            // A client that trickles its body must not hold the connection forever.
+            let received = tokio::time::timeout(timeout, payload.to_bytes_limited(limit))
+                .await
+                .map_err(|_| ApiError::RequestTimeout { timeout })?;
+            match received {
                 // A body declared as something else is refused, so that a browser form
                 // or a `text/plain` fetch from a web page cannot drive the API.
                 Ok(Ok(body)) if !body.is_empty() && !json_or_none => Err(ApiError::InvalidJson(

@@ -29,6 +29,7 @@ pub struct Application {
     server: Server,
     crm: Crm,
     worker_interval: Option<Duration>,
+    shutdown_timeout: Duration,
 }
 
 impl std::fmt::Debug for Application {
@@ -54,7 +55,7 @@ impl Application {
                  set both tokens or bind to 127.0.0.1"
             );
         }
-        let store = open_store(&settings.store).await?;
+        let store = open_store(&settings).await?;
         metrics::handle();
         let openapi = web::Data::new(OpenApiDocument(openapi::document(&contracts).to_string()));
         let crm = Crm::new(store, Arc::new(contracts), Arc::new(workflow));
@@ -62,7 +63,10 @@ impl Application {
             TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
         let port = listener.local_addr()?.port();
         let shared = web::Data::new(crm.clone());
-        let body_limit = web::Data::new(BodyLimit(settings.body_limit));
+        let body_limit = web::Data::new(BodyLimit {
+            bytes: settings.body_limit,
+            timeout: settings.request_timeout,
+        });
         let tokens = web::Data::new(Tokens {
             api: settings.api_token.clone(),
             internal: settings.internal_token.clone(),
@@ -85,7 +89,8 @@ impl Application {
         .listen(listener)?
         // Signals are ours (see `run_until_stopped`), so the worker stops in step.
         .disable_signals()
-        .shutdown_timeout(30)
+        .client_request_timeout(settings.request_timeout)
+        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
         .run();
         tracing::info!(address = %format!("http://{}:{port}", address.ip()), "listening");
         Ok(Self {
@@ -93,6 +98,7 @@ impl Application {
             server,
             crm,
             worker_interval: settings.worker_interval,
+            shutdown_timeout: settings.shutdown_timeout,
         })
     }
 
@@ -100,26 +106,47 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM or Ctrl-C: then stops accepting, finishes in-flight requests
-    /// and the worker's batch in progress, and returns.
+    /// Serves until SIGTERM or Ctrl-C: then stops accepting, finishes in-flight requests,
+    /// the worker's batch in progress and the store's tidy-up, and returns, all within the
+    /// shutdown timeout. A second signal ends the process at once. Running out of time
+    /// loses nothing: every acknowledged write is durable already.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let worker = self.worker_interval.map(|interval| {
             tokio::spawn(crm_app::worker::run(self.crm.clone(), interval, stopped))
         });
         let server = self.server.handle();
+        let deadline = self.shutdown_timeout;
+        let (signalled, first_signal) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("shutdown requested: finishing in-flight requests");
+            tracing::info!(
+                timeout_ms = deadline.as_millis() as u64,
+                "shutdown requested: finishing in-flight requests"
+            );
+            let _ = signalled.send(Instant::now());
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second shutdown signal: exiting at once");
+                std::process::exit(1);
+            });
             server.stop(true).await;
         });
         let served = self.server.await;
+        let started = first_signal.await.unwrap_or_else(|_| Instant::now());
         let _ = stop.send(true);
-        if let Some(worker) = worker {
-            let _ = worker.await;
-        }
-        if let Err(error) = self.crm.store().flush().await {
-            tracing::warn!(%error, "store flush at shutdown failed; nothing acknowledged is lost");
+        let crm = self.crm;
+        let tidy_up = async move {
+            if let Some(worker) = worker {
+                let _ = worker.await;
+            }
+            if let Err(error) = crm.store().flush().await {
+                tracing::warn!(%error, "store flush at shutdown failed; nothing acknowledged is lost");
+            }
+        };
+        let left = deadline.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, tidy_up).await.is_err() {
+            tracing::warn!("shutdown timeout reached; exiting, and nothing acknowledged is lost");
         }
         tracing::info!("stopped");
         served
@@ -188,15 +215,18 @@ fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<W
     Ok(workflow.clone())
 }
 
-async fn open_store(kind: &StoreKind) -> anyhow::Result<Arc<dyn Store>> {
-    match kind {
-        StoreKind::File { dir } => {
-            let dir = dir.clone();
-            let store = tokio::task::spawn_blocking(move || {
-                FileStore::open(dir, FileStoreOptions::default())
-            })
-            .await
-            .context("file store start-up panicked")??;
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    match &settings.store {
+        StoreKind::File(file) => {
+            let dir = file.dir.clone();
+            let options = FileStoreOptions {
+                compact_after_bytes: file.compact_after_bytes,
+                retention: Some(settings.retention),
+                shutdown_wait: settings.shutdown_timeout,
+            };
+            let store = tokio::task::spawn_blocking(move || FileStore::open(dir, options))
+                .await
+                .context("file store start-up panicked")??;
             Ok(Arc::new(store))
         }
         StoreKind::Postgres(settings) => {
@@ -218,7 +248,7 @@ fn pg_options(settings: &PgSettings) -> anyhow::Result<PgOptions> {
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     match &settings.store {
         StoreKind::Postgres(pg) => migrate_when_reachable(&pg_options(pg)?, pg.startup_wait).await,
-        StoreKind::File { .. } => {
+        StoreKind::File(_) => {
             bail!("migrate applies to --backend postgres; the file store needs none")
         }
     }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use crm_api::config::{PgSettings, Secret, Settings, StoreKind};
+use crm_api::config::{FileSettings, PgSettings, Secret, Settings, StoreKind};
 use crm_api::startup::Application;
 use crm_contracts::{Contract, Contracts};
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
@@ -149,9 +149,7 @@ impl TestStore {
 
     fn kind(&self) -> StoreKind {
         match self {
-            TestStore::File(dir) => StoreKind::File {
-                dir: dir.path().to_owned(),
-            },
+            TestStore::File(dir) => StoreKind::File(FileSettings::new(dir.path())),
             TestStore::Postgres { url, schema } => {
                 StoreKind::Postgres(PgSettings::new(Secret::new(url.as_str()), schema.as_str()))
             }

@@ -1,0 +1,283 @@
+//! The real `crm-api` binary as the process-level tests drive it: start it on a data dir
+//! (or a database), kill it, stop it, and write to it from several clients at once.
+//!
+//! Every wait is bounded and polls a condition; a server left running by a failed
+//! assertion is killed when its `Server` is dropped.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_crm-api");
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Schedules that are never due, and one that always is.
+pub const FUTURE: &str = "2999-01-01T09:00:00.000Z";
+pub const PAST: &str = "2025-01-01T09:00:00.000Z";
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+pub const CLIENTS: usize = 8;
+const MAX_PAGES: usize = 1_000;
+
+/// One `crm-api` process; killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Starts the binary on `data_dir` and a free loopback port with `flags` added,
+    /// without waiting for it.
+    pub fn spawn(data_dir: &Path, log: PathBuf, flags: &[&str]) -> Server {
+        let port = free_port();
+        let output = File::create(&log).expect("a log file");
+        let mut command = Command::new(BINARY);
+        // The server must see only the flags below, whatever the environment of the test run.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CRM_") || name == "DATABASE_URL" {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(output.try_clone().expect("a log handle")))
+            .stderr(Stdio::from(output))
+            .spawn()
+            .expect("the crm-api binary starts");
+        Server {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// Starts the binary and waits until `/health` answers; retries on another port when
+    /// the chosen one was taken between picking it and binding it.
+    pub async fn start(
+        data_dir: &Path,
+        logs: &Path,
+        client: &reqwest::Client,
+        flags: &[&str],
+    ) -> Server {
+        for _ in 0..3 {
+            let log = logs.join(format!("server-{}.log", Uuid::new_v4().simple()));
+            let mut server = Server::spawn(data_dir, log, flags);
+            match server.wait_until_healthy(client).await {
+                Ok(()) => return server,
+                Err(log) if log.contains("cannot listen") => continue,
+                Err(log) => panic!("crm-api did not become healthy:\n{log}"),
+            }
+        }
+        panic!("crm-api found no free port in 3 tries");
+    }
+
+    /// Polls `/health`; on failure returns the server's log.
+    pub async fn wait_until_healthy(&mut self, client: &reqwest::Client) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = format!("{}/health", self.address);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the child's status") {
+                return Err(format!("exited with {status}:\n{}", self.log_text()));
+            }
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no /health within {START_TIMEOUT:?}:\n{}",
+                    self.log_text()
+                ));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// `kill -9`: SIGKILL on unix, then reap the process.
+    pub fn kill(&mut self) {
+        // An error means the process is already gone, which is what we want.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as an orchestrator stops a container; does not wait.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every follow-up id of `tenant`, through all pages, asserting none repeats.
+    pub async fn follow_up_ids(&self, client: &reqwest::Client, tenant: &str) -> HashSet<String> {
+        let mut ids = HashSet::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut url = reqwest::Url::parse(&format!("{}/v1/crm/followups", self.address))
+                .expect("a valid url");
+            url.query_pairs_mut()
+                .append_pair("tenant_id", tenant)
+                .append_pair("limit", "1000");
+            if let Some(cursor) = &cursor {
+                url.query_pairs_mut().append_pair("cursor", cursor);
+            }
+            let response = client.get(url).send().await.expect("the list answers");
+            assert_eq!(response.status(), 200, "listing follow-ups failed");
+            let page: Value = response.json().await.expect("a JSON list");
+            for item in page["items"].as_array().expect("items") {
+                let id = item["followup_id"].as_str().expect("an id").to_owned();
+                assert!(ids.insert(id.clone()), "follow-up {id} is listed twice");
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return ids,
+            }
+        }
+        panic!("the follow-up list did not end within {MAX_PAGES} pages");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a http client")
+}
+
+/// Waits for `child` to exit; `None` when it is still running after `timeout`.
+pub async fn wait_for_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+pub fn follow_up_body(tenant: &str, followup_id: &str, schedule_at: &str) -> Value {
+    json!({"request": {
+        "request_id": Uuid::new_v4(),
+        "tenant_id": tenant,
+        "source_module": "mod-02-whatsapp-crm",
+        "followup": {
+            "followup_id": followup_id,
+            "phone_e164": "+5511999990001",
+            "message": "Your order is ready.",
+            "schedule_at": schedule_at
+        }
+    }})
+}
+
+/// Creates follow-ups scheduled at `schedule_at` one after another until a request fails
+/// (the server is gone), recording every id acknowledged with a 200.
+pub async fn create_until_gone(
+    client: reqwest::Client,
+    url: String,
+    tenant: String,
+    schedule_at: &'static str,
+    acknowledged: Acknowledged,
+) -> Result<(), String> {
+    loop {
+        let id = Uuid::new_v4().to_string();
+        let response = match client
+            .post(&url)
+            .json(&follow_up_body(&tenant, &id, schedule_at))
+            .send()
+            .await
+        {
+            Ok(response) => response,
+            // The server is gone: this client is done.
+            Err(_) => return Ok(()),
+        };
+        if response.status() != 200 {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("a create failed with {status}: {body}"));
+        }
+        // The status line is the acknowledgement, even if the body never arrives.
+        acknowledged.lock().expect("the ack list").push(id);
+        let _ = response.bytes().await;
+    }
+}
+
+pub type Acknowledged = Arc<Mutex<Vec<String>>>;
+
+/// `CLIENTS` writers creating follow-ups against `server` until it is gone.
+pub fn start_writers(
+    client: &reqwest::Client,
+    server: &Server,
+    tenant: &str,
+    schedule_at: &'static str,
+) -> (tokio::task::JoinSet<Result<(), String>>, Acknowledged) {
+    let acknowledged: Acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        clients.spawn(create_until_gone(
+            client.clone(),
+            format!("{}/v1/crm/followups", server.address),
+            tenant.to_owned(),
+            schedule_at,
+            Arc::clone(&acknowledged),
+        ));
+    }
+    (clients, acknowledged)
+}
+
+/// Waits until the writers have run for `at_least` and one create was acknowledged.
+pub async fn wait_for_load(
+    acknowledged: &Acknowledged,
+    at_least: Duration,
+    server: &Server,
+    stage: &str,
+) {
+    let started = Instant::now();
+    loop {
+        let count = acknowledged.lock().expect("the ack list").len();
+        if started.elapsed() >= at_least && count > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < START_TIMEOUT,
+            "{stage}: no create acknowledged within {START_TIMEOUT:?}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
