@@ -112,6 +112,13 @@ pub(crate) struct State {
     indexes: Indexes,
 }
 
+/// What a drain may claim, and how many lanes and queue entries it looked at to find out.
+#[derive(Debug)]
+pub(crate) struct Due {
+    pub follow_ups: Vec<(Arc<FollowUp>, Option<CampaignState>)>,
+    pub examined: usize,
+}
+
 /// How many index entries a filtered read may pass over before it answers with what it
 /// has: a read never holds the store for long, whatever the data looks like.
 pub(crate) const SCAN_BUDGET: usize = 10_000;
@@ -395,11 +402,13 @@ impl State {
         limit: usize,
         held: &[CampaignState],
         skip: impl Fn(FollowUpId) -> bool,
-    ) -> Vec<(Arc<FollowUp>, Option<CampaignState>)> {
+    ) -> Due {
         let now = now.unix_millis();
+        let mut examined = 0;
         let mut heads = BinaryHeap::new();
         let mut cursors = Vec::new();
         for (lane, queue) in &self.indexes.lanes {
+            examined += 1;
             let state = lane
                 .campaign
                 .and_then(|id| self.campaign(id))
@@ -408,25 +417,34 @@ impl State {
                 continue;
             }
             let mut entries = queue.iter().take_while(|(at, _)| *at <= now);
-            if let Some(&first) = entries.find(|(_, id)| !skip(*id)) {
+            if let Some(&first) = entries.find(|(_, id)| {
+                examined += 1;
+                !skip(*id)
+            }) {
                 heads.push(std::cmp::Reverse((first, cursors.len())));
                 cursors.push((entries, state));
             }
         }
-        let mut due = Vec::with_capacity(limit.min(heads.len() * 4));
-        while due.len() < limit {
+        let mut follow_ups = Vec::with_capacity(limit.min(heads.len() * 4));
+        while follow_ups.len() < limit {
             let Some(std::cmp::Reverse(((_, id), lane))) = heads.pop() else {
                 break;
             };
             let (entries, state) = &mut cursors[lane];
             if let Some(follow_up) = self.follow_up(id) {
-                due.push((follow_up.clone(), *state));
+                follow_ups.push((follow_up.clone(), *state));
             }
-            if let Some(&next) = entries.find(|(_, id)| !skip(*id)) {
+            if let Some(&next) = entries.find(|(_, id)| {
+                examined += 1;
+                !skip(*id)
+            }) {
                 heads.push(std::cmp::Reverse((next, lane)));
             }
         }
-        due
+        Due {
+            follow_ups,
+            examined,
+        }
     }
 
     /// How many follow-ups are due in lanes that are not held, counting no further than
@@ -546,3 +564,6 @@ fn page<K: Ord + Clone, T>(
         next_cursor: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -388,10 +388,15 @@ impl FollowUpStore for FileStore {
                 .due(now, limit, dispatcher.held_states(), |id| {
                     shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
                 });
-            for (follow_up, _) in &due {
+            tracing::debug!(
+                claimed = due.follow_ups.len(),
+                examined = due.examined,
+                "drain claim"
+            );
+            for (follow_up, _) in &due.follow_ups {
                 shared.claimed.insert(follow_up.followup_id);
             }
-            due
+            due.follow_ups
         };
         let mut claim = Claim {
             store: self,

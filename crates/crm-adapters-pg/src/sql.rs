@@ -118,9 +118,9 @@ pub const CLAIM_DUE: &str = concat!(
     f.customer_id, f.phone_e164, f.message, f.schedule_at, f.channel, f.status, \
     f.provider_message_id, f.last_error_code, f.last_error_message, f.metadata_json, \
     f.correlation_id, f.trace_id, f.created_at, f.updated_at, c.state AS campaign_state \
-    FROM crm_followups f JOIN candidates USING (followup_id) \
-    LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
-    WHERE f.status = 'pending' ORDER BY f.schedule_at, f.followup_id LIMIT $3 \
+    FROM crm_followups f LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
+    WHERE f.followup_id = ANY(ARRAY(SELECT followup_id FROM candidates)) \
+    AND f.status = 'pending' ORDER BY f.schedule_at, f.followup_id LIMIT $3 \
     FOR UPDATE OF f SKIP LOCKED"
 );
 

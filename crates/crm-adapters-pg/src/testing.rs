@@ -45,3 +45,46 @@ pub async fn drop_schema(url: &str, schema: &str) {
         .await
         .expect("drop test schema");
 }
+
+/// A connection to the store's schema, for tests that seed or inspect tables directly.
+pub async fn connect(options: &PgOptions) -> tokio_postgres::Client {
+    let (client, connection) = options
+        .pg_config()
+        .expect("valid test database options")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("test database reachable");
+    tokio::spawn(connection);
+    client
+}
+
+/// How many shared buffers (hit or read) a drain's claim of `limit` touches at `now`,
+/// and how many rows it claims, measured by `EXPLAIN (ANALYZE, BUFFERS)` in a transaction
+/// that is rolled back: a measure of work that does not depend on the machine's speed.
+pub async fn claim_cost(
+    options: &PgOptions,
+    now: crm_domain::timestamp::Timestamp,
+    limit: i64,
+) -> (u64, u64) {
+    let mut client = connect(options).await;
+    let transaction = client.transaction().await.expect("a transaction");
+    let held: Vec<&str> = crm_domain::follow_up::holding_states()
+        .into_iter()
+        .map(|state| state.as_str())
+        .collect();
+    let explain = format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+        crate::sql::CLAIM_DUE
+    );
+    let row = transaction
+        .query_one(&explain, &[&held, &now.as_datetime(), &limit, &(limit * 4)])
+        .await
+        .expect("the claim explains");
+    let plan: serde_json::Value = row.get(0);
+    let top = &plan[0]["Plan"];
+    let count = |key: &str| top[key].as_u64().unwrap_or(0);
+    (
+        count("Shared Hit Blocks") + count("Shared Read Blocks"),
+        count("Actual Rows"),
+    )
+}

@@ -40,23 +40,156 @@ pub enum ApiError {
     Internal(#[source] AppError),
 }
 
-impl ApiError {
-    /// The wire word of SPEC §2's error table.
-    pub fn code(&self) -> &'static str {
+/// Every `error` word of the wire contract with its status: the one table of them. The
+/// HTTP error body, the OpenAPI document and the tests all read it from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Code {
+    InvalidJson,
+    ValidationError,
+    MissingTenantId,
+    MissingCorrelationId,
+    TransitionError,
+    CampaignNotFound,
+    Unauthorized,
+    NotFound,
+    IdConflict,
+    RequestTimeout,
+    PayloadTooLarge,
+    InternalError,
+    StorageUnavailable,
+}
+
+impl Code {
+    pub const ALL: [Code; 13] = [
+        Code::InvalidJson,
+        Code::ValidationError,
+        Code::MissingTenantId,
+        Code::MissingCorrelationId,
+        Code::TransitionError,
+        Code::CampaignNotFound,
+        Code::Unauthorized,
+        Code::NotFound,
+        Code::IdConflict,
+        Code::RequestTimeout,
+        Code::PayloadTooLarge,
+        Code::InternalError,
+        Code::StorageUnavailable,
+    ];
+
+    /// The stable `error` word.
+    pub fn word(self) -> &'static str {
         match self {
-            Self::InvalidJson(_) => "invalid_json",
-            Self::Validation(_) | Self::InvalidQuery { .. } => "validation_error",
+            Self::InvalidJson => "invalid_json",
+            Self::ValidationError => "validation_error",
             Self::MissingTenantId => "missing_tenant_id",
             Self::MissingCorrelationId => "missing_correlation_id",
-            Self::Transition(_) => "transition_error",
+            Self::TransitionError => "transition_error",
             Self::CampaignNotFound => "campaign_not_found",
+            Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
             Self::IdConflict => "id_conflict",
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::RequestTimeout { .. } => "request_timeout",
-            Self::Unauthorized => "unauthorized",
-            Self::StorageUnavailable(_) => "storage_unavailable",
-            Self::Internal(_) => "internal_error",
+            Self::RequestTimeout => "request_timeout",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InternalError => "internal_error",
+            Self::StorageUnavailable => "storage_unavailable",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidJson
+            | Self::ValidationError
+            | Self::MissingTenantId
+            | Self::MissingCorrelationId
+            | Self::TransitionError
+            | Self::CampaignNotFound => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::IdConflict => StatusCode::CONFLICT,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// When the word is sent, for the OpenAPI document (an endpoint may say it more
+    /// precisely).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "the body is not JSON, or repeats a key within one object",
+            Self::ValidationError => {
+                "the request breaks its contract; `details` lists each violation"
+            }
+            Self::MissingTenantId => "the `tenant_id` query parameter is missing or empty",
+            Self::MissingCorrelationId => {
+                "the `correlation_id` query parameter is missing or empty"
+            }
+            Self::TransitionError => "the workflow refuses the transition",
+            Self::CampaignNotFound => "the follow-up names a campaign the tenant does not have",
+            Self::Unauthorized => {
+                "a bearer token is configured for this route and the request's is missing or wrong"
+            }
+            Self::NotFound => "the tenant has no such record",
+            Self::IdConflict => "the id is already used by another tenant",
+            Self::RequestTimeout => {
+                "the request was not received whole within the configured time \
+                 (`--request-timeout-ms`)"
+            }
+            Self::PayloadTooLarge => {
+                "the body is over the configured limit (`--body-limit`, 64 KiB by default)"
+            }
+            Self::InternalError => {
+                "an unexpected failure; the body carries no internals and the cause is logged"
+            }
+            Self::StorageUnavailable => {
+                "the store cannot be reached in time (bounded by `--pg-timeout-ms`); a write's \
+                 outcome is then unknown, and repeating it with the same ids or external_key \
+                 is always safe"
+            }
+        }
+    }
+
+    /// A `details` value as the word carries it, for examples.
+    pub fn example_details(self) -> Option<Value> {
+        match self {
+            Self::InvalidJson => Some(json!({"message": "expected value at line 1 column 1"})),
+            Self::ValidationError => Some(json!([
+                {"pointer": "/request/request_id", "message": "\"x\" is not a \"uuid\""}
+            ])),
+            Self::TransitionError => {
+                Some(json!({"code": "trigger_mismatch", "expected_trigger": "schedule_campaign"}))
+            }
+            Self::RequestTimeout => Some(json!({"timeout_ms": 10000})),
+            Self::PayloadTooLarge => Some(json!({"limit_bytes": 65536})),
+            Self::MissingTenantId
+            | Self::MissingCorrelationId
+            | Self::CampaignNotFound
+            | Self::Unauthorized
+            | Self::NotFound
+            | Self::IdConflict
+            | Self::InternalError
+            | Self::StorageUnavailable => None,
+        }
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidJson(_) => Code::InvalidJson,
+            Self::Validation(_) | Self::InvalidQuery { .. } => Code::ValidationError,
+            Self::MissingTenantId => Code::MissingTenantId,
+            Self::MissingCorrelationId => Code::MissingCorrelationId,
+            Self::Transition(_) => Code::TransitionError,
+            Self::CampaignNotFound => Code::CampaignNotFound,
+            Self::NotFound => Code::NotFound,
+            Self::IdConflict => Code::IdConflict,
+            Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
+            Self::RequestTimeout { .. } => Code::RequestTimeout,
+            Self::Unauthorized => Code::Unauthorized,
+            Self::StorageUnavailable(_) => Code::StorageUnavailable,
+            Self::Internal(_) => Code::InternalError,
         }
     }
 
@@ -118,33 +251,19 @@ impl From<AppError> for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::InvalidJson(_)
-            | Self::Validation(_)
-            | Self::InvalidQuery { .. }
-            | Self::MissingTenantId
-            | Self::MissingCorrelationId
-            | Self::Transition(_)
-            | Self::CampaignNotFound => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::IdConflict => StatusCode::CONFLICT,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 
     fn error_response(&self) -> HttpResponse {
+        let code = self.code();
         if let Self::StorageUnavailable(source) | Self::Internal(source) = self {
-            tracing::error!(error = %ErrorChain(source), code = self.code(), "request failed");
+            tracing::error!(error = %ErrorChain(source), code = code.word(), "request failed");
         }
-        let mut body = json!({ "error": self.code() });
+        let mut body = json!({ "error": code.word() });
         if let Some(details) = self.details() {
             body["details"] = details;
         }
-        HttpResponse::build(self.status_code()).json(body)
+        HttpResponse::build(code.status()).json(body)
     }
 }
 

@@ -7,10 +7,11 @@
 
 pub mod auth;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 mod extract;
 pub mod metrics;
 pub mod openapi;
-mod routes;
+pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -18,9 +18,10 @@ use crm_ports::Store;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::auth::{self, Tokens};
+use crate::auth::Tokens;
 use crate::config::{PgSettings, Settings, StoreKind, resolve};
 use crate::extract::BodyLimit;
+use crate::routes::OpenApiDocument;
 use crate::{metrics, openapi, routes, telemetry};
 
 /// A built server, bound and ready to run.
@@ -77,13 +78,8 @@ impl Application {
                 .app_data(body_limit.clone())
                 .app_data(tokens.clone())
                 .app_data(openapi.clone())
-                .wrap(from_fn(auth::require_token))
                 .wrap(from_fn(telemetry::log_request))
                 .configure(routes::configure)
-                .service(routes::resource("/metrics", "GET").route(web::get().to(metrics::render)))
-                .service(
-                    routes::resource("/openapi.json", "GET").route(web::get().to(serve_openapi)),
-                )
                 .default_service(web::to(not_found))
         })
         .listen(listener)?
@@ -168,15 +164,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-/// The OpenAPI document, rendered once at start-up.
-struct OpenApiDocument(String);
-
-async fn serve_openapi(document: web::Data<OpenApiDocument>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document.0.clone())
 }
 
 async fn not_found() -> HttpResponse {

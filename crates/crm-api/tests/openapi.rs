@@ -52,7 +52,7 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 11] = [
         "post",
         "/v1/crm/campaigns",
         "create_campaign",
-        &[400, 401, 409, 413, 500, 503],
+        &[400, 401, 408, 409, 413, 500, 503],
     ),
     (
         "get",
@@ -64,13 +64,13 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 11] = [
         "patch",
         "/v1/crm/campaigns/{campaign_id}/state",
         "advance_campaign",
-        &[400, 401, 404, 413, 500, 503],
+        &[400, 401, 404, 408, 413, 500, 503],
     ),
     (
         "post",
         "/v1/crm/followups",
         "create_follow_up",
-        &[400, 401, 409, 413, 500, 503],
+        &[400, 401, 408, 409, 413, 500, 503],
     ),
     (
         "get",
@@ -82,7 +82,7 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 11] = [
         "post",
         "/internal/worker/crm-followups/drain",
         "drain_follow_ups",
-        &[400, 401, 413, 500, 503],
+        &[400, 401, 408, 413, 500, 503],
     ),
     (
         "get",
@@ -515,6 +515,7 @@ fn every_error_response_is_an_error_response_that_names_and_shows_its_words() {
         ),
         (401, &["unauthorized"][..]),
         (404, &["not_found"][..]),
+        (408, &["request_timeout"][..]),
         (409, &["id_conflict"][..]),
         (413, &["payload_too_large"][..]),
         (500, &["internal_error"][..]),

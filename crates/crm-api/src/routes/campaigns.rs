@@ -1,5 +1,6 @@
 //! `POST /v1/crm/campaigns`, `PATCH /v1/crm/campaigns/{id}/state`, `GET /v1/crm/campaigns`.
 
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::{AdvanceCampaign, Crm, Outcome, StartCampaign};
 use crm_contracts::Contract;
@@ -11,9 +12,133 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{command_reply, list_reply, page_params, tenant, tenant_param, timestamp};
-use crate::error::ApiError;
+use super::{
+    CURSOR_PARAMETER, LIMIT_PARAMETER, TENANT_PARAMETER, command_reply, list_reply, page_params,
+    tenant, tenant_param, timestamp,
+};
+use crate::endpoint::{
+    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, query_violation,
+};
+use crate::error::{ApiError, Code};
 use crate::extract::{RawBody, contract_body, param, query_pairs};
+
+pub(super) static ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: Method::POST,
+        path: "/v1/crm/campaigns",
+        access: Access::Api,
+        operation_id: "create_campaign",
+        tag: "campaigns",
+        summary: "Create a campaign (idempotent)",
+        description: "Creates a WhatsApp campaign and emits `crm.campaign.created`. A repeat \
+            with the same `(tenant_id, external_key)` or `(tenant_id, campaign_id)` returns \
+            `idempotent` with the stored record unchanged and emits nothing.",
+        parameters: &[],
+        body: Some(Body {
+            contract: Contract::CampaignCreate,
+            required: true,
+            description: "The campaign to create.",
+        }),
+        reply: Reply {
+            description: "`created`, or `idempotent` for a repeat.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::CampaignCommandResponse),
+        },
+        errors: &[Failure::new(
+            Code::IdConflict,
+            "the `campaign_id` is already used by another tenant",
+        )],
+        uses_store: true,
+        handler: |route| route.to(create_campaign),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/v1/crm/campaigns",
+        access: Access::Api,
+        operation_id: "list_campaigns",
+        tag: "campaigns",
+        summary: "List a tenant's campaigns",
+        description: "One page of the tenant's campaigns, oldest first (`created_at`, then id).",
+        parameters: &[
+            TENANT_PARAMETER,
+            Parameter {
+                name: "state",
+                location: Location::Query,
+                required: false,
+                description: "Only campaigns in this state; an unknown state is \
+                    `400 validation_error`.",
+                schema: |contracts| {
+                    super::contract_property(contracts, Contract::CampaignRecord, "state")
+                },
+            },
+            LIMIT_PARAMETER,
+            CURSOR_PARAMETER,
+        ],
+        body: None,
+        reply: Reply {
+            description: "One page of campaigns.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::CampaignList),
+        },
+        errors: &[
+            Failure::new(
+                Code::MissingTenantId,
+                "the `tenant_id` query parameter is missing or empty",
+            ),
+            query_violation(
+                "a query parameter has a bad value (unknown `state`, `limit` not a positive \
+                 integer, a `cursor` this server did not issue, a malformed query string)",
+            ),
+        ],
+        uses_store: true,
+        handler: |route| route.to(list_campaigns),
+    },
+    Endpoint {
+        method: Method::PATCH,
+        path: "/v1/crm/campaigns/{campaign_id}/state",
+        access: Access::Api,
+        operation_id: "advance_campaign",
+        tag: "campaigns",
+        summary: "Transition a campaign",
+        description: "Moves the campaign along the campaign workflow and emits \
+            `crm.campaign.state.changed` (`updated`); a `to_state` equal to the current state \
+            is an `idempotent` no-op that writes nothing and emits nothing.",
+        parameters: &[Parameter {
+            name: "campaign_id",
+            location: Location::Path,
+            required: true,
+            description: "The campaign's id. Any text is accepted: one that is not a uuid \
+                names no campaign and is `404 not_found`.",
+            schema: |_| serde_json::json!({"type": "string"}),
+        }],
+        body: Some(Body {
+            contract: Contract::CampaignStateUpdate,
+            required: true,
+            description: "The state to move to and its trigger.",
+        }),
+        reply: Reply {
+            description: "`updated`, or `idempotent` when `to_state` is the current state.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::CampaignCommandResponse),
+        },
+        errors: &[
+            Failure {
+                code: Code::TransitionError,
+                when: "the workflow refuses the transition; `details.code` is one of \
+                    `unknown_current_state`, `unknown_next_state`, `transition_not_allowed`, \
+                    `missing_trigger`, `trigger_mismatch` (with `expected_trigger`)",
+                details: None,
+            },
+            Failure::new(
+                Code::NotFound,
+                "the tenant has no campaign with this id (other tenants' ids look the same, \
+                 and so does an id that is not a uuid)",
+            ),
+        ],
+        uses_store: true,
+        handler: |route| route.to(advance_campaign),
+    },
+];
 
 #[derive(Deserialize)]
 struct Envelope<T> {
@@ -102,7 +227,7 @@ fn campaign_reply(request_id: Uuid, outcome: &Outcome<Campaign>) -> HttpResponse
     )
 }
 
-pub async fn create_campaign(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
+async fn create_campaign(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
     let Envelope { request }: Envelope<CreateRequest> =
         contract_body(crm.contracts(), Contract::CampaignCreate, &body.0, None)?;
     let fields = request.campaign;
@@ -126,7 +251,7 @@ pub async fn create_campaign(crm: web::Data<Crm>, body: RawBody) -> Result<HttpR
     Ok(campaign_reply(request.request_id, &outcome))
 }
 
-pub async fn advance_campaign(
+async fn advance_campaign(
     crm: web::Data<Crm>,
     path: web::Path<String>,
     body: RawBody,
@@ -155,7 +280,7 @@ pub async fn advance_campaign(
     Ok(campaign_reply(request.request_id, &outcome))
 }
 
-pub async fn list_campaigns(
+async fn list_campaigns(
     crm: web::Data<Crm>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {

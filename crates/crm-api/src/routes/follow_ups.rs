@@ -1,5 +1,6 @@
 //! `POST /v1/crm/followups` and `GET /v1/crm/followups`.
 
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::{Crm, ScheduleFollowUp};
 use crm_contracts::Contract;
@@ -11,9 +12,105 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{command_reply, list_reply, page_params, tenant, tenant_param, timestamp};
-use crate::error::ApiError;
+use super::{
+    CURSOR_PARAMETER, LIMIT_PARAMETER, TENANT_PARAMETER, command_reply, list_reply, page_params,
+    tenant, tenant_param, timestamp,
+};
+use crate::endpoint::{
+    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, query_violation,
+};
+use crate::error::{ApiError, Code};
 use crate::extract::{RawBody, contract_body, param, query_pairs};
+
+pub(super) static ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: Method::POST,
+        path: "/v1/crm/followups",
+        access: Access::Api,
+        operation_id: "create_follow_up",
+        tag: "follow-ups",
+        summary: "Schedule a follow-up (idempotent)",
+        description: "Schedules one WhatsApp message to a phone number at `schedule_at` and \
+            emits `crm.followup.scheduled`. A repeat with the same `(tenant_id, external_key)` \
+            or `(tenant_id, followup_id)` returns `idempotent` with the stored record \
+            unchanged and emits nothing.",
+        parameters: &[],
+        body: Some(Body {
+            contract: Contract::FollowUpCreate,
+            required: true,
+            description: "The follow-up to schedule.",
+        }),
+        reply: Reply {
+            description: "`created`, or `idempotent` for a repeat.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::FollowUpCommandResponse),
+        },
+        errors: &[
+            Failure::new(
+                Code::CampaignNotFound,
+                "the follow-up names a `campaign_id` the tenant does not have",
+            ),
+            Failure::new(
+                Code::IdConflict,
+                "the `followup_id` is already used by another tenant",
+            ),
+        ],
+        uses_store: true,
+        handler: |route| route.to(create_follow_up),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/v1/crm/followups",
+        access: Access::Api,
+        operation_id: "list_follow_ups",
+        tag: "follow-ups",
+        summary: "List a tenant's follow-ups",
+        description: "One page of the tenant's follow-ups, oldest first (`created_at`, then \
+            id), optionally filtered by status and campaign.",
+        parameters: &[
+            TENANT_PARAMETER,
+            Parameter {
+                name: "status",
+                location: Location::Query,
+                required: false,
+                description: "Only follow-ups with this status; an unknown status is \
+                    `400 validation_error`.",
+                schema: |contracts| {
+                    super::contract_property(contracts, Contract::FollowUpRecord, "status")
+                },
+            },
+            Parameter {
+                name: "campaign_id",
+                location: Location::Query,
+                required: false,
+                description: "Only follow-ups of this campaign; a value that is not a uuid is \
+                    `400 validation_error`.",
+                schema: |_| serde_json::json!({"type": "string", "format": "uuid"}),
+            },
+            LIMIT_PARAMETER,
+            CURSOR_PARAMETER,
+        ],
+        body: None,
+        reply: Reply {
+            description: "One page of follow-ups.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::FollowUpList),
+        },
+        errors: &[
+            Failure::new(
+                Code::MissingTenantId,
+                "the `tenant_id` query parameter is missing or empty",
+            ),
+            query_violation(
+                "a query parameter has a bad value (unknown `status`, `campaign_id` not a \
+                 uuid, `limit` not a positive integer, a `cursor` this server did not issue, \
+                 a malformed query string)",
+            ),
+        ],
+        uses_store: true,
+        handler: |route| route.to(list_follow_ups),
+    },
+];
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -90,10 +187,7 @@ impl<'a> From<&'a FollowUp> for FollowUpView<'a> {
     }
 }
 
-pub async fn create_follow_up(
-    crm: web::Data<Crm>,
-    body: RawBody,
-) -> Result<HttpResponse, ApiError> {
+async fn create_follow_up(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
     let Envelope { request } =
         contract_body(crm.contracts(), Contract::FollowUpCreate, &body.0, None)?;
     let fields = request.followup;
@@ -123,7 +217,7 @@ pub async fn create_follow_up(
     ))
 }
 
-pub async fn list_follow_ups(
+async fn list_follow_ups(
     crm: web::Data<Crm>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {

@@ -1,57 +1,105 @@
-//! One module per resource; `configure` mounts them all.
+//! One module per resource, each declaring its endpoints next to their handlers;
+//! `configure` mounts every declared endpoint.
 
 mod campaigns;
 mod follow_ups;
-mod health;
+mod operations;
 mod trace;
 mod worker;
 
 use actix_web::http::header;
+use actix_web::middleware::from_fn;
 use actix_web::{HttpResponse, web};
 use crm_domain::ids::{CorrelationId, TenantId};
-use crm_domain::page::{Cursor, DEFAULT_LIMIT};
+use crm_domain::page::{CURSOR_PATTERN, Cursor, DEFAULT_LIMIT};
 use crm_domain::timestamp::Timestamp;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::auth;
+use crate::endpoint::{Endpoint, Location, Parameter};
 use crate::error::ApiError;
 use crate::extract::param;
 
-pub fn configure(config: &mut web::ServiceConfig) {
-    config
-        .service(resource("/health", "GET").route(web::get().to(health::health)))
-        .service(resource("/ready", "GET").route(web::get().to(health::ready)))
-        .service(
-            resource("/v1/crm/campaigns", "GET, POST")
-                .route(web::post().to(campaigns::create_campaign))
-                .route(web::get().to(campaigns::list_campaigns)),
-        )
-        .service(
-            resource("/v1/crm/campaigns/{campaign_id}/state", "PATCH")
-                .route(web::patch().to(campaigns::advance_campaign)),
-        )
-        .service(
-            resource("/v1/crm/followups", "GET, POST")
-                .route(web::post().to(follow_ups::create_follow_up))
-                .route(web::get().to(follow_ups::list_follow_ups)),
-        )
-        .service(
-            resource("/internal/worker/crm-followups/drain", "POST")
-                .route(web::post().to(worker::drain_follow_ups)),
-        )
-        .service(
-            resource("/internal/orchestration/trace", "GET").route(web::get().to(trace::trace)),
-        );
+pub use operations::OpenApiDocument;
+
+/// Every endpoint of the service, in the order the OpenAPI document lists them.
+pub fn endpoints() -> impl Iterator<Item = &'static Endpoint> {
+    [
+        campaigns::ENDPOINTS,
+        follow_ups::ENDPOINTS,
+        worker::ENDPOINTS,
+        trace::ENDPOINTS,
+        operations::ENDPOINTS,
+    ]
+    .into_iter()
+    .flatten()
 }
 
-/// A path whose other methods answer `405` with the `Allow` header.
-pub(crate) fn resource(path: &str, allowed: &'static str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move || async move {
-        HttpResponse::MethodNotAllowed()
-            .insert_header((header::ALLOW, allowed))
-            .json(json!({ "error": "method_not_allowed" }))
-    }))
+/// The declared paths, each once, in declaration order.
+pub fn paths() -> Vec<&'static str> {
+    let mut paths: Vec<&'static str> = Vec::new();
+    for endpoint in endpoints() {
+        if !paths.contains(&endpoint.path) {
+            paths.push(endpoint.path);
+        }
+    }
+    paths
 }
+
+/// Mounts every declared endpoint: one resource per path, guarded by the token of its
+/// access, answering its other methods with `405` and the `Allow` header.
+pub fn configure(config: &mut web::ServiceConfig) {
+    for path in paths() {
+        let served: Vec<&Endpoint> = endpoints().filter(|e| e.path == path).collect();
+        let mut methods: Vec<&str> = served.iter().map(|e| e.method.as_str()).collect();
+        methods.sort_unstable();
+        let allowed = methods.join(", ");
+        let access = served[0].access;
+        let mut resource = web::resource(path).default_service(web::to(move || {
+            let allowed = allowed.clone();
+            async move {
+                HttpResponse::MethodNotAllowed()
+                    .insert_header((header::ALLOW, allowed))
+                    .json(json!({ "error": "method_not_allowed" }))
+            }
+        }));
+        for endpoint in served {
+            resource = resource.route((endpoint.handler)(web::method(endpoint.method.clone())));
+        }
+        config.service(resource.wrap(from_fn(move |request, next| {
+            auth::require_token(access, request, next)
+        })));
+    }
+}
+
+/// `tenant_id`, which every list needs.
+pub(crate) const TENANT_PARAMETER: Parameter = Parameter {
+    name: "tenant_id",
+    location: Location::Query,
+    required: true,
+    description: "The tenant whose records are listed; missing or empty is \
+        `400 missing_tenant_id`.",
+    schema: |_| json!({"type": "string", "minLength": 1}),
+};
+
+pub(crate) const LIMIT_PARAMETER: Parameter = Parameter {
+    name: "limit",
+    location: Location::Query,
+    required: false,
+    description: "Page size, 100 by default; values above 1000 are served as 1000. Zero or a \
+        non-integer is `400 validation_error`.",
+    schema: |_| json!({"type": "integer", "minimum": 1, "default": 100}),
+};
+
+pub(crate) const CURSOR_PARAMETER: Parameter = Parameter {
+    name: "cursor",
+    location: Location::Query,
+    required: false,
+    description: "The `next_cursor` of the previous page. Text of another shape is \
+        `400 validation_error`.",
+    schema: |_| json!({"type": "string", "pattern": CURSOR_PATTERN}),
+};
 
 /// The reply of a create or update: the stored record under `record_name`.
 fn command_reply(
@@ -136,9 +184,60 @@ fn page_params(pairs: &[(String, String)]) -> Result<(usize, Option<Cursor>), Ap
     Ok((limit, cursor))
 }
 
+/// A property schema of a contract without its description, so that enums in parameters
+/// follow the contracts.
+fn contract_property(
+    contracts: &crm_contracts::Contracts,
+    contract: crm_contracts::Contract,
+    property: &str,
+) -> Value {
+    let mut schema = contracts.schema(contract)["properties"][property].clone();
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("description");
+    }
+    schema
+}
+
 #[cfg(test)]
 mod tests {
-    use super::positive_integer;
+    use super::*;
+    use crate::endpoint::Access;
+
+    #[test]
+    fn every_path_has_one_access_and_its_family_prefix() {
+        for path in paths() {
+            let served: Vec<&Endpoint> = endpoints().filter(|e| e.path == path).collect();
+            assert!(
+                served.iter().all(|e| e.access == served[0].access),
+                "{path}"
+            );
+            let family = match served[0].access {
+                Access::Api => "/v1/",
+                Access::Internal => "/internal/",
+                Access::Open => "/",
+            };
+            assert!(path.starts_with(family), "{path} is not under {family}");
+        }
+    }
+
+    #[test]
+    fn operation_ids_and_method_path_pairs_are_declared_once() {
+        let mut ids = std::collections::HashSet::new();
+        let mut routes = std::collections::HashSet::new();
+        for endpoint in endpoints() {
+            assert!(
+                ids.insert(endpoint.operation_id),
+                "{}",
+                endpoint.operation_id
+            );
+            assert!(
+                routes.insert((endpoint.method.clone(), endpoint.path)),
+                "{} {}",
+                endpoint.method,
+                endpoint.path
+            );
+        }
+    }
 
     #[test]
     fn limits_are_decimal_digits_above_zero_of_any_size() {

@@ -1,5 +1,6 @@
 //! `POST /internal/worker/crm-followups/drain`.
 
+use actix_web::http::Method;
 use actix_web::{HttpResponse, web};
 use crm_app::{Crm, DrainCommand, DrainReport};
 use crm_contracts::Contract;
@@ -7,8 +8,37 @@ use crm_ports::DrainStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::endpoint::{Access, Body, Endpoint, Reply, Schema};
 use crate::error::ApiError;
 use crate::extract::{RawBody, contract_body};
+
+pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
+    method: Method::POST,
+    path: "/internal/worker/crm-followups/drain",
+    access: Access::Internal,
+    operation_id: "drain_follow_ups",
+    tag: "worker",
+    summary: "Dispatch due follow-ups",
+    description: "Takes due pending follow-ups (oldest `schedule_at` first), hands each to the \
+        outbound queue exactly once and marks it `sent`, or `failed` when its outbound item \
+        breaks the contract, `force_failure` is set or its campaign is canceled or failed. \
+        Follow-ups of a paused campaign wait; an outage leaves them pending.",
+    parameters: &[],
+    body: Some(Body {
+        contract: Contract::DrainRequest,
+        required: false,
+        description: "Optional: an empty body means the defaults (`limit` 10, `force_failure` \
+            false); a `limit` above 100 is served as 100.",
+    }),
+    reply: Reply {
+        description: "What the drain did with each follow-up it took.",
+        media_type: "application/json",
+        schema: Schema::Contract(Contract::DrainResponse),
+    },
+    errors: &[],
+    uses_store: true,
+    handler: |route| route.to(drain_follow_ups),
+}];
 
 #[derive(Deserialize)]
 struct DrainBody {
@@ -18,10 +48,7 @@ struct DrainBody {
     force_failure: bool,
 }
 
-pub async fn drain_follow_ups(
-    crm: web::Data<Crm>,
-    body: RawBody,
-) -> Result<HttpResponse, ApiError> {
+async fn drain_follow_ups(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
     let body: DrainBody = contract_body(
         crm.contracts(),
         Contract::DrainRequest,
