@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use crm_app::AppError;
+use crm_app::{AppError, MetadataOf};
 use crm_contracts::Violation;
 use crm_domain::workflow::TransitionRefusal;
 use serde_json::{Value, json};
@@ -240,6 +240,14 @@ impl From<AppError> for ApiError {
     fn from(error: AppError) -> Self {
         match error {
             AppError::Transition(refusal) => Self::Transition(refusal),
+            AppError::MetadataTooLarge { of, error } => {
+                let pointer = match of {
+                    MetadataOf::Campaign => "/request/campaign/metadata",
+                    MetadataOf::FollowUp => "/request/followup/metadata",
+                    MetadataOf::Changes => "/request/changes/metadata",
+                };
+                Self::violation(pointer, error.to_string())
+            }
             AppError::NotFound => Self::NotFound,
             AppError::CampaignNotFound => Self::CampaignNotFound,
             AppError::IdConflict => Self::IdConflict,

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::json::{self, JsonError};
 
 /// The largest body a route accepts (`--body-limit`), and how long a client may take to
 /// send it (`--request-timeout-ms`).
@@ -88,8 +89,14 @@ pub fn contract_body<T: DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let json: Value = match (body.iter().all(u8::is_ascii_whitespace), empty) {
         (true, Some(default)) => default,
-        _ => serde_json::from_slice(body)
-            .map_err(|error| ApiError::InvalidJson(error.to_string()))?,
+        _ => json::parse(body).map_err(|error| match error {
+            JsonError::Syntax(_) | JsonError::DuplicateKey { .. } => {
+                ApiError::InvalidJson(error.to_string())
+            }
+            JsonError::NumberOutOfRange { ref pointer, .. } => {
+                ApiError::violation(pointer, error.to_string())
+            }
+        })?,
     };
     contracts
         .validate(contract, &json)

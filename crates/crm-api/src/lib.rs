@@ -10,6 +10,7 @@ pub mod config;
 pub mod endpoint;
 pub mod error;
 mod extract;
+pub mod json;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -1,4 +1,6 @@
 use crm_contracts::Violation;
+use crm_domain::campaign::AdvanceError;
+use crm_domain::metadata::MetadataTooLarge;
 use crm_domain::workflow::TransitionRefusal;
 use crm_ports::StoreError;
 
@@ -8,6 +10,12 @@ pub enum AppError {
     /// The workflow guard refused the transition.
     #[error("transition refused: {0}")]
     Transition(#[from] TransitionRefusal),
+    /// The metadata of the request would make its record too large.
+    #[error("{of:?} metadata: {error}")]
+    MetadataTooLarge {
+        of: MetadataOf,
+        error: MetadataTooLarge,
+    },
     /// The campaign to transition does not exist for this tenant.
     #[error("campaign not found")]
     NotFound,
@@ -36,6 +44,27 @@ impl From<StoreError> for AppError {
             // A use case that can see `Stale` retries it; one that escapes is an outage of
             // the guarantee, reported as such rather than as the client's fault.
             StoreError::Stale { .. } | StoreError::Unavailable(_) => Self::Unavailable(error),
+        }
+    }
+}
+
+/// Which metadata of a request broke the size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataOf {
+    Campaign,
+    FollowUp,
+    /// The metadata a transition merges into its campaign's.
+    Changes,
+}
+
+impl From<AdvanceError> for AppError {
+    fn from(error: AdvanceError) -> Self {
+        match error {
+            AdvanceError::Refused(refusal) => Self::Transition(refusal),
+            AdvanceError::MetadataTooLarge(error) => Self::MetadataTooLarge {
+                of: MetadataOf::Changes,
+                error,
+            },
         }
     }
 }

@@ -10,7 +10,7 @@ mod service;
 pub mod worker;
 
 pub use drain::{DrainCommand, DrainReport, MAX_DRAIN_LIMIT};
-pub use error::AppError;
+pub use error::{AppError, MetadataOf};
 pub use service::{
     AdvanceCampaign, CommandStatus, Crm, Outcome, ScheduleFollowUp, StartCampaign, now,
 };

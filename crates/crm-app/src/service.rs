@@ -7,6 +7,7 @@ use crm_domain::campaign::{self, Advance, Advanced, Campaign, CampaignState, New
 use crm_domain::event::{DomainEvent, EventContext, EventEnvelope};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus, NewFollowUp};
 use crm_domain::ids::{CampaignId, CorrelationId, EventId, FollowUpId, TenantId};
+use crm_domain::metadata;
 use crm_domain::page::{MAX_LIMIT, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_domain::workflow::Workflow;
@@ -14,7 +15,7 @@ use crm_ports::{CampaignQuery, Created, FollowUpQuery, Store, StoreError};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::error::AppError;
+use crate::error::{AppError, MetadataOf};
 
 /// The channel of a follow-up that names none.
 const DEFAULT_CHANNEL: &str = "whatsapp";
@@ -138,6 +139,10 @@ impl Crm {
         &self,
         command: StartCampaign,
     ) -> Result<Outcome<Campaign>, AppError> {
+        metadata::check(&command.metadata).map_err(|error| AppError::MetadataTooLarge {
+            of: MetadataOf::Campaign,
+            error,
+        })?;
         let correlation_id = command.correlation_id.unwrap_or_else(new_correlation_id);
         let now = now();
         let new = NewCampaign {
@@ -229,6 +234,10 @@ impl Crm {
         &self,
         command: ScheduleFollowUp,
     ) -> Result<Outcome<FollowUp>, AppError> {
+        metadata::check(&command.metadata).map_err(|error| AppError::MetadataTooLarge {
+            of: MetadataOf::FollowUp,
+            error,
+        })?;
         if let Some(campaign_id) = command.campaign_id {
             // Campaigns are never deleted, so a campaign seen here still exists when the
             // follow-up is written.

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::event::DomainEvent;
 use crate::ids::{CampaignId, TenantId};
+use crate::metadata::{self, MetadataTooLarge};
 use crate::timestamp::Timestamp;
 use crate::workflow::{Guard, TransitionRefusal, Workflow};
 
@@ -154,6 +155,17 @@ pub struct Advance {
     pub metadata: Option<Map<String, Value>>,
 }
 
+/// Why a transition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdvanceError {
+    /// The workflow's guard refused it.
+    #[error(transparent)]
+    Refused(#[from] TransitionRefusal),
+    /// The metadata it merges in would make the campaign's too large.
+    #[error(transparent)]
+    MetadataTooLarge(#[from] MetadataTooLarge),
+}
+
 /// The outcome of an allowed transition request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Advanced {
@@ -166,13 +178,14 @@ pub enum Advanced {
 /// Decides a transition with the `campaign` workflow.
 ///
 /// Metadata sent with the change is merged into the campaign's metadata (keys in the
-/// change win), so a transition can record why it happened without losing earlier notes.
+/// change win), so a transition can record why it happened without losing earlier notes;
+/// a merge that would pass `metadata::MAX_METADATA_BYTES` is refused.
 pub fn advance(
     campaign: &Campaign,
     command: Advance,
     workflow: &Workflow,
     now: Timestamp,
-) -> Result<Advanced, TransitionRefusal> {
+) -> Result<Advanced, AdvanceError> {
     let from = campaign.state;
     let to = command.to_state;
     match workflow.guard(from.as_str(), to.as_str(), command.trigger.as_deref())? {
@@ -184,6 +197,7 @@ pub fn advance(
             moved.revision = campaign.revision + 1;
             if let Some(metadata) = command.metadata {
                 moved.metadata.extend(metadata);
+                metadata::check(&moved.metadata)?;
             }
             let event = DomainEvent::CampaignStateChanged {
                 campaign_id: campaign.campaign_id,

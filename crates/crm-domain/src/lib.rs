@@ -10,6 +10,7 @@ pub mod campaign;
 pub mod event;
 pub mod follow_up;
 pub mod ids;
+pub mod metadata;
 pub mod outbound;
 pub mod page;
 pub mod timestamp;

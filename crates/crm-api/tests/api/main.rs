@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod ops;
 mod regressions;
+mod strict_input;
 mod tenants;
 mod trace;
 mod worker;

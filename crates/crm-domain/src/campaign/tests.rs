@@ -78,7 +78,15 @@ fn check(from: CampaignState, to: CampaignState, trigger: Option<&str>) -> Strin
     ) {
         Ok(Advanced::Unchanged) => "unchanged".into(),
         Ok(Advanced::Moved(campaign, _)) => format!("moved to {}", campaign.state),
-        Err(refusal) => refusal.code().into(),
+        Err(AdvanceError::Refused(refusal)) => refusal.code().into(),
+        Err(AdvanceError::MetadataTooLarge(error)) => error.to_string(),
+    }
+}
+
+fn refusal(outcome: Result<Advanced, AdvanceError>) -> TransitionRefusal {
+    match outcome {
+        Err(AdvanceError::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
@@ -132,13 +140,12 @@ fn pausing_with_the_resume_trigger_is_a_trigger_mismatch_naming_the_right_one() 
         reason_code: None,
         metadata: None,
     };
-    let refusal = advance(
+    let refusal = refusal(advance(
         &campaign_in(CampaignState::Running),
         command,
         &workflow(),
         at("2025-01-02T00:00:00.000Z"),
-    )
-    .unwrap_err();
+    ));
     assert_eq!(refusal.code(), "trigger_mismatch");
     assert_eq!(refusal.expected_trigger(), Some("pause_campaign"));
 }
@@ -164,14 +171,14 @@ fn a_state_the_workflow_lacks_is_an_unknown_current_or_next_state() {
         narrow,
         now,
     );
-    assert_eq!(from_running.unwrap_err().code(), "unknown_current_state");
+    assert_eq!(refusal(from_running).code(), "unknown_current_state");
     let to_running = advance(
         &campaign_in(CampaignState::Draft),
         to(CampaignState::Running),
         narrow,
         now,
     );
-    assert_eq!(to_running.unwrap_err().code(), "unknown_next_state");
+    assert_eq!(refusal(to_running).code(), "unknown_next_state");
 }
 
 #[test]
@@ -243,5 +250,35 @@ fn a_workflow_with_a_state_campaigns_do_not_have_cannot_drive_campaigns() {
     assert_eq!(
         check_workflow(odd.workflow(CAMPAIGN_WORKFLOW).unwrap()),
         Err(UnknownCampaignState("archived".into()))
+    );
+}
+
+#[test]
+fn a_merge_that_would_make_the_metadata_too_large_is_refused() {
+    let mut campaign = campaign_in(CampaignState::Draft);
+    let half = crate::metadata::MAX_METADATA_BYTES / 2;
+    campaign
+        .metadata
+        .insert("earlier".into(), json!("x".repeat(half)));
+    let command = Advance {
+        to_state: CampaignState::Scheduled,
+        trigger: Some("schedule_campaign".into()),
+        reason_code: None,
+        metadata: Some(
+            json!({"later": "y".repeat(half)})
+                .as_object()
+                .unwrap()
+                .clone(),
+        ),
+    };
+    let outcome = advance(
+        &campaign,
+        command,
+        &workflow(),
+        at("2025-01-02T00:00:00.000Z"),
+    );
+    assert!(
+        matches!(outcome, Err(AdvanceError::MetadataTooLarge(_))),
+        "{outcome:?}"
     );
 }
