@@ -12,9 +12,9 @@ use std::sync::Arc;
 use crm_domain::campaign::{Campaign, CampaignState};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
-use crm_domain::page::{Cursor, Page};
+use crm_domain::page::{Cursor, EventCursor, Page};
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{CampaignQuery, FollowUpQuery};
+use crm_ports::{CampaignQuery, FollowUpQuery, bounded_page};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -118,10 +118,6 @@ pub(crate) struct Due {
     pub follow_ups: Vec<(Arc<FollowUp>, Option<CampaignState>)>,
     pub examined: usize,
 }
-
-/// How many index entries a filtered read may pass over before it answers with what it
-/// has: a read never holds the store for long, whatever the data looks like.
-pub(crate) const SCAN_BUDGET: usize = 10_000;
 
 impl State {
     pub fn image(&self) -> &Image {
@@ -472,22 +468,22 @@ impl State {
         count
     }
 
-    /// Events of one correlation after position `after`, oldest first, only `tenant_id`'s
-    /// when given; at most `limit`, passing over at most `SCAN_BUDGET` others. Returns
-    /// the events and the position to continue from, if there may be more.
+    /// Events of one correlation after `after`, oldest first, only `tenant_id`'s when
+    /// given (see `crm_ports::bounded_page`).
     pub fn events_by_correlation(
         &self,
         correlation_id: CorrelationId,
         tenant_id: Option<&TenantId>,
-        after: u64,
+        after: Option<EventCursor>,
         limit: usize,
-    ) -> (Vec<Arc<StoredEvent>>, Option<u64>) {
+    ) -> (Vec<Arc<StoredEvent>>, Option<EventCursor>) {
+        let after = after.map_or(0, |cursor| cursor.0);
         let range = self.indexes.events_by_correlation.range((
             Bound::Excluded((correlation_id, after)),
             Bound::Included((correlation_id, u64::MAX)),
         ));
-        bounded_scan(
-            range.filter_map(|(_, seq)| self.image.events.get(seq)),
+        bounded_page(
+            range.filter_map(|(_, seq)| Some((*seq, self.image.events.get(seq)?.clone()))),
             |event| tenant_id.is_none_or(|t| &event.tenant_id == t),
             limit,
         )
@@ -502,28 +498,6 @@ impl State {
             .cloned()
             .collect()
     }
-}
-
-/// Takes matching items up to `limit`, passing over at most `SCAN_BUDGET` items. The
-/// position returned is the last one looked at when more may follow, so a caller that
-/// keeps following it sees every match once.
-fn bounded_scan<'a>(
-    items: impl Iterator<Item = &'a Arc<StoredEvent>>,
-    matches: impl Fn(&StoredEvent) -> bool,
-    limit: usize,
-) -> (Vec<Arc<StoredEvent>>, Option<u64>) {
-    let mut found = Vec::new();
-    let mut last = None;
-    for (scanned, event) in items.enumerate() {
-        if found.len() == limit || scanned == SCAN_BUDGET {
-            return (found, last);
-        }
-        last = Some(event.seq);
-        if matches(event) {
-            found.push(event.clone());
-        }
-    }
-    (found, None)
 }
 
 fn empty_page<T>() -> Page<T> {

@@ -7,13 +7,14 @@ use async_trait::async_trait;
 use crm_domain::campaign::Campaign;
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::Page;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome, DrainStatus,
-    DueFollowUp, EventEmitter, FollowUpQuery, FollowUpStore, OutboundQueue, Store, StoreError,
+    DueFollowUp, EventEmitter, EventPage, FollowUpQuery, FollowUpStore, OutboundQueue, Store,
+    StoreError, TraceQuery,
 };
 use serde_json::value::RawValue;
 
@@ -478,27 +479,20 @@ fn stored_outbound(item: &OutboundItem) -> StoredOutbound {
 
 #[async_trait]
 impl EventEmitter for FileStore {
-    async fn events_by_correlation(
-        &self,
-        correlation_id: CorrelationId,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let mut events = Vec::new();
-        let mut after = 0;
-        loop {
-            let (page, next) = self.current().state.events_by_correlation(
-                correlation_id,
-                None,
-                after,
-                crm_domain::page::MAX_LIMIT,
-            );
-            for event in page {
-                events.push(decode(&event.json)?);
-            }
-            match next {
-                Some(next) => after = next,
-                None => return Ok(events),
-            }
-        }
+    async fn events_by_correlation(&self, query: &TraceQuery) -> Result<EventPage, StoreError> {
+        let (events, next) = self.current().state.events_by_correlation(
+            query.correlation_id,
+            query.tenant_id.as_ref(),
+            query.after,
+            query.limit,
+        );
+        Ok(EventPage {
+            items: events
+                .iter()
+                .map(|event| decode(&event.json))
+                .collect::<Result<_, _>>()?,
+            next,
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use crm_adapters_file::OpenError;
 use crm_domain::campaign::CampaignState;
 use crm_domain::follow_up::FollowUpStatus;
 use crm_domain::ids::{CampaignId, CorrelationId};
-use crm_ports::conformance::{all_follow_ups, tenant};
+use crm_ports::conformance::{all_follow_ups, events_of, tenant};
 use crm_ports::{CampaignQuery, Store};
 use support::{assert_restored, copy_dir, journal_files, open, open_quiet, write_some};
 use uuid::Uuid;
@@ -182,12 +182,11 @@ async fn assert_format_1_fixture(store: &dyn Store) {
         items[0].queue_item_id.to_string(),
         "ba43faf3-f026-48e0-a603-4ea60228c63c"
     );
-    let events = store
-        .events_by_correlation(CorrelationId::new(id(
-            "c0000000-0000-4000-8000-000000000002",
-        )))
-        .await
-        .unwrap();
+    let events = events_of(
+        store,
+        CorrelationId::new(id("c0000000-0000-4000-8000-000000000002")),
+    )
+    .await;
     let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["crm.followup.scheduled", "crm.followup.sent"]);
 }

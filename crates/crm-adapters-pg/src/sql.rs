@@ -155,8 +155,9 @@ pub const ENQUEUE_OUTBOUND: &str = "INSERT INTO crm_outbound_queue (queue_item_i
     idempotency_key, item, created_at) SELECT * FROM unnest($1::uuid[], $2::text[], \
     $3::text[], $4::jsonb[], $5::timestamptz[])";
 
-pub const EVENTS_BY_CORRELATION: &str =
-    "SELECT envelope FROM crm_events WHERE correlation_id = $1 ORDER BY seq";
+/// Events of one correlation after position `$2`, at most `$3` of them.
+pub const EVENTS_BY_CORRELATION: &str = "SELECT seq, tenant_id, envelope FROM crm_events \
+    WHERE correlation_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
 pub const OUTBOUND_ITEMS: &str =
     "SELECT item FROM crm_outbound_queue ORDER BY seq OFFSET $1 LIMIT $2";

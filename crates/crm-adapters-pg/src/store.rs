@@ -6,13 +6,14 @@ use async_trait::async_trait;
 use crm_domain::campaign::Campaign;
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::{Cursor, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome, DrainStatus,
-    DueFollowUp, EventEmitter, FollowUpQuery, FollowUpStore, OutboundQueue, Store, StoreError,
+    DueFollowUp, EventEmitter, EventPage, FollowUpQuery, FollowUpStore, OutboundQueue, SCAN_BUDGET,
+    Store, StoreError, TraceQuery, bounded_page,
 };
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
@@ -756,10 +757,15 @@ pub const COUNT_DUE_CAP: usize = 10_000;
 
 #[async_trait]
 impl EventEmitter for PgStore {
-    async fn events_by_correlation(
-        &self,
-        correlation_id: CorrelationId,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
+    async fn events_by_correlation(&self, query: &TraceQuery) -> Result<EventPage, StoreError> {
+        let after = i64::try_from(query.after.map_or(0, |cursor| cursor.0)).unwrap_or(i64::MAX);
+        // Enough rows to find out whether another page follows, or, for one tenant's
+        // events, to pass over the most others one call may.
+        let wanted = match query.tenant_id {
+            None => query.limit,
+            Some(_) => SCAN_BUDGET,
+        };
+        let fetch = fetch_limit(wanted);
         let rows = self
             .call(async |client| {
                 let statement = client
@@ -767,17 +773,38 @@ impl EventEmitter for PgStore {
                     .await
                     .map_err(unavailable)?;
                 client
-                    .query(&statement, &[&correlation_id.as_uuid()])
+                    .query(
+                        &statement,
+                        &[&query.correlation_id.as_uuid(), &after, &fetch],
+                    )
                     .await
                     .map_err(unavailable)
             })
             .await?;
-        rows.iter()
-            .map(|row| {
-                let envelope: serde_json::Value = row.try_get(0).map_err(unavailable)?;
+        let mut scanned = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: i64 = row.try_get(0).map_err(unavailable)?;
+            let tenant: String = row.try_get(1).map_err(unavailable)?;
+            scanned.push((u64::try_from(seq).map_err(unavailable)?, (tenant, row)));
+        }
+        let (rows, next) = bounded_page(
+            scanned,
+            |(tenant, _)| {
+                query
+                    .tenant_id
+                    .as_ref()
+                    .is_none_or(|t| t.as_str() == tenant)
+            },
+            query.limit,
+        );
+        let items = rows
+            .into_iter()
+            .map(|(_, row)| {
+                let envelope: serde_json::Value = row.try_get(2).map_err(unavailable)?;
                 serde_json::from_value(envelope).map_err(unavailable)
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(EventPage { items, next })
     }
 }
 

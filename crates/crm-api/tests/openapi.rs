@@ -693,7 +693,7 @@ fn every_schema_in_the_document_compiles_and_judges_bodies_like_the_contracts() 
     assert_accepts(&compiled.component("FollowUpList"), "FollowUpList", &list);
 
     let trace = compiled.component("TraceResponse");
-    let trace_reply = json!({"correlation_id": CORRELATION_ID, "commands": [], "events": [state_changed_event()]});
+    let trace_reply = json!({"correlation_id": CORRELATION_ID, "commands": [], "events": [state_changed_event()], "next_cursor": null});
     assert_accepts(&trace, "TraceResponse", &trace_reply);
     // The event's if/then survived the move: a state change must have status info.
     let mut wrong_status = trace_reply.clone();

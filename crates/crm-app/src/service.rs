@@ -11,7 +11,7 @@ use crm_domain::metadata;
 use crm_domain::page::{MAX_LIMIT, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_domain::workflow::Workflow;
-use crm_ports::{CampaignQuery, Created, FollowUpQuery, Store, StoreError};
+use crm_ports::{CampaignQuery, Created, EventPage, FollowUpQuery, Store, StoreError, TraceQuery};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -312,17 +312,14 @@ impl Crm {
             .unwrap_or(CampaignState::Draft)
     }
 
-    /// The events of one correlation, oldest first; only `tenant_id`'s when given.
-    pub async fn trace(
-        &self,
-        correlation_id: CorrelationId,
-        tenant_id: Option<&TenantId>,
-    ) -> Result<Vec<EventEnvelope>, AppError> {
-        let mut events = self.store.events_by_correlation(correlation_id).await?;
-        if let Some(tenant_id) = tenant_id {
-            events.retain(|event| &event.tenant_id == tenant_id);
-        }
-        Ok(events)
+    /// One page of the events of one correlation, oldest first; only one tenant's when
+    /// the query names one. A limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
+    pub async fn trace(&self, query: &TraceQuery) -> Result<EventPage, AppError> {
+        let query = TraceQuery {
+            limit: query.limit.clamp(1, MAX_LIMIT),
+            ..query.clone()
+        };
+        Ok(self.store.events_by_correlation(&query).await?)
     }
 
     /// Wraps a domain event in its envelope and checks it against the event contract.

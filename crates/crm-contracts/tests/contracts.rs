@@ -459,7 +459,7 @@ fn responses_as_the_service_returns_them_are_valid() {
     );
     assert_valid(
         Contract::TraceResponse,
-        &json!({"correlation_id": CORRELATION_ID, "commands": [], "events": [event("crm.followup.scheduled"), event("crm.followup.sent")]}),
+        &json!({"correlation_id": CORRELATION_ID, "commands": [], "events": [event("crm.followup.scheduled"), event("crm.followup.sent")], "next_cursor": "e1_42"}),
     );
     assert_valid(Contract::ErrorResponse, &json!({"error": "not_found"}));
     assert_valid(
@@ -668,7 +668,7 @@ fn records_and_events_referenced_from_other_files_are_checked_too() {
 
     let mut sent = event("crm.followup.sent");
     sent["status"] = json!("failed");
-    let trace = json!({"correlation_id": CORRELATION_ID, "commands": [], "events": [event("crm.followup.scheduled"), sent]});
+    let trace = json!({"correlation_id": CORRELATION_ID, "commands": [], "events": [event("crm.followup.scheduled"), sent], "next_cursor": null});
     assert_eq!(
         rejected_at(Contract::TraceResponse, &trace),
         ["/events/1/status"]

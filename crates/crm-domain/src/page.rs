@@ -59,6 +59,36 @@ impl Cursor {
     }
 }
 
+/// A position in the event log (commit order), as a feed or trace reader holds it:
+/// `e1_<position>`. Position 0 is before the first event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventCursor(pub u64);
+
+/// Exactly the texts `EventCursor::decode` accepts.
+pub const EVENT_CURSOR_PATTERN: &str = "^e1_(0|[1-9][0-9]{0,18})$";
+
+impl EventCursor {
+    pub fn encode(&self) -> String {
+        format!("e1_{}", self.0)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix("e1_")?;
+        let canonical = (digits == "0" || !digits.starts_with('0'))
+            && (1..=19).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit());
+        // Positions are counted as a signed 64-bit number by the database.
+        canonical
+            .then(|| {
+                digits
+                    .parse::<i64>()
+                    .ok()
+                    .map(|position| Self(position as u64))
+            })
+            .flatten()
+    }
+}
+
 /// One page of a list and where the next one starts (`None` on the last page).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
@@ -94,6 +124,35 @@ mod tests {
             format!("c1_1_{}", "A".repeat(32)),
         ] {
             assert_eq!(Cursor::decode(&text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn an_event_cursor_past_the_last_position_is_clamped_not_refused() {
+        assert_eq!(
+            EventCursor::decode("e1_9999999999999999999"),
+            Some(EventCursor(i64::MAX as u64))
+        );
+    }
+
+    #[test]
+    fn an_event_cursor_decodes_to_what_was_encoded_and_nothing_else() {
+        for position in [0, 1, 42, i64::MAX as u64] {
+            assert_eq!(
+                EventCursor::decode(&EventCursor(position).encode()),
+                Some(EventCursor(position))
+            );
+        }
+        for text in [
+            "",
+            "e1_",
+            "e1_01",
+            "e1_-1",
+            "e1_1a",
+            "c1_1",
+            "e1_99999999999999999999",
+        ] {
+            assert_eq!(EventCursor::decode(text), None, "{text}");
         }
     }
 

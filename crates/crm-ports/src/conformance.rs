@@ -16,6 +16,7 @@ use crm_domain::timestamp::Timestamp;
 use serde_json::Map;
 use uuid::Uuid;
 
+use crate::events::TraceQuery;
 use crate::store::{
     CampaignQuery, Created, DispatchDecision, Dispatcher, DrainStatus, DueFollowUp, FollowUpQuery,
     Store, StoreError,
@@ -51,6 +52,7 @@ suite!(
     a_paused_campaign_holds_its_follow_ups_without_blocking_others,
     failed_and_skipped_decisions_are_stored_as_decided,
     events_read_back_in_commit_order_per_correlation,
+    a_trace_pages_in_commit_order_and_can_keep_to_one_tenant,
 );
 
 /// Runs every check, each against a store made by `open` (expected to be empty).
@@ -249,6 +251,29 @@ impl Dispatcher for SendAll {
     }
 }
 
+/// Every event of a correlation id, read two at a time so that paging is exercised too.
+pub async fn events_of(store: &dyn Store, correlation_id: CorrelationId) -> Vec<EventEnvelope> {
+    let mut events = Vec::new();
+    let mut after = None;
+    loop {
+        let query = TraceQuery {
+            correlation_id,
+            tenant_id: None,
+            after,
+            limit: 2,
+        };
+        let page = store
+            .events_by_correlation(&query)
+            .await
+            .expect("events_by_correlation");
+        events.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return events,
+        }
+    }
+}
+
 /// The tenant's first thousand follow-ups.
 pub async fn all_follow_ups(store: &dyn Store, tenant_id: &TenantId) -> Vec<FollowUp> {
     let query = FollowUpQuery {
@@ -275,10 +300,7 @@ pub async fn creating_a_campaign_stores_it_with_its_events(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(read, Some(campaign));
-    let stored_events = store
-        .events_by_correlation(events[0].correlation_id)
-        .await
-        .unwrap();
+    let stored_events = events_of(store, events[0].correlation_id).await;
     assert_eq!(stored_events, events);
 }
 
@@ -290,10 +312,7 @@ pub async fn a_repeated_campaign_id_is_existing_and_unchanged(store: &dyn Store)
     again.name = "Renamed".into();
     let outcome = store.create_campaign(&again, &events).await.unwrap();
     assert_eq!(outcome, Created::Existing(first));
-    let written = store
-        .events_by_correlation(events[0].correlation_id)
-        .await
-        .unwrap();
+    let written = events_of(store, events[0].correlation_id).await;
     assert!(written.is_empty(), "an idempotent repeat emits nothing");
 }
 
@@ -315,10 +334,8 @@ pub async fn a_repeated_external_key_is_existing_and_writes_nothing(store: &dyn 
         None
     );
     assert!(
-        store
-            .events_by_correlation(second_events[0].correlation_id)
+        events_of(store, second_events[0].correlation_id)
             .await
-            .unwrap()
             .is_empty()
     );
     // The same key under another tenant is another campaign.
@@ -340,13 +357,7 @@ pub async fn a_campaign_id_of_another_tenant_is_an_id_conflict(store: &dyn Store
         matches!(outcome, Err(StoreError::IdConflict { id }) if id == first.campaign_id.as_uuid()),
         "{outcome:?}"
     );
-    assert!(
-        store
-            .events_by_correlation(events[0].correlation_id)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(events_of(store, events[0].correlation_id).await.is_empty());
 }
 
 pub async fn campaigns_are_invisible_to_other_tenants(store: &dyn Store) {
@@ -391,13 +402,7 @@ pub async fn an_update_saves_the_change_with_its_event(store: &dyn Store) {
             .unwrap(),
         Some(moved)
     );
-    assert_eq!(
-        store
-            .events_by_correlation(events[0].correlation_id)
-            .await
-            .unwrap(),
-        events
-    );
+    assert_eq!(events_of(store, events[0].correlation_id).await, events);
 }
 
 pub async fn an_update_decided_on_a_stale_copy_is_refused(store: &dyn Store) {
@@ -431,11 +436,7 @@ pub async fn an_update_decided_on_a_stale_copy_is_refused(store: &dyn Store) {
         Some(winner)
     );
     assert!(
-        store
-            .events_by_correlation(events[0].correlation_id)
-            .await
-            .unwrap()
-            .is_empty(),
+        events_of(store, events[0].correlation_id).await.is_empty(),
         "a refused change leaves no event"
     );
 }
@@ -530,13 +531,7 @@ pub async fn a_repeated_follow_up_is_existing_by_id_and_by_external_key(store: &
     );
     assert_eq!(all_follow_ups(store, &tenant_id).await, vec![first]);
     for events in [by_id_events, by_key_events] {
-        assert!(
-            store
-                .events_by_correlation(events[0].correlation_id)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(events_of(store, events[0].correlation_id).await.is_empty());
     }
 }
 
@@ -673,10 +668,8 @@ pub async fn drain_commits_the_outbound_item_status_and_event_together(store: &d
         items[0].idempotency_key,
         format!("followup:{}", follow_up.followup_id)
     );
-    let names: Vec<_> = store
-        .events_by_correlation(follow_up.correlation_id)
+    let names: Vec<_> = events_of(store, follow_up.correlation_id)
         .await
-        .unwrap()
         .into_iter()
         .map(|e| e.name)
         .collect();
@@ -819,15 +812,68 @@ pub async fn events_read_back_in_commit_order_per_correlation(store: &dyn Store)
         store.create_campaign(&campaign, &events).await.unwrap();
         expected.extend(events);
     }
-    assert_eq!(
-        store.events_by_correlation(correlation_id).await.unwrap(),
-        expected
-    );
+    assert_eq!(events_of(store, correlation_id).await, expected);
     assert!(
-        store
-            .events_by_correlation(CorrelationId::new(Uuid::new_v4()))
+        events_of(store, CorrelationId::new(Uuid::new_v4()))
             .await
-            .unwrap()
             .is_empty()
     );
+}
+
+pub async fn a_trace_pages_in_commit_order_and_can_keep_to_one_tenant(store: &dyn Store) {
+    let correlation_id = CorrelationId::new(Uuid::new_v4());
+    let mut expected = Vec::new();
+    // Correlation ids come from clients, so two tenants can share one.
+    for (index, name) in ["tenant_a", "tenant_b", "tenant_a", "tenant_b", "tenant_a"]
+        .into_iter()
+        .enumerate()
+    {
+        let tenant_id = tenant(name);
+        let (campaign, _) = new_campaign(&tenant_id, None, at(index as i64));
+        let event = DomainEvent::CampaignCreated {
+            campaign_id: campaign.campaign_id,
+            channel: "whatsapp".into(),
+            state: campaign.state,
+            scheduled_at: None,
+        };
+        let events = vec![envelope(
+            &event,
+            &tenant_id,
+            correlation_id,
+            at(index as i64),
+        )];
+        store.create_campaign(&campaign, &events).await.unwrap();
+        expected.extend(events);
+    }
+    assert_eq!(events_of(store, correlation_id).await, expected);
+    let query = TraceQuery {
+        correlation_id,
+        tenant_id: Some(tenant("tenant_a")),
+        after: None,
+        limit: 100,
+    };
+    let page = store.events_by_correlation(&query).await.unwrap();
+    let only_a: Vec<_> = expected
+        .iter()
+        .filter(|event| event.tenant_id == tenant("tenant_a"))
+        .cloned()
+        .collect();
+    assert_eq!(page.items, only_a);
+    assert_eq!(page.next, None);
+    let first = store
+        .events_by_correlation(&TraceQuery {
+            limit: 1,
+            ..query.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.items, only_a[..1]);
+    let rest = store
+        .events_by_correlation(&TraceQuery {
+            after: first.next,
+            ..query
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.items, only_a[1..]);
 }

@@ -15,7 +15,7 @@ pub mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use events::EventEmitter;
+pub use events::{EventEmitter, EventPage, SCAN_BUDGET, TraceQuery, bounded_page};
 pub use outbound::OutboundQueue;
 pub use store::{
     BoxError, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome,

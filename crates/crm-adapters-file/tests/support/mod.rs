@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use crm_adapters_file::{FileStore, FileStoreOptions, OpenError};
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUpStatus;
-use crm_ports::conformance::{SendAll, all_follow_ups, at, create_campaign, schedule, tenant};
-use crm_ports::{CampaignStore, EventEmitter, FollowUpStore, OutboundQueue};
+use crm_ports::conformance::{
+    SendAll, all_follow_ups, at, create_campaign, events_of, schedule, tenant,
+};
+use crm_ports::{CampaignStore, FollowUpStore, OutboundQueue};
 
 /// Opens `dir`, compacting once the journal holds `compact_after_bytes`.
 pub fn open(dir: &Path, compact_after_bytes: u64) -> Result<FileStore, OpenError> {
@@ -64,10 +66,7 @@ pub async fn assert_restored(store: &FileStore, campaign: &Campaign) {
     assert_eq!(store.outbound_items(0, 100).await.unwrap().len(), 2);
     assert_eq!(store.count_due(at(10_000)).await.unwrap(), 1);
     for follow_up in follow_ups {
-        let events = store
-            .events_by_correlation(follow_up.correlation_id)
-            .await
-            .unwrap();
+        let events = events_of(store, follow_up.correlation_id).await;
         let expected = if follow_up.status == FollowUpStatus::Sent {
             2
         } else {

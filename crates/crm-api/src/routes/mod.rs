@@ -167,13 +167,18 @@ fn tenant_param(pairs: &[(String, String)]) -> Result<TenantId, ApiError> {
         .ok_or(ApiError::MissingTenantId)
 }
 
+/// `limit` (1.., `default` when absent; the use case caps it).
+fn limit_param(pairs: &[(String, String)], default: usize) -> Result<usize, ApiError> {
+    match param(pairs, "limit") {
+        None => Ok(default),
+        Some(text) => positive_integer(text)
+            .ok_or_else(|| ApiError::invalid_query("limit", "must be a positive integer")),
+    }
+}
+
 /// `limit` (1.., default 100; the use case caps it) and `cursor` of a list.
 fn page_params(pairs: &[(String, String)]) -> Result<(usize, Option<Cursor>), ApiError> {
-    let limit = match param(pairs, "limit") {
-        None => DEFAULT_LIMIT,
-        Some(text) => positive_integer(text)
-            .ok_or_else(|| ApiError::invalid_query("limit", "must be a positive integer"))?,
-    };
+    let limit = limit_param(pairs, DEFAULT_LIMIT)?;
     let cursor = param(pairs, "cursor")
         .map(|text| {
             Cursor::decode(text).ok_or_else(|| {

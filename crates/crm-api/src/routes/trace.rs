@@ -5,13 +5,19 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::Crm;
 use crm_contracts::Contract;
 use crm_domain::ids::{CorrelationId, TenantId};
+use crm_domain::page::{EVENT_CURSOR_PATTERN, EventCursor, MAX_LIMIT};
+use crm_ports::{EventPage, TraceQuery};
 use serde_json::json;
 
+use super::limit_param;
 use crate::endpoint::{
     Access, Endpoint, Failure, Location, Parameter, Reply, Schema, query_violation,
 };
 use crate::error::{ApiError, Code};
 use crate::extract::{param, query_pairs};
+
+/// A trace answers whole, up to this many events, unless asked for fewer.
+const TRACE_LIMIT: usize = MAX_LIMIT;
 
 pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     method: Method::GET,
@@ -20,8 +26,9 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     operation_id: "read_trace",
     tag: "orchestration",
     summary: "Read the events of one correlation id",
-    description: "The orchestration events of one correlation id, oldest first. `commands` \
-        stays empty; it is kept for clients of the existing implementation.",
+    description: "The orchestration events of one correlation id, oldest first, a page at a \
+        time (`next_cursor` is null on the last page). `commands` stays empty; it is kept for \
+        clients of the existing implementation.",
     parameters: &[
         Parameter {
             name: "correlation_id",
@@ -36,9 +43,28 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
             name: "tenant_id",
             location: Location::Query,
             required: false,
-            description: "Only this tenant's events. Correlation ids come from clients, so a \
-                caller acting for one tenant should always say which.",
+            description: "Only this tenant's events. Without it the trace holds every \
+                tenant's events of the correlation id: the caller holds the internal token, \
+                which reads every tenant's events through the event feed too. Correlation \
+                ids come from clients, so a caller acting for one tenant should always say \
+                which.",
             schema: |_| serde_json::json!({"type": "string", "minLength": 1}),
+        },
+        Parameter {
+            name: "limit",
+            location: Location::Query,
+            required: false,
+            description: "Page size, 1000 by default and at most. Zero or a non-integer is \
+                `400 validation_error`.",
+            schema: |_| serde_json::json!({"type": "integer", "minimum": 1, "default": 1000}),
+        },
+        Parameter {
+            name: "cursor",
+            location: Location::Query,
+            required: false,
+            description: "The `next_cursor` of the previous page. Text of another shape is \
+                `400 validation_error`.",
+            schema: |_| serde_json::json!({"type": "string", "pattern": EVENT_CURSOR_PATTERN}),
         },
     ],
     body: None,
@@ -52,7 +78,10 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
             Code::MissingCorrelationId,
             "the `correlation_id` query parameter is missing or empty",
         ),
-        query_violation("the query string is malformed"),
+        query_violation(
+            "a query parameter has a bad value (`limit` not a positive integer, a `cursor` \
+             this server did not issue, an empty `tenant_id`, a malformed query string)",
+        ),
     ],
     uses_store: true,
     handler: |route| route.to(trace),
@@ -63,20 +92,40 @@ async fn trace(crm: web::Data<Crm>, request: HttpRequest) -> Result<HttpResponse
     let correlation = param(&pairs, "correlation_id")
         .filter(|text| !text.is_empty())
         .ok_or(ApiError::MissingCorrelationId)?;
-    // Every correlation id we issue is a uuid; any other text simply has no events.
     let tenant_id = param(&pairs, "tenant_id")
         .map(|text| {
             TenantId::parse(text)
                 .ok_or_else(|| ApiError::invalid_query("tenant_id", "must not be empty"))
         })
         .transpose()?;
-    let events = match CorrelationId::parse(correlation) {
-        Some(correlation_id) => crm.trace(correlation_id, tenant_id.as_ref()).await?,
-        None => Vec::new(),
+    let limit = limit_param(&pairs, TRACE_LIMIT)?;
+    let after = param(&pairs, "cursor")
+        .map(|text| {
+            EventCursor::decode(text).ok_or_else(|| {
+                ApiError::invalid_query("cursor", "is not a cursor this server issued")
+            })
+        })
+        .transpose()?;
+    // Every correlation id we issue is a uuid; any other text simply has no events.
+    let page = match CorrelationId::parse(correlation) {
+        Some(correlation_id) => {
+            let query = TraceQuery {
+                correlation_id,
+                tenant_id,
+                after,
+                limit,
+            };
+            crm.trace(&query).await?
+        }
+        None => EventPage {
+            items: Vec::new(),
+            next: None,
+        },
     };
     Ok(HttpResponse::Ok().json(json!({
         "correlation_id": correlation,
         "commands": [],
-        "events": events,
+        "events": page.items,
+        "next_cursor": page.next.map(|cursor| cursor.encode()),
     })))
 }

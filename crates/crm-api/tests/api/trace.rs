@@ -1,10 +1,11 @@
 //! `GET /internal/orchestration/trace`.
 
+use crm_contracts::Contract;
 use serde_json::json;
 
 use crate::helpers::{
-    advance_body, campaign_body, follow_up_body, names, new_id, new_tenant, retried, spawn_app,
-    str_field, with,
+    TRACE, advance_body, campaign_body, follow_up_body, names, new_id, new_tenant, retried,
+    spawn_app, str_field, with,
 };
 
 #[tokio::test]
@@ -110,6 +111,49 @@ async fn an_unknown_correlation_id_has_an_empty_trace() {
 
     assert_eq!(
         trace,
-        json!({"correlation_id": correlation_id, "commands": [], "events": []})
+        json!({"correlation_id": correlation_id, "commands": [], "events": [], "next_cursor": null})
     );
+}
+
+#[tokio::test]
+async fn a_long_trace_comes_a_page_at_a_time_in_commit_order() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let correlation_id = new_id();
+    for _ in 0..5 {
+        let create = with(
+            campaign_body(&tenant),
+            "/request/correlation_id",
+            json!(correlation_id),
+        );
+        app.create_campaign(&create).await.ok();
+    }
+    let all = app.events(&correlation_id).await;
+    assert_eq!(all.len(), 5);
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let mut query = vec![("correlation_id", correlation_id.as_str()), ("limit", "2")];
+        if let Some(cursor) = &cursor {
+            query.push(("cursor", cursor.as_str()));
+        }
+        let page = app.get(TRACE, &query, Contract::TraceResponse).await.ok();
+        paged.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    for bad in ["c1_0_00000000000000000000000000000000", "e1_01", "e1_x"] {
+        let parameters = app
+            .get(
+                TRACE,
+                &[("correlation_id", &correlation_id), ("cursor", bad)],
+                Contract::TraceResponse,
+            )
+            .await
+            .invalid_parameters();
+        assert_eq!(parameters, ["cursor"], "{bad}");
+    }
 }
