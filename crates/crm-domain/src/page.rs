@@ -77,15 +77,12 @@ impl EventCursor {
         let canonical = (digits == "0" || !digits.starts_with('0'))
             && (1..=19).contains(&digits.len())
             && digits.bytes().all(|b| b.is_ascii_digit());
-        // Positions are counted as a signed 64-bit number by the database.
+        // Positions are counted as a signed 64-bit number by the database; a well-shaped
+        // position past that is past every event, like any other beyond the last.
         canonical
-            .then(|| {
-                digits
-                    .parse::<i64>()
-                    .ok()
-                    .map(|position| Self(position as u64))
-            })
+            .then(|| digits.parse::<u64>().ok())
             .flatten()
+            .map(|position| Self(position.min(i64::MAX as u64)))
     }
 }
 
