@@ -1,13 +1,14 @@
 //! The `crm-api` binary: parse configuration, set up logging, serve (or migrate).
 
 use clap::Parser;
-use crm_api::config::{Cli, Command};
+use crm_api::config::{Cli, Command, LogFormat};
 use crm_api::{startup, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let log_format = cli.log_format;
+    telemetry::init(log_format);
     let command = cli.command.unwrap_or(Command::Serve);
     let outcome = async {
         let settings = cli.into_settings(std::env::var("DATABASE_URL").ok())?;
@@ -23,8 +24,11 @@ async fn main() -> std::process::ExitCode {
         anyhow::Ok(())
     };
     if let Err(error) = outcome.await {
-        // One line naming the problem and every cause.
-        eprintln!("crm-api: {error:#}");
+        // One line naming the problem and every cause, in the format of the other lines.
+        match log_format {
+            LogFormat::Text => eprintln!("crm-api: {error:#}"),
+            LogFormat::Json => tracing::error!(error = %format!("{error:#}"), "crm-api stopped"),
+        }
         return std::process::ExitCode::FAILURE;
     }
     std::process::ExitCode::SUCCESS

@@ -13,25 +13,51 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 const BATCH_BUCKETS: &[f64] = &[0.0, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0];
 
+const HTTP_REQUESTS: &str = "crm_http_requests_total";
+const HTTP_DURATION: &str = "crm_http_request_duration_seconds";
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide recorder, installed on first use (one per process, however many
-/// servers a test builds).
+/// servers a test builds), with every metric described and the ones with a known set of
+/// labels present from the start.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         use metrics_exporter_prometheus::Matcher;
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(
-                    Matcher::Full("crm_drain_batch_size".into()),
+                    Matcher::Full(crm_app::metrics::DRAIN_BATCH.into()),
                     BATCH_BUCKETS,
                 )
             })
             .expect("bucket lists are non-empty")
             .install_recorder()
-            .expect("no other metrics recorder is installed")
+            .expect("no other metrics recorder is installed");
+        describe();
+        handle
     })
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route pattern and status."
+    );
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request, by method and route pattern."
+    );
+    for endpoint in crate::routes::endpoints() {
+        let labels = [
+            ("method", endpoint.method.as_str().to_owned()),
+            ("route", endpoint.path.to_owned()),
+        ];
+        let _ = metrics::histogram!(HTTP_DURATION, &labels);
+    }
+    crm_app::metrics::describe();
 }
 
 /// Records one finished HTTP request. Methods outside the standard set count as `OTHER`,
@@ -47,7 +73,7 @@ pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
     };
     let labels = [("method", method.to_owned()), ("route", route.to_owned())];
     metrics::counter!(
-        "crm_http_requests_total",
+        HTTP_REQUESTS,
         &[
             ("method", method.to_owned()),
             ("route", route.to_owned()),
@@ -55,13 +81,13 @@ pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
         ]
     )
     .increment(1);
-    metrics::histogram!("crm_http_request_duration_seconds", &labels).record(seconds);
+    metrics::histogram!(HTTP_DURATION, &labels).record(seconds);
 }
 
 /// `GET /metrics`: the Prometheus text exposition, with the due gauge read fresh.
 pub async fn render(crm: web::Data<Crm>) -> HttpResponse {
     match crm.count_due().await {
-        Ok(due) => metrics::gauge!("crm_followups_due").set(due as f64),
+        Ok(due) => metrics::gauge!(crm_app::metrics::FOLLOW_UPS_DUE).set(due as f64),
         Err(error) => tracing::warn!(%error, "cannot count due follow-ups for /metrics"),
     }
     HttpResponse::Ok()

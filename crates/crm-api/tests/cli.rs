@@ -50,14 +50,7 @@ fn help_lists_every_flag_and_prints_no_secret_from_the_environment() {
 
 #[test]
 fn an_unreachable_database_stops_start_up_with_one_line_and_no_password() {
-    let (code, text) = run(&[
-        "--backend",
-        "postgres",
-        "--pg-startup-wait-ms",
-        "0",
-        "--log-format",
-        "json",
-    ]);
+    let (code, text) = run(&["--backend", "postgres", "--pg-startup-wait-ms", "0"]);
     assert_eq!(code, Some(1));
     let last = text.lines().last().unwrap_or_default();
     assert!(
@@ -65,6 +58,23 @@ fn an_unreachable_database_stops_start_up_with_one_line_and_no_password() {
         "{text}"
     );
     assert!(!text.contains(PASSWORD), "{text}");
+    let (_, json) = run(&[
+        "--backend",
+        "postgres",
+        "--pg-startup-wait-ms",
+        "0",
+        "--log-format",
+        "json",
+    ]);
+    let last: serde_json::Value =
+        serde_json::from_str(json.lines().last().unwrap_or_default()).expect("a JSON line");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("database still unreachable")),
+        "{json}"
+    );
+    assert!(!json.contains(PASSWORD), "{json}");
 }
 
 #[test]
@@ -178,4 +188,42 @@ fn health_with_request_id(port: u16, request_id: &str) -> bool {
     stream.write_all(request.as_bytes()).is_ok()
         && stream.read_to_string(&mut reply).is_ok()
         && reply.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn with_json_logs_every_line_is_json_start_up_refusals_included_and_no_build_path_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    // A data dir in use: the second process refuses.
+    let mut first = Command::new(BINARY)
+        .args(["--bind", "127.0.0.1:0", "--data-dir", data_dir])
+        .env_remove("CRM_API_TOKEN")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("manifest.json").exists() {
+        assert!(Instant::now() < deadline, "the first server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refusals: [&[&str]; 3] = [
+        &["--data-dir", data_dir],
+        &["--bind", "0.0.0.0:0", "--data-dir", data_dir],
+        &["--backend", "postgres", "--pg-startup-wait-ms", "0"],
+    ];
+    for args in refusals {
+        let (code, text) = run(&[&["--log-format", "json"], args].concat());
+        assert_eq!(code, Some(1), "{args:?}: {text}");
+        assert!(!text.trim().is_empty(), "{args:?} printed nothing");
+        for line in text.lines() {
+            let object: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|_| panic!("{args:?}: not a JSON line: {line}"));
+            assert!(object.get("log.file").is_none(), "{line}");
+            assert!(!line.contains(".cargo/registry"), "{line}");
+        }
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["level"], "ERROR", "{text}");
+    }
+    let _ = first.kill();
+    let _ = first.wait();
 }

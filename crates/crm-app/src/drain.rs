@@ -15,6 +15,7 @@ use crm_ports::{DispatchDecision, Dispatcher, DrainOutcome, DrainStatus, DueFoll
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::metrics as names;
 use crate::service::{Crm, now};
 
 /// The most follow-ups one drain call handles; larger requests are served this many.
@@ -66,19 +67,17 @@ impl Crm {
         };
         let started = std::time::Instant::now();
         let outcomes = self.store.drain(now, limit, &decide).await?;
-        metrics::histogram!("crm_drain_duration_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("crm_drain_batch_size").record(outcomes.len() as f64);
+        metrics::histogram!(names::DRAIN_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(names::DRAIN_BATCH).record(outcomes.len() as f64);
         for outcome in &outcomes {
             match outcome.status {
-                DrainStatus::Sent => metrics::counter!("crm_followups_sent_total").increment(1),
+                DrainStatus::Sent => metrics::counter!(names::FOLLOW_UPS_SENT).increment(1),
                 DrainStatus::Failed => metrics::counter!(
-                    "crm_followups_failed_total",
+                    names::FOLLOW_UPS_FAILED,
                     "error_code" => outcome.reason.clone().unwrap_or_default()
                 )
                 .increment(1),
-                DrainStatus::Skipped => {
-                    metrics::counter!("crm_followups_skipped_total").increment(1)
-                }
+                DrainStatus::Skipped => metrics::counter!(names::FOLLOW_UPS_SKIPPED).increment(1),
             }
         }
         Ok(DrainReport { outcomes })

@@ -6,6 +6,7 @@
 
 mod drain;
 mod error;
+pub mod metrics;
 mod service;
 pub mod worker;
 

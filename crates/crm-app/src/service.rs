@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::error::{AppError, MetadataOf};
+use crate::metrics as names;
 
 /// The channel of a follow-up that names none.
 const DEFAULT_CHANNEL: &str = "whatsapp";
@@ -168,7 +169,7 @@ impl Crm {
         )?];
         let created = self.store.create_campaign(&campaign, &events).await?;
         if let Created::Created(_) = created {
-            metrics::counter!("crm_campaigns_created_total").increment(1);
+            metrics::counter!(names::CAMPAIGNS_CREATED).increment(1);
         }
         Ok(created_outcome(created, correlation_id, event.name()))
     }
@@ -212,7 +213,7 @@ impl Crm {
                         reason_code = command.advance.reason_code.as_deref(),
                         "campaign transitioned"
                     );
-                    metrics::counter!("crm_campaigns_transitioned_total", "to_state" => moved.state.as_str())
+                    metrics::counter!(names::CAMPAIGNS_TRANSITIONED, "to_state" => moved.state.as_str())
                         .increment(1);
                     return Ok(Outcome {
                         status: CommandStatus::Updated,
@@ -278,7 +279,7 @@ impl Crm {
         )?];
         let created = self.store.create_follow_up(&follow_up, &events).await?;
         if let Created::Created(_) = created {
-            metrics::counter!("crm_followups_scheduled_total").increment(1);
+            metrics::counter!(names::FOLLOW_UPS_SCHEDULED).increment(1);
         }
         // An idempotent repeat answers with the stored follow-up's own correlation, the
         // one its events are traced under.

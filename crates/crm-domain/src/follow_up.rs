@@ -118,6 +118,13 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    pub const ALL: [FailureReason; 4] = [
+        Self::OutboundContractInvalid,
+        Self::ProviderSendError,
+        Self::CampaignCanceled,
+        Self::CampaignFailed,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Self::OutboundContractInvalid => "OUTBOUND_CONTRACT_INVALID",

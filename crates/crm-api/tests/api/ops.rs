@@ -565,3 +565,46 @@ async fn a_percent_encoded_path_is_guarded_like_the_path_it_decodes_to() {
         );
     }
 }
+
+#[tokio::test]
+async fn every_metric_family_has_help_and_type_and_the_business_ones_exist_before_any_event() {
+    let app = spawn_app().await;
+    let text = app.metrics().await;
+    let families: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .filter_map(parse_sample)
+        .map(|sample| {
+            let name = sample.name;
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|family| text.contains(&format!("# TYPE {family} histogram")))
+                .map_or(name.clone(), str::to_owned)
+        })
+        .collect();
+    for family in &families {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family} has no help text"
+        );
+        assert!(metric_type(&text, family).is_some(), "{family} has no type");
+    }
+    for declared in [
+        "crm_campaigns_created_total",
+        "crm_campaigns_transitioned_total",
+        "crm_followups_scheduled_total",
+        "crm_followups_sent_total",
+        "crm_followups_failed_total",
+        "crm_followups_skipped_total",
+        "crm_followups_due",
+        "crm_drain_duration_seconds",
+        "crm_drain_batch_size",
+        "crm_http_request_duration_seconds",
+    ] {
+        assert!(
+            families.contains(declared),
+            "{declared} is missing:\n{text}"
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! The business metrics the use cases record, named and described in one place.
+//!
+//! `describe` gives each its help text and makes the ones with a known set of labels
+//! exist from the start (at zero), so a scraper sees every family before its first event.
+
+use crm_domain::campaign::CampaignState;
+use crm_domain::follow_up::FailureReason;
+
+pub const CAMPAIGNS_CREATED: &str = "crm_campaigns_created_total";
+pub const CAMPAIGNS_TRANSITIONED: &str = "crm_campaigns_transitioned_total";
+pub const FOLLOW_UPS_SCHEDULED: &str = "crm_followups_scheduled_total";
+pub const FOLLOW_UPS_SENT: &str = "crm_followups_sent_total";
+pub const FOLLOW_UPS_FAILED: &str = "crm_followups_failed_total";
+pub const FOLLOW_UPS_SKIPPED: &str = "crm_followups_skipped_total";
+pub const FOLLOW_UPS_DUE: &str = "crm_followups_due";
+pub const DRAIN_DURATION: &str = "crm_drain_duration_seconds";
+pub const DRAIN_BATCH: &str = "crm_drain_batch_size";
+
+/// Describes every metric of the use cases and starts the countable ones at zero.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        CAMPAIGNS_CREATED,
+        "Campaigns created (idempotent repeats not counted)."
+    );
+    describe_counter!(
+        CAMPAIGNS_TRANSITIONED,
+        "Campaign transitions saved, by the state moved to."
+    );
+    describe_counter!(
+        FOLLOW_UPS_SCHEDULED,
+        "Follow-ups scheduled (idempotent repeats not counted)."
+    );
+    describe_counter!(
+        FOLLOW_UPS_SENT,
+        "Follow-ups handed to the outbound queue by a drain."
+    );
+    describe_counter!(
+        FOLLOW_UPS_FAILED,
+        "Follow-ups a drain marked failed, by error code."
+    );
+    describe_counter!(
+        FOLLOW_UPS_SKIPPED,
+        "Follow-ups a drain claimed and left pending."
+    );
+    describe_gauge!(
+        FOLLOW_UPS_DUE,
+        "Follow-ups due and not held back, counted up to 10000 when scraped."
+    );
+    describe_histogram!(DRAIN_DURATION, Unit::Seconds, "Time one drain call took.");
+    describe_histogram!(DRAIN_BATCH, "Follow-ups one drain call claimed.");
+    for name in [
+        CAMPAIGNS_CREATED,
+        FOLLOW_UPS_SCHEDULED,
+        FOLLOW_UPS_SENT,
+        FOLLOW_UPS_SKIPPED,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for state in CampaignState::ALL {
+        metrics::counter!(CAMPAIGNS_TRANSITIONED, "to_state" => state.as_str()).absolute(0);
+    }
+    for reason in FailureReason::ALL {
+        metrics::counter!(FOLLOW_UPS_FAILED, "error_code" => reason.code()).absolute(0);
+    }
+    metrics::gauge!(FOLLOW_UPS_DUE).set(0.0);
+    // Registering the handle makes the (empty) histogram part of the exposition.
+    let _ = metrics::histogram!(DRAIN_DURATION);
+    let _ = metrics::histogram!(DRAIN_BATCH);
+}
