@@ -53,9 +53,11 @@ pub fn document(contracts: &Contracts) -> Value {
     json!({
         "openapi": "3.1.0",
         "jsonSchemaDialect": JSON_SCHEMA_DIALECT,
+        "servers": [{"url": "/", "description": "The server this document was read from."}],
         "info": {
             "title": "CRM campaigns and follow-ups",
             "version": env!("CARGO_PKG_VERSION"),
+            "contact": {"name": "CRM service team"},
             "description": "Multi-tenant WhatsApp campaigns moving through a workflow-defined \
                 state machine, follow-up messages scheduled per phone number, the worker drain \
                 that hands due follow-ups to the outbound queue, and the orchestration events of \
