@@ -20,16 +20,20 @@ use serde::ser::SerializeSeq;
 
 use crate::journal::{journal_path, sync_dir};
 use crate::manifest::{self, Digest, Manifest};
-use crate::records::{CampaignRecord, EventRecord, FORMAT, FollowUpRecord, OutboundRecord};
-use crate::state::Image;
+use crate::records::{
+    CampaignRecord, EventRecord, FORMAT, FollowUpRecord, OptOutRecord, OutboundRecord,
+};
+use crate::state::{Image, StoredOutbound};
+use crm_domain::delivery::QueueStatus;
 
 pub(crate) const CAMPAIGNS: &str = "campaigns.json";
 pub(crate) const FOLLOW_UPS: &str = "followups.json";
 pub(crate) const EVENTS: &str = "events.ndjson";
 pub(crate) const OUTBOUND: &str = "outbound-queue.ndjson";
+pub(crate) const OPT_OUTS: &str = "opt-outs.json";
 
 /// Every snapshot file a manifest names.
-pub(crate) const SNAPSHOT_FILES: [&str; 4] = [CAMPAIGNS, FOLLOW_UPS, EVENTS, OUTBOUND];
+pub(crate) const SNAPSHOT_FILES: [&str; 5] = [CAMPAIGNS, FOLLOW_UPS, EVENTS, OUTBOUND, OPT_OUTS];
 
 /// The name a snapshot file is written under before its manifest commits.
 pub(crate) fn next_path(dir: &Path, name: &str) -> PathBuf {
@@ -124,23 +128,45 @@ fn write_lines<R: Serialize>(
     Ok(())
 }
 
+/// What a compaction left out under retention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Retained {
+    pub events_removed: u64,
+    pub items_removed: u64,
+}
+
 /// Writes the snapshot and commits it. Events emitted before `expire_before` are left out
-/// when they lead the log (retention keeps a prefix-free log, so a feed position either
-/// is retained or lies before `events_deleted_through`). Returns the committed manifest.
+/// while they lead the log (so the log has no holes: a feed position is either retained
+/// or before `events_deleted_through`), and so are outbound items that finished before
+/// it. Returns the committed manifest and what retention left out.
 pub(crate) fn commit(
     dir: &Path,
     snapshot: &Snapshot,
-    expire_events_before: Option<crm_domain::timestamp::Timestamp>,
-) -> io::Result<Manifest> {
+    expire_before: Option<crm_domain::timestamp::Timestamp>,
+) -> io::Result<(Manifest, Retained)> {
     let image = &snapshot.image;
     let mut deleted_through = image.events_deleted_through;
+    let mut retained_counts = Retained::default();
     let retained = image.events.values().skip_while(|event| {
-        let expired = expire_events_before.is_some_and(|cutoff| event.emitted_at < cutoff);
+        let expired = expire_before.is_some_and(|cutoff| event.emitted_at < cutoff);
         if expired {
             deleted_through = deleted_through.max(event.seq);
+            retained_counts.events_removed += 1;
         }
         expired
     });
+    let finished_long_ago = |item: &StoredOutbound| {
+        let finished = item
+            .entry
+            .finished_at
+            .filter(|_| item.entry.status == QueueStatus::Done);
+        matches!((finished, expire_before), (Some(at), Some(cutoff)) if at < cutoff)
+    };
+    retained_counts.items_removed = image
+        .outbound
+        .values()
+        .filter(|item| finished_long_ago(item))
+        .count() as u64;
     let mut files = BTreeMap::new();
     files.insert(
         CAMPAIGNS.to_owned(),
@@ -175,12 +201,20 @@ pub(crate) fn commit(
         write_next(dir, OUTBOUND, |writer| {
             write_lines(
                 writer,
-                image.outbound.values().map(|item| OutboundRecord {
-                    seq: item.seq,
-                    followup_id: item.followup_id.as_uuid(),
-                    item: Cow::Borrowed(&item.json),
-                }),
+                image
+                    .outbound
+                    .values()
+                    .filter(|item| !finished_long_ago(item))
+                    .map(|item| OutboundRecord::new(item.seq, &item.entry, &item.json)),
             )
+        })?,
+    );
+    files.insert(
+        OPT_OUTS.to_owned(),
+        write_next(dir, OPT_OUTS, |writer| {
+            write_items(writer, image.opt_outs.values(), |o| {
+                OptOutRecord::from(&**o)
+            })
         })?,
     );
     let committed = Manifest {
@@ -195,7 +229,7 @@ pub(crate) fn commit(
     };
     manifest::write(dir, &committed)?;
     finish(dir, &committed, committed.files.keys())?;
-    Ok(committed)
+    Ok((committed, retained_counts))
 }
 
 /// After a manifest committed: puts the `.next` files of `names` in place, then deletes

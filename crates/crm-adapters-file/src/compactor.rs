@@ -132,7 +132,8 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
     let inner = &store.inner;
     let (answer, boundary, folded_generation, epoch) = {
         let mut shared = store.current();
-        if shared.snapshot.active || shared.generation_bytes == 0 {
+        let retention_asked = shared.retention_cutoff.is_some();
+        if shared.snapshot.active || (shared.generation_bytes == 0 && !retention_asked) {
             return Ok(());
         }
         let boundary = shared.next_seq - 1;
@@ -175,7 +176,7 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
             "the journal lost the changes before the snapshot point",
         ));
     };
-    let expire_before = inner.options.retention.and_then(|retention| {
+    let configured = inner.options.retention.and_then(|retention| {
         let cutoff = std::time::SystemTime::now().checked_sub(retention)?;
         let millis = cutoff
             .duration_since(std::time::UNIX_EPOCH)
@@ -183,20 +184,27 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
             .as_millis();
         crm_domain::timestamp::Timestamp::from_unix_millis(i64::try_from(millis).ok()?)
     });
+    let expire_before = configured.max(store.lock().retention_cutoff);
     let dir = inner.dir.clone();
     let snapshot = Snapshot {
         image,
         generation: folded_generation,
         legacy_generation,
     };
-    let manifest = compaction::commit(&dir, &snapshot, expire_before)?;
+    let (manifest, retained) = compaction::commit(&dir, &snapshot, expire_before)?;
     tracing::info!(
         generation = folded_generation,
         records = boundary,
+        events_expired = retained.events_removed,
+        outbound_items_expired = retained.items_removed,
         "file store compacted"
     );
     let deleted_through = manifest.events_deleted_through;
-    store.lock().manifest = manifest;
+    {
+        let mut shared = store.lock();
+        shared.manifest = manifest;
+        shared.last_retained = retained;
+    }
     drop(running);
     // Retention in memory, a slice at a time so that no caller waits long on the lock.
     while store
@@ -204,5 +212,8 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
         .state
         .forget_events_through(deleted_through, 1_000)
     {}
+    if let Some(cutoff) = expire_before {
+        while store.lock().state.forget_finished_before(cutoff, 1_000).1 {}
+    }
     Ok(())
 }

@@ -208,6 +208,11 @@ impl Journal {
         self.send(Command::Reset { epoch })
     }
 
+    /// A receiver that sees every change of the writer's status.
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
     /// The writer's progress, read without copying the whole status.
     pub fn progress(&self) -> Progress {
         let status = self.status.borrow();

@@ -14,8 +14,11 @@ use std::io;
 use std::path::Path;
 
 use crm_domain::campaign::Campaign;
+use crm_domain::delivery::QueueEntry;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::FollowUpId;
+use crm_domain::outbound::OutboundItem;
+use crm_domain::timestamp::Timestamp;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -52,10 +55,10 @@ struct LegacyCampaign {
     channel: String,
     audience_segment: Option<String>,
     state: String,
-    scheduled_at: Option<crm_domain::timestamp::Timestamp>,
+    scheduled_at: Option<Timestamp>,
     metadata: Map<String, Value>,
-    created_at: crm_domain::timestamp::Timestamp,
-    updated_at: crm_domain::timestamp::Timestamp,
+    created_at: Timestamp,
+    updated_at: Timestamp,
     #[serde(default)]
     revision: u64,
 }
@@ -83,10 +86,57 @@ impl TryFrom<LegacyCampaign> for Campaign {
     }
 }
 
-/// Follow-ups of format 1 have exactly the fields of format 2 (a provider message id was
-/// always a uuid, which is text too), so format 2's reader takes them as they are.
-fn follow_up(value: FollowUpRecord<'_>) -> Result<FollowUp, String> {
-    FollowUp::try_from(value).map_err(|e| e.to_string())
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacyFollowUp {
+    followup_id: Uuid,
+    tenant_id: String,
+    campaign_id: Option<Uuid>,
+    external_key: Option<String>,
+    lead_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    phone_e164: String,
+    message: String,
+    schedule_at: Timestamp,
+    channel: String,
+    status: String,
+    /// Always a queue item id (a uuid) in that release, which is text too.
+    provider_message_id: Option<String>,
+    last_error_code: Option<String>,
+    last_error_message: Option<String>,
+    metadata: Map<String, Value>,
+    correlation_id: Uuid,
+    trace_id: String,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+}
+
+/// A follow-up of the first release: it had no time zone and no delivery yet.
+fn follow_up(old: LegacyFollowUp) -> Result<FollowUp, String> {
+    FollowUp::try_from(FollowUpRecord {
+        followup_id: old.followup_id,
+        tenant_id: old.tenant_id.into(),
+        campaign_id: old.campaign_id,
+        external_key: old.external_key.map(Into::into),
+        lead_id: old.lead_id,
+        customer_id: old.customer_id,
+        phone_e164: old.phone_e164.into(),
+        message: old.message.into(),
+        schedule_at: old.schedule_at,
+        channel: old.channel.into(),
+        status: old.status.into(),
+        provider_message_id: old.provider_message_id.map(Into::into),
+        last_error_code: old.last_error_code.map(Into::into),
+        last_error_message: old.last_error_message.map(Into::into),
+        metadata: std::borrow::Cow::Owned(old.metadata),
+        correlation_id: old.correlation_id,
+        trace_id: old.trace_id.into(),
+        time_zone: None,
+        delivery: None,
+        created_at: old.created_at,
+        updated_at: old.updated_at,
+    })
+    .map_err(|e| e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -95,7 +145,7 @@ struct LegacyEntry {
     #[serde(default)]
     campaigns: Vec<LegacyCampaign>,
     #[serde(default)]
-    follow_ups: Vec<FollowUpRecord<'static>>,
+    follow_ups: Vec<LegacyFollowUp>,
     #[serde(default)]
     events: Vec<Box<RawValue>>,
     #[serde(default)]
@@ -161,7 +211,7 @@ pub(crate) fn read(dir: &Path, manifest: Option<LegacyManifest>) -> Result<Legac
                     .map_err(|e| corrupt(&path, format!("item {}: {e}", campaign.0)))?,
             );
         }
-        for (index, record) in read_snapshot::<FollowUpRecord>(&dir.join(FOLLOW_UPS), compacted)? {
+        for (index, record) in read_snapshot::<LegacyFollowUp>(&dir.join(FOLLOW_UPS), compacted)? {
             let path = dir.join(FOLLOW_UPS);
             change
                 .follow_ups
@@ -253,12 +303,16 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, (&[u8], bool))> {
         .map(move |(index, line)| (index + 1, (line, unterminated && index + 1 == count)))
 }
 
+/// An outbound item of the first release, which had no consumer side: ready to be
+/// claimed, never attempted.
 fn outbound(item: &RawValue, seq: u64) -> Result<StoredOutbound, String> {
     let context: ItemContext =
         serde_json::from_str(item.get()).map_err(|e| format!("outbound item: {e}"))?;
+    let parsed: OutboundItem =
+        serde_json::from_str(item.get()).map_err(|e| format!("outbound item: {e}"))?;
     Ok(StoredOutbound {
         seq,
-        followup_id: FollowUpId::new(context.context.context_id),
+        entry: QueueEntry::new(&parsed, FollowUpId::new(context.context.context_id)),
         json: item.to_owned(),
     })
 }

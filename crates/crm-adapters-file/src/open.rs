@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CorrelationId, FollowUpId, TenantId};
+use crm_domain::ids::{CorrelationId, TenantId};
+use crm_domain::opt_out::OptOut;
 use crm_domain::timestamp::Timestamp;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -27,7 +28,8 @@ use crate::journal::{journal_generations, journal_path};
 use crate::legacy;
 use crate::manifest::{self, MANIFEST, Manifest};
 use crate::records::{
-    CampaignRecord, EntryRecord, EventRecord, FORMAT, FollowUpRecord, HeaderLine, OutboundRecord,
+    CampaignRecord, EntryRecord, EventRecord, FORMAT, FollowUpRecord, HeaderLine, OptOutRecord,
+    OutboundRecord,
 };
 use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
@@ -173,7 +175,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
             // A new data dir: write its empty snapshot so that it always has a manifest.
             compaction::remove_leftovers(dir).map_err(dir_error(dir))?;
             let state = State::default();
-            let manifest = compaction::commit(
+            let (manifest, _) = compaction::commit(
                 dir,
                 &Snapshot {
                     image: state.image().clone(),
@@ -199,7 +201,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
 /// folds its journals. Until the new manifest commits, the old files are untouched.
 fn upgrade(dir: &Path, old: legacy::Legacy) -> Result<(State, Manifest, u64, u64), OpenError> {
     compaction::remove_leftovers(dir).map_err(dir_error(dir))?;
-    let manifest = compaction::commit(
+    let (manifest, _) = compaction::commit(
         dir,
         &Snapshot {
             image: old.state.image().clone(),
@@ -245,8 +247,8 @@ fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verifi
             format!("it names {unknown}, which this version does not know"),
         ));
     }
-    let [campaigns, follow_ups, events, outbound] =
-        <[Vec<u8>; 4]>::try_from(contents).expect("four snapshot files");
+    let [campaigns, follow_ups, events, outbound, opt_outs] =
+        <[Vec<u8>; 5]>::try_from(contents).expect("five snapshot files");
 
     let mut state = State::default();
     let mut change = Change::default();
@@ -309,13 +311,24 @@ fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verifi
             last_item = record.seq;
             change.outbound.push(StoredOutbound {
                 seq: record.seq,
-                followup_id: FollowUpId::new(record.followup_id),
+                entry: record.entry().map_err(|e| e.to_string())?,
                 json: record.item.into_owned(),
             });
             Ok(())
         },
     )?;
-    drop((campaigns, follow_ups, events, outbound));
+    read_items(
+        dir,
+        compaction::OPT_OUTS,
+        &opt_outs,
+        |record: OptOutRecord| {
+            change
+                .opt_outs
+                .push(OptOut::try_from(record).map_err(|e| e.to_string())?);
+            Ok(())
+        },
+    )?;
+    drop((campaigns, follow_ups, events, outbound, opt_outs));
     state.apply(manifest.last_seq, change);
     state.set_counters(
         manifest.last_seq,
@@ -446,6 +459,7 @@ fn unique(dir: &Path, name: &str, ids: impl Iterator<Item = uuid::Uuid>) -> Resu
 struct EventKeys {
     tenant_id: String,
     correlation_id: uuid::Uuid,
+    name: String,
     emitted_at: Timestamp,
 }
 
@@ -457,6 +471,7 @@ pub(crate) fn stored_event(envelope: &RawValue, seq: u64) -> Result<StoredEvent,
         tenant_id: TenantId::parse(keys.tenant_id)
             .ok_or_else(|| "event envelope: tenant_id is empty".to_owned())?,
         correlation_id: CorrelationId::new(keys.correlation_id),
+        name: keys.name,
         emitted_at: keys.emitted_at,
         json: envelope.to_owned(),
     })
@@ -596,17 +611,31 @@ fn change_of(record: EntryRecord<'_>, state: &State) -> Result<Change, String> {
             .events
             .push(stored_event(&event.envelope, event.seq)?);
     }
+    // An item is new (numbered past every earlier one) or moves one that exists.
     let mut last_item = state.image().last_outbound_seq;
     for item in record.outbound {
-        if item.seq <= last_item {
+        let known = state.image().outbound.contains_key(&item.seq);
+        if !known && item.seq <= last_item {
             return Err(format!("outbound item number {} is out of order", item.seq));
         }
-        last_item = item.seq;
+        last_item = last_item.max(item.seq);
         change.outbound.push(StoredOutbound {
             seq: item.seq,
-            followup_id: FollowUpId::new(item.followup_id),
+            entry: item.entry().map_err(|e| e.to_string())?,
             json: item.item.into_owned(),
         });
+    }
+    for opt_out in record.opt_outs {
+        change
+            .opt_outs
+            .push(OptOut::try_from(opt_out).map_err(|e| e.to_string())?);
+    }
+    for key in record.opt_outs_removed {
+        let tenant_id = TenantId::parse(key.tenant_id.into_owned())
+            .ok_or_else(|| "opt-out tenant_id is empty".to_owned())?;
+        change
+            .opt_outs_removed
+            .push((tenant_id, key.phone_e164.into_owned()));
     }
     Ok(change)
 }

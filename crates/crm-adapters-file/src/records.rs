@@ -9,8 +9,13 @@
 use std::borrow::Cow;
 
 use crm_domain::campaign::Campaign;
+use crm_domain::delivery::{
+    AckStatus, Delivery, DeliveryStatus, LastAck, Lease, LeaseId, QueueEntry, QueueStatus,
+};
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::opt_out::OptOut;
+use crm_domain::outbound::RetryPolicy;
 use crm_domain::timestamp::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -109,8 +114,49 @@ pub(crate) struct FollowUpRecord<'a> {
     pub metadata: Cow<'a, Map<String, Value>>,
     pub correlation_id: Uuid,
     pub trace_id: Cow<'a, str>,
+    pub time_zone: Option<Cow<'a, str>>,
+    pub delivery: Option<DeliveryRecord<'a>>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// What the sender reported about a follow-up.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeliveryRecord<'a> {
+    pub status: Cow<'a, str>,
+    pub attempts: u32,
+    pub provider_message_id: Option<Cow<'a, str>>,
+    pub error_code: Option<Cow<'a, str>>,
+    pub updated_at: Timestamp,
+}
+
+impl<'a> From<&'a Delivery> for DeliveryRecord<'a> {
+    fn from(delivery: &'a Delivery) -> Self {
+        Self {
+            status: Cow::Borrowed(delivery.status.as_str()),
+            attempts: delivery.attempts,
+            provider_message_id: delivery.provider_message_id.as_deref().map(Cow::Borrowed),
+            error_code: delivery.error_code.as_deref().map(Cow::Borrowed),
+            updated_at: delivery.updated_at,
+        }
+    }
+}
+
+impl TryFrom<DeliveryRecord<'_>> for Delivery {
+    type Error = RecordError;
+
+    fn try_from(record: DeliveryRecord<'_>) -> Result<Self, RecordError> {
+        Ok(Delivery {
+            status: DeliveryStatus::parse(&record.status).ok_or_else(|| {
+                RecordError(format!("delivery status {:?} is unknown", record.status))
+            })?,
+            attempts: record.attempts,
+            provider_message_id: record.provider_message_id.map(Cow::into_owned),
+            error_code: record.error_code.map(Cow::into_owned),
+            updated_at: record.updated_at,
+        })
+    }
 }
 
 impl<'a> From<&'a FollowUp> for FollowUpRecord<'a> {
@@ -133,6 +179,8 @@ impl<'a> From<&'a FollowUp> for FollowUpRecord<'a> {
             metadata: Cow::Borrowed(&follow_up.metadata),
             correlation_id: follow_up.correlation_id.as_uuid(),
             trace_id: Cow::Borrowed(&follow_up.trace_id),
+            time_zone: follow_up.time_zone.as_deref().map(Cow::Borrowed),
+            delivery: follow_up.delivery.as_ref().map(DeliveryRecord::from),
             created_at: follow_up.created_at,
             updated_at: follow_up.updated_at,
         }
@@ -164,6 +212,8 @@ impl TryFrom<FollowUpRecord<'_>> for FollowUp {
             metadata: record.metadata.into_owned(),
             correlation_id: CorrelationId::new(record.correlation_id),
             trace_id: record.trace_id.into_owned(),
+            time_zone: record.time_zone.map(Cow::into_owned),
+            delivery: record.delivery.map(Delivery::try_from).transpose()?,
             created_at: record.created_at,
             updated_at: record.updated_at,
         })
@@ -178,13 +228,134 @@ pub(crate) struct EventRecord<'a> {
     pub envelope: Cow<'a, RawValue>,
 }
 
-/// An outbound queue item as handed to the sender, with its place in enqueue order.
+/// An outbound queue item as handed to the sender, with its place in enqueue order and
+/// where it is in its delivery.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutboundRecord<'a> {
     pub seq: u64,
+    pub queue_item_id: Uuid,
     pub followup_id: Uuid,
+    pub tenant_id: Cow<'a, str>,
+    pub max_attempts: u32,
+    pub backoff_ms: u32,
+    pub status: Cow<'a, str>,
+    pub attempt: u32,
+    pub available_at: Option<Timestamp>,
+    pub lease_id: Option<Uuid>,
+    pub lease_expires_at: Option<Timestamp>,
+    pub last_ack_lease: Option<Uuid>,
+    pub last_ack_status: Option<Cow<'a, str>>,
+    pub enqueued_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
     pub item: Cow<'a, RawValue>,
+}
+
+impl<'a> OutboundRecord<'a> {
+    pub fn new(seq: u64, entry: &'a QueueEntry, item: &'a RawValue) -> Self {
+        Self {
+            seq,
+            queue_item_id: entry.queue_item_id.as_uuid(),
+            followup_id: entry.followup_id.as_uuid(),
+            tenant_id: Cow::Borrowed(entry.tenant_id.as_str()),
+            max_attempts: entry.retry_policy.max_attempts,
+            backoff_ms: entry.retry_policy.backoff_ms,
+            status: Cow::Borrowed(entry.status.as_str()),
+            attempt: entry.attempt,
+            available_at: entry.available_at,
+            lease_id: entry.lease.map(|lease| lease.lease_id.0),
+            lease_expires_at: entry.lease.map(|lease| lease.expires_at),
+            last_ack_lease: entry.last_ack.map(|ack| ack.lease_id.0),
+            last_ack_status: entry.last_ack.map(|ack| Cow::Borrowed(ack.status.as_str())),
+            enqueued_at: entry.enqueued_at,
+            finished_at: entry.finished_at,
+            item: Cow::Borrowed(item),
+        }
+    }
+
+    pub fn entry(&self) -> Result<QueueEntry, RecordError> {
+        let status = QueueStatus::parse(&self.status)
+            .ok_or_else(|| RecordError(format!("queue status {:?} is unknown", self.status)))?;
+        let lease = match (self.lease_id, self.lease_expires_at) {
+            (Some(id), Some(expires_at)) => Some(Lease {
+                lease_id: LeaseId(id),
+                expires_at,
+            }),
+            (None, None) => None,
+            _ => return Err(RecordError("a lease needs its id and its expiry".into())),
+        };
+        let last_ack = match (self.last_ack_lease, &self.last_ack_status) {
+            (Some(id), Some(status)) => Some(LastAck {
+                lease_id: LeaseId(id),
+                status: AckStatus::parse(status)
+                    .ok_or_else(|| RecordError(format!("ack status {status:?} is unknown")))?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(RecordError(
+                    "a last ack needs its lease and its status".into(),
+                ));
+            }
+        };
+        Ok(QueueEntry {
+            queue_item_id: QueueItemId::new(self.queue_item_id),
+            followup_id: FollowUpId::new(self.followup_id),
+            tenant_id: tenant(&self.tenant_id)?,
+            retry_policy: RetryPolicy {
+                max_attempts: self.max_attempts,
+                backoff_ms: self.backoff_ms,
+            },
+            status,
+            attempt: self.attempt,
+            available_at: self.available_at,
+            lease,
+            last_ack,
+            enqueued_at: self.enqueued_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+/// A tenant's recipient who asked to receive nothing more.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OptOutRecord<'a> {
+    pub tenant_id: Cow<'a, str>,
+    pub phone_e164: Cow<'a, str>,
+    pub reason: Option<Cow<'a, str>>,
+    pub created_at: Timestamp,
+}
+
+impl<'a> From<&'a OptOut> for OptOutRecord<'a> {
+    fn from(opt_out: &'a OptOut) -> Self {
+        Self {
+            tenant_id: Cow::Borrowed(opt_out.tenant_id.as_str()),
+            phone_e164: Cow::Borrowed(&opt_out.phone_e164),
+            reason: opt_out.reason.as_deref().map(Cow::Borrowed),
+            created_at: opt_out.created_at,
+        }
+    }
+}
+
+impl TryFrom<OptOutRecord<'_>> for OptOut {
+    type Error = RecordError;
+
+    fn try_from(record: OptOutRecord<'_>) -> Result<Self, RecordError> {
+        Ok(OptOut {
+            tenant_id: tenant(&record.tenant_id)?,
+            phone_e164: record.phone_e164.into_owned(),
+            reason: record.reason.map(Cow::into_owned),
+            created_at: record.created_at,
+        })
+    }
+}
+
+/// An opt-out taken back.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OptOutKeyRecord<'a> {
+    pub tenant_id: Cow<'a, str>,
+    pub phone_e164: Cow<'a, str>,
 }
 
 /// One journal record: a committed change, with its place in the journal's sequence.
@@ -200,6 +371,10 @@ pub(crate) struct EntryRecord<'a> {
     pub events: Vec<EventRecord<'a>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbound: Vec<OutboundRecord<'a>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opt_outs: Vec<OptOutRecord<'a>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opt_outs_removed: Vec<OptOutKeyRecord<'a>>,
 }
 
 /// The first line of every journal file: which format and generation it is.
@@ -276,6 +451,14 @@ mod tests {
             metadata: Map::new(),
             correlation_id: CorrelationId::new(Uuid::from_u128(4)),
             trace_id: "abcdef0123456789".into(),
+            time_zone: Some("America/Sao_Paulo".into()),
+            delivery: Some(Delivery {
+                status: DeliveryStatus::Retrying,
+                attempts: 2,
+                provider_message_id: None,
+                error_code: Some("PROVIDER_DOWN".into()),
+                updated_at: at("2025-01-01T09:00:01.000Z"),
+            }),
             created_at: at("2025-01-01T08:00:00.000Z"),
             updated_at: at("2025-01-01T09:00:00.001Z"),
         };

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
+use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
 
 use crate::journal::Journal;
 use crate::manifest::Manifest;
@@ -25,6 +25,8 @@ pub(crate) enum Touch {
     CampaignKey(TenantId, String),
     FollowUp(FollowUpId),
     FollowUpKey(TenantId, String),
+    QueueItem(QueueItemId),
+    OptOut(TenantId, String),
 }
 
 impl Touch {
@@ -89,6 +91,11 @@ pub(crate) struct Shared {
     pub generation_bytes: u64,
     pub manifest: Manifest,
     pub snapshot: SnapshotSlot,
+    /// Retention asked for by `Store::expire`: the next compaction leaves out what is
+    /// older.
+    pub retention_cutoff: Option<crm_domain::timestamp::Timestamp>,
+    /// What the last compaction left out under retention.
+    pub last_retained: crate::compaction::Retained,
 }
 
 impl Shared {
@@ -107,6 +114,8 @@ impl Shared {
             generation_bytes: journal_bytes,
             manifest,
             snapshot: SnapshotSlot::default(),
+            retention_cutoff: None,
+            last_retained: crate::compaction::Retained::default(),
         }
     }
 
@@ -190,7 +199,8 @@ impl Shared {
             event.seq = self.next_event_seq;
             self.next_event_seq += 1;
         }
-        for item in &mut change.outbound {
+        // New items are numbered here; moves of existing ones keep their number.
+        for item in change.outbound.iter_mut().filter(|item| item.seq == 0) {
             item.seq = self.next_outbound_seq;
             self.next_outbound_seq += 1;
         }

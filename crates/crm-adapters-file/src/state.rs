@@ -10,11 +10,14 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use crm_domain::campaign::{Campaign, CampaignState};
+use crm_domain::delivery::{QueueEntry, QueueStatus};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
+use crm_domain::ids::QueueItemId;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::opt_out::OptOut;
 use crm_domain::page::{Cursor, EventCursor, Page};
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{CampaignQuery, FollowUpQuery, bounded_page};
+use crm_ports::{CampaignQuery, FollowUpQuery, Scan, bounded_page};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -25,26 +28,31 @@ pub(crate) struct StoredEvent {
     pub seq: u64,
     pub tenant_id: TenantId,
     pub correlation_id: CorrelationId,
+    pub name: String,
     pub emitted_at: Timestamp,
     pub json: Box<RawValue>,
 }
 
-/// An outbound item as stored: its place in enqueue order and the item's JSON.
+/// An outbound item as stored: its place in enqueue order, where it is in its delivery,
+/// and the item's JSON as handed out.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredOutbound {
+    /// 0 for an item not numbered yet (a new one on its way to a commit).
     pub seq: u64,
-    pub followup_id: FollowUpId,
+    pub entry: QueueEntry,
     pub json: Box<RawValue>,
 }
 
-/// One committed unit: the records it changed (whole, so applying is an upsert) and the
-/// events and outbound items it produced, each already numbered.
+/// One committed unit: the records it changed (whole, so applying is an upsert), the
+/// events it produced and the outbound items it added or moved, each numbered.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Change {
     pub campaigns: Vec<Campaign>,
     pub follow_ups: Vec<FollowUp>,
     pub events: Vec<StoredEvent>,
     pub outbound: Vec<StoredOutbound>,
+    pub opt_outs: Vec<OptOut>,
+    pub opt_outs_removed: Vec<(TenantId, String)>,
 }
 
 impl Change {
@@ -53,6 +61,8 @@ impl Change {
             && self.follow_ups.is_empty()
             && self.events.is_empty()
             && self.outbound.is_empty()
+            && self.opt_outs.is_empty()
+            && self.opt_outs_removed.is_empty()
     }
 }
 
@@ -63,6 +73,7 @@ pub(crate) struct Image {
     pub follow_ups: imbl::HashMap<FollowUpId, Arc<FollowUp>>,
     pub events: imbl::OrdMap<u64, Arc<StoredEvent>>,
     pub outbound: imbl::OrdMap<u64, Arc<StoredOutbound>>,
+    pub opt_outs: imbl::OrdMap<(TenantId, String), Arc<OptOut>>,
     /// The last journal record applied.
     pub last_seq: u64,
     pub last_event_seq: u64,
@@ -96,6 +107,11 @@ struct Indexes {
     campaign_status_follow_ups: BTreeSet<(CampaignId, FollowUpStatus, Millis, Uuid)>,
     lanes: BTreeMap<Lane, BTreeSet<(Millis, FollowUpId)>>,
     events_by_correlation: BTreeSet<(CorrelationId, u64)>,
+    /// Outbound items not done, by when they can be claimed.
+    available: BTreeSet<(Millis, u64)>,
+    /// Outbound items done, by when they finished (for retention).
+    finished: BTreeSet<(Millis, u64)>,
+    item_seq: HashMap<QueueItemId, u64>,
 }
 
 impl Indexes {
@@ -136,10 +152,154 @@ impl State {
             self.put_event(event);
         }
         for item in change.outbound {
-            self.image.last_outbound_seq = self.image.last_outbound_seq.max(item.seq);
-            self.image.outbound.insert(item.seq, Arc::new(item));
+            self.put_outbound(item);
+        }
+        for opt_out in change.opt_outs {
+            let key = (opt_out.tenant_id.clone(), opt_out.phone_e164.clone());
+            self.image.opt_outs.insert(key, Arc::new(opt_out));
+        }
+        for key in change.opt_outs_removed {
+            self.image.opt_outs.remove(&key);
         }
         self.image.last_seq = seq;
+    }
+
+    pub fn put_outbound(&mut self, item: StoredOutbound) {
+        let seq = item.seq;
+        if let Some(old) = self.image.outbound.get(&seq) {
+            if let Some(at) = old.entry.available_at {
+                self.indexes.available.remove(&(at.unix_millis(), seq));
+            }
+            if let Some(at) = old.entry.finished_at {
+                self.indexes.finished.remove(&(at.unix_millis(), seq));
+            }
+        }
+        match (item.entry.status, item.entry.available_at) {
+            (QueueStatus::Done, _) => {
+                let finished = item.entry.finished_at.unwrap_or(item.entry.enqueued_at);
+                self.indexes.finished.insert((finished.unix_millis(), seq));
+            }
+            (_, Some(at)) => {
+                self.indexes.available.insert((at.unix_millis(), seq));
+            }
+            (_, None) => {}
+        }
+        self.indexes.item_seq.insert(item.entry.queue_item_id, seq);
+        self.image.last_outbound_seq = self.image.last_outbound_seq.max(seq);
+        self.image.outbound.insert(seq, Arc::new(item));
+    }
+
+    /// Removes outbound items that finished before `cutoff` (retention), at most `budget`
+    /// of them; returns how many went and whether more are left.
+    pub fn forget_finished_before(&mut self, cutoff: Timestamp, budget: usize) -> (u64, bool) {
+        let mut removed = 0;
+        while removed < budget as u64 {
+            let Some(&(finished, seq)) = self.indexes.finished.first() else {
+                return (removed, false);
+            };
+            if finished >= cutoff.unix_millis() {
+                return (removed, false);
+            }
+            self.indexes.finished.remove(&(finished, seq));
+            if let Some(item) = self.image.outbound.remove(&seq) {
+                self.indexes.item_seq.remove(&item.entry.queue_item_id);
+            }
+            removed += 1;
+        }
+        (removed, true)
+    }
+
+    /// Whether an event emitted, or an outbound item finished, before `cutoff` is held.
+    pub fn has_expired(&self, cutoff: Timestamp) -> bool {
+        let old_event = self
+            .image
+            .events
+            .get_min()
+            .is_some_and(|(_, event)| event.emitted_at < cutoff);
+        let old_item = self
+            .indexes
+            .finished
+            .first()
+            .is_some_and(|(finished, _)| *finished < cutoff.unix_millis());
+        old_event || old_item
+    }
+
+    /// The outbound item with this id.
+    pub fn outbound_item(&self, id: QueueItemId) -> Option<&Arc<StoredOutbound>> {
+        let seq = self.indexes.item_seq.get(&id)?;
+        self.image.outbound.get(seq)
+    }
+
+    /// Up to `limit` items a claim at `now` may take, earliest available first, passing
+    /// over those `skip` says are busy.
+    pub fn claimable(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        skip: impl Fn(QueueItemId) -> bool,
+    ) -> Vec<Arc<StoredOutbound>> {
+        self.indexes
+            .available
+            .iter()
+            .take_while(|(at, _)| *at <= now.unix_millis())
+            .filter_map(|(_, seq)| self.image.outbound.get(seq))
+            .filter(|item| !skip(item.entry.queue_item_id))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Events after `after` in commit order, filtered (see `crm_ports::bounded_page`).
+    pub fn feed(
+        &self,
+        after: u64,
+        limit: usize,
+        tenant_id: Option<&TenantId>,
+        name_prefix: Option<&str>,
+    ) -> Scan<Arc<StoredEvent>> {
+        bounded_page(
+            self.image
+                .events
+                .range((Bound::Excluded(after), Bound::Unbounded))
+                .map(|(seq, event)| (*seq, event.clone())),
+            |event| {
+                tenant_id.is_none_or(|t| &event.tenant_id == t)
+                    && name_prefix.is_none_or(|prefix| event.name.starts_with(prefix))
+            },
+            limit,
+        )
+    }
+
+    pub fn opt_out(&self, tenant_id: &TenantId, phone_e164: &str) -> Option<&Arc<OptOut>> {
+        self.image
+            .opt_outs
+            .get(&(tenant_id.clone(), phone_e164.to_owned()))
+    }
+
+    /// A page of a tenant's opt-outs in phone number order, after `after`.
+    pub fn opt_outs(
+        &self,
+        tenant_id: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<OptOut>, Option<String>) {
+        let start = match after {
+            Some(phone) => Bound::Excluded((tenant_id.clone(), phone.to_owned())),
+            None => Bound::Included((tenant_id.clone(), String::new())),
+        };
+        let mut items: Vec<OptOut> = self
+            .image
+            .opt_outs
+            .range((start, Bound::Unbounded))
+            .take_while(|((tenant, _), _)| tenant == tenant_id)
+            .take(limit + 1)
+            .map(|(_, opt_out)| (**opt_out).clone())
+            .collect();
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(|last| last.phone_e164.clone())
+        });
+        (items, next.flatten())
     }
 
     pub fn set_counters(&mut self, last_seq: u64, last_event_seq: u64, last_outbound_seq: u64) {
@@ -476,7 +636,7 @@ impl State {
         tenant_id: Option<&TenantId>,
         after: Option<EventCursor>,
         limit: usize,
-    ) -> (Vec<Arc<StoredEvent>>, Option<EventCursor>) {
+    ) -> Scan<Arc<StoredEvent>> {
         let after = after.map_or(0, |cursor| cursor.0);
         let range = self.indexes.events_by_correlation.range((
             Bound::Excluded((correlation_id, after)),
@@ -490,6 +650,7 @@ impl State {
     }
 
     pub fn outbound_items(&self, offset: u64, limit: usize) -> Vec<Arc<StoredOutbound>> {
+        // Enqueue order is number order.
         self.image
             .outbound
             .values()

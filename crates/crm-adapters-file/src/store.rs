@@ -2,19 +2,24 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use crm_domain::campaign::Campaign;
+use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
+use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
+use crm_domain::page::EventCursor;
 use crm_domain::page::Page;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
-    CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome, DrainStatus,
-    DueFollowUp, EventEmitter, EventPage, FollowUpQuery, FollowUpStore, OutboundQueue, Store,
-    StoreError, TraceQuery,
+    AckRequest, Acker, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher,
+    DrainOutcome, DrainStatus, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
+    FollowUpQuery, FollowUpStore, LeasedItem, Leaser, OptOutPage, OptOutQuery, OptOutStore,
+    OutboundQueue, Store, StoreError, TraceQuery, decide_acks, decide_claims,
 };
 use serde_json::value::RawValue;
 
@@ -22,7 +27,10 @@ use crate::compactor::Compactor;
 use crate::frame;
 use crate::journal::{self, Journal};
 use crate::open::{self, FileStoreOptions, OpenError};
-use crate::records::{CampaignRecord, EntryRecord, EventRecord, FollowUpRecord, OutboundRecord};
+use crate::records::{
+    CampaignRecord, EntryRecord, EventRecord, FollowUpRecord, OptOutKeyRecord, OptOutRecord,
+    OutboundRecord,
+};
 use crate::shared::{Shared, Ticket, Touch};
 use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
@@ -196,10 +204,15 @@ fn journal_line(seq: u64, change: &Change) -> Vec<u8> {
         outbound: change
             .outbound
             .iter()
-            .map(|item| OutboundRecord {
-                seq: item.seq,
-                followup_id: item.followup_id.as_uuid(),
-                item: std::borrow::Cow::Borrowed(&item.json),
+            .map(|item| OutboundRecord::new(item.seq, &item.entry, &item.json))
+            .collect(),
+        opt_outs: change.opt_outs.iter().map(OptOutRecord::from).collect(),
+        opt_outs_removed: change
+            .opt_outs_removed
+            .iter()
+            .map(|(tenant_id, phone)| OptOutKeyRecord {
+                tenant_id: std::borrow::Cow::Borrowed(tenant_id.as_str()),
+                phone_e164: std::borrow::Cow::Borrowed(phone),
             })
             .collect(),
     })
@@ -213,6 +226,7 @@ fn stored_events(events: &[EventEnvelope]) -> Vec<StoredEvent> {
             seq: 0,
             tenant_id: event.tenant_id.clone(),
             correlation_id: event.correlation_id,
+            name: event.name.clone(),
             emitted_at: event.emitted_at,
             json: serde_json::value::to_raw_value(event).expect("envelopes always serialize"),
         })
@@ -472,7 +486,7 @@ fn stored_outbound(item: &OutboundItem) -> StoredOutbound {
     StoredOutbound {
         // Numbered at commit.
         seq: 0,
-        followup_id: FollowUpId::new(item.context.context_id),
+        entry: QueueEntry::new(item, FollowUpId::new(item.context.context_id)),
         json: serde_json::value::to_raw_value(item).expect("outbound items always serialize"),
     }
 }
@@ -480,24 +494,238 @@ fn stored_outbound(item: &OutboundItem) -> StoredOutbound {
 #[async_trait]
 impl EventEmitter for FileStore {
     async fn events_by_correlation(&self, query: &TraceQuery) -> Result<EventPage, StoreError> {
-        let (events, next) = self.current().state.events_by_correlation(
+        let scan = self.current().state.events_by_correlation(
             query.correlation_id,
             query.tenant_id.as_ref(),
             query.after,
             query.limit,
         );
         Ok(EventPage {
-            items: events
+            next: scan.next(),
+            items: scan
+                .items
                 .iter()
                 .map(|event| decode(&event.json))
                 .collect::<Result<_, _>>()?,
-            next,
         })
+    }
+
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedPage, StoreError> {
+        let (scan, start) = {
+            let shared = self.current();
+            let image = shared.state.image();
+            let oldest = EventCursor(image.events_deleted_through);
+            let start = query.after.unwrap_or(oldest);
+            if start.0 > image.last_event_seq {
+                return Err(StoreError::CursorNotIssued);
+            }
+            if start < oldest {
+                return Err(StoreError::CursorExpired { oldest });
+            }
+            let scan = shared.state.feed(
+                start.0,
+                query.limit,
+                query.tenant_id.as_ref(),
+                query.name_prefix.as_deref(),
+            );
+            (scan, start)
+        };
+        Ok(FeedPage {
+            next: scan.last.unwrap_or(start),
+            items: scan
+                .items
+                .iter()
+                .map(|event| decode(&event.json))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    async fn wait_for_events(&self, after: EventCursor, wait: Duration) -> Result<(), StoreError> {
+        // Each durable write moves the journal's status; the events it carries are then
+        // in the image once caught up.
+        let mut durable = self.inner.journal.watch();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            durable.borrow_and_update();
+            if self.current().state.image().last_event_seq > after.0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, durable.changed())
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
     }
 }
 
 #[async_trait]
 impl OutboundQueue for FileStore {
+    async fn claim(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        leaser: &dyn Leaser,
+    ) -> Result<Vec<LeasedItem>, StoreError> {
+        let (ticket, leased) = {
+            let mut shared = self.current();
+            let shared = &mut *shared;
+            let claimable = shared
+                .state
+                .claimable(now, limit, |id| shared.is_pending(&Touch::QueueItem(id)));
+            let with_follow_ups: Vec<(&QueueEntry, &FollowUp)> = claimable
+                .iter()
+                .filter_map(|stored| {
+                    let follow_up = shared.state.follow_up(stored.entry.followup_id)?;
+                    Some((&stored.entry, &**follow_up))
+                })
+                .collect();
+            let batch = decide_claims(with_follow_ups, leaser);
+            if batch.entries.is_empty() {
+                return Ok(Vec::new());
+            }
+            let json_of = |id: QueueItemId| {
+                claimable
+                    .iter()
+                    .find(|stored| stored.entry.queue_item_id == id)
+                    .map(|stored| (stored.seq, stored.json.clone()))
+                    .expect("a claimed entry was claimable")
+            };
+            let mut keys: Vec<Touch> = batch
+                .entries
+                .iter()
+                .map(|entry| Touch::QueueItem(entry.queue_item_id))
+                .collect();
+            keys.extend(
+                batch
+                    .follow_ups
+                    .iter()
+                    .map(|f| Touch::FollowUp(f.followup_id)),
+            );
+            let leased: Vec<(QueueEntry, Box<RawValue>)> = batch
+                .entries
+                .iter()
+                .filter(|entry| batch.leased.contains(&entry.queue_item_id))
+                .map(|entry| (entry.clone(), json_of(entry.queue_item_id).1))
+                .collect();
+            let change = Change {
+                outbound: batch
+                    .entries
+                    .into_iter()
+                    .map(|entry| {
+                        let (seq, json) = json_of(entry.queue_item_id);
+                        StoredOutbound { seq, entry, json }
+                    })
+                    .collect(),
+                follow_ups: batch.follow_ups,
+                events: stored_events(&batch.events),
+                ..Change::default()
+            };
+            (self.commit(shared, change, keys, Vec::new())?, leased)
+        };
+        self.durable(ticket).await?;
+        leased
+            .into_iter()
+            .map(|(entry, json)| {
+                Ok(LeasedItem {
+                    entry,
+                    item: decode(&json)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(
+        &self,
+        acks: &[AckRequest],
+        acker: &dyn Acker,
+    ) -> Result<Vec<AckStatus>, StoreError> {
+        let keys: Vec<Touch> = acks
+            .iter()
+            .map(|ack| Touch::QueueItem(ack.queue_item_id))
+            .collect();
+        loop {
+            let decided = {
+                let mut shared = self.current();
+                match shared.conflict(&keys) {
+                    Some(conflict) => Err(conflict),
+                    None => {
+                        let state = &shared.state;
+                        let batch = decide_acks(
+                            acks,
+                            acker,
+                            |id| state.outbound_item(id).map(|stored| stored.entry.clone()),
+                            |id| state.follow_up(id).map(|follow_up| (**follow_up).clone()),
+                        );
+                        if batch.entries.is_empty() {
+                            return Ok(batch.statuses);
+                        }
+                        let mut touched: Vec<Touch> = batch
+                            .entries
+                            .iter()
+                            .map(|entry| Touch::QueueItem(entry.queue_item_id))
+                            .collect();
+                        touched.extend(
+                            batch
+                                .follow_ups
+                                .iter()
+                                .map(|f| Touch::FollowUp(f.followup_id)),
+                        );
+                        let opt_outs: Vec<OptOut> = batch
+                            .opt_outs
+                            .into_iter()
+                            .filter(|o| state.opt_out(&o.tenant_id, &o.phone_e164).is_none())
+                            .collect();
+                        touched.extend(
+                            opt_outs
+                                .iter()
+                                .map(|o| Touch::OptOut(o.tenant_id.clone(), o.phone_e164.clone())),
+                        );
+                        let change = Change {
+                            outbound: batch
+                                .entries
+                                .into_iter()
+                                .filter_map(|entry| {
+                                    let stored = state.outbound_item(entry.queue_item_id)?;
+                                    Some(StoredOutbound {
+                                        seq: stored.seq,
+                                        entry,
+                                        json: stored.json.clone(),
+                                    })
+                                })
+                                .collect(),
+                            follow_ups: batch.follow_ups,
+                            events: stored_events(&batch.events),
+                            opt_outs,
+                            ..Change::default()
+                        };
+                        let ticket = self.commit(&mut shared, change, touched, Vec::new())?;
+                        Ok((ticket, batch.statuses))
+                    }
+                }
+            };
+            match decided {
+                Ok((ticket, statuses)) => {
+                    self.durable(ticket).await?;
+                    return Ok(statuses);
+                }
+                // Another change to one of these items is on its way: decide after it.
+                Err(conflict) => {
+                    let _ = self.durable(conflict).await;
+                }
+            }
+        }
+    }
+
+    async fn queue_entry(&self, id: QueueItemId) -> Result<Option<QueueEntry>, StoreError> {
+        Ok(self
+            .current()
+            .state
+            .outbound_item(id)
+            .map(|stored| stored.entry.clone()))
+    }
+
     async fn outbound_items(
         &self,
         offset: u64,
@@ -505,6 +733,69 @@ impl OutboundQueue for FileStore {
     ) -> Result<Vec<OutboundItem>, StoreError> {
         let items = self.current().state.outbound_items(offset, limit);
         items.iter().map(|item| decode(&item.json)).collect()
+    }
+}
+
+#[async_trait]
+impl OptOutStore for FileStore {
+    async fn add_opt_out(&self, opt_out: &OptOut) -> Result<Created<OptOut>, StoreError> {
+        let keys = vec![Touch::OptOut(
+            opt_out.tenant_id.clone(),
+            opt_out.phone_e164.clone(),
+        )];
+        let change = Change {
+            opt_outs: vec![opt_out.clone()],
+            ..Change::default()
+        };
+        self.create(opt_out, change, keys, |state| {
+            Ok(state
+                .opt_out(&opt_out.tenant_id, &opt_out.phone_e164)
+                .map(|found| (**found).clone()))
+        })
+        .await
+    }
+
+    async fn remove_opt_out(
+        &self,
+        tenant_id: &TenantId,
+        phone_e164: &str,
+    ) -> Result<bool, StoreError> {
+        let keys = vec![Touch::OptOut(tenant_id.clone(), phone_e164.to_owned())];
+        loop {
+            let decided = {
+                let mut shared = self.current();
+                match shared.conflict(&keys) {
+                    Some(conflict) => Err(conflict),
+                    None if shared.state.opt_out(tenant_id, phone_e164).is_none() => {
+                        return Ok(false);
+                    }
+                    None => {
+                        let change = Change {
+                            opt_outs_removed: vec![(tenant_id.clone(), phone_e164.to_owned())],
+                            ..Change::default()
+                        };
+                        Ok(self.commit(&mut shared, change, keys.clone(), Vec::new())?)
+                    }
+                }
+            };
+            match decided {
+                Ok(ticket) => {
+                    self.durable(ticket).await?;
+                    return Ok(true);
+                }
+                Err(conflict) => {
+                    let _ = self.durable(conflict).await;
+                }
+            }
+        }
+    }
+
+    async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, StoreError> {
+        let (items, next) =
+            self.current()
+                .state
+                .opt_outs(&query.tenant_id, query.after.as_deref(), query.limit);
+        Ok(OptOutPage { items, next })
     }
 }
 
@@ -528,6 +819,24 @@ impl Store for FileStore {
             .await
             .map_err(StoreError::unavailable)?
             .map_err(StoreError::unavailable)
+    }
+
+    /// Retention happens when the store compacts: this asks for a compaction that leaves
+    /// out what is older than `cutoff`, and waits for it.
+    async fn expire(&self, cutoff: Timestamp, _batch: usize) -> Result<Expired, StoreError> {
+        {
+            let mut shared = self.current();
+            if !shared.state.has_expired(cutoff) {
+                return Ok(Expired::default());
+            }
+            shared.retention_cutoff = shared.retention_cutoff.max(Some(cutoff));
+        }
+        self.inner.compactor.request_and_watch().await;
+        let retained = self.lock().last_retained;
+        Ok(Expired {
+            events: retained.events_removed,
+            outbound_items: retained.items_removed,
+        })
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

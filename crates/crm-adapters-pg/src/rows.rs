@@ -1,8 +1,13 @@
 //! Rows to domain records. A row that does not map is reported, never guessed at.
 
 use crm_domain::campaign::Campaign;
+use crm_domain::delivery::{
+    AckStatus, Delivery, DeliveryStatus, LastAck, Lease, LeaseId, QueueEntry, QueueStatus,
+};
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::opt_out::OptOut;
+use crm_domain::outbound::RetryPolicy;
 use crm_domain::timestamp::Timestamp;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -92,7 +97,110 @@ pub fn follow_up(row: &Row) -> Result<FollowUp, RowError> {
         metadata: metadata(row, TABLE)?,
         correlation_id: CorrelationId::new(row.try_get("correlation_id").map_err(get_err)?),
         trace_id: row.try_get("trace_id").map_err(get_err)?,
+        time_zone: row.try_get("time_zone").map_err(get_err)?,
+        delivery: row
+            .try_get::<_, Option<Value>>("delivery")
+            .map_err(get_err)?
+            .map(|value| delivery_from_json(&value).map_err(|e| bad(TABLE, e)))
+            .transpose()?,
         created_at: timestamp(row, "created_at", TABLE)?,
         updated_at: timestamp(row, "updated_at", TABLE)?,
+    })
+}
+
+/// A follow-up's delivery as the `delivery` column holds it (the wire's shape).
+pub fn delivery_json(delivery: &Delivery) -> Value {
+    serde_json::json!({
+        "status": delivery.status.as_str(),
+        "attempts": delivery.attempts,
+        "provider_message_id": delivery.provider_message_id,
+        "error_code": delivery.error_code,
+        "updated_at": delivery.updated_at,
+    })
+}
+
+fn delivery_from_json(value: &Value) -> Result<Delivery, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Stored {
+        status: String,
+        attempts: u32,
+        provider_message_id: Option<String>,
+        error_code: Option<String>,
+        updated_at: Timestamp,
+    }
+    let stored: Stored =
+        serde_json::from_value(value.clone()).map_err(|e| format!("delivery: {e}"))?;
+    Ok(Delivery {
+        status: DeliveryStatus::parse(&stored.status)
+            .ok_or_else(|| format!("delivery status {:?} is unknown", stored.status))?,
+        attempts: stored.attempts,
+        provider_message_id: stored.provider_message_id,
+        error_code: stored.error_code,
+        updated_at: stored.updated_at,
+    })
+}
+
+/// A queue row: its number, its entry and the item as handed out.
+pub fn queue_entry(row: &Row) -> Result<(i64, QueueEntry, Value), RowError> {
+    const TABLE: &str = "crm_outbound_queue";
+    let get_err = |e: tokio_postgres::Error| bad(TABLE, e);
+    let status: String = row.try_get("status").map_err(get_err)?;
+    let lease_id: Option<Uuid> = row.try_get("lease_id").map_err(get_err)?;
+    let lease_expires_at: Option<OffsetDateTime> =
+        row.try_get("lease_expires_at").map_err(get_err)?;
+    let last_ack_lease: Option<Uuid> = row.try_get("last_ack_lease").map_err(get_err)?;
+    let last_ack_status: Option<String> = row.try_get("last_ack_status").map_err(get_err)?;
+    let available_at: Option<OffsetDateTime> = row.try_get("available_at").map_err(get_err)?;
+    let finished_at: Option<OffsetDateTime> = row.try_get("finished_at").map_err(get_err)?;
+    let count = |column: &str| -> Result<u32, RowError> {
+        let value: i32 = row.try_get(column).map_err(get_err)?;
+        u32::try_from(value).map_err(|e| bad(TABLE, e))
+    };
+    let entry = QueueEntry {
+        queue_item_id: QueueItemId::new(row.try_get("queue_item_id").map_err(get_err)?),
+        followup_id: FollowUpId::new(row.try_get("followup_id").map_err(get_err)?),
+        tenant_id: tenant(row, TABLE)?,
+        retry_policy: RetryPolicy {
+            max_attempts: count("max_attempts")?,
+            backoff_ms: count("backoff_ms")?,
+        },
+        status: QueueStatus::parse(&status)
+            .ok_or_else(|| bad(TABLE, format!("status {status:?} is unknown")))?,
+        attempt: count("attempt")?,
+        available_at: available_at.map(Timestamp::from_datetime),
+        lease: match (lease_id, lease_expires_at) {
+            (Some(id), Some(expires_at)) => Some(Lease {
+                lease_id: LeaseId(id),
+                expires_at: Timestamp::from_datetime(expires_at),
+            }),
+            _ => None,
+        },
+        last_ack: match (last_ack_lease, last_ack_status) {
+            (Some(id), Some(status)) => Some(LastAck {
+                lease_id: LeaseId(id),
+                status: AckStatus::parse(&status)
+                    .ok_or_else(|| bad(TABLE, format!("ack status {status:?} is unknown")))?,
+            }),
+            _ => None,
+        },
+        enqueued_at: timestamp(row, "created_at", TABLE)?,
+        finished_at: finished_at.map(Timestamp::from_datetime),
+    };
+    Ok((
+        row.try_get("seq").map_err(get_err)?,
+        entry,
+        row.try_get("item").map_err(get_err)?,
+    ))
+}
+
+pub fn opt_out(row: &Row) -> Result<OptOut, RowError> {
+    const TABLE: &str = "crm_opt_outs";
+    let get_err = |e: tokio_postgres::Error| bad(TABLE, e);
+    Ok(OptOut {
+        tenant_id: tenant(row, TABLE)?,
+        phone_e164: row.try_get("phone_e164").map_err(get_err)?,
+        reason: row.try_get("reason").map_err(get_err)?,
+        created_at: timestamp(row, "created_at", TABLE)?,
     })
 }

@@ -1,22 +1,30 @@
 //! `PgStore`: the ports over a deadpool of tokio-postgres connections.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use crm_domain::campaign::Campaign;
+use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
+use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
+use crm_domain::page::EventCursor;
 use crm_domain::page::{Cursor, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
-    CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome, DrainStatus,
-    DueFollowUp, EventEmitter, EventPage, FollowUpQuery, FollowUpStore, OutboundQueue, SCAN_BUDGET,
-    Store, StoreError, TraceQuery, bounded_page,
+    AckRequest, Acker, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher,
+    DrainOutcome, DrainStatus, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
+    FollowUpQuery, FollowUpStore, LeasedItem, Leaser, OptOutPage, OptOutQuery, OptOutStore,
+    OutboundQueue, SCAN_BUDGET, Store, StoreError, TraceQuery, bounded_page, decide_acks,
+    decide_claims,
 };
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -128,6 +136,11 @@ pub struct PgStore {
     pool: Pool,
     /// The bound on every call, from asking for a connection to the last row.
     timeout: Duration,
+    /// How the listening connection connects, and which schema's notifications count.
+    config: tokio_postgres::Config,
+    schema: String,
+    /// Counts the event commits this process heard of; started on first use.
+    notifications: Arc<OnceLock<watch::Receiver<u64>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -164,7 +177,22 @@ impl PgStore {
         Ok(Self {
             pool,
             timeout: options.timeout,
+            config: options.pg_config()?,
+            schema: options.schema().to_owned(),
+            notifications: Arc::default(),
         })
+    }
+
+    /// A receiver that changes whenever an event of this schema commits (in any process),
+    /// and once after each (re)connection of the listener, when some may have gone unheard.
+    fn notifications(&self) -> watch::Receiver<u64> {
+        self.notifications
+            .get_or_init(|| {
+                let (sender, receiver) = watch::channel(0);
+                tokio::spawn(listen(self.config.clone(), self.schema.clone(), sender));
+                receiver
+            })
+            .clone()
     }
 
     /// Runs `work` on a pooled connection. Everything, from waiting for the connection to
@@ -275,6 +303,9 @@ struct Decided {
     item_keys: Vec<String>,
     items: Vec<serde_json::Value>,
     item_created_at: Vec<OffsetDateTime>,
+    item_follow_ups: Vec<Uuid>,
+    item_max_attempts: Vec<i32>,
+    item_backoffs: Vec<i32>,
 }
 
 impl Decided {
@@ -316,6 +347,12 @@ impl Decided {
             self.items
                 .push(serde_json::to_value(&*item).map_err(unavailable)?);
             self.item_created_at.push(item.created_at.as_datetime());
+            self.item_follow_ups.push(followup_id.as_uuid());
+            let policy = item.retry_policy;
+            self.item_max_attempts
+                .push(i32::try_from(policy.max_attempts).map_err(unavailable)?);
+            self.item_backoffs
+                .push(i32::try_from(policy.backoff_ms).map_err(unavailable)?);
         }
         let reason = (status == DrainStatus::Failed)
             .then(|| follow_up.last_error_code.clone())
@@ -338,13 +375,16 @@ impl Decided {
         ]
     }
 
-    fn outbound_params(&self) -> [&(dyn ToSql + Sync); 5] {
+    fn outbound_params(&self) -> [&(dyn ToSql + Sync); 8] {
         [
             &self.item_ids,
             &self.item_tenants,
             &self.item_keys,
             &self.items,
             &self.item_created_at,
+            &self.item_follow_ups,
+            &self.item_max_attempts,
+            &self.item_backoffs,
         ]
     }
 }
@@ -607,7 +647,8 @@ impl FollowUpStore for PgStore {
         let schedule_at = follow_up.schedule_at.as_datetime();
         let created_at = follow_up.created_at.as_datetime();
         let updated_at = follow_up.updated_at.as_datetime();
-        let record: [&(dyn ToSql + Sync); 19] = [
+        let delivery = follow_up.delivery.as_ref().map(rows::delivery_json);
+        let record: [&(dyn ToSql + Sync); 21] = [
             &id,
             &follow_up.tenant_id.as_str(),
             &campaign_id,
@@ -625,6 +666,8 @@ impl FollowUpStore for PgStore {
             &metadata,
             &correlation_id,
             &follow_up.trace_id,
+            &follow_up.time_zone,
+            &delivery,
             &created_at,
             &updated_at,
         ];
@@ -758,7 +801,7 @@ pub const COUNT_DUE_CAP: usize = 10_000;
 #[async_trait]
 impl EventEmitter for PgStore {
     async fn events_by_correlation(&self, query: &TraceQuery) -> Result<EventPage, StoreError> {
-        let after = i64::try_from(query.after.map_or(0, |cursor| cursor.0)).unwrap_or(i64::MAX);
+        let after = position(query.after);
         // Enough rows to find out whether another page follows, or, for one tenant's
         // events, to pass over the most others one call may.
         let wanted = match query.tenant_id {
@@ -781,35 +824,458 @@ impl EventEmitter for PgStore {
                     .map_err(unavailable)
             })
             .await?;
-        let mut scanned = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: i64 = row.try_get(0).map_err(unavailable)?;
-            let tenant: String = row.try_get(1).map_err(unavailable)?;
-            scanned.push((u64::try_from(seq).map_err(unavailable)?, (tenant, row)));
-        }
-        let (rows, next) = bounded_page(
-            scanned,
-            |(tenant, _)| {
-                query
-                    .tenant_id
-                    .as_ref()
-                    .is_none_or(|t| t.as_str() == tenant)
+        let scan = bounded_page(
+            numbered(&rows)?,
+            |row| {
+                query.tenant_id.as_ref().is_none_or(|tenant| {
+                    row.try_get::<_, &str>("tenant_id").ok() == Some(tenant.as_str())
+                })
             },
             query.limit,
         );
-        let items = rows
-            .into_iter()
-            .map(|(_, row)| {
-                let envelope: serde_json::Value = row.try_get(2).map_err(unavailable)?;
-                serde_json::from_value(envelope).map_err(unavailable)
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(EventPage { items, next })
+        Ok(EventPage {
+            next: scan.next(),
+            items: envelopes(&scan.items)?,
+        })
     }
+
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedPage, StoreError> {
+        let (bounds, rows) = self
+            .call(async |client| {
+                let bounds = client
+                    .prepare_cached(sql::FEED_BOUNDS)
+                    .await
+                    .map_err(unavailable)?;
+                let bounds = client.query_one(&bounds, &[]).await.map_err(unavailable)?;
+                let deleted_through: i64 = bounds.try_get(0).map_err(unavailable)?;
+                let last_issued: i64 = bounds.try_get(1).map_err(unavailable)?;
+                let start = query
+                    .after
+                    .map_or(deleted_through, |cursor| position(Some(cursor)));
+                if start > last_issued {
+                    return Err(StoreError::CursorNotIssued);
+                }
+                if start < deleted_through {
+                    return Err(StoreError::CursorExpired {
+                        oldest: EventCursor(u64::try_from(deleted_through).unwrap_or(0)),
+                    });
+                }
+                // One tenant's events come from its own index; otherwise the log is read in
+                // order, passing over at most a budget of events that do not match.
+                let rows = match &query.tenant_id {
+                    Some(tenant) => {
+                        let statement = client
+                            .prepare_cached(sql::FEED_OF_TENANT)
+                            .await
+                            .map_err(unavailable)?;
+                        let fetch = fetch_limit(if query.name_prefix.is_some() {
+                            SCAN_BUDGET
+                        } else {
+                            query.limit
+                        });
+                        client
+                            .query(&statement, &[&start, &fetch, &tenant.as_str()])
+                            .await
+                    }
+                    None => {
+                        let statement = client
+                            .prepare_cached(sql::FEED)
+                            .await
+                            .map_err(unavailable)?;
+                        let fetch = fetch_limit(if query.name_prefix.is_some() {
+                            SCAN_BUDGET
+                        } else {
+                            query.limit
+                        });
+                        client.query(&statement, &[&start, &fetch]).await
+                    }
+                }
+                .map_err(unavailable)?;
+                Ok((start, rows))
+            })
+            .await?;
+        let start = EventCursor(u64::try_from(bounds).unwrap_or(0));
+        let scan = bounded_page(
+            numbered(&rows)?,
+            |row| {
+                query.name_prefix.as_deref().is_none_or(|prefix| {
+                    row.try_get::<_, &str>("name")
+                        .is_ok_and(|name| name.starts_with(prefix))
+                })
+            },
+            query.limit,
+        );
+        Ok(FeedPage {
+            next: scan.last.unwrap_or(start),
+            items: envelopes(&scan.items)?,
+        })
+    }
+
+    async fn wait_for_events(&self, after: EventCursor, wait: Duration) -> Result<(), StoreError> {
+        let mut notified = self.notifications();
+        notified.borrow_and_update();
+        let deadline = tokio::time::Instant::now() + wait;
+        let after = position(Some(after));
+        loop {
+            let exists = self
+                .call(async |client| {
+                    let statement = client
+                        .prepare_cached(sql::EVENT_AFTER)
+                        .await
+                        .map_err(unavailable)?;
+                    let row = client
+                        .query_one(&statement, &[&after])
+                        .await
+                        .map_err(unavailable)?;
+                    row.try_get::<_, bool>(0).map_err(unavailable)
+                })
+                .await?;
+            if exists {
+                return Ok(());
+            }
+            // Woken by a commit's notification; the second-long step only matters while
+            // the listening connection is down, and keeps the wait from ever being blind.
+            let step = (tokio::time::Instant::now() + NOTIFY_FALLBACK).min(deadline);
+            match tokio::time::timeout_at(step, notified.changed()).await {
+                Ok(_) => return Ok(()),
+                Err(_) if tokio::time::Instant::now() >= deadline => return Ok(()),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Listens for `crm_events` notifications on a connection of its own, reconnecting when
+/// it drops, until no store handle is left to hear them.
+async fn listen(config: tokio_postgres::Config, schema: String, heard: watch::Sender<u64>) {
+    let mut backoff = Duration::from_millis(100);
+    while !heard.is_closed() {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (notices, mut received) = tokio::sync::mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
+                                if notices.send(notification.payload().to_owned()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+                if client.batch_execute("LISTEN crm_events").await.is_ok() {
+                    backoff = Duration::from_millis(100);
+                    // Commits made while no one listened: let waiters look once.
+                    heard.send_modify(|count| *count += 1);
+                    loop {
+                        let payload = tokio::select! {
+                            payload = received.recv() => payload,
+                            () = heard.closed() => None,
+                        };
+                        match payload {
+                            Some(payload) if payload == schema => {
+                                heard.send_modify(|count| *count += 1);
+                            }
+                            Some(_) => {}
+                            None => break,
+                        }
+                    }
+                }
+                driver.abort();
+            }
+            Err(error) => tracing::debug!(%error, "event listener cannot connect yet"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// How often a feed waiter looks for itself while no notification comes.
+const NOTIFY_FALLBACK: Duration = Duration::from_secs(1);
+
+/// A feed position as the database counts it.
+fn position(cursor: Option<EventCursor>) -> i64 {
+    i64::try_from(cursor.map_or(0, |cursor| cursor.0)).unwrap_or(i64::MAX)
+}
+
+/// Rows whose first column is the event number, paired with it.
+fn numbered(rows: &[tokio_postgres::Row]) -> Result<Vec<(u64, &tokio_postgres::Row)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let seq: i64 = row.try_get("seq").map_err(unavailable)?;
+            Ok((u64::try_from(seq).map_err(unavailable)?, row))
+        })
+        .collect()
+}
+
+fn envelopes(rows: &[&tokio_postgres::Row]) -> Result<Vec<EventEnvelope>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let envelope: serde_json::Value = row.try_get("envelope").map_err(unavailable)?;
+            serde_json::from_value(envelope).map_err(unavailable)
+        })
+        .collect()
+}
+
+/// Queue entries as the parallel arrays of `UPDATE_ITEMS`.
+#[derive(Default)]
+struct ItemColumns {
+    ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    attempts: Vec<i32>,
+    available_at: Vec<Option<OffsetDateTime>>,
+    lease_ids: Vec<Option<Uuid>>,
+    lease_expires_at: Vec<Option<OffsetDateTime>>,
+    last_ack_leases: Vec<Option<Uuid>>,
+    last_ack_statuses: Vec<Option<&'static str>>,
+    finished_at: Vec<Option<OffsetDateTime>>,
+}
+
+impl ItemColumns {
+    fn new(entries: &[QueueEntry]) -> Result<Self, StoreError> {
+        let mut columns = Self::default();
+        for entry in entries {
+            columns.ids.push(entry.queue_item_id.as_uuid());
+            columns.statuses.push(entry.status.as_str());
+            columns
+                .attempts
+                .push(i32::try_from(entry.attempt).map_err(unavailable)?);
+            columns
+                .available_at
+                .push(entry.available_at.map(|at| at.as_datetime()));
+            columns
+                .lease_ids
+                .push(entry.lease.map(|lease| lease.lease_id.0));
+            columns
+                .lease_expires_at
+                .push(entry.lease.map(|lease| lease.expires_at.as_datetime()));
+            columns
+                .last_ack_leases
+                .push(entry.last_ack.map(|ack| ack.lease_id.0));
+            columns
+                .last_ack_statuses
+                .push(entry.last_ack.map(|ack| ack.status.as_str()));
+            columns
+                .finished_at
+                .push(entry.finished_at.map(|at| at.as_datetime()));
+        }
+        Ok(columns)
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.ids,
+            &self.statuses,
+            &self.attempts,
+            &self.available_at,
+            &self.lease_ids,
+            &self.lease_expires_at,
+            &self.last_ack_leases,
+            &self.last_ack_statuses,
+            &self.finished_at,
+        ]
+    }
+}
+
+/// Writes the follow-ups' deliveries, the items' new states, the opt-outs and then the
+/// events, inside `transaction`.
+async fn write_deliveries(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    entries: &[QueueEntry],
+    follow_ups: &[FollowUp],
+    opt_outs: &[OptOut],
+    events: &[EventEnvelope],
+) -> Result<(), StoreError> {
+    if !entries.is_empty() {
+        let columns = ItemColumns::new(entries)?;
+        changed_rows_of(transaction, sql::UPDATE_ITEMS, &columns.params()).await?;
+    }
+    if !follow_ups.is_empty() {
+        let ids: Vec<Uuid> = follow_ups.iter().map(|f| f.followup_id.as_uuid()).collect();
+        let deliveries: Vec<Option<serde_json::Value>> = follow_ups
+            .iter()
+            .map(|f| f.delivery.as_ref().map(rows::delivery_json))
+            .collect();
+        let updated_at: Vec<OffsetDateTime> = follow_ups
+            .iter()
+            .map(|f| f.updated_at.as_datetime())
+            .collect();
+        changed_rows_of(
+            transaction,
+            sql::RECORD_DELIVERIES,
+            &[&ids, &deliveries, &updated_at],
+        )
+        .await?;
+    }
+    if !opt_outs.is_empty() {
+        let tenants: Vec<&str> = opt_outs.iter().map(|o| o.tenant_id.as_str()).collect();
+        let phones: Vec<&str> = opt_outs.iter().map(|o| o.phone_e164.as_str()).collect();
+        let reasons: Vec<Option<&str>> = opt_outs.iter().map(|o| o.reason.as_deref()).collect();
+        let created: Vec<OffsetDateTime> = opt_outs
+            .iter()
+            .map(|o| o.created_at.as_datetime())
+            .collect();
+        changed_rows_of(
+            transaction,
+            sql::ADD_OPT_OUTS,
+            &[&tenants, &phones, &reasons, &created],
+        )
+        .await?;
+    }
+    if !events.is_empty() {
+        let events = EventColumns::new(events)?;
+        changed_rows_of(transaction, sql::INSERT_EVENTS, &events.params()).await?;
+    }
+    Ok(())
+}
+
+/// The follow-ups with these ids.
+async fn follow_ups_by_id(
+    client: &impl GenericClient,
+    ids: &[FollowUpId],
+) -> Result<HashMap<FollowUpId, FollowUp>, StoreError> {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let found = all(
+        client,
+        sql::SELECT_FOLLOW_UPS_BY_ID,
+        &[&ids],
+        rows::follow_up,
+    )
+    .await?;
+    Ok(found.into_iter().map(|f| (f.followup_id, f)).collect())
 }
 
 #[async_trait]
 impl OutboundQueue for PgStore {
+    async fn claim(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        leaser: &dyn Leaser,
+    ) -> Result<Vec<LeasedItem>, StoreError> {
+        let limit = fetch_limit(limit).saturating_sub(1);
+        self.call(async |client| {
+            let transaction = client.transaction().await.map_err(unavailable)?;
+            let claim = transaction
+                .prepare_cached(sql::CLAIM_ITEMS)
+                .await
+                .map_err(unavailable)?;
+            let rows = transaction
+                .query(&claim, &[&now.as_datetime(), &limit])
+                .await
+                .map_err(unavailable)?;
+            let claimed = rows
+                .iter()
+                .map(rows::queue_entry)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            if claimed.is_empty() {
+                transaction.commit().await.map_err(unavailable)?;
+                return Ok(Vec::new());
+            }
+            let ids: Vec<FollowUpId> = claimed.iter().map(|(_, e, _)| e.followup_id).collect();
+            let follow_ups = follow_ups_by_id(&transaction, &ids).await?;
+            let batch = decide_claims(
+                claimed
+                    .iter()
+                    .filter_map(|(_, entry, _)| Some((entry, follow_ups.get(&entry.followup_id)?))),
+                leaser,
+            );
+            write_deliveries(
+                &transaction,
+                &batch.entries,
+                &batch.follow_ups,
+                &[],
+                &batch.events,
+            )
+            .await?;
+            transaction.commit().await.map_err(unavailable)?;
+            batch
+                .entries
+                .into_iter()
+                .filter(|entry| batch.leased.contains(&entry.queue_item_id))
+                .map(|entry| {
+                    let item = claimed
+                        .iter()
+                        .find(|(_, claimed, _)| claimed.queue_item_id == entry.queue_item_id)
+                        .map(|(_, _, item)| item.clone())
+                        .expect("a leased entry was claimed");
+                    Ok(LeasedItem {
+                        entry,
+                        item: serde_json::from_value(item).map_err(unavailable)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn ack(
+        &self,
+        acks: &[AckRequest],
+        acker: &dyn Acker,
+    ) -> Result<Vec<AckStatus>, StoreError> {
+        let ids: Vec<Uuid> = acks.iter().map(|ack| ack.queue_item_id.as_uuid()).collect();
+        self.call(async |client| {
+            let transaction = client.transaction().await.map_err(unavailable)?;
+            let lock = transaction
+                .prepare_cached(sql::LOCK_ITEMS)
+                .await
+                .map_err(unavailable)?;
+            let rows = transaction
+                .query(&lock, &[&ids])
+                .await
+                .map_err(unavailable)?;
+            let entries: HashMap<QueueItemId, QueueEntry> = rows
+                .iter()
+                .map(|row| rows::queue_entry(row).map(|(_, entry, _)| (entry.queue_item_id, entry)))
+                .collect::<Result<_, _>>()
+                .map_err(unavailable)?;
+            let owners: Vec<FollowUpId> = entries.values().map(|e| e.followup_id).collect();
+            let follow_ups = follow_ups_by_id(&transaction, &owners).await?;
+            let batch = decide_acks(
+                acks,
+                acker,
+                |id| entries.get(&id).cloned(),
+                |id| follow_ups.get(&id).cloned(),
+            );
+            write_deliveries(
+                &transaction,
+                &batch.entries,
+                &batch.follow_ups,
+                &batch.opt_outs,
+                &batch.events,
+            )
+            .await?;
+            transaction.commit().await.map_err(unavailable)?;
+            Ok(batch.statuses)
+        })
+        .await
+    }
+
+    async fn queue_entry(&self, id: QueueItemId) -> Result<Option<QueueEntry>, StoreError> {
+        self.call(async |client| {
+            let statement = client
+                .prepare_cached(sql::SELECT_ITEM)
+                .await
+                .map_err(unavailable)?;
+            let row = client
+                .query_opt(&statement, &[&id.as_uuid()])
+                .await
+                .map_err(unavailable)?;
+            row.as_ref()
+                .map(|row| rows::queue_entry(row).map(|(_, entry, _)| entry))
+                .transpose()
+                .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn outbound_items(
         &self,
         offset: u64,
@@ -843,6 +1309,74 @@ impl OutboundQueue for PgStore {
 }
 
 #[async_trait]
+impl OptOutStore for PgStore {
+    async fn add_opt_out(&self, opt_out: &OptOut) -> Result<Created<OptOut>, StoreError> {
+        let created_at = opt_out.created_at.as_datetime();
+        self.call(async |client| {
+            let params: [&(dyn ToSql + Sync); 4] = [
+                &opt_out.tenant_id.as_str(),
+                &opt_out.phone_e164,
+                &opt_out.reason,
+                &created_at,
+            ];
+            if changed_rows_of(&*client, sql::ADD_OPT_OUT, &params).await? == 1 {
+                return Ok(Created::Created(opt_out.clone()));
+            }
+            let existing = one(
+                &*client,
+                sql::SELECT_OPT_OUT,
+                &[&opt_out.tenant_id.as_str(), &opt_out.phone_e164],
+                rows::opt_out,
+            )
+            .await?;
+            existing
+                .map(Created::Existing)
+                .ok_or_else(|| unavailable("an opt-out conflicted with a row that is gone"))
+        })
+        .await
+    }
+
+    async fn remove_opt_out(
+        &self,
+        tenant_id: &TenantId,
+        phone_e164: &str,
+    ) -> Result<bool, StoreError> {
+        self.call(async |client| {
+            let removed = changed_rows_of(
+                &*client,
+                sql::REMOVE_OPT_OUT,
+                &[&tenant_id.as_str(), &phone_e164],
+            )
+            .await?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, StoreError> {
+        let after = query.after.clone().unwrap_or_default();
+        let fetch = fetch_limit(query.limit);
+        let mut items = self
+            .call(async |client| {
+                all(
+                    &*client,
+                    sql::LIST_OPT_OUTS,
+                    &[&query.tenant_id.as_str(), &after, &fetch],
+                    rows::opt_out,
+                )
+                .await
+            })
+            .await?;
+        let more = items.len() > query.limit;
+        items.truncate(query.limit);
+        let next = more
+            .then(|| items.last().map(|last| last.phone_e164.clone()))
+            .flatten();
+        Ok(OptOutPage { items, next })
+    }
+}
+
+#[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> &'static str {
         "postgres"
@@ -854,5 +1388,33 @@ impl Store for PgStore {
             Ok(())
         })
         .await
+    }
+
+    async fn expire(&self, cutoff: Timestamp, batch: usize) -> Result<Expired, StoreError> {
+        let batch = i64::try_from(batch).unwrap_or(i64::MAX);
+        let cutoff = cutoff.as_datetime();
+        // Two short statements, each its own transaction: no lock outlives one batch.
+        let events = self
+            .call(async |client| {
+                let statement = client
+                    .prepare_cached(sql::EXPIRE_EVENTS)
+                    .await
+                    .map_err(unavailable)?;
+                let row = client
+                    .query_one(&statement, &[&cutoff, &batch])
+                    .await
+                    .map_err(unavailable)?;
+                row.try_get::<_, i64>(0).map_err(unavailable)
+            })
+            .await?;
+        let items = self
+            .call(async |client| {
+                changed_rows_of(&*client, sql::EXPIRE_ITEMS, &[&cutoff, &batch]).await
+            })
+            .await?;
+        Ok(Expired {
+            events: u64::try_from(events).unwrap_or(0),
+            outbound_items: items,
+        })
     }
 }

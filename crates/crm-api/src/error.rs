@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use crm_app::{AppError, MetadataOf};
 use crm_contracts::Violation;
+use crm_domain::page::EventCursor;
 use crm_domain::workflow::TransitionRefusal;
 use serde_json::{Value, json};
 
@@ -28,6 +29,8 @@ pub enum ApiError {
     NotFound,
     #[error("id already used by another tenant")]
     IdConflict,
+    #[error("the events after this cursor were removed by retention")]
+    CursorExpired { oldest: EventCursor },
     #[error("body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request was not received within {} ms", timeout.as_millis())]
@@ -53,6 +56,7 @@ pub enum Code {
     Unauthorized,
     NotFound,
     IdConflict,
+    CursorExpired,
     RequestTimeout,
     PayloadTooLarge,
     InternalError,
@@ -60,7 +64,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 14] = [
         Code::InvalidJson,
         Code::ValidationError,
         Code::MissingTenantId,
@@ -70,6 +74,7 @@ impl Code {
         Code::Unauthorized,
         Code::NotFound,
         Code::IdConflict,
+        Code::CursorExpired,
         Code::RequestTimeout,
         Code::PayloadTooLarge,
         Code::InternalError,
@@ -88,6 +93,7 @@ impl Code {
             Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
             Self::IdConflict => "id_conflict",
+            Self::CursorExpired => "cursor_expired",
             Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::InternalError => "internal_error",
@@ -106,6 +112,7 @@ impl Code {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::IdConflict => StatusCode::CONFLICT,
+            Self::CursorExpired => StatusCode::GONE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,6 +139,7 @@ impl Code {
             }
             Self::NotFound => "the tenant has no such record",
             Self::IdConflict => "the id is already used by another tenant",
+            Self::CursorExpired => "the events after the cursor were deleted by retention",
             Self::RequestTimeout => {
                 "the request was not received whole within the configured time \
                  (`--request-timeout-ms`)"
@@ -161,6 +169,7 @@ impl Code {
                 Some(json!({"code": "trigger_mismatch", "expected_trigger": "schedule_campaign"}))
             }
             Self::RequestTimeout => Some(json!({"timeout_ms": 10000})),
+            Self::CursorExpired => Some(json!({"oldest_cursor": "e1_1200"})),
             Self::PayloadTooLarge => Some(json!({"limit_bytes": 65536})),
             Self::MissingTenantId
             | Self::MissingCorrelationId
@@ -185,6 +194,7 @@ impl ApiError {
             Self::CampaignNotFound => Code::CampaignNotFound,
             Self::NotFound => Code::NotFound,
             Self::IdConflict => Code::IdConflict,
+            Self::CursorExpired { .. } => Code::CursorExpired,
             Self::PayloadTooLarge { .. } => Code::PayloadTooLarge,
             Self::RequestTimeout { .. } => Code::RequestTimeout,
             Self::Unauthorized => Code::Unauthorized,
@@ -208,6 +218,7 @@ impl ApiError {
             Self::RequestTimeout { timeout } => {
                 Some(json!({ "timeout_ms": timeout.as_millis() as u64 }))
             }
+            Self::CursorExpired { oldest } => Some(json!({ "oldest_cursor": oldest.encode() })),
             Self::MissingTenantId
             | Self::MissingCorrelationId
             | Self::CampaignNotFound
@@ -251,6 +262,10 @@ impl From<AppError> for ApiError {
             AppError::NotFound => Self::NotFound,
             AppError::CampaignNotFound => Self::CampaignNotFound,
             AppError::IdConflict => Self::IdConflict,
+            AppError::CursorExpired { oldest } => Self::CursorExpired { oldest },
+            AppError::CursorNotIssued => {
+                Self::invalid_query("after", "is not a cursor this server issued")
+            }
             AppError::Unavailable(_) => Self::StorageUnavailable(error),
             AppError::Internal { .. } => Self::Internal(error),
         }

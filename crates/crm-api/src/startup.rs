@@ -30,6 +30,7 @@ pub struct Application {
     server: Server,
     crm: Crm,
     worker_interval: Option<Duration>,
+    retention: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -94,6 +95,7 @@ impl Application {
             server,
             crm,
             worker_interval: settings.worker_interval,
+            retention: settings.retention,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -109,8 +111,17 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let worker = self.worker_interval.map(|interval| {
-            tokio::spawn(crm_app::worker::run(self.crm.clone(), interval, stopped))
+            tokio::spawn(crm_app::worker::run(
+                self.crm.clone(),
+                interval,
+                stopped.clone(),
+            ))
         });
+        let retention = tokio::spawn(crm_app::worker::retain(
+            self.crm.clone(),
+            self.retention,
+            stopped,
+        ));
         let server = self.server.handle();
         let deadline = self.shutdown_timeout;
         let (signalled, first_signal) = tokio::sync::oneshot::channel();
@@ -136,6 +147,7 @@ impl Application {
             if let Some(worker) = worker {
                 let _ = worker.await;
             }
+            let _ = retention.await;
             if let Err(error) = crm.store().flush().await {
                 tracing::warn!(%error, "store flush at shutdown failed; nothing acknowledged is lost");
             }

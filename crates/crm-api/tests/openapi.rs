@@ -19,7 +19,7 @@ const CONTRACTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contract
 
 /// Component name and contract file, written out here so that a renamed component or file
 /// fails this test rather than silently following the code.
-const COMPONENTS: [(&str, &str); 15] = [
+const COMPONENTS: [(&str, &str); 20] = [
     ("CampaignCreate", "campaign-create.request.schema.json"),
     (
         "CampaignStateUpdate",
@@ -41,13 +41,21 @@ const COMPONENTS: [(&str, &str); 15] = [
     ("DrainRequest", "drain.request.schema.json"),
     ("DrainResponse", "drain.response.schema.json"),
     ("TraceResponse", "trace.response.schema.json"),
+    ("EventsFeed", "events-feed.response.schema.json"),
+    ("OutboundClaimRequest", "outbound-claim.request.schema.json"),
+    (
+        "OutboundClaimResponse",
+        "outbound-claim.response.schema.json",
+    ),
+    ("OutboundAckRequest", "outbound-ack.request.schema.json"),
+    ("OutboundAckResponse", "outbound-ack.response.schema.json"),
     ("ErrorResponse", "error.response.schema.json"),
     ("OutboundQueueItem", "outbound-queue.schema.json"),
     ("EventEnvelope", "orchestration-event.schema.json"),
 ];
 
 /// Every route of the service: method, path, operationId, and the error statuses it can give.
-const OPERATIONS: [(&str, &str, &str, &[u16]); 11] = [
+const OPERATIONS: [(&str, &str, &str, &[u16]); 14] = [
     (
         "post",
         "/v1/crm/campaigns",
@@ -85,10 +93,28 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 11] = [
         &[400, 401, 408, 413, 500, 503],
     ),
     (
+        "post",
+        "/internal/outbound/claim",
+        "claim_outbound_items",
+        &[400, 401, 408, 413, 500, 503],
+    ),
+    (
+        "post",
+        "/internal/outbound/ack",
+        "ack_outbound_items",
+        &[400, 401, 408, 413, 500, 503],
+    ),
+    (
         "get",
         "/internal/orchestration/trace",
         "read_trace",
         &[400, 401, 500, 503],
+    ),
+    (
+        "get",
+        "/internal/orchestration/events",
+        "read_event_feed",
+        &[400, 401, 410, 500, 503],
     ),
     ("get", "/health", "check_health", &[]),
     ("get", "/ready", "check_readiness", &[503]),
@@ -97,7 +123,7 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 11] = [
 ];
 
 /// The operations whose bodies are JSON contracts (not the operations endpoints).
-const CONTRACT_OPERATIONS: usize = 7;
+const CONTRACT_OPERATIONS: usize = 10;
 
 const HTTP_METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -145,31 +171,42 @@ fn read_contract_file(file: &str) -> Value {
 /// A contract file as the document should carry it: without `$id` and `$schema`, and with
 /// each `$ref` to a sibling file pointed at that file's component.
 fn expected_component(file: &str) -> Value {
-    fn rewrite(value: &mut Value) {
+    fn rewrite(value: &mut Value, own: &str) {
         match value {
             Value::Object(map) => {
                 for (key, child) in map.iter_mut() {
                     if key == "$ref" {
                         let target = child.as_str().expect("a $ref is a string");
-                        let (name, _) = COMPONENTS
-                            .iter()
-                            .find(|(_, file)| *file == target)
-                            .unwrap_or_else(|| panic!("$ref {target} names no component"));
-                        *child = json!(format!("#/components/schemas/{name}"));
+                        *child = json!(match target.strip_prefix('#') {
+                            // A pointer into the contract itself stays below its component.
+                            Some(pointer) => format!("#/components/schemas/{own}{pointer}"),
+                            None => {
+                                let (name, _) = COMPONENTS
+                                    .iter()
+                                    .find(|(_, file)| *file == target)
+                                    .unwrap_or_else(|| panic!("$ref {target} names no component"));
+                                format!("#/components/schemas/{name}")
+                            }
+                        });
                     } else {
-                        rewrite(child);
+                        rewrite(child, own);
                     }
                 }
             }
-            Value::Array(items) => items.iter_mut().for_each(rewrite),
+            Value::Array(items) => items.iter_mut().for_each(|item| rewrite(item, own)),
             _ => {}
         }
     }
+    let own = COMPONENTS
+        .iter()
+        .find(|(_, known)| *known == file)
+        .map(|(name, _)| *name)
+        .expect("a contract with a component");
     let mut schema = read_contract_file(file);
     let root = schema.as_object_mut().expect("a contract is an object");
     root.remove("$id");
     root.remove("$schema");
-    rewrite(&mut schema);
+    rewrite(&mut schema, own);
     schema
 }
 
@@ -255,6 +292,8 @@ fn followup_record() -> Value {
         "last_error_code": null,
         "last_error_message": null,
         "metadata": {},
+        "time_zone": null,
+        "delivery": null,
         "created_at": "2025-01-01T08:00:00.000Z",
         "updated_at": "2025-01-01T08:00:00.000Z"
     })
@@ -432,7 +471,12 @@ fn every_request_body_and_200_body_of_the_json_endpoints_references_a_component(
             .as_str()
             .is_some_and(|reference| reference.starts_with("#/components/schemas/"))
     };
-    let with_body = ["create_campaign", "advance_campaign", "create_follow_up"];
+    let with_body = [
+        "create_campaign",
+        "advance_campaign",
+        "create_follow_up",
+        "ack_outbound_items",
+    ];
     for (method, path, id, _) in &OPERATIONS[..CONTRACT_OPERATIONS] {
         let operation = operation(method, path);
         let ok = &operation["responses"]["200"]["content"]["application/json"]["schema"];
@@ -517,6 +561,7 @@ fn every_error_response_is_an_error_response_that_names_and_shows_its_words() {
         (404, &["not_found"][..]),
         (408, &["request_timeout"][..]),
         (409, &["id_conflict"][..]),
+        (410, &["cursor_expired"][..]),
         (413, &["payload_too_large"][..]),
         (500, &["internal_error"][..]),
         (503, &["storage_unavailable"][..]),

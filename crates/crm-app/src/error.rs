@@ -1,6 +1,7 @@
 use crm_contracts::Violation;
 use crm_domain::campaign::AdvanceError;
 use crm_domain::metadata::MetadataTooLarge;
+use crm_domain::page::EventCursor;
 use crm_domain::workflow::TransitionRefusal;
 use crm_ports::StoreError;
 
@@ -25,7 +26,14 @@ pub enum AppError {
     /// The id already belongs to another tenant.
     #[error("id already used by another tenant")]
     IdConflict,
-    /// Storage is unavailable; nothing was changed.
+    /// A feed cursor older than the retention window.
+    #[error("the events after this cursor were removed by retention")]
+    CursorExpired { oldest: EventCursor },
+    /// A feed cursor the service never issued.
+    #[error("the cursor is past every event")]
+    CursorNotIssued,
+    /// Storage is unavailable: a read returned nothing; a write's outcome is unknown, and
+    /// repeating it with the same ids is safe.
     #[error("storage unavailable")]
     Unavailable(#[source] StoreError),
     /// Something we built ourselves broke its contract: a bug, never the client's fault.
@@ -41,6 +49,8 @@ impl From<StoreError> for AppError {
         match error {
             StoreError::IdConflict { .. } => Self::IdConflict,
             StoreError::NotFound { .. } => Self::NotFound,
+            StoreError::CursorExpired { oldest } => Self::CursorExpired { oldest },
+            StoreError::CursorNotIssued => Self::CursorNotIssued,
             // A use case that can see `Stale` retries it; one that escapes is an outage of
             // the guarantee, reported as such rather than as the client's fault.
             StoreError::Stale { .. } | StoreError::Unavailable(_) => Self::Unavailable(error),

@@ -4,14 +4,17 @@
 //! every event (and outbound item) against its contract, and saves each change together
 //! with its events as one unit. It knows nothing about actix, SQL or files.
 
+mod delivery;
 mod drain;
 mod error;
 pub mod metrics;
 mod service;
 pub mod worker;
 
+pub use delivery::{MAX_CLAIM_LIMIT, MAX_LEASE, MIN_LEASE};
 pub use drain::{DrainCommand, DrainReport, MAX_DRAIN_LIMIT};
 pub use error::{AppError, MetadataOf};
 pub use service::{
-    AdvanceCampaign, CommandStatus, Crm, Outcome, ScheduleFollowUp, StartCampaign, now,
+    AdvanceCampaign, CommandStatus, Crm, MAX_FEED_WAIT, Outcome, ScheduleFollowUp, StartCampaign,
+    now,
 };

@@ -4,6 +4,7 @@
 //! exist from the start (at zero), so a scraper sees every family before its first event.
 
 use crm_domain::campaign::CampaignState;
+use crm_domain::delivery::AckStatus;
 use crm_domain::follow_up::FailureReason;
 
 pub const CAMPAIGNS_CREATED: &str = "crm_campaigns_created_total";
@@ -15,6 +16,10 @@ pub const FOLLOW_UPS_SKIPPED: &str = "crm_followups_skipped_total";
 pub const FOLLOW_UPS_DUE: &str = "crm_followups_due";
 pub const DRAIN_DURATION: &str = "crm_drain_duration_seconds";
 pub const DRAIN_BATCH: &str = "crm_drain_batch_size";
+pub const OUTBOUND_LEASED: &str = "crm_outbound_leased_total";
+pub const OUTBOUND_ACKS: &str = "crm_outbound_acks_total";
+pub const EVENTS_EXPIRED: &str = "crm_events_expired_total";
+pub const OUTBOUND_EXPIRED: &str = "crm_outbound_expired_total";
 
 /// Describes every metric of the use cases and starts the countable ones at zero.
 pub fn describe() {
@@ -48,14 +53,35 @@ pub fn describe() {
         "Follow-ups due and not held back, counted up to 10000 when scraped."
     );
     describe_histogram!(DRAIN_DURATION, Unit::Seconds, "Time one drain call took.");
+    describe_counter!(OUTBOUND_LEASED, "Outbound items leased to senders.");
+    describe_counter!(
+        OUTBOUND_ACKS,
+        "Acknowledgements of outbound items, by answer."
+    );
+    describe_counter!(EVENTS_EXPIRED, "Events deleted by retention.");
+    describe_counter!(
+        OUTBOUND_EXPIRED,
+        "Finished outbound items deleted by retention."
+    );
     describe_histogram!(DRAIN_BATCH, "Follow-ups one drain call claimed.");
     for name in [
         CAMPAIGNS_CREATED,
         FOLLOW_UPS_SCHEDULED,
         FOLLOW_UPS_SENT,
         FOLLOW_UPS_SKIPPED,
+        OUTBOUND_LEASED,
+        EVENTS_EXPIRED,
+        OUTBOUND_EXPIRED,
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for status in [
+        AckStatus::Acked,
+        AckStatus::RetryScheduled,
+        AckStatus::LeaseLost,
+        AckStatus::NotFound,
+    ] {
+        metrics::counter!(OUTBOUND_ACKS, "status" => status.as_str()).absolute(0);
     }
     for state in CampaignState::ALL {
         metrics::counter!(CAMPAIGNS_TRANSITIONED, "to_state" => state.as_str()).absolute(0);

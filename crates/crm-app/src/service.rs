@@ -11,7 +11,10 @@ use crm_domain::metadata;
 use crm_domain::page::{MAX_LIMIT, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_domain::workflow::Workflow;
-use crm_ports::{CampaignQuery, Created, EventPage, FollowUpQuery, Store, StoreError, TraceQuery};
+use crm_ports::{
+    CampaignQuery, Created, EventPage, FeedPage, FeedQuery, FollowUpQuery, Store, StoreError,
+    TraceQuery,
+};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -20,6 +23,9 @@ use crate::metrics as names;
 
 /// The channel of a follow-up that names none.
 const DEFAULT_CHANNEL: &str = "whatsapp";
+
+/// The longest a feed reader waits for a new event in one call.
+pub const MAX_FEED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How many times a transition is decided again when another writer got there first.
 const STALE_RETRIES: usize = 16;
@@ -117,6 +123,8 @@ pub struct ScheduleFollowUp {
     /// `None`: `pending`.
     pub status: Option<FollowUpStatus>,
     pub metadata: Map<String, Value>,
+    /// The recipient's IANA time zone; `None`: the tenant's.
+    pub time_zone: Option<String>,
 }
 
 impl Crm {
@@ -267,6 +275,7 @@ impl Crm {
             metadata: command.metadata,
             correlation_id,
             trace_id: new_trace_id(),
+            time_zone: command.time_zone,
         };
         let now = now();
         let (follow_up, event) = FollowUp::schedule(new, now);
@@ -321,6 +330,45 @@ impl Crm {
             ..query.clone()
         };
         Ok(self.store.events_by_correlation(&query).await?)
+    }
+
+    /// One page of the event feed; when it is empty, waits up to `wait` for an event to
+    /// commit (on a signal from the writers, never polling in a loop) and reads again.
+    pub async fn read_feed(
+        &self,
+        query: &FeedQuery,
+        wait: std::time::Duration,
+    ) -> Result<FeedPage, AppError> {
+        let mut query = FeedQuery {
+            limit: query.limit.clamp(1, MAX_LIMIT),
+            ..query.clone()
+        };
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_FEED_WAIT);
+        loop {
+            let page = self.store.read_feed(&query).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !page.items.is_empty() || left.is_zero() {
+                return Ok(page);
+            }
+            self.store.wait_for_events(page.next, left).await?;
+            query.after = Some(page.next);
+        }
+    }
+
+    /// Wraps a follow-up's event in its envelope, in the follow-up's correlation and trace.
+    pub(crate) fn follow_up_envelope(
+        &self,
+        follow_up: &FollowUp,
+        event: &DomainEvent,
+        now: Timestamp,
+    ) -> Result<EventEnvelope, AppError> {
+        self.envelope(
+            event,
+            &follow_up.tenant_id,
+            follow_up.correlation_id,
+            &follow_up.trace_id,
+            now,
+        )
     }
 
     /// Wraps a domain event in its envelope and checks it against the event contract.

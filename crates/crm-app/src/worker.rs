@@ -1,4 +1,4 @@
-//! The in-process worker: drains due follow-ups on a timer, beside the HTTP drain.
+//! The in-process workers: the drain on a timer (beside the HTTP drain), and retention.
 //!
 //! Exactly-once comes from the store's claim, so this loop, the HTTP endpoint and other
 //! replicas can all drain at once. On shutdown the batch in progress finishes first.
@@ -42,4 +42,50 @@ pub async fn run(crm: Crm, interval: Duration, mut stop: watch::Receiver<bool>) 
         }
     }
     tracing::info!("in-process worker stopped");
+}
+
+/// How many events (and finished items) one retention pass deletes at most, so that no
+/// lock is held for long.
+pub const RETENTION_BATCH: usize = 1_000;
+
+/// How often retention looks for expired events when there was nothing to delete.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Deletes events and finished outbound items older than `retention`, a batch at a time,
+/// until `stop` turns true. Replicas may all run it: the store keeps them from deleting
+/// the same rows twice.
+pub async fn retain(crm: Crm, retention: Duration, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        let cutoff = crate::service::now().as_datetime() - retention;
+        let wait = match crm
+            .store()
+            .expire(
+                crm_domain::timestamp::Timestamp::from_datetime(cutoff),
+                RETENTION_BATCH,
+            )
+            .await
+        {
+            Ok(expired) => {
+                metrics::counter!(crate::metrics::EVENTS_EXPIRED).increment(expired.events);
+                metrics::counter!(crate::metrics::OUTBOUND_EXPIRED)
+                    .increment(expired.outbound_items);
+                let full = expired.events >= RETENTION_BATCH as u64
+                    || expired.outbound_items >= RETENTION_BATCH as u64;
+                if full {
+                    // More is expired: go on after a breath.
+                    Duration::from_millis(100)
+                } else {
+                    RETENTION_INTERVAL
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "retention pass failed; retrying later");
+                RETENTION_INTERVAL
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }

@@ -36,6 +36,11 @@ pub enum Contract {
     DrainRequest,
     DrainResponse,
     TraceResponse,
+    EventsFeed,
+    OutboundClaimRequest,
+    OutboundClaimResponse,
+    OutboundAckRequest,
+    OutboundAckResponse,
     ErrorResponse,
     OutboundQueueItem,
     EventEnvelope,
@@ -44,7 +49,7 @@ pub enum Contract {
 
 impl Contract {
     /// Every contract, in declaration order.
-    pub const ALL: [Contract; 16] = [
+    pub const ALL: [Contract; 21] = [
         Contract::CampaignCreate,
         Contract::CampaignStateUpdate,
         Contract::CampaignRecord,
@@ -57,6 +62,11 @@ impl Contract {
         Contract::DrainRequest,
         Contract::DrainResponse,
         Contract::TraceResponse,
+        Contract::EventsFeed,
+        Contract::OutboundClaimRequest,
+        Contract::OutboundClaimResponse,
+        Contract::OutboundAckRequest,
+        Contract::OutboundAckResponse,
         Contract::ErrorResponse,
         Contract::OutboundQueueItem,
         Contract::EventEnvelope,
@@ -88,6 +98,11 @@ impl Contract {
             Contract::DrainRequest => embed!("drain.request.schema.json"),
             Contract::DrainResponse => embed!("drain.response.schema.json"),
             Contract::TraceResponse => embed!("trace.response.schema.json"),
+            Contract::EventsFeed => embed!("events-feed.response.schema.json"),
+            Contract::OutboundClaimRequest => embed!("outbound-claim.request.schema.json"),
+            Contract::OutboundClaimResponse => embed!("outbound-claim.response.schema.json"),
+            Contract::OutboundAckRequest => embed!("outbound-ack.request.schema.json"),
+            Contract::OutboundAckResponse => embed!("outbound-ack.response.schema.json"),
             Contract::ErrorResponse => embed!("error.response.schema.json"),
             Contract::OutboundQueueItem => embed!("outbound-queue.schema.json"),
             Contract::EventEnvelope => embed!("orchestration-event.schema.json"),

@@ -93,6 +93,8 @@ fn followup_record() -> Value {
         "last_error_code": "PROVIDER_SEND_ERROR",
         "last_error_message": "forced failure",
         "metadata": {"invoice": 42},
+        "time_zone": "America/Sao_Paulo",
+        "delivery": null,
         "created_at": "2025-01-01T08:00:00.000Z",
         "updated_at": "2025-01-01T09:00:01.250Z"
     })
@@ -118,7 +120,7 @@ fn outbound_item() -> Value {
     })
 }
 
-/// A valid event of one of the five CRM names.
+/// A valid event of one of the CRM names of the catalog.
 fn event(name: &str) -> Value {
     let scheduled = json!({
         "followup_id": FOLLOWUP_ID,
@@ -152,6 +154,18 @@ fn event(name: &str) -> Value {
         "crm.followup.failed" => (
             "failed",
             with(json!({"error_code": "PROVIDER_SEND_ERROR", "retryable": true})),
+        ),
+        "crm.followup.delivery.accepted" => (
+            "completed",
+            json!({"followup_id": FOLLOWUP_ID, "campaign_id": null,
+                   "queue_item_id": "c56a4180-65aa-42ec-a945-5fd21dec0538", "attempt": 1,
+                   "provider_message_id": "wamid.HBgL", "error_code": null, "retryable": false}),
+        ),
+        "crm.followup.delivery.failed" => (
+            "failed",
+            json!({"followup_id": FOLLOWUP_ID, "campaign_id": CAMPAIGN_ID,
+                   "queue_item_id": "c56a4180-65aa-42ec-a945-5fd21dec0538", "attempt": 2,
+                   "provider_message_id": null, "error_code": "131026", "retryable": true}),
         ),
         other => panic!("no sample for event {other}"),
     };

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::campaign::CampaignState;
+use crate::delivery::DeliveryFacts;
 use crate::follow_up::FollowUp;
 use crate::ids::{CampaignId, CorrelationId, EventId, FollowUpId, QueueItemId, TenantId};
 use crate::timestamp::Timestamp;
@@ -40,6 +41,10 @@ pub enum DomainEvent {
         error_code: String,
         retryable: bool,
     },
+    /// The sender reported the message delivered to the provider.
+    FollowUpDeliveryAccepted(DeliveryFacts),
+    /// The sender reported a failed attempt; `retryable` says whether another follows.
+    FollowUpDeliveryFailed(DeliveryFacts),
 }
 
 /// The follow-up fields every follow-up event carries.
@@ -82,6 +87,8 @@ impl DomainEvent {
             Self::FollowUpScheduled(_) => "crm.followup.scheduled",
             Self::FollowUpSent { .. } => "crm.followup.sent",
             Self::FollowUpFailed { .. } => "crm.followup.failed",
+            Self::FollowUpDeliveryAccepted(_) => "crm.followup.delivery.accepted",
+            Self::FollowUpDeliveryFailed(_) => "crm.followup.delivery.failed",
         }
     }
 
@@ -90,8 +97,8 @@ impl DomainEvent {
             Self::CampaignCreated { .. }
             | Self::CampaignStateChanged { .. }
             | Self::FollowUpScheduled(_) => EventStatus::Info,
-            Self::FollowUpSent { .. } => EventStatus::Completed,
-            Self::FollowUpFailed { .. } => EventStatus::Failed,
+            Self::FollowUpSent { .. } | Self::FollowUpDeliveryAccepted(_) => EventStatus::Completed,
+            Self::FollowUpFailed { .. } | Self::FollowUpDeliveryFailed(_) => EventStatus::Failed,
         }
     }
 
@@ -135,6 +142,9 @@ impl DomainEvent {
                 payload["error_code"] = json!(error_code);
                 payload["retryable"] = json!(retryable);
                 payload
+            }
+            Self::FollowUpDeliveryAccepted(facts) | Self::FollowUpDeliveryFailed(facts) => {
+                facts.payload()
             }
         }
     }

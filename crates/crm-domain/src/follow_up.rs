@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::campaign::CampaignState;
+use crate::delivery::Delivery;
 use crate::event::{DomainEvent, FollowUpFacts};
 use crate::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
 use crate::timestamp::Timestamp;
@@ -83,6 +84,10 @@ pub struct FollowUp {
     pub metadata: Map<String, Value>,
     pub correlation_id: CorrelationId,
     pub trace_id: String,
+    /// The recipient's IANA time zone, for quiet hours; `None`: the tenant's.
+    pub time_zone: Option<String>,
+    /// What the sender reported, once it has.
+    pub delivery: Option<Delivery>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -104,6 +109,7 @@ pub struct NewFollowUp {
     pub metadata: Map<String, Value>,
     pub correlation_id: CorrelationId,
     pub trace_id: String,
+    pub time_zone: Option<String>,
 }
 
 /// Why a follow-up was marked failed. `code()` is the stable `last_error_code`.
@@ -217,6 +223,8 @@ impl FollowUp {
             metadata: new.metadata,
             correlation_id: new.correlation_id,
             trace_id: new.trace_id,
+            time_zone: new.time_zone,
+            delivery: None,
             created_at: now,
             updated_at: now,
         };

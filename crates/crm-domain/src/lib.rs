@@ -7,10 +7,12 @@
 //! it and every rule is unit-testable.
 
 pub mod campaign;
+pub mod delivery;
 pub mod event;
 pub mod follow_up;
 pub mod ids;
 pub mod metadata;
+pub mod opt_out;
 pub mod outbound;
 pub mod page;
 pub mod timestamp;

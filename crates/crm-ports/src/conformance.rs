@@ -8,18 +8,25 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use crm_domain::campaign::{Campaign, CampaignState, NewCampaign};
+use crm_domain::delivery::{
+    self, AckStatus, Acked, Claimed, DeliveryStatus, LeaseId, QueueEntry, Report,
+};
 use crm_domain::event::{DomainEvent, EventContext, EventEnvelope};
 use crm_domain::follow_up::{FailureReason, FollowUp, FollowUpStatus, NewFollowUp};
 use crm_domain::ids::{CampaignId, CorrelationId, EventId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
+use crm_domain::page::EventCursor;
 use crm_domain::timestamp::Timestamp;
 use serde_json::Map;
 use uuid::Uuid;
 
-use crate::events::TraceQuery;
+use crate::LeasedItem;
+use crate::events::{FeedQuery, TraceQuery};
+use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser};
 use crate::store::{
     CampaignQuery, Created, DispatchDecision, Dispatcher, DrainStatus, DueFollowUp, FollowUpQuery,
-    Store, StoreError,
+    OptOutQuery, Store, StoreError,
 };
 
 type Check = for<'a> fn(&'a dyn Store) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -53,6 +60,17 @@ suite!(
     failed_and_skipped_decisions_are_stored_as_decided,
     events_read_back_in_commit_order_per_correlation,
     a_trace_pages_in_commit_order_and_can_keep_to_one_tenant,
+    the_feed_hands_out_every_event_once_in_commit_order,
+    the_feed_continues_past_events_its_filters_pass_over,
+    a_feed_cursor_past_every_event_is_not_issued,
+    a_feed_waiter_wakes_when_an_event_commits,
+    retention_removes_old_events_and_finished_items_and_expires_old_cursors,
+    a_claim_leases_each_ready_item_once_until_its_lease_expires,
+    an_accepted_ack_records_the_delivery_with_its_event_and_repeats_change_nothing,
+    an_ack_under_a_lease_claimed_again_is_lease_lost_and_an_unknown_item_not_found,
+    a_retryable_failure_makes_the_item_ready_after_its_backoff,
+    an_ack_with_opt_out_adds_the_recipient_to_the_opt_out_list,
+    opt_outs_are_added_once_listed_by_number_and_removed,
 );
 
 /// Runs every check, each against a store made by `open` (expected to be empty).
@@ -151,6 +169,7 @@ pub fn new_follow_up(
             metadata: Map::new(),
             correlation_id,
             trace_id: correlation_id.as_uuid().simple().to_string(),
+            time_zone: None,
         },
         now,
     );
@@ -233,7 +252,7 @@ impl Dispatcher for SendAll {
 
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
         self.seen.lock().unwrap().push(due.clone());
-        let now = at(100_000);
+        let now = at(SENT_AT);
         let item_id = QueueItemId::new(Uuid::new_v4());
         let (follow_up, event) = due.follow_up.mark_sent(item_id, now).expect("pending");
         let item = OutboundItem::for_follow_up(&follow_up, item_id, now);
@@ -876,4 +895,609 @@ pub async fn a_trace_pages_in_commit_order_and_can_keep_to_one_tenant(store: &dy
         .await
         .unwrap();
     assert_eq!(rest.items, only_a[1..]);
+}
+
+/// Every event of the feed from `after`, following `next` until a page comes back empty.
+pub async fn feed_from(store: &dyn Store, after: Option<EventCursor>) -> Vec<EventEnvelope> {
+    let mut events = Vec::new();
+    let mut after = after;
+    loop {
+        let query = FeedQuery {
+            after,
+            limit: 3,
+            tenant_id: None,
+            name_prefix: None,
+        };
+        let page = store.read_feed(&query).await.expect("read_feed");
+        if page.items.is_empty() {
+            return events;
+        }
+        events.extend(page.items);
+        after = Some(page.next);
+    }
+}
+
+/// The feed's position after every event stored so far.
+pub async fn feed_end(store: &dyn Store) -> EventCursor {
+    let mut after = None;
+    loop {
+        let query = FeedQuery {
+            after,
+            limit: 1000,
+            tenant_id: None,
+            name_prefix: None,
+        };
+        let page = store.read_feed(&query).await.expect("read_feed");
+        if page.items.is_empty() {
+            return page.next;
+        }
+        after = Some(page.next);
+    }
+}
+
+pub async fn the_feed_hands_out_every_event_once_in_commit_order(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let mut expected = Vec::new();
+    for index in 0..4 {
+        let (campaign, events) = new_campaign(&tenant_id, None, at(index));
+        store.create_campaign(&campaign, &events).await.unwrap();
+        expected.extend(events);
+        let (follow_up, events) = new_follow_up(&tenant_id, None, None, at(0), at(index));
+        store.create_follow_up(&follow_up, &events).await.unwrap();
+        expected.extend(events);
+    }
+    let fed = feed_from(store, None).await;
+    assert_eq!(
+        fed, expected,
+        "every event once, in the order they committed"
+    );
+    let end = feed_end(store).await;
+    let (campaign, events) = new_campaign(&tenant_id, None, at(9));
+    store.create_campaign(&campaign, &events).await.unwrap();
+    assert_eq!(
+        feed_from(store, Some(end)).await,
+        events,
+        "only what came after"
+    );
+}
+
+pub async fn the_feed_continues_past_events_its_filters_pass_over(store: &dyn Store) {
+    let (a, b) = (tenant("tenant_a"), tenant("tenant_b"));
+    let mut mine = Vec::new();
+    for index in 0..5 {
+        let (campaign, events) = new_campaign(&a, None, at(index));
+        store.create_campaign(&campaign, &events).await.unwrap();
+        let (follow_up, events) = new_follow_up(&b, None, None, at(0), at(index));
+        store.create_follow_up(&follow_up, &events).await.unwrap();
+        mine.extend(events);
+    }
+    let mut after = None;
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let query = FeedQuery {
+            after,
+            limit: 2,
+            tenant_id: Some(b.clone()),
+            name_prefix: Some("crm.followup.".into()),
+        };
+        let page = store.read_feed(&query).await.unwrap();
+        assert!(page.items.len() <= 2);
+        let done = page.items.is_empty() && Some(page.next) == after;
+        seen.extend(page.items);
+        if done {
+            break;
+        }
+        after = Some(page.next);
+    }
+    assert_eq!(seen, mine);
+    let none = FeedQuery {
+        after: None,
+        limit: 10,
+        tenant_id: Some(a),
+        name_prefix: Some("crm.followup.".into()),
+    };
+    let page = store.read_feed(&none).await.unwrap();
+    assert!(page.items.is_empty());
+    // The cursor moved past the events it looked at, so the next call starts after them.
+    assert!(page.next.0 >= 9, "{:?}", page.next);
+    let again = store
+        .read_feed(&FeedQuery {
+            after: Some(page.next),
+            ..none
+        })
+        .await
+        .unwrap();
+    assert!(again.items.is_empty());
+    assert!(again.next >= page.next);
+}
+
+pub async fn a_feed_cursor_past_every_event_is_not_issued(store: &dyn Store) {
+    create_campaign(store, &tenant("tenant_a"), at(0)).await;
+    let end = feed_end(store).await;
+    let past = FeedQuery {
+        after: Some(EventCursor(end.0 + 1_000_000)),
+        limit: 10,
+        tenant_id: None,
+        name_prefix: None,
+    };
+    let outcome = store.read_feed(&past).await;
+    assert!(
+        matches!(outcome, Err(StoreError::CursorNotIssued)),
+        "{outcome:?}"
+    );
+    let at_end = FeedQuery {
+        after: Some(end),
+        ..past
+    };
+    let page = store.read_feed(&at_end).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(page.next, end);
+}
+
+pub async fn a_feed_waiter_wakes_when_an_event_commits(store: &dyn Store) {
+    create_campaign(store, &tenant("tenant_a"), at(0)).await;
+    let end = feed_end(store).await;
+    // Nothing new: the wait ends by itself.
+    store
+        .wait_for_events(end, std::time::Duration::from_millis(50))
+        .await
+        .unwrap();
+    let waiter = store.wait_for_events(end, std::time::Duration::from_secs(600));
+    let writer = async {
+        create_campaign(store, &tenant("tenant_a"), at(1)).await;
+    };
+    let woken = async {
+        waiter.await.unwrap();
+    };
+    // The waiter must wake long before its own 600 s; the bound here only stops a
+    // broken store from hanging the suite.
+    let both = async { futures_join(writer, woken).await };
+    assert!(
+        tokio_timeout(std::time::Duration::from_secs(60), both).await,
+        "the waiter did not wake when an event committed"
+    );
+    assert_eq!(feed_from(store, Some(end)).await.len(), 1);
+}
+
+async fn futures_join(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut a_done, mut b_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !a_done {
+            a_done = a.as_mut().poll(cx).is_ready();
+        }
+        if !b_done {
+            b_done = b.as_mut().poll(cx).is_ready();
+        }
+        if a_done && b_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Whether `future` finished within `limit` (the suite runs on tokio).
+async fn tokio_timeout(limit: std::time::Duration, future: impl Future<Output = ()>) -> bool {
+    tokio::time::timeout(limit, future).await.is_ok()
+}
+
+pub async fn retention_removes_old_events_and_finished_items_and_expires_old_cursors(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    // Two follow-ups sent long ago; one acked (finished), one still waiting for its ack.
+    let done = schedule(store, &tenant_id, None, at(0)).await;
+    let waiting = schedule(store, &tenant_id, None, at(0)).await;
+    store
+        .drain(at(1_000), 10, &SendAll::default())
+        .await
+        .unwrap();
+    let leased = claim_at(store, 202_000, 10).await;
+    let done_item = leased
+        .iter()
+        .find(|l| l.entry.followup_id == done.followup_id)
+        .unwrap();
+    let statuses = store
+        .ack(&[accepted(done_item)], &AckWith { now: at(203_000) })
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::Acked]);
+    let recent = create_campaign(store, &tenant_id, at(10_000_000)).await;
+    assert!(feed_from(store, None).await.len() >= 6);
+
+    let expired = store.expire(at(5_000_000), 10_000).await.unwrap();
+    assert!(expired.events >= 5, "{expired:?}");
+    assert_eq!(expired.outbound_items, 1, "{expired:?}");
+    // What is left: the recent event; both follow-ups and the unfinished item.
+    let left = feed_from(store, None).await;
+    assert_eq!(
+        left.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["crm.campaign.created"]
+    );
+    assert_eq!(
+        left[0].payload["campaign_id"],
+        recent.campaign_id.to_string()
+    );
+    assert_eq!(all_follow_ups(store, &tenant_id).await.len(), 2);
+    let waiting_item = leased
+        .iter()
+        .find(|l| l.entry.followup_id == waiting.followup_id)
+        .unwrap();
+    assert!(
+        store
+            .queue_entry(waiting_item.entry.queue_item_id)
+            .await
+            .unwrap()
+            .is_some(),
+        "an item still under lease is kept"
+    );
+    assert_eq!(
+        store
+            .queue_entry(done_item.entry.queue_item_id)
+            .await
+            .unwrap(),
+        None
+    );
+    let from_start = FeedQuery {
+        after: Some(EventCursor(0)),
+        limit: 10,
+        tenant_id: None,
+        name_prefix: None,
+    };
+    match store.read_feed(&from_start).await {
+        Err(StoreError::CursorExpired { oldest }) => {
+            let resumed = store
+                .read_feed(&FeedQuery {
+                    after: Some(oldest),
+                    ..from_start
+                })
+                .await
+                .unwrap();
+            assert_eq!(resumed.items, left);
+        }
+        other => panic!("a cursor older than retention must be expired: {other:?}"),
+    }
+}
+
+/// Leases every item it is offered for 30 s from `now` (and finishes those whose last
+/// lease ran out), as a claim at `now` would.
+#[derive(Debug)]
+pub struct LeaseAt {
+    pub now: Timestamp,
+}
+
+/// How long `LeaseAt` leases for.
+pub const LEASE_MILLIS: i64 = 30_000;
+
+/// When `SendAll` hands follow-ups out: their outbound items are ready from then on.
+pub const SENT_AT: i64 = 100_000;
+
+impl Leaser for LeaseAt {
+    fn lease(&self, entry: &QueueEntry, follow_up: &FollowUp) -> LeaseDecision {
+        let now = self.now;
+        let expires_at = Timestamp::from_unix_millis(now.unix_millis() + LEASE_MILLIS).unwrap();
+        match delivery::claim(entry, follow_up, LeaseId(Uuid::new_v4()), expires_at, now) {
+            Claimed::Leased(entry) => LeaseDecision::Lease(Box::new(entry)),
+            Claimed::Expired {
+                entry,
+                follow_up,
+                event,
+            } => {
+                let events = vec![envelope(
+                    &event,
+                    &follow_up.tenant_id,
+                    follow_up.correlation_id,
+                    now,
+                )];
+                LeaseDecision::Finish {
+                    entry: Box::new(entry),
+                    follow_up,
+                    events,
+                }
+            }
+        }
+    }
+}
+
+/// Applies acks with the domain's rules at `now`, without jitter.
+#[derive(Debug)]
+pub struct AckWith {
+    pub now: Timestamp,
+}
+
+impl Acker for AckWith {
+    fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision {
+        match delivery::ack(
+            entry,
+            follow_up,
+            request.lease_id,
+            &request.report,
+            self.now,
+            0.0,
+        ) {
+            Acked::Applied {
+                entry,
+                follow_up,
+                event,
+                status,
+            } => {
+                let events = vec![envelope(
+                    &event,
+                    &follow_up.tenant_id,
+                    follow_up.correlation_id,
+                    self.now,
+                )];
+                let opt_out = request.report.opt_out.then(|| OptOut {
+                    tenant_id: follow_up.tenant_id.clone(),
+                    phone_e164: follow_up.phone_e164.clone(),
+                    reason: Some("reported by the sender".into()),
+                    created_at: self.now,
+                });
+                AckDecision::Apply {
+                    entry: Box::new(entry),
+                    follow_up,
+                    events,
+                    opt_out,
+                    status,
+                }
+            }
+            Acked::Unchanged(status) => AckDecision::Unchanged(status),
+        }
+    }
+}
+
+fn report(accepted: bool, retryable: bool, opt_out: bool) -> Report {
+    Report {
+        accepted,
+        provider_message_id: accepted.then(|| "wamid.conformance".to_owned()),
+        error_code: (!accepted).then(|| "PROVIDER_DOWN".to_owned()),
+        error_message: None,
+        retryable,
+        opt_out,
+    }
+}
+
+fn accepted(leased: &LeasedItem) -> AckRequest {
+    AckRequest {
+        queue_item_id: leased.entry.queue_item_id,
+        lease_id: leased
+            .entry
+            .lease
+            .expect("a leased item has a lease")
+            .lease_id,
+        report: report(true, false, false),
+    }
+}
+
+/// Claims with `LeaseAt` at `at(millis)`.
+async fn claim_at(store: &dyn Store, millis: i64, limit: usize) -> Vec<LeasedItem> {
+    store
+        .claim(at(millis), limit, &LeaseAt { now: at(millis) })
+        .await
+        .expect("claim")
+}
+
+/// Schedules `count` follow-ups due at `at(0)` and drains them all.
+async fn sent(store: &dyn Store, tenant_id: &TenantId, count: usize) -> Vec<FollowUp> {
+    let mut follow_ups = Vec::new();
+    for _ in 0..count {
+        follow_ups.push(schedule(store, tenant_id, None, at(0)).await);
+    }
+    store
+        .drain(at(1_000), count.max(1), &SendAll::default())
+        .await
+        .unwrap();
+    follow_ups
+}
+
+pub async fn a_claim_leases_each_ready_item_once_until_its_lease_expires(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let follow_ups = sent(store, &tenant_id, 3).await;
+    let first = claim_at(store, 202_000, 2).await;
+    assert_eq!(first.len(), 2, "oldest first, up to the limit");
+    let second = claim_at(store, 202_000, 10).await;
+    assert_eq!(second.len(), 1, "a leased item is not handed out again");
+    let mut ids: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|l| l.entry.followup_id)
+        .collect();
+    ids.sort();
+    let mut expected: Vec<_> = follow_ups.iter().map(|f| f.followup_id).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    for leased in first.iter().chain(&second) {
+        assert_eq!(leased.entry.attempt, 1);
+        assert_eq!(leased.item.queue_item_id, leased.entry.queue_item_id);
+    }
+    assert!(claim_at(store, 202_000, 10).await.is_empty());
+    // The leases run out 30 s after the claim.
+    let again = claim_at(store, 240_000, 10).await;
+    assert_eq!(again.len(), 3, "expired leases come back");
+    assert!(again.iter().all(|l| l.entry.attempt == 2));
+}
+
+pub async fn an_accepted_ack_records_the_delivery_with_its_event_and_repeats_change_nothing(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    let follow_up = sent(store, &tenant_id, 1).await.remove(0);
+    let leased = claim_at(store, 202_000, 10).await;
+    let ack = accepted(&leased[0]);
+    let acker = AckWith { now: at(203_000) };
+    assert_eq!(
+        store.ack(std::slice::from_ref(&ack), &acker).await.unwrap(),
+        [AckStatus::Acked]
+    );
+    let stored = all_follow_ups(store, &tenant_id).await.remove(0);
+    let delivery = stored.delivery.clone().expect("the delivery is recorded");
+    assert_eq!(delivery.status, DeliveryStatus::Accepted);
+    assert_eq!(
+        delivery.provider_message_id.as_deref(),
+        Some("wamid.conformance")
+    );
+    let names: Vec<_> = events_of(store, follow_up.correlation_id)
+        .await
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "crm.followup.scheduled",
+            "crm.followup.sent",
+            "crm.followup.delivery.accepted"
+        ]
+    );
+    // Repeats, alone and twice in one batch: the same answer, nothing written.
+    let statuses = store
+        .ack(&[ack.clone(), ack.clone()], &AckWith { now: at(204_000) })
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::Acked, AckStatus::Acked]);
+    assert_eq!(all_follow_ups(store, &tenant_id).await.remove(0), stored);
+    assert_eq!(events_of(store, follow_up.correlation_id).await.len(), 3);
+    assert!(claim_at(store, 300_000, 10).await.is_empty());
+}
+
+pub async fn an_ack_under_a_lease_claimed_again_is_lease_lost_and_an_unknown_item_not_found(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    sent(store, &tenant_id, 1).await;
+    let first = claim_at(store, 202_000, 1).await;
+    let second = claim_at(store, 240_000, 1).await;
+    assert_eq!(second[0].entry.attempt, 2);
+    let unknown = AckRequest {
+        queue_item_id: QueueItemId::new(Uuid::new_v4()),
+        ..accepted(&first[0])
+    };
+    let statuses = store
+        .ack(
+            &[accepted(&first[0]), unknown],
+            &AckWith { now: at(241_000) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::LeaseLost, AckStatus::NotFound]);
+    assert_eq!(all_follow_ups(store, &tenant_id).await[0].delivery, None);
+    let current = store
+        .ack(&[accepted(&second[0])], &AckWith { now: at(241_000) })
+        .await
+        .unwrap();
+    assert_eq!(current, [AckStatus::Acked]);
+}
+
+pub async fn a_retryable_failure_makes_the_item_ready_after_its_backoff(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    sent(store, &tenant_id, 1).await;
+    let leased = claim_at(store, 202_000, 1).await;
+    let failed = AckRequest {
+        report: report(false, true, false),
+        ..accepted(&leased[0])
+    };
+    let statuses = store
+        .ack(&[failed], &AckWith { now: at(203_000) })
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::RetryScheduled]);
+    let stored = all_follow_ups(store, &tenant_id).await.remove(0);
+    assert_eq!(stored.delivery.unwrap().status, DeliveryStatus::Retrying);
+    // backoff_ms 500 × 2^0 after the ack.
+    assert!(claim_at(store, 203_499, 1).await.is_empty());
+    let retried = claim_at(store, 203_500, 1).await;
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].entry.attempt, 2);
+}
+
+pub async fn an_ack_with_opt_out_adds_the_recipient_to_the_opt_out_list(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let follow_up = sent(store, &tenant_id, 1).await.remove(0);
+    let leased = claim_at(store, 202_000, 1).await;
+    let opted_out = AckRequest {
+        report: report(false, false, true),
+        ..accepted(&leased[0])
+    };
+    store
+        .ack(&[opted_out], &AckWith { now: at(203_000) })
+        .await
+        .unwrap();
+    let page = store
+        .opt_outs(&OptOutQuery {
+            tenant_id: tenant_id.clone(),
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|o| o.phone_e164.as_str())
+            .collect::<Vec<_>>(),
+        [follow_up.phone_e164.as_str()]
+    );
+}
+
+pub async fn opt_outs_are_added_once_listed_by_number_and_removed(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let opt_out = |phone: &str, at_millis| OptOut {
+        tenant_id: tenant_id.clone(),
+        phone_e164: phone.to_owned(),
+        reason: None,
+        created_at: at(at_millis),
+    };
+    let first = opt_out("+5511999990002", 0);
+    assert_eq!(
+        store.add_opt_out(&first).await.unwrap(),
+        Created::Created(first.clone())
+    );
+    assert_eq!(
+        store
+            .add_opt_out(&opt_out("+5511999990002", 5))
+            .await
+            .unwrap(),
+        Created::Existing(first.clone()),
+        "the first one is kept"
+    );
+    store
+        .add_opt_out(&opt_out("+5511999990001", 1))
+        .await
+        .unwrap();
+    store
+        .add_opt_out(&opt_out("+5511999990003", 2))
+        .await
+        .unwrap();
+    let elsewhere = OptOut {
+        tenant_id: tenant("tenant_b"),
+        ..opt_out("+5511999990009", 3)
+    };
+    store.add_opt_out(&elsewhere).await.unwrap();
+    let query = |after: Option<&str>| OptOutQuery {
+        tenant_id: tenant_id.clone(),
+        after: after.map(str::to_owned),
+        limit: 2,
+    };
+    let page = store.opt_outs(&query(None)).await.unwrap();
+    let phones: Vec<_> = page.items.iter().map(|o| o.phone_e164.as_str()).collect();
+    assert_eq!(phones, ["+5511999990001", "+5511999990002"]);
+    let rest = store.opt_outs(&query(page.next.as_deref())).await.unwrap();
+    let phones: Vec<_> = rest.items.iter().map(|o| o.phone_e164.as_str()).collect();
+    assert_eq!(phones, ["+5511999990003"]);
+    assert_eq!(rest.next, None);
+    assert!(
+        store
+            .remove_opt_out(&tenant_id, "+5511999990002")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .remove_opt_out(&tenant_id, "+5511999990002")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.opt_outs(&query(None)).await.unwrap().items.len(), 2);
 }

@@ -15,9 +15,15 @@ pub mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use events::{EventEmitter, EventPage, SCAN_BUDGET, TraceQuery, bounded_page};
-pub use outbound::OutboundQueue;
+pub use events::{
+    EventEmitter, EventPage, FeedPage, FeedQuery, SCAN_BUDGET, Scan, TraceQuery, bounded_page,
+};
+pub use outbound::{
+    AckBatch, AckDecision, AckRequest, Acker, ClaimBatch, LeaseDecision, LeasedItem, Leaser,
+    OutboundQueue, decide_acks, decide_claims,
+};
 pub use store::{
     BoxError, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome,
-    DrainStatus, DueFollowUp, FollowUpQuery, FollowUpStore, Store, StoreError,
+    DrainStatus, DueFollowUp, Expired, FollowUpQuery, FollowUpStore, OptOutPage, OptOutQuery,
+    OptOutStore, Store, StoreError,
 };

@@ -5,8 +5,9 @@ use crm_domain::campaign::{Campaign, CampaignState};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
+use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
-use crm_domain::page::{Cursor, Page};
+use crm_domain::page::{Cursor, EventCursor, Page};
 use crm_domain::timestamp::Timestamp;
 
 use crate::events::EventEmitter;
@@ -27,7 +28,16 @@ pub enum StoreError {
     /// The record to update does not exist for this tenant. Nothing was written.
     #[error("campaign {campaign_id} not found")]
     NotFound { campaign_id: CampaignId },
-    /// The storage cannot be reached or failed; the operation changed nothing durable.
+    /// A feed cursor older than the retention window: events after it were removed.
+    /// Nothing was read; `oldest` is where the retained events start.
+    #[error("the events after this cursor were removed by retention")]
+    CursorExpired { oldest: EventCursor },
+    /// A feed cursor past every event the store numbered: not one it issued.
+    #[error("the cursor is past every event")]
+    CursorNotIssued,
+    /// The storage cannot be reached in time or failed. A read returned nothing; a write's
+    /// outcome is unknown (it may have committed), and repeating it is safe: every write
+    /// is idempotent by its ids.
     #[error("storage unavailable")]
     Unavailable(#[source] BoxError),
 }
@@ -216,9 +226,60 @@ pub trait FollowUpStore: Send + Sync {
     async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError>;
 }
 
+/// A page request over one tenant's opt-outs, in phone number order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptOutQuery {
+    pub tenant_id: TenantId,
+    /// Resume after this phone number.
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+/// One page of opt-outs and the phone number the next starts after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptOutPage {
+    pub items: Vec<OptOut>,
+    pub next: Option<String>,
+}
+
+#[async_trait]
+pub trait OptOutStore: Send + Sync {
+    /// Adds a tenant's opt-out, unless the number is opted out already: then returns the
+    /// stored one as `Existing` and writes nothing.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn add_opt_out(&self, opt_out: &OptOut) -> Result<Created<OptOut>, StoreError>;
+
+    /// Removes a tenant's opt-out; `false` when there was none.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn remove_opt_out(
+        &self,
+        tenant_id: &TenantId,
+        phone_e164: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// One page of a tenant's opt-outs.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, StoreError>;
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub events: u64,
+    pub outbound_items: u64,
+}
+
 /// Everything a backend provides, as one object for the composition root.
 #[async_trait]
-pub trait Store: CampaignStore + FollowUpStore + EventEmitter + OutboundQueue {
+pub trait Store:
+    CampaignStore + FollowUpStore + EventEmitter + OutboundQueue + OptOutStore
+{
     /// A short name for logs and `/ready` (`file`, `postgres`).
     fn backend(&self) -> &'static str;
 
@@ -227,6 +288,15 @@ pub trait Store: CampaignStore + FollowUpStore + EventEmitter + OutboundQueue {
     /// # Errors
     /// `Unavailable`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Deletes events emitted before `cutoff`, and outbound items finished before it, at
+    /// most about `batch` of each per call (no long locks); returns how many went.
+    /// Campaigns, follow-ups and opt-outs are business records and are kept. A store may
+    /// do this work elsewhere (the file store does it when it compacts) and report 0.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn expire(&self, cutoff: Timestamp, batch: usize) -> Result<Expired, StoreError>;
 
     /// Called once at graceful shutdown, after the last request: leave the storage in
     /// its tidiest form (the file store folds its journal into the snapshots). Every

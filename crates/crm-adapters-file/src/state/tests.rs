@@ -43,6 +43,8 @@ fn follow_up(tenant: &str, campaign_id: Option<CampaignId>, schedule_at: Timesta
         metadata: Map::new(),
         correlation_id: CorrelationId::new(Uuid::new_v4()),
         trace_id: "abcdefgh".into(),
+        time_zone: None,
+        delivery: None,
         created_at: at(0),
         updated_at: at(0),
     }

@@ -4,6 +4,7 @@ use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::{Crm, ScheduleFollowUp};
 use crm_contracts::Contract;
+use crm_domain::delivery::Delivery;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
 use crm_domain::timestamp::Timestamp;
@@ -159,8 +160,32 @@ struct FollowUpView<'a> {
     last_error_code: &'a Option<String>,
     last_error_message: &'a Option<String>,
     metadata: &'a Map<String, Value>,
+    time_zone: &'a Option<String>,
+    delivery: Option<DeliveryView<'a>>,
     created_at: Timestamp,
     updated_at: Timestamp,
+}
+
+/// What the sender reported, as the wire shows it.
+#[derive(Serialize)]
+struct DeliveryView<'a> {
+    status: &'static str,
+    attempts: u32,
+    provider_message_id: &'a Option<String>,
+    error_code: &'a Option<String>,
+    updated_at: Timestamp,
+}
+
+impl<'a> From<&'a Delivery> for DeliveryView<'a> {
+    fn from(delivery: &'a Delivery) -> Self {
+        Self {
+            status: delivery.status.as_str(),
+            attempts: delivery.attempts,
+            provider_message_id: &delivery.provider_message_id,
+            error_code: &delivery.error_code,
+            updated_at: delivery.updated_at,
+        }
+    }
 }
 
 impl<'a> From<&'a FollowUp> for FollowUpView<'a> {
@@ -181,6 +206,8 @@ impl<'a> From<&'a FollowUp> for FollowUpView<'a> {
             last_error_code: &follow_up.last_error_code,
             last_error_message: &follow_up.last_error_message,
             metadata: &follow_up.metadata,
+            time_zone: &follow_up.time_zone,
+            delivery: follow_up.delivery.as_ref().map(DeliveryView::from),
             created_at: follow_up.created_at,
             updated_at: follow_up.updated_at,
         }
@@ -205,6 +232,7 @@ async fn create_follow_up(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResp
         channel: fields.channel,
         status: fields.status,
         metadata: fields.metadata,
+        time_zone: None,
     };
     let outcome = crm.schedule_follow_up(command).await?;
     Ok(command_reply(

@@ -2,8 +2,10 @@
 //! `configure` mounts every declared endpoint.
 
 mod campaigns;
+mod feed;
 mod follow_ups;
 mod operations;
+mod outbound;
 mod trace;
 mod worker;
 
@@ -29,7 +31,9 @@ pub fn endpoints() -> impl Iterator<Item = &'static Endpoint> {
         campaigns::ENDPOINTS,
         follow_ups::ENDPOINTS,
         worker::ENDPOINTS,
+        outbound::ENDPOINTS,
         trace::ENDPOINTS,
+        feed::ENDPOINTS,
         operations::ENDPOINTS,
     ]
     .into_iter()

@@ -1,0 +1,169 @@
+//! `POST /internal/outbound/claim` and `POST /internal/outbound/ack`: the sender's side of
+//! the outbound queue.
+
+use std::time::Duration;
+
+use actix_web::http::Method;
+use actix_web::{HttpResponse, web};
+use crm_app::Crm;
+use crm_contracts::Contract;
+use crm_domain::delivery::{LeaseId, Report};
+use crm_domain::ids::QueueItemId;
+use crm_ports::AckRequest;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::endpoint::{Access, Body, Endpoint, Reply, Schema};
+use crate::error::ApiError;
+use crate::extract::{RawBody, contract_body};
+
+pub(super) static ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: Method::POST,
+        path: "/internal/outbound/claim",
+        access: Access::Internal,
+        operation_id: "claim_outbound_items",
+        tag: "outbound",
+        summary: "Lease outbound items",
+        description: "Leases up to `limit` ready items, oldest first, to the caller until \
+            `lease_expires_at`. An item is leased to one consumer at a time; when a lease \
+            expires unacknowledged the item is ready again and `attempt` grows by one (a \
+            lease that runs out on the item's last attempt finishes it as failed, \
+            `LEASE_EXPIRED`).",
+        parameters: &[],
+        body: Some(Body {
+            contract: Contract::OutboundClaimRequest,
+            required: false,
+            description: "Optional: an empty body means `limit` 10 and `lease_ms` 30000.",
+        }),
+        reply: Reply {
+            description: "The items leased to this caller.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::OutboundClaimResponse),
+        },
+        errors: &[],
+        uses_store: true,
+        handler: |route| route.to(claim_outbound_items),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/internal/outbound/ack",
+        access: Access::Internal,
+        operation_id: "ack_outbound_items",
+        tag: "outbound",
+        summary: "Report delivery results",
+        description: "Records the result of each leased item under its lease, with the \
+            follow-up's `delivery` and its event (`crm.followup.delivery.accepted` or \
+            `.failed`), atomically. A retryable failure with attempts left makes the item \
+            ready again after `backoff_ms × 2^(attempt-1)` (±10 %). Every ack is idempotent; \
+            an ack under a lease that expired and was claimed again is `lease_lost` and \
+            changes nothing. `opt_out: true` adds the recipient to the tenant's opt-out list.",
+        parameters: &[],
+        body: Some(Body {
+            contract: Contract::OutboundAckRequest,
+            required: true,
+            description: "One result per leased item.",
+        }),
+        reply: Reply {
+            description: "What became of each ack, in request order.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::OutboundAckResponse),
+        },
+        errors: &[],
+        uses_store: true,
+        handler: |route| route.to(ack_outbound_items),
+    },
+];
+
+#[derive(Deserialize)]
+struct ClaimBody {
+    #[serde(default = "default_limit")]
+    limit: usize,
+    #[serde(default = "default_lease_ms")]
+    lease_ms: u64,
+}
+
+fn default_limit() -> usize {
+    10
+}
+
+fn default_lease_ms() -> u64 {
+    30_000
+}
+
+async fn claim_outbound_items(
+    crm: web::Data<Crm>,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let body: ClaimBody = contract_body(
+        crm.contracts(),
+        Contract::OutboundClaimRequest,
+        &body.0,
+        Some(json!({})),
+    )?;
+    let leased = crm
+        .claim(body.limit, Duration::from_millis(body.lease_ms))
+        .await?;
+    let items: Vec<_> = leased
+        .iter()
+        .map(|leased| {
+            let lease = leased.entry.lease.expect("a leased item has a lease");
+            json!({
+                "lease_id": lease.lease_id.to_string(),
+                "lease_expires_at": lease.expires_at,
+                "attempt": leased.entry.attempt,
+                "item": leased.item,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    acks: Vec<AckFields>,
+}
+
+#[derive(Deserialize)]
+struct AckFields {
+    queue_item_id: Uuid,
+    lease_id: Uuid,
+    result: String,
+    provider_message_id: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    #[serde(default)]
+    retryable: bool,
+    #[serde(default)]
+    opt_out: bool,
+}
+
+async fn ack_outbound_items(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
+    let body: AckBody =
+        contract_body(crm.contracts(), Contract::OutboundAckRequest, &body.0, None)?;
+    let acks: Vec<AckRequest> = body
+        .acks
+        .into_iter()
+        .map(|ack| AckRequest {
+            queue_item_id: QueueItemId::new(ack.queue_item_id),
+            lease_id: LeaseId(ack.lease_id),
+            report: Report {
+                // The contract allows only `accepted` and `failed`.
+                accepted: ack.result == "accepted",
+                provider_message_id: ack.provider_message_id,
+                error_code: ack.error_code,
+                error_message: ack.error_message,
+                retryable: ack.retryable,
+                opt_out: ack.opt_out,
+            },
+        })
+        .collect();
+    let statuses = crm.ack(&acks).await?;
+    let results: Vec<_> = acks
+        .iter()
+        .zip(statuses)
+        .map(|(ack, status)| json!({"queue_item_id": ack.queue_item_id, "status": status.as_str()}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "results": results })))
+}

@@ -1,0 +1,380 @@
+//! Delivery: outbound items leased to a sender, and what the sender reports back.
+//!
+//! An item in the outbound queue is `ready` (from `available_at` on), `leased` to one
+//! consumer until its lease expires, or `done`. A claim leases a ready item, or one whose
+//! lease ran out: that lease counts as a failed attempt, so an item whose sender keeps
+//! dying is not handed out forever. An acknowledgement under the current lease records
+//! the outcome on the follow-up (`delivery`) with its event; a retryable failure with
+//! attempts left makes the item ready again after an exponential backoff. Acks are
+//! idempotent: repeating one changes nothing and answers the same.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::event::{DomainEvent, FollowUpFacts};
+use crate::follow_up::FollowUp;
+use crate::ids::{FollowUpId, QueueItemId, TenantId};
+use crate::outbound::{OutboundItem, RetryPolicy};
+use crate::timestamp::Timestamp;
+
+/// The error code of a delivery whose last lease ran out with no attempts left.
+pub const LEASE_EXPIRED: &str = "LEASE_EXPIRED";
+
+/// Identifies one lease of one outbound item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub uuid::Uuid);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueStatus {
+    Ready,
+    Leased,
+    Done,
+}
+
+impl QueueStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Leased => "leased",
+            Self::Done => "done",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Ready, Self::Leased, Self::Done]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+/// The answer to one acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AckStatus {
+    Acked,
+    RetryScheduled,
+    LeaseLost,
+    NotFound,
+}
+
+impl AckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Acked => "acked",
+            Self::RetryScheduled => "retry_scheduled",
+            Self::LeaseLost => "lease_lost",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Acked,
+            Self::RetryScheduled,
+            Self::LeaseLost,
+            Self::NotFound,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+}
+
+/// The lease an item is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub lease_id: LeaseId,
+    pub expires_at: Timestamp,
+}
+
+/// The last acknowledgement applied, so that a repeat answers the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastAck {
+    pub lease_id: LeaseId,
+    pub status: AckStatus,
+}
+
+/// Where one outbound item is in its delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueEntry {
+    pub queue_item_id: QueueItemId,
+    pub followup_id: FollowUpId,
+    pub tenant_id: TenantId,
+    pub retry_policy: RetryPolicy,
+    pub status: QueueStatus,
+    /// How many times it was leased.
+    pub attempt: u32,
+    /// When it can be claimed: `ready_at`, or the end of its lease; `None` once done.
+    pub available_at: Option<Timestamp>,
+    pub lease: Option<Lease>,
+    pub last_ack: Option<LastAck>,
+    pub enqueued_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl QueueEntry {
+    /// A new item, ready at once.
+    pub fn new(item: &OutboundItem, followup_id: FollowUpId) -> Self {
+        Self {
+            queue_item_id: item.queue_item_id,
+            followup_id,
+            tenant_id: item.tenant_id.clone(),
+            retry_policy: item.retry_policy,
+            status: QueueStatus::Ready,
+            attempt: 0,
+            available_at: Some(item.created_at),
+            lease: None,
+            last_ack: None,
+            enqueued_at: item.created_at,
+            finished_at: None,
+        }
+    }
+
+    /// Whether a claim at `now` may take it.
+    pub fn claimable(&self, now: Timestamp) -> bool {
+        self.status != QueueStatus::Done && self.available_at.is_some_and(|at| at <= now)
+    }
+
+    fn attempts_left(&self) -> bool {
+        self.attempt < self.retry_policy.max_attempts
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryStatus {
+    Accepted,
+    Retrying,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 3] = [Self::Accepted, Self::Retrying, Self::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+}
+
+/// The delivery outcome recorded on a follow-up (`null` until the first ack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub provider_message_id: Option<String>,
+    pub error_code: Option<String>,
+    pub updated_at: Timestamp,
+}
+
+/// The fields every delivery event carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryFacts {
+    pub follow_up: FollowUpFacts,
+    pub queue_item_id: QueueItemId,
+    pub attempt: u32,
+    pub provider_message_id: Option<String>,
+    pub error_code: Option<String>,
+    /// Whether the service will try again.
+    pub retryable: bool,
+}
+
+impl DeliveryFacts {
+    pub(crate) fn payload(&self) -> Value {
+        serde_json::json!({
+            "followup_id": self.follow_up.followup_id,
+            "campaign_id": self.follow_up.campaign_id,
+            "queue_item_id": self.queue_item_id,
+            "attempt": self.attempt,
+            "provider_message_id": self.provider_message_id,
+            "error_code": self.error_code,
+            "retryable": self.retryable,
+        })
+    }
+}
+
+/// What a claim did with one claimable entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claimed {
+    /// Leased to the claimer.
+    Leased(QueueEntry),
+    /// Its lease ran out with no attempts left: finished as failed.
+    Expired {
+        entry: QueueEntry,
+        follow_up: Box<FollowUp>,
+        event: Box<DomainEvent>,
+    },
+}
+
+/// Leases a claimable entry to `lease_id` until `expires_at`.
+pub fn claim(
+    entry: &QueueEntry,
+    follow_up: &FollowUp,
+    lease_id: LeaseId,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> Claimed {
+    let lease_ran_out = entry.status == QueueStatus::Leased;
+    if lease_ran_out && !entry.attempts_left() {
+        let mut finished = entry.clone();
+        finished.status = QueueStatus::Done;
+        finished.available_at = None;
+        finished.finished_at = Some(now);
+        let report = Report::failed(LEASE_EXPIRED, false);
+        let (follow_up, event) = record(follow_up, &finished, &report, DeliveryStatus::Failed, now);
+        return Claimed::Expired {
+            entry: finished,
+            follow_up: Box::new(follow_up),
+            event: Box::new(event),
+        };
+    }
+    let mut leased = entry.clone();
+    leased.status = QueueStatus::Leased;
+    leased.attempt += 1;
+    leased.lease = Some(Lease {
+        lease_id,
+        expires_at,
+    });
+    leased.available_at = Some(expires_at);
+    Claimed::Leased(leased)
+}
+
+/// What the sender says about one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub accepted: bool,
+    pub provider_message_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub retryable: bool,
+    pub opt_out: bool,
+}
+
+impl Report {
+    fn failed(error_code: &str, retryable: bool) -> Self {
+        Self {
+            accepted: false,
+            provider_message_id: None,
+            error_code: Some(error_code.to_owned()),
+            error_message: None,
+            retryable,
+            opt_out: false,
+        }
+    }
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acked {
+    /// The report was recorded: the entry, its follow-up and the event to save together.
+    Applied {
+        entry: QueueEntry,
+        follow_up: Box<FollowUp>,
+        event: Box<DomainEvent>,
+        status: AckStatus,
+    },
+    /// Nothing to write: a repeat of an applied ack, or a lease that is not the item's.
+    Unchanged(AckStatus),
+}
+
+/// Applies a report made under `lease_id`. `jitter` in `[-1, 1]` spreads retries by up to
+/// ±10 % of their backoff (the caller draws it; the domain has no randomness).
+pub fn ack(
+    entry: &QueueEntry,
+    follow_up: &FollowUp,
+    lease_id: LeaseId,
+    report: &Report,
+    now: Timestamp,
+    jitter: f64,
+) -> Acked {
+    if let Some(last) = entry.last_ack
+        && last.lease_id == lease_id
+    {
+        return Acked::Unchanged(last.status);
+    }
+    let current = entry.status == QueueStatus::Leased
+        && entry.lease.is_some_and(|lease| lease.lease_id == lease_id);
+    if !current {
+        return Acked::Unchanged(AckStatus::LeaseLost);
+    }
+    let mut next = entry.clone();
+    next.lease = None;
+    let retry = !report.accepted && report.retryable && entry.attempts_left();
+    let (status, delivery) = if retry {
+        let exponent = entry.attempt.saturating_sub(1).min(30);
+        let backoff = f64::from(entry.retry_policy.backoff_ms) * f64::from(1u32 << exponent);
+        let delay = (backoff * (1.0 + 0.1 * jitter.clamp(-1.0, 1.0))).max(0.0);
+        let ready_at = Timestamp::from_unix_millis(now.unix_millis().saturating_add(delay as i64))
+            .unwrap_or(Timestamp::MAX)
+            .min(Timestamp::MAX);
+        next.status = QueueStatus::Ready;
+        next.available_at = Some(ready_at);
+        (AckStatus::RetryScheduled, DeliveryStatus::Retrying)
+    } else {
+        next.status = QueueStatus::Done;
+        next.available_at = None;
+        next.finished_at = Some(now);
+        let delivery = if report.accepted {
+            DeliveryStatus::Accepted
+        } else {
+            DeliveryStatus::Failed
+        };
+        (AckStatus::Acked, delivery)
+    };
+    next.last_ack = Some(LastAck { lease_id, status });
+    let (follow_up, event) = record(follow_up, &next, report, delivery, now);
+    Acked::Applied {
+        entry: next,
+        follow_up: Box::new(follow_up),
+        event: Box::new(event),
+        status,
+    }
+}
+
+/// The follow-up with its delivery recorded, and the event that says so.
+fn record(
+    follow_up: &FollowUp,
+    entry: &QueueEntry,
+    report: &Report,
+    status: DeliveryStatus,
+    now: Timestamp,
+) -> (FollowUp, DomainEvent) {
+    let mut recorded = follow_up.clone();
+    recorded.updated_at = now.max(follow_up.updated_at);
+    recorded.delivery = Some(Delivery {
+        status,
+        attempts: entry.attempt,
+        provider_message_id: report.provider_message_id.clone(),
+        error_code: report.error_code.clone(),
+        updated_at: now,
+    });
+    let facts = DeliveryFacts {
+        follow_up: FollowUpFacts::from(&recorded),
+        queue_item_id: entry.queue_item_id,
+        attempt: entry.attempt,
+        provider_message_id: report.provider_message_id.clone(),
+        error_code: report.error_code.clone(),
+        retryable: status == DeliveryStatus::Retrying,
+    };
+    let event = match status {
+        DeliveryStatus::Accepted => DomainEvent::FollowUpDeliveryAccepted(facts),
+        DeliveryStatus::Retrying | DeliveryStatus::Failed => {
+            DomainEvent::FollowUpDeliveryFailed(facts)
+        }
+    };
+    (recorded, event)
+}
+
+#[cfg(test)]
+mod tests;

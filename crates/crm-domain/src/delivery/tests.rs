@@ -1,0 +1,266 @@
+use serde_json::Map;
+use uuid::Uuid;
+
+use super::*;
+use crate::follow_up::{FollowUpStatus, NewFollowUp};
+use crate::ids::CorrelationId;
+
+fn at(millis: i64) -> Timestamp {
+    Timestamp::from_unix_millis(1_735_722_000_000 + millis).unwrap()
+}
+
+fn sent() -> (FollowUp, QueueEntry) {
+    let (follow_up, _) = FollowUp::schedule(
+        NewFollowUp {
+            followup_id: FollowUpId::new(Uuid::from_u128(1)),
+            tenant_id: TenantId::parse("tenant_a").unwrap(),
+            campaign_id: None,
+            external_key: None,
+            lead_id: None,
+            customer_id: None,
+            phone_e164: "+5511999998888".into(),
+            message: "hi".into(),
+            schedule_at: at(0),
+            channel: "whatsapp".into(),
+            status: FollowUpStatus::Pending,
+            metadata: Map::new(),
+            correlation_id: CorrelationId::new(Uuid::from_u128(9)),
+            trace_id: "trace-0001".into(),
+            time_zone: None,
+        },
+        at(0),
+    );
+    let item_id = QueueItemId::new(Uuid::from_u128(7));
+    let (follow_up, _) = follow_up.mark_sent(item_id, at(10)).unwrap();
+    let item = OutboundItem::for_follow_up(&follow_up, item_id, at(10));
+    let entry = QueueEntry::new(&item, follow_up.followup_id);
+    (follow_up, entry)
+}
+
+fn lease(n: u128) -> LeaseId {
+    LeaseId(Uuid::from_u128(n))
+}
+
+fn leased(entry: &QueueEntry, follow_up: &FollowUp, id: u128, now: i64) -> QueueEntry {
+    match claim(entry, follow_up, lease(id), at(now + 30_000), at(now)) {
+        Claimed::Leased(entry) => entry,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
+fn report(accepted: bool, retryable: bool) -> Report {
+    Report {
+        accepted,
+        provider_message_id: accepted.then(|| "wamid.1".to_owned()),
+        error_code: (!accepted).then(|| "PROVIDER_DOWN".to_owned()),
+        error_message: None,
+        retryable,
+        opt_out: false,
+    }
+}
+
+fn applied(outcome: Acked) -> (QueueEntry, FollowUp, DomainEvent, AckStatus) {
+    match outcome {
+        Acked::Applied {
+            entry,
+            follow_up,
+            event,
+            status,
+        } => (entry, *follow_up, *event, status),
+        Acked::Unchanged(status) => panic!("expected a change, got {status:?}"),
+    }
+}
+
+#[test]
+fn a_claim_leases_a_ready_item_and_counts_the_attempt() {
+    let (follow_up, entry) = sent();
+    assert!(entry.claimable(at(10)));
+    let leased = leased(&entry, &follow_up, 1, 20);
+    assert_eq!(leased.status, QueueStatus::Leased);
+    assert_eq!(leased.attempt, 1);
+    assert_eq!(leased.available_at, Some(at(30_020)));
+    assert!(!leased.claimable(at(30_019)));
+    assert!(
+        leased.claimable(at(30_020)),
+        "an expired lease can be claimed again"
+    );
+}
+
+#[test]
+fn an_accepted_report_finishes_the_item_and_records_the_delivery_with_its_event() {
+    let (follow_up, entry) = sent();
+    let entry = leased(&entry, &follow_up, 1, 20);
+    let (entry, recorded, event, status) = applied(ack(
+        &entry,
+        &follow_up,
+        lease(1),
+        &report(true, false),
+        at(50),
+        0.0,
+    ));
+    assert_eq!(status, AckStatus::Acked);
+    assert_eq!(entry.status, QueueStatus::Done);
+    assert_eq!(entry.finished_at, Some(at(50)));
+    let delivery = recorded.delivery.unwrap();
+    assert_eq!(delivery.status, DeliveryStatus::Accepted);
+    assert_eq!(delivery.attempts, 1);
+    assert_eq!(delivery.provider_message_id.as_deref(), Some("wamid.1"));
+    assert_eq!(
+        recorded.status,
+        FollowUpStatus::Sent,
+        "sent keeps its meaning"
+    );
+    assert_eq!(event.name(), "crm.followup.delivery.accepted");
+    assert_eq!(
+        event.payload()["queue_item_id"],
+        entry.queue_item_id.to_string()
+    );
+    assert_eq!(event.payload()["retryable"], false);
+}
+
+#[test]
+fn a_retryable_failure_with_attempts_left_backs_off_exponentially_within_ten_percent() {
+    let (follow_up, entry) = sent();
+    let mut entry = leased(&entry, &follow_up, 1, 0);
+    let (retried, recorded, event, status) = applied(ack(
+        &entry,
+        &follow_up,
+        lease(1),
+        &report(false, true),
+        at(100),
+        1.0,
+    ));
+    assert_eq!(status, AckStatus::RetryScheduled);
+    assert_eq!(retried.status, QueueStatus::Ready);
+    // First retry: backoff_ms × 2^0, here +10 %.
+    assert_eq!(retried.available_at, Some(at(100 + 550)));
+    assert_eq!(recorded.delivery.unwrap().status, DeliveryStatus::Retrying);
+    assert_eq!(event.name(), "crm.followup.delivery.failed");
+    assert_eq!(event.payload()["retryable"], true);
+    // Second attempt fails too: 500 × 2^1, here -10 %.
+    entry = leased(&retried, &follow_up, 2, 700);
+    let (retried, ..) = applied(ack(
+        &entry,
+        &follow_up,
+        lease(2),
+        &report(false, true),
+        at(800),
+        -1.0,
+    ));
+    assert_eq!(retried.available_at, Some(at(800 + 900)));
+    // The third and last attempt fails: done, failed for good.
+    entry = leased(&retried, &follow_up, 3, 2_000);
+    let (done, recorded, event, status) = applied(ack(
+        &entry,
+        &follow_up,
+        lease(3),
+        &report(false, true),
+        at(2_100),
+        0.0,
+    ));
+    assert_eq!(status, AckStatus::Acked);
+    assert_eq!(done.status, QueueStatus::Done);
+    assert_eq!(recorded.delivery.unwrap().status, DeliveryStatus::Failed);
+    assert_eq!(event.payload()["retryable"], false);
+    assert_eq!(event.payload()["attempt"], 3);
+}
+
+#[test]
+fn a_failure_that_is_not_retryable_finishes_at_once() {
+    let (follow_up, entry) = sent();
+    let entry = leased(&entry, &follow_up, 1, 0);
+    let (done, recorded, ..) = applied(ack(
+        &entry,
+        &follow_up,
+        lease(1),
+        &report(false, false),
+        at(5),
+        0.0,
+    ));
+    assert_eq!(done.status, QueueStatus::Done);
+    assert_eq!(recorded.delivery.unwrap().status, DeliveryStatus::Failed);
+}
+
+#[test]
+fn repeating_an_ack_answers_the_same_and_changes_nothing() {
+    let (follow_up, entry) = sent();
+    let entry = leased(&entry, &follow_up, 1, 0);
+    let (retried, ..) = applied(ack(
+        &entry,
+        &follow_up,
+        lease(1),
+        &report(false, true),
+        at(5),
+        0.0,
+    ));
+    for repeat in [report(false, true), report(true, false)] {
+        assert_eq!(
+            ack(&retried, &follow_up, lease(1), &repeat, at(6), 0.0),
+            Acked::Unchanged(AckStatus::RetryScheduled)
+        );
+    }
+}
+
+#[test]
+fn an_ack_under_a_lease_that_expired_and_was_claimed_again_is_lease_lost() {
+    let (follow_up, entry) = sent();
+    let first = leased(&entry, &follow_up, 1, 0);
+    let second = leased(&first, &follow_up, 2, 40_000);
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        ack(
+            &second,
+            &follow_up,
+            lease(1),
+            &report(true, false),
+            at(40_001),
+            0.0
+        ),
+        Acked::Unchanged(AckStatus::LeaseLost)
+    );
+    assert_eq!(
+        ack(
+            &second,
+            &follow_up,
+            lease(99),
+            &report(true, false),
+            at(40_001),
+            0.0
+        ),
+        Acked::Unchanged(AckStatus::LeaseLost),
+        "a lease id the item never had"
+    );
+    // An expired lease nobody claimed again still takes its ack.
+    let (done, ..) = applied(ack(
+        &first,
+        &follow_up,
+        lease(1),
+        &report(true, false),
+        at(40_000),
+        0.0,
+    ));
+    assert_eq!(done.status, QueueStatus::Done);
+}
+
+#[test]
+fn a_lease_that_runs_out_on_the_last_attempt_finishes_the_item_as_failed() {
+    let (follow_up, entry) = sent();
+    let mut entry = entry;
+    for (attempt, now) in [(1, 0), (2, 40_000), (3, 80_000)] {
+        entry = leased(&entry, &follow_up, attempt, now);
+    }
+    match claim(&entry, &follow_up, lease(4), at(150_000), at(120_000)) {
+        Claimed::Expired {
+            entry,
+            follow_up,
+            event,
+        } => {
+            assert_eq!(entry.status, QueueStatus::Done);
+            let delivery = follow_up.delivery.unwrap();
+            assert_eq!(delivery.status, DeliveryStatus::Failed);
+            assert_eq!(delivery.error_code.as_deref(), Some(LEASE_EXPIRED));
+            assert_eq!(event.name(), "crm.followup.delivery.failed");
+        }
+        other => panic!("expected the item to finish, got {other:?}"),
+    }
+}
