@@ -212,6 +212,8 @@ pub struct Settings {
     pub internal_token: Option<Secret>,
     pub worker_interval: Option<Duration>,
     pub retention: Duration,
+    /// How often retention looks for expired records (not a flag: tests shorten it).
+    pub retention_interval: Duration,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -228,6 +230,7 @@ impl Settings {
             internal_token: None,
             worker_interval: None,
             retention: Duration::from_secs(168 * 3600),
+            retention_interval: crm_app::worker::RETENTION_INTERVAL,
             request_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -307,6 +310,7 @@ impl Cli {
             worker_interval: (self.worker_interval_ms > 0)
                 .then(|| Duration::from_millis(self.worker_interval_ms)),
             retention,
+            retention_interval: crm_app::worker::RETENTION_INTERVAL,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
         })

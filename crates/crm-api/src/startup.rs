@@ -31,6 +31,7 @@ pub struct Application {
     crm: Crm,
     worker_interval: Option<Duration>,
     retention: Duration,
+    retention_interval: Duration,
     shutdown_timeout: Duration,
 }
 
@@ -96,6 +97,7 @@ impl Application {
             crm,
             worker_interval: settings.worker_interval,
             retention: settings.retention,
+            retention_interval: settings.retention_interval,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -120,6 +122,7 @@ impl Application {
         let retention = tokio::spawn(crm_app::worker::retain(
             self.crm.clone(),
             self.retention,
+            self.retention_interval,
             stopped,
         ));
         let server = self.server.handle();

@@ -52,9 +52,14 @@ pub const RETENTION_BATCH: usize = 1_000;
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Deletes events and finished outbound items older than `retention`, a batch at a time,
-/// until `stop` turns true. Replicas may all run it: the store keeps them from deleting
-/// the same rows twice.
-pub async fn retain(crm: Crm, retention: Duration, mut stop: watch::Receiver<bool>) {
+/// looking again every `interval` once nothing is left, until `stop` turns true. Replicas
+/// may all run it: the store keeps them from deleting the same rows twice.
+pub async fn retain(
+    crm: Crm,
+    retention: Duration,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     while !*stop.borrow() {
         let cutoff = crate::service::now().as_datetime() - retention;
         let wait = match crm
@@ -73,14 +78,14 @@ pub async fn retain(crm: Crm, retention: Duration, mut stop: watch::Receiver<boo
                     || expired.outbound_items >= RETENTION_BATCH as u64;
                 if full {
                     // More is expired: go on after a breath.
-                    Duration::from_millis(100)
+                    Duration::from_millis(100).min(interval)
                 } else {
-                    RETENTION_INTERVAL
+                    interval
                 }
             }
             Err(error) => {
                 tracing::warn!(%error, "retention pass failed; retrying later");
-                RETENTION_INTERVAL
+                interval
             }
         };
         tokio::select! {

@@ -22,6 +22,9 @@ pub const CAMPAIGNS: &str = "/v1/crm/campaigns";
 pub const FOLLOW_UPS: &str = "/v1/crm/followups";
 pub const DRAIN: &str = "/internal/worker/crm-followups/drain";
 pub const TRACE: &str = "/internal/orchestration/trace";
+pub const FEED: &str = "/internal/orchestration/events";
+pub const CLAIM: &str = "/internal/outbound/claim";
+pub const ACK: &str = "/internal/outbound/ack";
 
 /// A schedule that is always due.
 pub const PAST: &str = "2025-01-01T09:00:00.000Z";
@@ -341,6 +344,20 @@ impl TestApp {
             Contract::TraceResponse,
         )
         .await
+    }
+
+    pub async fn feed(&self, query: &[(&str, &str)]) -> Reply {
+        self.get(FEED, query, Contract::EventsFeed).await
+    }
+
+    pub async fn claim(&self, body: &Value) -> Reply {
+        self.post_json(CLAIM, body, Contract::OutboundClaimResponse)
+            .await
+    }
+
+    pub async fn ack(&self, body: &Value) -> Reply {
+        self.post_json(ACK, body, Contract::OutboundAckResponse)
+            .await
     }
 
     /// `/health` and `/ready` have no contract file; their tests check the body.

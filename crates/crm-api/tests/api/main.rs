@@ -6,10 +6,12 @@
 
 mod campaigns;
 mod errors;
+mod feed;
 mod follow_ups;
 mod health;
 mod helpers;
 mod ops;
+mod outbound;
 mod regressions;
 mod strict_input;
 mod tenants;

@@ -1,0 +1,339 @@
+//! `POST /internal/outbound/claim` and `POST /internal/outbound/ack`.
+//!
+//! The queue is global (every tenant), so each test uses its own server.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{
+    TestApp, follow_up_body, names, new_id, new_tenant, spawn_app, str_field, with,
+};
+
+/// One follow-up of a fresh tenant, drained into the queue: `(tenant, followup_id,
+/// correlation_id)`.
+async fn queued(app: &TestApp) -> (String, String, String) {
+    let tenant = new_tenant();
+    let response = app.seed_follow_up(&follow_up_body(&tenant)).await;
+    let report = app.drain(&json!({})).await.ok();
+    assert_eq!(report["succeeded_count"], 1, "{report}");
+    (
+        tenant,
+        str_field(&response, "/followup/followup_id").to_owned(),
+        str_field(&response, "/orchestration/correlation_id").to_owned(),
+    )
+}
+
+/// Claims with `body` and returns the leased entries.
+async fn claim(app: &TestApp, body: Value) -> Vec<Value> {
+    let reply = app.claim(&body).await.ok();
+    reply["items"].as_array().expect("items").clone()
+}
+
+/// Claims until an item comes back (a retry waits out its backoff), at most 10 s.
+async fn claim_when_ready(app: &TestApp) -> Value {
+    for _ in 0..200 {
+        if let Some(leased) = claim(app, json!({})).await.pop() {
+            return leased;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no item became ready within 10 s");
+}
+
+fn ack_of(leased: &Value, fields: Value) -> Value {
+    let mut ack = json!({
+        "queue_item_id": leased["item"]["queue_item_id"],
+        "lease_id": leased["lease_id"],
+    });
+    ack.as_object_mut()
+        .expect("an object")
+        .extend(fields.as_object().expect("an object").clone());
+    json!({"acks": [ack]})
+}
+
+/// The statuses of an ack reply, in order.
+async fn ack(app: &TestApp, body: &Value) -> Vec<String> {
+    let reply = app.ack(body).await.ok();
+    reply["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|result| str_field(result, "/status").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_empty_queue_leases_nothing() {
+    let app = spawn_app().await;
+
+    assert_eq!(claim(&app, json!({})).await, Vec::<Value>::new());
+}
+
+#[tokio::test]
+async fn a_drained_follow_up_is_leased_to_one_consumer_at_a_time() {
+    let app = spawn_app().await;
+    let (tenant, followup_id, _) = queued(&app).await;
+
+    let leased = claim(&app, json!({"limit": 5, "lease_ms": 60000})).await;
+    let again = claim(&app, json!({"limit": 5})).await;
+
+    assert_eq!(leased.len(), 1);
+    let entry = &leased[0];
+    assert_eq!(entry["attempt"], 1);
+    assert_eq!(entry["item"]["tenant_id"], tenant.as_str());
+    assert_eq!(entry["item"]["context"]["context_id"], followup_id.as_str());
+    let record = app.follow_up(&tenant, &followup_id).await;
+    assert_eq!(
+        entry["item"]["queue_item_id"], record["provider_message_id"],
+        "the item the drain reported"
+    );
+    assert!(
+        str_field(entry, "/lease_expires_at") > str_field(&record, "/updated_at"),
+        "{entry}"
+    );
+    assert_eq!(again, Vec::<Value>::new(), "the item is leased already");
+}
+
+#[tokio::test]
+async fn an_accepted_ack_records_the_delivery_and_its_event_once() {
+    let app = spawn_app().await;
+    let (tenant, followup_id, correlation_id) = queued(&app).await;
+    let leased = claim_when_ready(&app).await;
+    let body = ack_of(
+        &leased,
+        json!({"result": "accepted", "provider_message_id": "wamid.HBgM"}),
+    );
+
+    assert_eq!(ack(&app, &body).await, ["acked"]);
+    let record = app.follow_up(&tenant, &followup_id).await;
+    assert_eq!(ack(&app, &body).await, ["acked"], "an ack is idempotent");
+
+    assert_eq!(record["status"], "sent");
+    let delivery = &record["delivery"];
+    assert_eq!(delivery["status"], "accepted");
+    assert_eq!(delivery["attempts"], 1);
+    assert_eq!(delivery["provider_message_id"], "wamid.HBgM");
+    assert_eq!(delivery["error_code"], Value::Null);
+    assert_eq!(app.follow_up(&tenant, &followup_id).await, record);
+    let events = app.events(&correlation_id).await;
+    assert_eq!(
+        names(&events),
+        [
+            "crm.followup.scheduled",
+            "crm.followup.sent",
+            "crm.followup.delivery.accepted"
+        ]
+    );
+    let accepted = &events[2];
+    assert_eq!(accepted["status"], "completed");
+    assert_eq!(accepted["payload"]["attempt"], 1);
+    assert_eq!(accepted["payload"]["provider_message_id"], "wamid.HBgM");
+    assert_eq!(accepted["trace_id"], events[0]["trace_id"]);
+    assert_eq!(claim(&app, json!({})).await, Vec::<Value>::new(), "done");
+}
+
+#[tokio::test]
+async fn a_retryable_failure_comes_back_with_the_next_attempt_until_attempts_run_out() {
+    let app = spawn_app().await;
+    let (tenant, followup_id, correlation_id) = queued(&app).await;
+    let failure = json!({"result": "failed", "error_code": "131048", "retryable": true});
+
+    let first = claim_when_ready(&app).await;
+    assert_eq!(
+        ack(&app, &ack_of(&first, failure.clone())).await,
+        ["retry_scheduled"]
+    );
+    let retrying = app.follow_up(&tenant, &followup_id).await;
+    let second = claim_when_ready(&app).await;
+    assert_eq!(
+        ack(&app, &ack_of(&second, failure.clone())).await,
+        ["retry_scheduled"]
+    );
+    let third = claim_when_ready(&app).await;
+    assert_eq!(ack(&app, &ack_of(&third, failure)).await, ["acked"]);
+
+    assert_eq!(retrying["delivery"]["status"], "retrying");
+    assert_eq!(retrying["delivery"]["error_code"], "131048");
+    let attempts: Vec<&Value> = [&first, &second, &third]
+        .iter()
+        .map(|leased| &leased["attempt"])
+        .collect();
+    assert_eq!(attempts, [&json!(1), &json!(2), &json!(3)]);
+    assert_eq!(first["item"], third["item"], "the same item each time");
+    let record = app.follow_up(&tenant, &followup_id).await;
+    assert_eq!(record["delivery"]["status"], "failed");
+    assert_eq!(record["delivery"]["attempts"], 3);
+    let events = app.events(&correlation_id).await;
+    let failures: Vec<(&Value, &Value)> = events[2..]
+        .iter()
+        .map(|event| (&event["payload"]["attempt"], &event["payload"]["retryable"]))
+        .collect();
+    assert_eq!(
+        failures,
+        [
+            (&json!(1), &json!(true)),
+            (&json!(2), &json!(true)),
+            (&json!(3), &json!(false))
+        ],
+        "one delivery.failed event per attempt, retryable while attempts are left"
+    );
+    assert!(
+        names(&events[2..])
+            .iter()
+            .all(|name| *name == "crm.followup.delivery.failed")
+    );
+}
+
+#[tokio::test]
+async fn a_final_failure_is_recorded_with_its_error_code() {
+    let app = spawn_app().await;
+    let (tenant, followup_id, correlation_id) = queued(&app).await;
+    let leased = claim_when_ready(&app).await;
+
+    let statuses = ack(
+        &app,
+        &ack_of(
+            &leased,
+            json!({"result": "failed", "error_code": "131026", "error_message": "undeliverable"}),
+        ),
+    )
+    .await;
+
+    assert_eq!(statuses, ["acked"]);
+    let delivery = &app.follow_up(&tenant, &followup_id).await["delivery"];
+    assert_eq!(delivery["status"], "failed");
+    assert_eq!(delivery["error_code"], "131026");
+    let events = app.events(&correlation_id).await;
+    let failed = events.last().expect("events");
+    assert_eq!(failed["name"], "crm.followup.delivery.failed");
+    assert_eq!(failed["payload"]["error_code"], "131026");
+    assert_eq!(claim(&app, json!({})).await, Vec::<Value>::new(), "done");
+}
+
+#[tokio::test]
+async fn an_expired_lease_hands_the_item_on_and_its_late_ack_is_lease_lost() {
+    let app = spawn_app().await;
+    let (tenant, followup_id, correlation_id) = queued(&app).await;
+    let first = claim(&app, json!({"lease_ms": 1000}))
+        .await
+        .pop()
+        .expect("an item");
+    let before = app.follow_up(&tenant, &followup_id).await;
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = claim_when_ready(&app).await;
+    let late = ack(&app, &ack_of(&first, json!({"result": "accepted"}))).await;
+
+    assert_eq!(second["attempt"], 2);
+    assert_ne!(second["lease_id"], first["lease_id"]);
+    assert_eq!(late, ["lease_lost"]);
+    assert_eq!(
+        app.follow_up(&tenant, &followup_id).await,
+        before,
+        "nothing changed"
+    );
+    assert_eq!(app.events(&correlation_id).await.len(), 2, "no event");
+    assert_eq!(
+        ack(&app, &ack_of(&second, json!({"result": "accepted"}))).await,
+        ["acked"],
+        "the current lease still acks"
+    );
+}
+
+#[tokio::test]
+async fn acks_for_unknown_items_or_foreign_leases_change_nothing() {
+    let app = spawn_app().await;
+    let (tenant, followup_id, correlation_id) = queued(&app).await;
+    let leased = claim_when_ready(&app).await;
+    let before = app.follow_up(&tenant, &followup_id).await;
+    let unknown_item = json!({
+        "queue_item_id": new_id(), "lease_id": leased["lease_id"], "result": "accepted"
+    });
+    let foreign_lease = json!({
+        "queue_item_id": leased["item"]["queue_item_id"], "lease_id": new_id(),
+        "result": "accepted"
+    });
+
+    let statuses = ack(&app, &json!({"acks": [unknown_item, foreign_lease]})).await;
+
+    assert_eq!(statuses, ["not_found", "lease_lost"]);
+    assert_eq!(app.follow_up(&tenant, &followup_id).await, before);
+    assert_eq!(app.events(&correlation_id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn malformed_claims_and_acks_are_validation_errors_and_write_nothing() {
+    let app = spawn_app().await;
+    let (tenant, followup_id, correlation_id) = queued(&app).await;
+    let leased = claim_when_ready(&app).await;
+    let before = app.follow_up(&tenant, &followup_id).await;
+    let good = ack_of(&leased, json!({"result": "accepted"}));
+
+    for (body, pointer) in [
+        (json!({"limit": 0}), "/limit"),
+        (json!({"limit": 101}), "/limit"),
+        (json!({"lease_ms": 999}), "/lease_ms"),
+        (json!({"lease_ms": "30000"}), "/lease_ms"),
+        (json!({"limit": 1, "extra": true}), ""),
+    ] {
+        let pointers = app.claim(&body).await.violation_pointers();
+        assert!(
+            pointers.contains(&pointer.to_owned()),
+            "{body}: {pointers:?}"
+        );
+    }
+    for (body, pointer) in [
+        (
+            with(good.clone(), "/acks/0/result", json!("delivered")),
+            "/acks/0/result",
+        ),
+        (
+            with(good.clone(), "/acks/0/lease_id", json!("lease-1")),
+            "/acks/0/lease_id",
+        ),
+        (
+            with(good.clone(), "/acks/0/queue_item_id", json!(42)),
+            "/acks/0/queue_item_id",
+        ),
+        (json!({"acks": []}), "/acks"),
+        (json!({}), ""),
+    ] {
+        let pointers = app.ack(&body).await.violation_pointers();
+        assert!(
+            pointers.contains(&pointer.to_owned()),
+            "{body}: {pointers:?}"
+        );
+    }
+
+    assert_eq!(app.follow_up(&tenant, &followup_id).await, before);
+    assert_eq!(app.events(&correlation_id).await.len(), 2);
+    assert_eq!(ack(&app, &good).await, ["acked"], "the lease is intact");
+}
+
+#[tokio::test]
+async fn concurrent_consumers_never_hold_the_same_item() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let bodies = (0..40).map(|_| follow_up_body(&tenant)).collect();
+    app.seed_follow_ups(bodies).await;
+    app.drain(&json!({"limit": 100})).await.ok();
+
+    let batches = app
+        .at_once(
+            8,
+            |app| async move { claim(&app, json!({"limit": 7})).await },
+        )
+        .await;
+
+    let ids: Vec<String> = batches
+        .iter()
+        .flatten()
+        .map(|leased| str_field(leased, "/item/queue_item_id").to_owned())
+        .collect();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "an item leased twice");
+    assert_eq!(ids.len(), 40, "every item leased once");
+    assert!(ids.iter().all(|id| Uuid::parse_str(id).is_ok()));
+}
