@@ -11,8 +11,8 @@ mod process;
 
 use std::time::{Duration, Instant};
 
-use crm_adapters_pg::testing::{database_url, drop_schema, fresh_schema};
-use process::{Server, follow_up_body};
+use crm_adapters_pg::testing::{database_url, fresh_schema};
+use process::{Database, Server, follow_up_body};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,25 +97,6 @@ const TIMEOUT_MS: u64 = 1_000;
 /// on a loaded machine, and is far below what a hang would take.
 const ANSWER_WITHIN: Duration = Duration::from_millis(TIMEOUT_MS * 4);
 
-struct Database {
-    url: String,
-    schema: String,
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(drop_schema(&url, &schema));
-        })
-        .join();
-    }
-}
-
 async fn start_behind_relay(
     test: &str,
     pool_size: u32,
@@ -127,10 +108,7 @@ async fn start_behind_relay(
         relayed, url,
         "the test database URL must name 127.0.0.1:5432"
     );
-    let database = Database {
-        url,
-        schema: fresh_schema("network"),
-    };
+    let database = Database::new(url, fresh_schema("network"));
     let logs = TempDir::new().unwrap();
     let timeout = TIMEOUT_MS.to_string();
     let pool_size = pool_size.to_string();

@@ -163,6 +163,47 @@ impl Drop for Server {
     }
 }
 
+/// A PostgreSQL schema the test owns, dropped with everything in it when the test ends.
+pub struct Database {
+    pub url: String,
+    pub schema: String,
+}
+
+impl Database {
+    pub fn new(url: String, schema: String) -> Self {
+        Self { url, schema }
+    }
+
+    /// The flags that put a server on this schema.
+    pub fn flags(&self) -> Vec<String> {
+        [
+            "--backend",
+            "postgres",
+            "--database-url",
+            &self.url,
+            "--pg-schema",
+            &self.schema,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        // Drop may run inside the test's runtime, which cannot wait on a future.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(crm_adapters_pg::testing::drop_schema(&url, &schema));
+        })
+        .join();
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

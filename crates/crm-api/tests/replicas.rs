@@ -1,0 +1,372 @@
+//! Two `crm-api` processes on one PostgreSQL schema, as replicas run in production:
+//! the event feed is exactly-once and in one order whichever replica a consumer reads
+//! while both commit, and the outbound queue never hands an item to two consumers at
+//! once, nor loses one whose consumer died holding its lease.
+
+mod process;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crm_adapters_pg::testing::{database_url, fresh_schema};
+use process::{Database, FUTURE, PAST, Server, follow_up_body};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Writers on each replica, 8 in all.
+const WRITERS_PER_REPLICA: usize = 4;
+const WRITE_FOR: Duration = Duration::from_secs(3);
+/// A bound on any wait, so a broken guarantee fails the test instead of hanging it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Replicas {
+    servers: [Server; 2],
+    client: reqwest::Client,
+    _database: Database,
+    _logs: TempDir,
+}
+
+async fn start_replicas(test: &str) -> Option<Replicas> {
+    let url = database_url(test)?;
+    let database = Database::new(url, fresh_schema("replicas"));
+    let logs = TempDir::new().expect("a log dir");
+    let client = process::client();
+    let flags = database.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let first = Server::start(logs.path(), logs.path(), &client, &flags).await;
+    let second = Server::start(logs.path(), logs.path(), &client, &flags).await;
+    Some(Replicas {
+        servers: [first, second],
+        client,
+        _database: database,
+        _logs: logs,
+    })
+}
+
+impl Replicas {
+    async fn post(&self, replica: usize, path: &str, body: &Value) -> Value {
+        let url = format!("{}{path}", self.servers[replica].address);
+        post(&self.client, &url, body).await
+    }
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Value {
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("POST {url}: {error}"));
+    let status = response.status();
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(status, 200, "POST {url}: {body}");
+    body
+}
+
+/// Creates follow-ups on `address` until `stop` turns true; the ids acknowledged.
+async fn write_until(
+    client: reqwest::Client,
+    address: String,
+    tenant: String,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<String> {
+    let url = format!("{address}/v1/crm/followups");
+    let mut created = Vec::new();
+    while !*stop.borrow_and_update() {
+        let id = Uuid::new_v4().to_string();
+        post(&client, &url, &follow_up_body(&tenant, &id, FUTURE)).await;
+        created.push(id);
+    }
+    created
+}
+
+/// Follows the feed of `address` for `tenant` with long-polls until `done` is true and a
+/// page comes back empty; every event, in the order read.
+async fn consume(
+    client: reqwest::Client,
+    address: String,
+    tenant: String,
+    done: watch::Receiver<bool>,
+) -> Vec<Value> {
+    let url = format!("{address}/internal/orchestration/events");
+    let mut cursor: Option<String> = None;
+    let mut events = Vec::new();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the consumer did not catch up"
+        );
+        // Read `done` before the page: an empty page read after it means caught up.
+        let finished = *done.borrow();
+        let mut query = vec![
+            ("tenant_id", tenant.clone()),
+            ("limit", "37".to_owned()),
+            ("wait_ms", "200".to_owned()),
+        ];
+        if let Some(cursor) = &cursor {
+            query.push(("after", cursor.clone()));
+        }
+        let url = reqwest::Url::parse_with_params(&url, &query).expect("a feed url");
+        let page: Value = client
+            .get(url)
+            .send()
+            .await
+            .expect("the feed answers")
+            .json()
+            .await
+            .expect("a JSON page");
+        let items = page["items"].as_array().expect("items").clone();
+        cursor = Some(page["next_cursor"].as_str().expect("a cursor").to_owned());
+        if items.is_empty() && finished {
+            return events;
+        }
+        events.extend(items);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_exactly_once_and_in_one_order_while_two_replicas_commit() {
+    let Some(replicas) =
+        start_replicas("the_feed_is_exactly_once_and_in_one_order_while_two_replicas_commit").await
+    else {
+        return;
+    };
+    let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    let (stop_writers, writers_stop) = watch::channel(false);
+    let (caught_up, consumers_done) = watch::channel(false);
+    let consumers: Vec<_> = replicas
+        .servers
+        .iter()
+        .map(|server| {
+            tokio::spawn(consume(
+                replicas.client.clone(),
+                server.address.clone(),
+                tenant.clone(),
+                consumers_done.clone(),
+            ))
+        })
+        .collect();
+    let writers: Vec<_> = replicas
+        .servers
+        .iter()
+        .flat_map(|server| std::iter::repeat_n(server, WRITERS_PER_REPLICA))
+        .map(|server| {
+            tokio::spawn(write_until(
+                replicas.client.clone(),
+                server.address.clone(),
+                tenant.clone(),
+                writers_stop.clone(),
+            ))
+        })
+        .collect();
+
+    tokio::time::sleep(WRITE_FOR).await;
+    stop_writers.send_replace(true);
+    let mut created = Vec::new();
+    for writer in writers {
+        created.extend(writer.await.expect("a writer"));
+    }
+    caught_up.send_replace(true);
+    let mut feeds = Vec::new();
+    for consumer in consumers {
+        feeds.push(consumer.await.expect("a consumer"));
+    }
+
+    assert!(
+        created.len() > 100,
+        "only {} creates in {WRITE_FOR:?}",
+        created.len()
+    );
+    let created: HashSet<&str> = created.iter().map(String::as_str).collect();
+    for (replica, feed) in feeds.iter().enumerate() {
+        let seen: Vec<&str> = feed
+            .iter()
+            .map(|event| event["payload"]["followup_id"].as_str().expect("an id"))
+            .collect();
+        let distinct: HashSet<&str> = seen.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            seen.len(),
+            "replica {replica}: an event twice"
+        );
+        assert_eq!(
+            distinct, created,
+            "replica {replica}: events skipped or invented"
+        );
+    }
+    let order = |feed: &Vec<Value>| -> Vec<String> {
+        feed.iter()
+            .map(|event| event["event_id"].as_str().expect("an id").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        order(&feeds[0]),
+        order(&feeds[1]),
+        "both replicas serve one order"
+    );
+}
+
+/// The follow-up a leased item delivers.
+fn followup_of(leased: &Value) -> String {
+    leased["item"]["context"]["context_id"]
+        .as_str()
+        .expect("a follow-up id")
+        .to_owned()
+}
+
+/// One lease a sender took and acknowledged.
+#[derive(Debug)]
+struct Taken {
+    followup_id: String,
+    lease_id: String,
+    attempt: u64,
+}
+
+/// Leases items through `address` and acks each as accepted until `acked` (shared by
+/// every sender) reaches `total`.
+async fn sender(
+    client: reqwest::Client,
+    address: String,
+    acked: Arc<AtomicUsize>,
+    total: usize,
+) -> Vec<Taken> {
+    let claim = format!("{address}/internal/outbound/claim");
+    let ack = format!("{address}/internal/outbound/ack");
+    let mut taken = Vec::new();
+    let started = Instant::now();
+    while acked.load(Ordering::SeqCst) < total {
+        assert!(started.elapsed() < PATIENCE, "the senders did not finish");
+        let leased = post(&client, &claim, &json!({"limit": 25, "lease_ms": 60000})).await;
+        let items = leased["items"].as_array().expect("items");
+        if items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let acks: Vec<Value> = items
+            .iter()
+            .map(|leased| {
+                json!({
+                    "queue_item_id": leased["item"]["queue_item_id"],
+                    "lease_id": leased["lease_id"],
+                    "result": "accepted",
+                })
+            })
+            .collect();
+        let results = post(&client, &ack, &json!({ "acks": acks })).await;
+        let results = results["results"].as_array().expect("results");
+        for (leased, result) in items.iter().zip(results) {
+            assert_eq!(result["status"], "acked", "a live lease acks: {result}");
+            taken.push(Taken {
+                followup_id: followup_of(leased),
+                lease_id: leased["lease_id"].as_str().expect("a lease").to_owned(),
+                attempt: leased["attempt"].as_u64().expect("an attempt"),
+            });
+        }
+        acked.fetch_add(items.len(), Ordering::SeqCst);
+    }
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_lease_one_item_twice_and_lose_none_to_a_dead_consumer() {
+    let Some(replicas) =
+        start_replicas("two_replicas_never_lease_one_item_twice_and_lose_none_to_a_dead_consumer")
+            .await
+    else {
+        return;
+    };
+    let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    const ITEMS: usize = 300;
+    for index in 0..ITEMS {
+        let id = Uuid::new_v4().to_string();
+        replicas
+            .post(
+                index % 2,
+                "/v1/crm/followups",
+                &follow_up_body(&tenant, &id, PAST),
+            )
+            .await;
+    }
+    let mut queued = HashSet::new();
+    while queued.len() < ITEMS {
+        let report = replicas
+            .post(
+                queued.len() % 2,
+                "/internal/worker/crm-followups/drain",
+                &json!({"limit": 100}),
+            )
+            .await;
+        let processed = report["processed"].as_array().expect("processed");
+        assert!(
+            !processed.is_empty(),
+            "the drain stalled at {}",
+            queued.len()
+        );
+        for entry in processed {
+            assert_eq!(entry["status"], "sent", "{entry}");
+            queued.insert(
+                entry["followup_id"]
+                    .as_str()
+                    .expect("an id")
+                    .to_owned(),
+            );
+        }
+    }
+    // A consumer that leases a batch and dies without acking it.
+    let abandoned = replicas
+        .post(
+            0,
+            "/internal/outbound/claim",
+            &json!({"limit": 20, "lease_ms": 1000}),
+        )
+        .await;
+    let abandoned: HashSet<String> = abandoned["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(followup_of)
+        .collect();
+    assert_eq!(abandoned.len(), 20);
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..4)
+        .map(|index| {
+            tokio::spawn(sender(
+                replicas.client.clone(),
+                replicas.servers[index % 2].address.clone(),
+                Arc::clone(&acked),
+                ITEMS,
+            ))
+        })
+        .collect();
+    let mut leases: HashMap<String, Vec<Taken>> = HashMap::new();
+    for sender in senders {
+        for taken in sender.await.expect("a sender") {
+            leases
+                .entry(taken.followup_id.clone())
+                .or_default()
+                .push(taken);
+        }
+    }
+
+    let items: HashSet<String> = leases.keys().cloned().collect();
+    assert_eq!(
+        items, queued,
+        "every drained follow-up acknowledged, none invented"
+    );
+    let twice: Vec<_> = leases.values().filter(|held| held.len() > 1).collect();
+    assert!(twice.is_empty(), "items acked under two leases: {twice:?}");
+    for (item, held) in &leases {
+        let expected = if abandoned.contains(item) { 2 } else { 1 };
+        assert_eq!(
+            held[0].attempt, expected,
+            "{item}: an abandoned lease comes back as the next attempt"
+        );
+        assert!(Uuid::parse_str(&held[0].lease_id).is_ok());
+    }
+}
