@@ -93,13 +93,60 @@ pub const fn query_violation(when: &'static str) -> Failure {
     }
 }
 
+/// The groups of operations in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    Campaigns,
+    FollowUps,
+    Worker,
+    Outbound,
+    Orchestration,
+    Operations,
+}
+
+impl Tag {
+    /// In the order the document lists them.
+    pub const ALL: [Tag; 6] = [
+        Tag::Campaigns,
+        Tag::FollowUps,
+        Tag::Worker,
+        Tag::Outbound,
+        Tag::Orchestration,
+        Tag::Operations,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tag::Campaigns => "campaigns",
+            Tag::FollowUps => "follow-ups",
+            Tag::Worker => "worker",
+            Tag::Outbound => "outbound",
+            Tag::Orchestration => "orchestration",
+            Tag::Operations => "operations",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Tag::Campaigns => "Create, transition and list campaigns.",
+            Tag::FollowUps => "Schedule and list follow-up messages.",
+            Tag::Worker => "Dispatch due follow-ups to the outbound queue.",
+            Tag::Outbound => "Lease outbound items to a sender and take its delivery results.",
+            Tag::Orchestration => {
+                "Read the stored events: by correlation id, or all in commit order."
+            }
+            Tag::Operations => "Liveness, readiness, metrics and this document.",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Endpoint {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
     pub operation_id: &'static str,
-    pub tag: &'static str,
+    pub tag: Tag,
     pub summary: &'static str,
     pub description: &'static str,
     pub parameters: &'static [Parameter],

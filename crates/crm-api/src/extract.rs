@@ -111,6 +111,25 @@ pub fn contract_body<T: DeserializeOwned>(
     serde_json::from_value(json).map_err(|error| ApiError::violation("", error.to_string()))
 }
 
+/// Reads a number the contract has already proven to be a whole number, in any of the
+/// forms JSON Schema counts as an integer (`5`, `5.0`, `5e0`); past `u64` it saturates,
+/// which every caller then caps.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = <f64 as serde::Deserialize>::deserialize(deserializer)?;
+    if number.fract() != 0.0 || number < 0.0 {
+        return Err(serde::de::Error::custom("must be a whole number"));
+    }
+    // `as` saturates at `u64::MAX`.
+    Ok(number as u64)
+}
+
+/// `whole_number` for an optional field (with `#[serde(default)]`).
+pub fn optional_whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    whole_number(deserializer).map(Some)
+}
+
 /// The pointer of the first string (or key) holding U+0000, which no store keeps: text
 /// in PostgreSQL cannot contain it, so it is refused everywhere alike.
 fn nul_character(value: &Value, pointer: String) -> Option<String> {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use crm_contracts::{Contract, Contracts};
 use serde_json::{Map, Value, json};
 
-use crate::endpoint::{Access, Endpoint, Failure, Location, Schema};
+use crate::endpoint::{Access, Endpoint, Failure, Location, Schema, Tag};
 use crate::routes;
 
 /// The dialect of every schema in the document: the one the contracts declare in `$schema`.
@@ -71,13 +71,10 @@ pub fn document(contracts: &Contracts) -> Value {
                 No text, in a body or a query parameter, may contain the U+0000 character: \
                 it cannot be stored, so it is `400 validation_error` wherever it appears."
         },
-        "tags": [
-            {"name": "campaigns", "description": "Create, transition and list campaigns."},
-            {"name": "follow-ups", "description": "Schedule and list follow-up messages."},
-            {"name": "worker", "description": "Dispatch due follow-ups to the outbound queue."},
-            {"name": "orchestration", "description": "Read the events of one correlation id."},
-            {"name": "operations", "description": "Liveness, readiness, metrics and this document."}
-        ],
+        "tags": Tag::ALL
+            .iter()
+            .map(|tag| json!({"name": tag.name(), "description": tag.description()}))
+            .collect::<Vec<_>>(),
         "paths": paths(contracts),
         "components": {
             "schemas": component_schemas(contracts),
@@ -192,7 +189,7 @@ fn paths(contracts: &Contracts) -> Value {
 fn operation(endpoint: &Endpoint, contracts: &Contracts) -> Value {
     let mut operation = json!({
         "operationId": endpoint.operation_id,
-        "tags": [endpoint.tag],
+        "tags": [endpoint.tag.name()],
         "summary": endpoint.summary,
         "description": endpoint.description,
     });

@@ -309,12 +309,7 @@ async fn two_replicas_never_lease_one_item_twice_and_lose_none_to_a_dead_consume
         );
         for entry in processed {
             assert_eq!(entry["status"], "sent", "{entry}");
-            queued.insert(
-                entry["followup_id"]
-                    .as_str()
-                    .expect("an id")
-                    .to_owned(),
-            );
+            queued.insert(entry["followup_id"].as_str().expect("an id").to_owned());
         }
     }
     // A consumer that leases a batch and dies without acking it.

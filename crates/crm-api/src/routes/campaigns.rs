@@ -17,7 +17,7 @@ use super::{
     tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
-    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, query_violation,
+    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
 };
 use crate::error::{ApiError, Code};
 use crate::extract::{RawBody, contract_body, param, query_pairs};
@@ -28,7 +28,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/v1/crm/campaigns",
         access: Access::Api,
         operation_id: "create_campaign",
-        tag: "campaigns",
+        tag: Tag::Campaigns,
         summary: "Create a campaign (idempotent)",
         description: "Creates a WhatsApp campaign and emits `crm.campaign.created`. A repeat \
             with the same `(tenant_id, external_key)` or `(tenant_id, campaign_id)` returns \
@@ -56,7 +56,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/v1/crm/campaigns",
         access: Access::Api,
         operation_id: "list_campaigns",
-        tag: "campaigns",
+        tag: Tag::Campaigns,
         summary: "List a tenant's campaigns",
         description: "One page of the tenant's campaigns, oldest first (`created_at`, then id).",
         parameters: &[
@@ -98,7 +98,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/v1/crm/campaigns/{campaign_id}/state",
         access: Access::Api,
         operation_id: "advance_campaign",
-        tag: "campaigns",
+        tag: Tag::Campaigns,
         summary: "Transition a campaign",
         description: "Moves the campaign along the campaign workflow and emits \
             `crm.campaign.state.changed` (`updated`); a `to_state` equal to the current state \

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::limit_param;
 use crate::endpoint::{
-    Access, Endpoint, Failure, Location, Parameter, Reply, Schema, query_violation,
+    Access, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
 };
 use crate::error::{ApiError, Code};
 use crate::extract::{param, query_pairs};
@@ -21,7 +21,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     path: "/internal/orchestration/events",
     access: Access::Internal,
     operation_id: "read_event_feed",
-    tag: "orchestration",
+    tag: Tag::Orchestration,
     summary: "Read the event feed",
     description: "Every stored event in commit order, a page at a time. A consumer that keeps \
         following `next_cursor` sees every event once, each after every event that \

@@ -18,7 +18,7 @@ use super::{
     tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
-    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, query_violation,
+    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
 };
 use crate::error::{ApiError, Code};
 use crate::extract::{RawBody, contract_body, param, query_pairs};
@@ -29,7 +29,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/v1/crm/followups",
         access: Access::Api,
         operation_id: "create_follow_up",
-        tag: "follow-ups",
+        tag: Tag::FollowUps,
         summary: "Schedule a follow-up (idempotent)",
         description: "Schedules one WhatsApp message to a phone number at `schedule_at` and \
             emits `crm.followup.scheduled`. A repeat with the same `(tenant_id, external_key)` \
@@ -64,7 +64,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/v1/crm/followups",
         access: Access::Api,
         operation_id: "list_follow_ups",
-        tag: "follow-ups",
+        tag: Tag::FollowUps,
         summary: "List a tenant's follow-ups",
         description: "One page of the tenant's follow-ups, oldest first (`created_at`, then \
             id), optionally filtered by status and campaign.",

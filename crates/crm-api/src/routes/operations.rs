@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 use crm_app::{AppError, Crm};
 use serde_json::json;
 
-use crate::endpoint::{Access, Endpoint, Failure, Reply, Schema};
+use crate::endpoint::{Access, Endpoint, Failure, Reply, Schema, Tag};
 use crate::error::{ApiError, Code};
 use crate::metrics;
 
@@ -16,7 +16,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/health",
         access: Access::Open,
         operation_id: "check_health",
-        tag: "operations",
+        tag: Tag::Operations,
         summary: "Liveness",
         description: "The process is up; touches no storage.",
         parameters: &[],
@@ -42,7 +42,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/ready",
         access: Access::Open,
         operation_id: "check_readiness",
-        tag: "operations",
+        tag: Tag::Operations,
         summary: "Readiness",
         description: "The store can serve requests (and, for the file store, take writes).",
         parameters: &[],
@@ -74,7 +74,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/metrics",
         access: Access::Open,
         operation_id: "read_metrics",
-        tag: "operations",
+        tag: Tag::Operations,
         summary: "Prometheus metrics",
         description: "Counters, gauges and histograms in the Prometheus text exposition format \
             (version 0.0.4), each with its help text.",
@@ -94,7 +94,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/openapi.json",
         access: Access::Open,
         operation_id: "read_openapi",
-        tag: "operations",
+        tag: Tag::Operations,
         summary: "This OpenAPI document",
         description: "The OpenAPI 3.1 description of every endpoint, with the contracts of \
             `contracts/` as component schemas.",

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::endpoint::{Access, Body, Endpoint, Reply, Schema};
+use crate::endpoint::{Access, Body, Endpoint, Reply, Schema, Tag};
 use crate::error::ApiError;
-use crate::extract::{RawBody, contract_body};
+use crate::extract::{RawBody, contract_body, whole_number};
 
 pub(super) static ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -24,7 +24,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/internal/outbound/claim",
         access: Access::Internal,
         operation_id: "claim_outbound_items",
-        tag: "outbound",
+        tag: Tag::Outbound,
         summary: "Lease outbound items",
         description: "Leases up to `limit` ready items, oldest first, to the caller until \
             `lease_expires_at`. An item is leased to one consumer at a time; when a lease \
@@ -51,7 +51,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         path: "/internal/outbound/ack",
         access: Access::Internal,
         operation_id: "ack_outbound_items",
-        tag: "outbound",
+        tag: Tag::Outbound,
         summary: "Report delivery results",
         description: "Records the result of each leased item under its lease, with the \
             follow-up's `delivery` and its event (`crm.followup.delivery.accepted` or \
@@ -78,13 +78,13 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
 
 #[derive(Deserialize)]
 struct ClaimBody {
-    #[serde(default = "default_limit")]
-    limit: usize,
-    #[serde(default = "default_lease_ms")]
+    #[serde(default = "default_limit", deserialize_with = "whole_number")]
+    limit: u64,
+    #[serde(default = "default_lease_ms", deserialize_with = "whole_number")]
     lease_ms: u64,
 }
 
-fn default_limit() -> usize {
+fn default_limit() -> u64 {
     10
 }
 
@@ -103,7 +103,10 @@ async fn claim_outbound_items(
         Some(json!({})),
     )?;
     let leased = crm
-        .claim(body.limit, Duration::from_millis(body.lease_ms))
+        .claim(
+            usize::try_from(body.limit).unwrap_or(usize::MAX),
+            Duration::from_millis(body.lease_ms),
+        )
         .await?;
     let items: Vec<_> = leased
         .iter()

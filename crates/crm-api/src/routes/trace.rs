@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::limit_param;
 use crate::endpoint::{
-    Access, Endpoint, Failure, Location, Parameter, Reply, Schema, query_violation,
+    Access, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
 };
 use crate::error::{ApiError, Code};
 use crate::extract::{param, query_pairs};
@@ -24,7 +24,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     path: "/internal/orchestration/trace",
     access: Access::Internal,
     operation_id: "read_trace",
-    tag: "orchestration",
+    tag: Tag::Orchestration,
     summary: "Read the events of one correlation id",
     description: "The orchestration events of one correlation id, oldest first, a page at a \
         time (`next_cursor` is null on the last page). `commands` stays empty; it is kept for \

@@ -8,16 +8,16 @@ use crm_ports::DrainStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::endpoint::{Access, Body, Endpoint, Reply, Schema};
+use crate::endpoint::{Access, Body, Endpoint, Reply, Schema, Tag};
 use crate::error::ApiError;
-use crate::extract::{RawBody, contract_body};
+use crate::extract::{RawBody, contract_body, optional_whole_number};
 
 pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     method: Method::POST,
     path: "/internal/worker/crm-followups/drain",
     access: Access::Internal,
     operation_id: "drain_follow_ups",
-    tag: "worker",
+    tag: Tag::Worker,
     summary: "Dispatch due follow-ups",
     description: "Takes due pending follow-ups (oldest `schedule_at` first), hands each to the \
         outbound queue exactly once and marks it `sent`, or `failed` when its outbound item \
@@ -42,8 +42,8 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
 
 #[derive(Deserialize)]
 struct DrainBody {
-    /// A float so that `5.0`, which JSON Schema counts as an integer, reads as 5.
-    limit: Option<f64>,
+    #[serde(default, deserialize_with = "optional_whole_number")]
+    limit: Option<u64>,
     #[serde(default)]
     force_failure: bool,
 }
@@ -57,9 +57,10 @@ async fn drain_follow_ups(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResp
     )?;
     let defaults = DrainCommand::default();
     let command = DrainCommand {
-        // The contract guarantees a whole number >= 1; `as` saturates past `usize`, and
-        // the use case caps it.
-        limit: body.limit.map_or(defaults.limit, |limit| limit as usize),
+        // The use case caps the limit.
+        limit: body.limit.map_or(defaults.limit, |limit| {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        }),
         force_failure: body.force_failure,
     };
     let report = crm.drain(command).await?;

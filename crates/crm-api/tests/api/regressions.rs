@@ -1,7 +1,7 @@
 //! What API fuzzing (schemathesis) found, each pinned as a regression test: methods a
 //! path does not serve, limits and cursors at the edges of their types, timestamps whose
-//! offset leaves the representable years, U+0000 in text, over-long keys, and drain
-//! limits written as floats.
+//! offset leaves the representable years, U+0000 in text, over-long keys, and drain and
+//! claim numbers written as floats.
 
 use std::collections::BTreeSet;
 
@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    CAMPAIGNS, DRAIN, FOLLOW_UPS, TRACE, advance_body, campaign_body, follow_up_body, new_tenant,
-    spawn_app, str_field, with,
+    CAMPAIGNS, CLAIM, DRAIN, FOLLOW_UPS, TRACE, advance_body, campaign_body, follow_up_body,
+    new_tenant, spawn_app, str_field, with,
 };
 
 const ZEROS: &str = "00000000000000000000000000000000";
@@ -412,6 +412,35 @@ async fn a_drain_limit_written_as_a_float_is_read_as_the_whole_number_it_is() {
     assert_eq!(capped["processed_count"], 100, "{capped}");
     let pending = app.all_follow_ups(&tenant, &[("status", "pending")]).await;
     assert_eq!(pending.len(), 1);
+}
+
+#[tokio::test]
+async fn claim_numbers_written_as_floats_are_read_as_the_whole_numbers_they_are() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let bodies = (0..3).map(|_| follow_up_body(&tenant)).collect();
+    app.seed_follow_ups(bodies).await;
+    app.drain(&json!({})).await.ok();
+
+    let reply = app
+        .post_raw(
+            CLAIM,
+            r#"{"limit": 2.0, "lease_ms": 68215.0}"#,
+            Contract::OutboundClaimResponse,
+        )
+        .await
+        .ok();
+
+    assert_eq!(
+        reply["items"].as_array().expect("items").len(),
+        2,
+        "{reply}"
+    );
+    let pointers = app
+        .post_raw(CLAIM, r#"{"limit": 2.5}"#, Contract::OutboundClaimResponse)
+        .await
+        .violation_pointers();
+    assert_eq!(pointers, ["/limit"]);
 }
 
 #[tokio::test]
