@@ -42,8 +42,40 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, from `/proc`, in bytes.
+    pub fn resident_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("no VmRSS in /proc status")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    /// SIGTERM, then waits for the exit; how long the graceful stop took.
+    pub fn stop(mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let exit = self.child.wait()?;
+        if !exit.success() {
+            bail!("crm-api exited with {exit} after SIGTERM");
+        }
+        Ok(started.elapsed())
+    }
+
     /// Starts the binary with `args` on a free port and waits until `/ready` answers.
-    pub async fn start(binary: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(binary: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
         let port = free_port()?;
         let bind = format!("127.0.0.1:{port}");
         let child = Command::new(binary)

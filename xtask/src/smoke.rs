@@ -105,7 +105,7 @@ pub async fn run() -> anyhow::Result<()> {
 
 async fn flow(binary: &std::path::Path, url: &str, schema: &str) -> anyhow::Result<Checks> {
     let server = Server::start(
-        &binary.to_owned(),
+        binary,
         &[
             "--backend",
             "postgres",

@@ -574,14 +574,11 @@ impl OutboundQueue for FileStore {
             let claimable = shared
                 .state
                 .claimable(now, limit, |id| shared.is_pending(&Touch::QueueItem(id)));
-            let with_follow_ups: Vec<(&QueueEntry, &FollowUp)> = claimable
-                .iter()
-                .filter_map(|stored| {
-                    let follow_up = shared.state.follow_up(stored.entry.followup_id)?;
-                    Some((&stored.entry, &**follow_up))
-                })
-                .collect();
-            let batch = decide_claims(with_follow_ups, leaser);
+            let batch = decide_claims(
+                claimable.iter().map(|stored| &stored.entry),
+                |id| shared.state.follow_up(id).map(|follow_up| &**follow_up),
+                leaser,
+            );
             if batch.entries.is_empty() {
                 return Ok(Vec::new());
             }

@@ -7,11 +7,13 @@ use crm_domain::delivery::{
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
 use crm_domain::opt_out::OptOut;
+use crm_domain::outbound::OutboundItem;
 use crm_domain::outbound::RetryPolicy;
 use crm_domain::timestamp::Timestamp;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 /// A stored row the domain cannot represent: a bug or a hand edit, not a client error.
@@ -142,7 +144,8 @@ fn delivery_from_json(value: &Value) -> Result<Delivery, String> {
 }
 
 /// A queue row: its number, its entry and the item as handed out.
-pub fn queue_entry(row: &Row) -> Result<(i64, QueueEntry, Value), RowError> {
+/// The state of an outbound item (the columns of `queue_columns!`).
+pub fn queue_entry(row: &Row) -> Result<QueueEntry, RowError> {
     const TABLE: &str = "crm_outbound_queue";
     let get_err = |e: tokio_postgres::Error| bad(TABLE, e);
     let status: String = row.try_get("status").map_err(get_err)?;
@@ -187,11 +190,15 @@ pub fn queue_entry(row: &Row) -> Result<(i64, QueueEntry, Value), RowError> {
         enqueued_at: timestamp(row, "created_at", TABLE)?,
         finished_at: finished_at.map(Timestamp::from_datetime),
     };
-    Ok((
-        row.try_get("seq").map_err(get_err)?,
-        entry,
-        row.try_get("item").map_err(get_err)?,
-    ))
+    Ok(entry)
+}
+
+/// The item of an outbound row, read straight into its type.
+pub fn queued_item(row: &Row) -> Result<OutboundItem, RowError> {
+    let item: Json<OutboundItem> = row
+        .try_get("item")
+        .map_err(|e| bad("crm_outbound_queue", e))?;
+    Ok(item.0)
 }
 
 pub fn opt_out(row: &Row) -> Result<OptOut, RowError> {

@@ -26,12 +26,12 @@ macro_rules! follow_up_columns {
     };
 }
 
-/// The columns of an outbound queue row, with `q.` in front.
+/// The columns of an outbound queue row's state (all but the item), with `q.` in front.
 macro_rules! queue_columns {
     () => {
-        "q.seq, q.queue_item_id, q.followup_id, q.tenant_id, q.max_attempts, q.backoff_ms, \
+        "q.queue_item_id, q.followup_id, q.tenant_id, q.max_attempts, q.backoff_ms, \
          q.status, q.attempt, q.available_at, q.lease_id, q.lease_expires_at, \
-         q.last_ack_lease, q.last_ack_status, q.created_at, q.finished_at, q.item"
+         q.last_ack_lease, q.last_ack_status, q.created_at, q.finished_at"
     };
 }
 
@@ -252,7 +252,7 @@ pub const ENQUEUE_OUTBOUND: &str = "INSERT INTO crm_outbound_queue (queue_item_i
 pub const CLAIM_ITEMS: &str = concat!(
     "SELECT ",
     queue_columns!(),
-    " FROM crm_outbound_queue q WHERE q.status <> 'done' AND q.available_at <= $1 \
+    ", q.item FROM crm_outbound_queue q WHERE q.status <> 'done' AND q.available_at <= $1 \
      ORDER BY q.available_at, q.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
 );
 

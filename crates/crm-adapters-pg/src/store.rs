@@ -1171,19 +1171,28 @@ impl OutboundQueue for PgStore {
                 .map_err(unavailable)?;
             let claimed = rows
                 .iter()
-                .map(rows::queue_entry)
-                .collect::<Result<Vec<_>, _>>()
+                .map(|row| Ok((rows::queue_entry(row)?, row)))
+                .collect::<Result<Vec<_>, rows::RowError>>()
                 .map_err(unavailable)?;
             if claimed.is_empty() {
                 transaction.commit().await.map_err(unavailable)?;
                 return Ok(Vec::new());
             }
-            let ids: Vec<FollowUpId> = claimed.iter().map(|(_, e, _)| e.followup_id).collect();
-            let follow_ups = follow_ups_by_id(&transaction, &ids).await?;
+            // Only an item whose last lease ran out needs its follow-up, to record the
+            // failure; usually none does.
+            let running_out: Vec<FollowUpId> = claimed
+                .iter()
+                .filter(|(entry, _)| entry.runs_out_on_claim())
+                .map(|(entry, _)| entry.followup_id)
+                .collect();
+            let follow_ups = if running_out.is_empty() {
+                HashMap::new()
+            } else {
+                follow_ups_by_id(&transaction, &running_out).await?
+            };
             let batch = decide_claims(
-                claimed
-                    .iter()
-                    .filter_map(|(_, entry, _)| Some((entry, follow_ups.get(&entry.followup_id)?))),
+                claimed.iter().map(|(entry, _)| entry),
+                |id| follow_ups.get(&id),
                 leaser,
             );
             write_deliveries(
@@ -1200,14 +1209,14 @@ impl OutboundQueue for PgStore {
                 .into_iter()
                 .filter(|entry| batch.leased.contains(&entry.queue_item_id))
                 .map(|entry| {
-                    let item = claimed
+                    let row = claimed
                         .iter()
-                        .find(|(_, claimed, _)| claimed.queue_item_id == entry.queue_item_id)
-                        .map(|(_, _, item)| item.clone())
+                        .find(|(claimed, _)| claimed.queue_item_id == entry.queue_item_id)
+                        .map(|(_, row)| *row)
                         .expect("a leased entry was claimed");
                     Ok(LeasedItem {
                         entry,
-                        item: serde_json::from_value(item).map_err(unavailable)?,
+                        item: rows::queued_item(row).map_err(unavailable)?,
                     })
                 })
                 .collect()
@@ -1233,7 +1242,7 @@ impl OutboundQueue for PgStore {
                 .map_err(unavailable)?;
             let entries: HashMap<QueueItemId, QueueEntry> = rows
                 .iter()
-                .map(|row| rows::queue_entry(row).map(|(_, entry, _)| (entry.queue_item_id, entry)))
+                .map(|row| rows::queue_entry(row).map(|entry| (entry.queue_item_id, entry)))
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
             let owners: Vec<FollowUpId> = entries.values().map(|e| e.followup_id).collect();
@@ -1269,7 +1278,7 @@ impl OutboundQueue for PgStore {
                 .await
                 .map_err(unavailable)?;
             row.as_ref()
-                .map(|row| rows::queue_entry(row).map(|(_, entry, _)| entry))
+                .map(rows::queue_entry)
                 .transpose()
                 .map_err(unavailable)
         })

@@ -32,7 +32,7 @@ struct Lease<'a> {
 }
 
 impl Leaser for Lease<'_> {
-    fn lease(&self, entry: &QueueEntry, follow_up: &FollowUp) -> LeaseDecision {
+    fn lease(&self, entry: &QueueEntry, follow_up: Option<&FollowUp>) -> LeaseDecision {
         let lease_id = LeaseId(Uuid::new_v4());
         match delivery::claim(entry, follow_up, lease_id, self.expires_at, self.now) {
             Claimed::Leased(entry) => LeaseDecision::Lease(Box::new(entry)),

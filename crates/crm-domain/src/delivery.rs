@@ -140,6 +140,12 @@ impl QueueEntry {
         self.status != QueueStatus::Done && self.available_at.is_some_and(|at| at <= now)
     }
 
+    /// Whether a claim finishes this entry instead of leasing it: its last lease ran out
+    /// with no attempts left. Only then does the claim need the entry's follow-up.
+    pub fn runs_out_on_claim(&self) -> bool {
+        self.status == QueueStatus::Leased && !self.attempts_left()
+    }
+
     fn attempts_left(&self) -> bool {
         self.attempt < self.retry_policy.max_attempts
     }
@@ -217,16 +223,19 @@ pub enum Claimed {
     },
 }
 
-/// Leases a claimable entry to `lease_id` until `expires_at`.
+/// Leases a claimable entry to `lease_id` until `expires_at`, or finishes it as failed
+/// when it `runs_out_on_claim`: that takes its `follow_up`, which callers read only for
+/// such entries (without it, the entry is leased).
 pub fn claim(
     entry: &QueueEntry,
-    follow_up: &FollowUp,
+    follow_up: Option<&FollowUp>,
     lease_id: LeaseId,
     expires_at: Timestamp,
     now: Timestamp,
 ) -> Claimed {
-    let lease_ran_out = entry.status == QueueStatus::Leased;
-    if lease_ran_out && !entry.attempts_left() {
+    if entry.runs_out_on_claim()
+        && let Some(follow_up) = follow_up
+    {
         let mut finished = entry.clone();
         finished.status = QueueStatus::Done;
         finished.available_at = None;

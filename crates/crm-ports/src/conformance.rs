@@ -66,6 +66,7 @@ suite!(
     a_feed_waiter_wakes_when_an_event_commits,
     retention_removes_old_events_and_finished_items_and_expires_old_cursors,
     a_claim_leases_each_ready_item_once_until_its_lease_expires,
+    a_last_lease_that_runs_out_finishes_the_item_as_failed_with_its_event,
     an_accepted_ack_records_the_delivery_with_its_event_and_repeats_change_nothing,
     an_ack_under_a_lease_claimed_again_is_lease_lost_and_an_unknown_item_not_found,
     a_retryable_failure_makes_the_item_ready_after_its_backoff,
@@ -1175,7 +1176,7 @@ pub const LEASE_MILLIS: i64 = 30_000;
 pub const SENT_AT: i64 = 100_000;
 
 impl Leaser for LeaseAt {
-    fn lease(&self, entry: &QueueEntry, follow_up: &FollowUp) -> LeaseDecision {
+    fn lease(&self, entry: &QueueEntry, follow_up: Option<&FollowUp>) -> LeaseDecision {
         let now = self.now;
         let expires_at = Timestamp::from_unix_millis(now.unix_millis() + LEASE_MILLIS).unwrap();
         match delivery::claim(entry, follow_up, LeaseId(Uuid::new_v4()), expires_at, now) {
@@ -1317,6 +1318,50 @@ pub async fn a_claim_leases_each_ready_item_once_until_its_lease_expires(store: 
     let again = claim_at(store, 240_000, 10).await;
     assert_eq!(again.len(), 3, "expired leases come back");
     assert!(again.iter().all(|l| l.entry.attempt == 2));
+}
+
+pub async fn a_last_lease_that_runs_out_finishes_the_item_as_failed_with_its_event(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    let follow_ups = sent(store, &tenant_id, 2).await;
+    // Three attempts (the default policy), each lease left to run out 30 s later.
+    for (attempt, millis) in [(1, 202_000), (2, 240_000), (3, 280_000)] {
+        let leased = claim_at(store, millis, 10).await;
+        assert_eq!(leased.len(), 2);
+        assert!(leased.iter().all(|l| l.entry.attempt == attempt));
+    }
+
+    let after_last = claim_at(store, 320_000, 10).await;
+
+    assert!(after_last.is_empty(), "no attempt is left");
+    for follow_up in &follow_ups {
+        let stored = all_follow_ups(store, &tenant_id)
+            .await
+            .into_iter()
+            .find(|f| f.followup_id == follow_up.followup_id)
+            .expect("the follow-up");
+        let delivery = stored.delivery.expect("the failure is recorded");
+        assert_eq!(delivery.status, DeliveryStatus::Failed);
+        assert_eq!(delivery.attempts, 3);
+        assert_eq!(
+            delivery.error_code.as_deref(),
+            Some(crm_domain::delivery::LEASE_EXPIRED)
+        );
+        let names: Vec<_> = events_of(store, follow_up.correlation_id)
+            .await
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some("crm.followup.delivery.failed")
+        );
+    }
+    assert!(
+        claim_at(store, 900_000, 10).await.is_empty(),
+        "finished for good"
+    );
 }
 
 pub async fn an_accepted_ack_records_the_delivery_with_its_event_and_repeats_change_nothing(

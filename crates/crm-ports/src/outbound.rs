@@ -33,8 +33,9 @@ pub enum LeaseDecision {
 }
 
 /// Decides what a claim does with each claimable item; called while the store holds it.
+/// `follow_up` is the item's follow-up when the entry `runs_out_on_claim`, else `None`.
 pub trait Leaser: Send + Sync {
-    fn lease(&self, entry: &QueueEntry, follow_up: &FollowUp) -> LeaseDecision;
+    fn lease(&self, entry: &QueueEntry, follow_up: Option<&FollowUp>) -> LeaseDecision;
 }
 
 /// An item leased to the caller.
@@ -211,13 +212,23 @@ pub struct ClaimBatch {
 }
 
 /// Asks `leaser` about each claimable entry (with its follow-up), in order.
-pub fn decide_claims<'a>(
-    claimable: impl IntoIterator<Item = (&'a QueueEntry, &'a FollowUp)>,
+pub fn decide_claims<'a, F: std::ops::Deref<Target = FollowUp>>(
+    claimable: impl IntoIterator<Item = &'a QueueEntry>,
+    follow_up_of: impl Fn(crm_domain::ids::FollowUpId) -> Option<F>,
     leaser: &dyn Leaser,
 ) -> ClaimBatch {
     let mut batch = ClaimBatch::default();
-    for (entry, follow_up) in claimable {
-        match leaser.lease(entry, follow_up) {
+    for entry in claimable {
+        let follow_up = if entry.runs_out_on_claim() {
+            // A follow-up that cannot be read leaves its item as it is.
+            let Some(follow_up) = follow_up_of(entry.followup_id) else {
+                continue;
+            };
+            Some(follow_up)
+        } else {
+            None
+        };
+        match leaser.lease(entry, follow_up.as_deref()) {
             LeaseDecision::Lease(entry) => {
                 batch.leased.push(entry.queue_item_id);
                 batch.entries.push(*entry);

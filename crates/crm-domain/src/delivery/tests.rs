@@ -42,7 +42,7 @@ fn lease(n: u128) -> LeaseId {
 }
 
 fn leased(entry: &QueueEntry, follow_up: &FollowUp, id: u128, now: i64) -> QueueEntry {
-    match claim(entry, follow_up, lease(id), at(now + 30_000), at(now)) {
+    match claim(entry, Some(follow_up), lease(id), at(now + 30_000), at(now)) {
         Claimed::Leased(entry) => entry,
         other => panic!("expected a lease, got {other:?}"),
     }
@@ -249,7 +249,7 @@ fn a_lease_that_runs_out_on_the_last_attempt_finishes_the_item_as_failed() {
     for (attempt, now) in [(1, 0), (2, 40_000), (3, 80_000)] {
         entry = leased(&entry, &follow_up, attempt, now);
     }
-    match claim(&entry, &follow_up, lease(4), at(150_000), at(120_000)) {
+    match claim(&entry, Some(&follow_up), lease(4), at(150_000), at(120_000)) {
         Claimed::Expired {
             entry,
             follow_up,
