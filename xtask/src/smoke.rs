@@ -1,6 +1,7 @@
 //! `cargo xtask smoke`: the whole flow against PostgreSQL through the real binary, then
 //! the rows it must have left in `crm_campaigns`, `crm_followups`, the event log and the
-//! outbound queue. Any mismatch is a non-zero exit.
+//! outbound queue; once in a new schema, once in one holding the Node.js service's tables
+//! (which start-up adopts). Any mismatch is a non-zero exit.
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -79,31 +80,117 @@ impl Checks {
     }
 }
 
+/// The Node.js service's two tables with rows it wrote (the PostgreSQL adapter's fixture).
+const NODE_TABLES: &str =
+    include_str!("../../crates/crm-adapters-pg/tests/fixtures/node-schema.sql");
+
 pub async fn run() -> anyhow::Result<()> {
     let url = crate::database_url()?;
-    let schema = format!("smoke_{}", Uuid::new_v4().simple());
     let binary = build(false)?;
-    let outcome = flow(&binary, &url, &schema).await;
-    // The schema is dropped whatever happened, so smokes never pile up.
-    let dropped = drop_schema(&url, &schema).await;
-    let checks = outcome?;
-    dropped?;
-    println!("smoke against PostgreSQL (schema {schema}):");
-    for line in &checks.lines {
-        println!("  {line}");
+    let mut failed = 0;
+    for adopted in [false, true] {
+        let schema = format!("smoke_{}", Uuid::new_v4().simple());
+        let outcome = async {
+            let mut checks = Checks::default();
+            if adopted {
+                create_node_tables(&url, &schema).await?;
+            }
+            flow(&binary, &url, &schema, &mut checks).await?;
+            if adopted {
+                adopted_rows(&url, &schema, &mut checks).await?;
+            }
+            anyhow::Ok(checks)
+        }
+        .await;
+        // The schema is dropped whatever happened, so smokes never pile up.
+        let dropped = drop_schema(&url, &schema).await;
+        let checks = outcome?;
+        dropped?;
+        let what = if adopted {
+            "a schema adopted from the Node.js service"
+        } else {
+            "a new schema"
+        };
+        println!("smoke against PostgreSQL, {what} ({schema}):");
+        for line in &checks.lines {
+            println!("  {line}");
+        }
+        failed += checks.failed;
     }
-    if checks.failed > 0 {
-        bail!(
-            "smoke: {} of {} checks failed",
-            checks.failed,
-            checks.lines.len()
-        );
+    if failed > 0 {
+        bail!("smoke: {failed} checks failed");
     }
-    println!("smoke: all {} checks passed", checks.lines.len());
+    println!("smoke: all checks passed");
     Ok(())
 }
 
-async fn flow(binary: &std::path::Path, url: &str, schema: &str) -> anyhow::Result<Checks> {
+async fn create_node_tables(url: &str, schema: &str) -> anyhow::Result<()> {
+    let (db, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    db.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\"; {NODE_TABLES}"
+    ))
+    .await?;
+    Ok(())
+}
+
+/// What adoption must leave: the service's rows, completed, beside the smoke's own.
+async fn adopted_rows(url: &str, schema: &str, checks: &mut Checks) -> anyhow::Result<()> {
+    let (db, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(connection);
+    db.batch_execute(&format!("SET search_path TO \"{schema}\""))
+        .await?;
+    let row = db
+        .query_one(
+            "SELECT count(*), min(revision), max(revision) FROM crm_campaigns \
+             WHERE tenant_id LIKE 'tenant-node-%'",
+            &[],
+        )
+        .await?;
+    checks.expect(
+        "crm_campaigns adopted rows (count, revisions)",
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        ),
+        (3, 1, 1),
+    );
+    let row = db
+        .query_one(
+            "SELECT count(*), count(correlation_id), count(trace_id), \
+                    count(*) FILTER (WHERE provider_message_id = 'wamid.HBgNNTUxMTk5OTk5MDAwMRUCABEYEjA') \
+             FROM crm_followups WHERE tenant_id LIKE 'tenant-node-%'",
+            &[],
+        )
+        .await?;
+    checks.expect(
+        "crm_followups adopted rows (count, with correlation, with trace, provider id kept)",
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+        ),
+        (3, 3, 3, 1),
+    );
+    let recorded: i64 = db
+        .query_one(
+            "SELECT count(*) FROM crm_schema_history WHERE version = 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    checks.expect("crm_schema_history records V1", recorded, 1);
+    Ok(())
+}
+
+async fn flow(
+    binary: &std::path::Path,
+    url: &str,
+    schema: &str,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
     let server = Server::start(
         binary,
         &[
@@ -183,9 +270,22 @@ async fn flow(binary: &std::path::Path, url: &str, schema: &str) -> anyhow::Resu
     let drained = api
         .post("/internal/worker/crm-followups/drain", json!({"limit": 50}))
         .await?;
+    // Every record of the Node.js service (there are none in a new schema) is served.
+    let mut listed = 0;
+    for tenant in ["tenant-node-a", "tenant-node-b"] {
+        for path in ["/v1/crm/campaigns", "/v1/crm/followups"] {
+            let page = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("{path}?tenant_id={tenant}"),
+                    None,
+                )
+                .await?;
+            listed += page["count"].as_u64().context("count")?;
+        }
+    }
     drop(server);
 
-    let mut checks = Checks::default();
     checks.expect(
         "drain processed",
         drained["processed_count"].as_u64(),
@@ -260,11 +360,11 @@ async fn flow(binary: &std::path::Path, url: &str, schema: &str) -> anyhow::Resu
             row.get::<_, Option<String>>(1),
             error.map(str::to_owned),
         );
-        let provider: Option<Uuid> = row.get(2);
+        let provider: Option<String> = row.get(2);
         let queued: Option<Uuid> = row.get(3);
         checks.expect(
             &format!("crm_followups {id} provider_message_id is its outbound item"),
-            provider.is_some() && provider == queued,
+            provider.is_some() && provider == queued.map(|id| id.to_string()),
             status == "sent",
         );
         if status != "sent" {
@@ -299,7 +399,24 @@ async fn flow(binary: &std::path::Path, url: &str, schema: &str) -> anyhow::Resu
     ]
     .map(|(name, count)| (name.to_owned(), count));
     checks.expect("crm_events by name", events, expected_events.to_vec());
-    Ok(checks)
+    let node_records = if adopted(&db).await? { 6 } else { 0 };
+    checks.expect(
+        "records of the Node.js service served",
+        listed,
+        node_records,
+    );
+    Ok(())
+}
+
+/// Whether the schema was adopted from the Node.js service (its rows are there).
+async fn adopted(db: &tokio_postgres::Client) -> anyhow::Result<bool> {
+    Ok(db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM crm_campaigns WHERE tenant_id LIKE 'tenant-node-%')",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 async fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {

@@ -203,10 +203,11 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
     {
         let mut shared = store.lock();
         shared.manifest = manifest;
-        shared.last_retained = retained;
+        shared.retained_total.events_removed += retained.events_removed;
+        shared.retained_total.items_removed += retained.items_removed;
     }
-    drop(running);
-    // Retention in memory, a slice at a time so that no caller waits long on the lock.
+    // Retention in memory, a slice at a time so that no caller waits long on the lock,
+    // and before the round counts as finished: whoever waited for it sees it done.
     while store
         .lock()
         .state
@@ -215,5 +216,6 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
     if let Some(cutoff) = expire_before {
         while store.lock().state.forget_finished_before(cutoff, 1_000).1 {}
     }
+    drop(running);
     Ok(())
 }

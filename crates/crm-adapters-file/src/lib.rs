@@ -16,7 +16,8 @@
 //! is cloned in O(1) under the lock and written without it, each file under a `.next`
 //! name, and the new manifest's rename commits them all at once. Start-up verifies every
 //! file before it changes any; a damaged one stops it with the file's path, untouched.
-//! Data dirs of the first release are read and upgraded in place.
+//! Data dirs of the first release are read and upgraded in place, and a data dir of the
+//! Node.js service this one replaces is adopted (see `node.rs`).
 //!
 //! All records live in memory too, so this store suits one process and data that fits
 //! in RAM; PostgreSQL is the backend for replicas and big tenants.
@@ -27,6 +28,7 @@ mod frame;
 mod journal;
 mod legacy;
 mod manifest;
+mod node;
 mod open;
 mod records;
 mod shared;

@@ -12,6 +12,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crm_domain::campaign::Campaign;
@@ -19,6 +20,7 @@ use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CorrelationId, TenantId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::timestamp::Timestamp;
+use crm_ports::adoption::{AdoptionCheck, AdoptionReport, RecordRules};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -27,6 +29,7 @@ use crate::frame;
 use crate::journal::{journal_generations, journal_path};
 use crate::legacy;
 use crate::manifest::{self, MANIFEST, Manifest};
+use crate::node;
 use crate::records::{
     CampaignRecord, EntryRecord, EventRecord, FORMAT, FollowUpRecord, HeaderLine, OptOutRecord,
     OutboundRecord,
@@ -34,7 +37,7 @@ use crate::records::{
 use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
 /// Tuning of the file store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct FileStoreOptions {
     /// Compact once the current journal holds this many bytes (and at least as many as
     /// the snapshots, so rewriting them costs a bounded amount per write).
@@ -44,6 +47,9 @@ pub struct FileStoreOptions {
     /// How long a graceful shutdown waits for its final compaction. Every acknowledged
     /// write is in the journal already, so giving up loses nothing.
     pub shutdown_wait: Duration,
+    /// The rules a record of the Node.js service must pass to be adopted; without them
+    /// a data dir of that service is refused.
+    pub legacy_rules: Option<Arc<dyn RecordRules>>,
 }
 
 impl Default for FileStoreOptions {
@@ -52,7 +58,19 @@ impl Default for FileStoreOptions {
             compact_after_bytes: 64 * 1024 * 1024,
             retention: None,
             shutdown_wait: Duration::from_secs(20),
+            legacy_rules: None,
         }
+    }
+}
+
+impl std::fmt::Debug for FileStoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStoreOptions")
+            .field("compact_after_bytes", &self.compact_after_bytes)
+            .field("retention", &self.retention)
+            .field("shutdown_wait", &self.shutdown_wait)
+            .field("legacy_rules", &self.legacy_rules.is_some())
+            .finish()
     }
 }
 
@@ -79,6 +97,13 @@ pub enum OpenError {
         "{path} is corrupt ({detail}); refusing to start so that nothing is lost: restore the file or move the data dir away"
     )]
     Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "the Node.js service's data dir {path} cannot be adopted, and nothing in it was changed; {report}"
+    )]
+    Refused {
+        path: PathBuf,
+        report: AdoptionReport,
+    },
 }
 
 pub(crate) fn corrupt(path: &Path, detail: impl ToString) -> OpenError {
@@ -113,7 +138,10 @@ pub(crate) struct Loaded {
     pub journal_bytes: u64,
 }
 
-pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
+pub(crate) fn load(
+    dir: &Path,
+    legacy_rules: Option<&dyn RecordRules>,
+) -> Result<Loaded, OpenError> {
     fs::create_dir_all(dir).map_err(dir_error(dir))?;
     let lock = OpenOptions::new()
         .create(true)
@@ -165,6 +193,16 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
             // hold everything, and any snapshot or log file is an unfinished write.
             upgrade(dir, legacy::read(dir, None)?)?
         }
+        None if node::present(dir) => {
+            let Some(rules) = legacy_rules else {
+                return Err(corrupt(
+                    &manifest_path,
+                    "missing: this looks like a data dir of the Node.js service, which this \
+                     store adopts only when given the rules its records must pass",
+                ));
+            };
+            adopt(dir, node::prepare(dir, rules)?)?
+        }
         None => {
             if let Some(name) = SNAPSHOT_FILES.iter().find(|name| dir.join(name).exists()) {
                 return Err(corrupt(
@@ -200,19 +238,55 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, OpenError> {
 /// Writes a data dir read in the first release's format as a format 2 snapshot, and
 /// folds its journals. Until the new manifest commits, the old files are untouched.
 fn upgrade(dir: &Path, old: legacy::Legacy) -> Result<(State, Manifest, u64, u64), OpenError> {
+    let committed = commit_converted(dir, old.state, old.generation)?;
+    tracing::info!(dir = %dir.display(), "data dir upgraded to format {FORMAT}");
+    Ok(committed)
+}
+
+/// Commits the records adopted from the Node.js service as this store's first snapshot;
+/// the commit replaces the originals, already kept in the backup dir.
+fn adopt(dir: &Path, state: State) -> Result<(State, Manifest, u64, u64), OpenError> {
+    let committed = commit_converted(dir, state, 0)?;
+    tracing::info!(dir = %dir.display(), "the Node.js service's data dir is adopted");
+    Ok(committed)
+}
+
+/// What `load` would adopt from the Node.js service in `dir`, reading only.
+pub(crate) fn check_adoption(
+    dir: &Path,
+    rules: &dyn RecordRules,
+) -> Result<AdoptionCheck, OpenError> {
+    let ours = dir.join(MANIFEST).exists()
+        || !journal_generations(dir).map_err(dir_error(dir))?.is_empty();
+    if ours || !node::present(dir) {
+        return Ok(AdoptionCheck::Nothing);
+    }
+    let adopted = node::check(dir, rules)?;
+    Ok(AdoptionCheck::Adoptable {
+        campaigns: adopted.campaigns.len(),
+        follow_ups: adopted.follow_ups.len(),
+    })
+}
+
+/// Commits `state`, read from another format whose journals (if any) end at
+/// `generation`, like any compaction: the manifest's rename is the commit point.
+fn commit_converted(
+    dir: &Path,
+    state: State,
+    generation: u64,
+) -> Result<(State, Manifest, u64, u64), OpenError> {
     compaction::remove_leftovers(dir).map_err(dir_error(dir))?;
     let (manifest, _) = compaction::commit(
         dir,
         &Snapshot {
-            image: old.state.image().clone(),
-            generation: old.generation,
-            legacy_generation: old.generation,
+            image: state.image().clone(),
+            generation,
+            legacy_generation: generation,
         },
         None,
     )
     .map_err(dir_error(dir))?;
-    tracing::info!(dir = %dir.display(), "data dir upgraded to format {FORMAT}");
-    Ok((old.state, manifest, old.generation, 0))
+    Ok((state, manifest, generation, 0))
 }
 
 struct Verified {

@@ -94,8 +94,9 @@ pub(crate) struct Shared {
     /// Retention asked for by `Store::expire`: the next compaction leaves out what is
     /// older.
     pub retention_cutoff: Option<crm_domain::timestamp::Timestamp>,
-    /// What the last compaction left out under retention.
-    pub last_retained: crate::compaction::Retained,
+    /// What compactions have left out under retention since the store opened: `expire`
+    /// reports the growth across its own request, whichever round did the work.
+    pub retained_total: crate::compaction::Retained,
 }
 
 impl Shared {
@@ -115,7 +116,7 @@ impl Shared {
             manifest,
             snapshot: SnapshotSlot::default(),
             retention_cutoff: None,
-            last_retained: crate::compaction::Retained::default(),
+            retained_total: crate::compaction::Retained::default(),
         }
     }
 

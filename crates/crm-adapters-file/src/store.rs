@@ -56,7 +56,7 @@ impl FileStore {
     /// verify (having changed nothing), and when another process holds the dir.
     pub fn open(dir: impl Into<PathBuf>, options: FileStoreOptions) -> Result<Self, OpenError> {
         let dir = dir.into();
-        let loaded = open::load(&dir)?;
+        let loaded = open::load(&dir, options.legacy_rules.as_deref())?;
         let dir_error = |source| OpenError::Dir {
             path: dir.clone(),
             source,
@@ -82,6 +82,15 @@ impl FileStore {
         };
         store.maybe_compact(&mut store.lock());
         Ok(store)
+    }
+
+    /// What opening `dir` would adopt from the Node.js service, changing nothing (not even
+    /// the lock file): for operators to run before they switch.
+    pub fn check_adoption(
+        dir: &Path,
+        rules: &dyn crm_ports::adoption::RecordRules,
+    ) -> Result<crm_ports::adoption::AdoptionCheck, OpenError> {
+        open::check_adoption(dir, rules)
     }
 
     pub fn dir(&self) -> &Path {
@@ -821,18 +830,20 @@ impl Store for FileStore {
     /// Retention happens when the store compacts: this asks for a compaction that leaves
     /// out what is older than `cutoff`, and waits for it.
     async fn expire(&self, cutoff: Timestamp, _batch: usize) -> Result<Expired, StoreError> {
-        {
+        let before = {
             let mut shared = self.current();
             if !shared.state.has_expired(cutoff) {
                 return Ok(Expired::default());
             }
             shared.retention_cutoff = shared.retention_cutoff.max(Some(cutoff));
-        }
+            shared.retained_total
+        };
+        // A background round may do the work before the one requested here runs.
         self.inner.compactor.request_and_watch().await;
-        let retained = self.lock().last_retained;
+        let after = self.lock().retained_total;
         Ok(Expired {
-            events: retained.events_removed,
-            outbound_items: retained.items_removed,
+            events: after.events_removed - before.events_removed,
+            outbound_items: after.items_removed - before.items_removed,
         })
     }
 

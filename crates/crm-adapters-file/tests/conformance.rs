@@ -35,5 +35,5 @@ async fn the_file_store_passes_the_conformance_suite_while_compacting_constantly
         compact_after_bytes: 1,
         ..FileStoreOptions::default()
     };
-    crm_ports::conformance::run_all(|| async { open(options) }).await;
+    crm_ports::conformance::run_all(|| async { open(options.clone()) }).await;
 }

@@ -9,10 +9,11 @@
 //! timeouts; nothing here retries on its own.
 
 mod migrate;
+mod node;
 mod rows;
 mod sql;
 mod store;
 pub mod testing;
 
-pub use migrate::migrate;
+pub use migrate::{check_adoption, migrate};
 pub use store::{PgError, PgOptions, PgStore};

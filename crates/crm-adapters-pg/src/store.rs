@@ -70,6 +70,13 @@ pub enum PgError {
     Migrate(#[source] tokio_postgres::Error),
     #[error("migration failed: {0}")]
     Refinery(String),
+    #[error(
+        "the schema holds the Node.js service's tables; they are adopted only with the rules \
+         their records must pass (start crm-api, or run crm-api adopt --check)"
+    )]
+    NodeTables,
+    #[error("the Node.js service's tables cannot be adopted, and nothing was changed; {0}")]
+    Refused(crm_ports::adoption::AdoptionReport),
 }
 
 impl PgOptions {

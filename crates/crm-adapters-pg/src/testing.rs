@@ -28,7 +28,7 @@ pub fn fresh_schema(prefix: &str) -> String {
 /// A migrated store in a schema of its own.
 pub async fn fresh_store(url: &str, prefix: &str) -> (PgStore, PgOptions) {
     let options = PgOptions::new(url, fresh_schema(prefix)).expect("valid test database options");
-    migrate(&options)
+    migrate(&options, None)
         .await
         .expect("migrations apply to a fresh schema");
     (PgStore::new(&options).expect("pool builds"), options)
@@ -44,6 +44,25 @@ pub async fn drop_schema(url: &str, schema: &str) {
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
         .await
         .expect("drop test schema");
+}
+
+/// The Node.js service's two tables, with the rows of `tests/fixtures/node-schema.sql`
+/// (the records of the file store's `tests/fixtures/node`), in a new schema of `url`;
+/// returns the schema's name.
+pub async fn node_schema(url: &str, prefix: &str) -> String {
+    let schema = fresh_schema(prefix);
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("test database reachable");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"{schema}\"; SET search_path = \"{schema}\"; {}",
+            include_str!("../tests/fixtures/node-schema.sql")
+        ))
+        .await
+        .expect("the Node.js service's tables");
+    schema
 }
 
 /// A connection to the store's schema, for tests that seed or inspect tables directly.

@@ -107,6 +107,13 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations (postgres backend) and exit.
     Migrate,
+    /// Adopt the data of the Node.js service (its data dir, or its tables) and exit; each
+    /// record is checked first, and a single broken rule changes nothing.
+    Adopt {
+        /// Only check and report: change nothing.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

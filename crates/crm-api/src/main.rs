@@ -1,4 +1,5 @@
-//! The `crm-api` binary: parse configuration, set up logging, serve (or migrate).
+//! The `crm-api` binary: parse configuration, set up logging, serve (or migrate, or
+//! adopt the Node.js service's data).
 
 use clap::Parser;
 use crm_api::config::{Cli, Command, LogFormat};
@@ -20,6 +21,7 @@ async fn main() -> std::process::ExitCode {
                     .await?
             }
             Command::Migrate => startup::migrate(&settings).await?,
+            Command::Adopt { check } => println!("{}", startup::adopt(&settings, check).await?),
         }
         anyhow::Ok(())
     };

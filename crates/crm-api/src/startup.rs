@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use crm_adapters_file::{FileStore, FileStoreOptions};
 use crm_adapters_pg::{PgError, PgOptions, PgStore};
 use crm_app::Crm;
+use crm_app::adoption::LegacyRules;
 use crm_contracts::{Contract, Contracts, WORKFLOWS_JSON};
 use crm_domain::campaign::CAMPAIGN_WORKFLOW;
 use crm_domain::workflow::{Workflow, WorkflowSet};
@@ -45,7 +46,7 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let contracts = Contracts::load().context("built-in contracts do not load")?;
+        let contracts = Arc::new(Contracts::load().context("built-in contracts do not load")?);
         let workflow = load_workflow(&settings, &contracts)?;
         let address = resolve(&settings.bind)
             .with_context(|| format!("cannot use --bind {}", settings.bind))?;
@@ -58,10 +59,10 @@ impl Application {
                  set both tokens or bind to 127.0.0.1"
             );
         }
-        let store = open_store(&settings).await?;
+        let store = open_store(&settings, LegacyRules::new(contracts.clone())).await?;
         metrics::handle();
         let openapi = web::Data::new(OpenApiDocument(openapi::document(&contracts).to_string()));
-        let crm = Crm::new(store, Arc::new(contracts), Arc::new(workflow));
+        let crm = Crm::new(store, contracts, Arc::new(workflow));
         let listener =
             TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
         let port = listener.local_addr()?.port();
@@ -217,7 +218,7 @@ fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<W
     Ok(workflow.clone())
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(settings: &Settings, rules: LegacyRules) -> anyhow::Result<Arc<dyn Store>> {
     match &settings.store {
         StoreKind::File(file) => {
             let dir = file.dir.clone();
@@ -225,6 +226,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
                 compact_after_bytes: file.compact_after_bytes,
                 retention: Some(settings.retention),
                 shutdown_wait: settings.shutdown_timeout,
+                legacy_rules: Some(Arc::new(rules)),
             };
             let store = tokio::task::spawn_blocking(move || FileStore::open(dir, options))
                 .await
@@ -233,10 +235,38 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         }
         StoreKind::Postgres(settings) => {
             let options = pg_options(settings)?;
-            migrate_when_reachable(&options, settings.startup_wait).await?;
+            migrate_when_reachable(&options, settings.startup_wait, &rules).await?;
             Ok(Arc::new(PgStore::new(&options)?))
         }
     }
+}
+
+/// The rules records of the Node.js service must pass, from the built-in contracts.
+fn legacy_rules() -> anyhow::Result<LegacyRules> {
+    let contracts = Contracts::load().context("built-in contracts do not load")?;
+    Ok(LegacyRules::new(Arc::new(contracts)))
+}
+
+/// `crm-api adopt [--check]`: what adopting the Node.js service's data would do, or does.
+pub async fn adopt(settings: &Settings, check: bool) -> anyhow::Result<String> {
+    let rules = legacy_rules()?;
+    if !check {
+        // Adopting is what start-up does; then the store is closed again.
+        open_store(settings, rules).await?.flush().await?;
+        return Ok("adopted (or nothing to adopt); the store is ready".to_owned());
+    }
+    let found = match &settings.store {
+        StoreKind::File(file) => {
+            let dir = file.dir.clone();
+            tokio::task::spawn_blocking(move || FileStore::check_adoption(&dir, &rules))
+                .await
+                .context("the check panicked")??
+        }
+        StoreKind::Postgres(pg) => {
+            crm_adapters_pg::check_adoption(&pg_options(pg)?, &rules).await?
+        }
+    };
+    Ok(found.to_string())
 }
 
 fn pg_options(settings: &PgSettings) -> anyhow::Result<PgOptions> {
@@ -249,7 +279,9 @@ fn pg_options(settings: &PgSettings) -> anyhow::Result<PgOptions> {
 /// Applies the migrations of the configured backend, for `crm-api migrate`.
 pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     match &settings.store {
-        StoreKind::Postgres(pg) => migrate_when_reachable(&pg_options(pg)?, pg.startup_wait).await,
+        StoreKind::Postgres(pg) => {
+            migrate_when_reachable(&pg_options(pg)?, pg.startup_wait, &legacy_rules()?).await
+        }
         StoreKind::File(_) => {
             bail!("migrate applies to --backend postgres; the file store needs none")
         }
@@ -257,10 +289,14 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// Migrates, retrying while the database cannot be reached, for at most `wait`.
-async fn migrate_when_reachable(options: &PgOptions, wait: Duration) -> anyhow::Result<()> {
+async fn migrate_when_reachable(
+    options: &PgOptions,
+    wait: Duration,
+    rules: &LegacyRules,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait;
     loop {
-        match crm_adapters_pg::migrate(options).await {
+        match crm_adapters_pg::migrate(options, Some(rules)).await {
             Ok(()) => return Ok(()),
             Err(PgError::Connect(error)) if Instant::now() < deadline => {
                 tracing::warn!(%error, "database not reachable yet; retrying");

@@ -227,3 +227,84 @@ fn with_json_logs_every_line_is_json_start_up_refusals_included_and_no_build_pat
     let _ = first.kill();
     let _ = first.wait();
 }
+
+/// A copy of the Node.js service's data dir of the file store's fixtures.
+fn node_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a data dir");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crm-adapters-file/tests/fixtures/node");
+    for name in ["campaigns.json", "followups.json"] {
+        std::fs::copy(fixture.join(name), dir.path().join(name)).expect("a fixture file");
+    }
+    dir
+}
+
+fn entries(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                bytes,
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn adopt_check_reports_what_would_be_adopted_and_changes_nothing() {
+    let dir = node_data_dir();
+    let path = dir.path().to_str().unwrap();
+    let before = entries(dir.path());
+
+    let (code, text) = run(&["--data-dir", path, "adopt", "--check"]);
+
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("3 campaign(s) and 3 follow-up(s) will be adopted"),
+        "{text}"
+    );
+    assert_eq!(entries(dir.path()), before, "a dry run changes nothing");
+
+    let (code, text) = run(&["--data-dir", path, "adopt"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(dir.path().join("node-backup/campaigns.json").exists());
+    let (code, text) = run(&["--data-dir", path, "adopt", "--check"]);
+    assert_eq!(
+        (code, text.trim()),
+        (Some(0), "nothing of the Node.js service to adopt here")
+    );
+}
+
+#[test]
+fn adopt_check_names_every_record_that_breaks_a_rule() {
+    let dir = node_data_dir();
+    let file = dir.path().join("followups.json");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"status\": \"failed\"", "\"status\": \"bounced\"")
+        .replace("+14155550123", "4155550123");
+    std::fs::write(&file, text).unwrap();
+    let before = entries(dir.path());
+
+    let (code, text) = run(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "adopt",
+        "--check",
+    ]);
+
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("followups.json item 1 (followup_id 4c5d6e7f"),
+        "{text}"
+    );
+    assert!(text.contains("/phone_e164"), "{text}");
+    assert!(text.contains("followups.json item 2"), "{text}");
+    assert!(text.contains("/status"), "{text}");
+    assert_eq!(entries(dir.path()), before);
+}

@@ -1,6 +1,6 @@
 //! The file store under attack, through the real `crm-api` binary: `kill -9` at any
-//! instant of start-up and compaction (of its own journal, and of a data dir of the
-//! first release being upgraded), SIGTERM while a background compaction runs, and a disk
+//! instant of start-up and compaction (of its own journal, of a data dir of the first
+//! release being upgraded, and of the Node.js service's being adopted), SIGTERM while a background compaction runs, and a disk
 //! that fills up and frees again. Every acknowledged write must come back, and the
 //! service must recover by itself.
 
@@ -189,6 +189,70 @@ async fn a_first_release_data_dir_survives_kill_9_during_its_upgrade() {
             Duration::from_millis(after),
         )
         .await;
+    }
+    let server = Server::start(data_dir.path(), logs.path(), &client(), &[]).await;
+    let expected: HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    assert_all_there(&server, tenant, &expected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_data_dir_survives_kill_9_at_any_instant_of_its_adoption() {
+    let data_dir = TempDir::new().expect("a data dir");
+    let logs = TempDir::new().expect("a log dir");
+    let tenant = "node-service";
+    // The Node.js service's files, as JSON.stringify(value, null, 2) writes them.
+    let ids: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
+    let follow_ups: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            json!({
+                "followup_id": id, "tenant_id": tenant, "campaign_id": null,
+                "external_key": format!("node-{id}"), "lead_id": null, "customer_id": null,
+                "phone_e164": "+5511999990001", "message": "Olá!", "schedule_at": FUTURE,
+                "channel": "whatsapp", "status": "pending", "provider_message_id": null,
+                "last_error_code": null, "last_error_message": null, "metadata": {},
+                "correlation_id": null, "trace_id": null,
+                "created_at": "2025-02-01T10:00:00.000Z", "updated_at": "2025-02-01T10:00:00.000Z"
+            })
+        })
+        .collect();
+    let originals = [
+        (
+            "campaigns.json",
+            serde_json::to_vec_pretty(&json!({"items": []})).unwrap(),
+        ),
+        (
+            "followups.json",
+            serde_json::to_vec_pretty(&json!({ "items": follow_ups })).unwrap(),
+        ),
+    ];
+    for (name, bytes) in &originals {
+        fs::write(data_dir.path().join(name), bytes).unwrap();
+    }
+
+    for after in KILL_AFTER_MS {
+        start_and_kill(
+            data_dir.path(),
+            logs.path(),
+            &[],
+            Duration::from_millis(after),
+        )
+        .await;
+        // The originals are always whole somewhere: in place until the adoption commits,
+        // in the backup from then on.
+        let committed = data_dir.path().join("manifest.json").exists();
+        let kept_in = if committed {
+            data_dir.path().join("node-backup")
+        } else {
+            data_dir.path().to_owned()
+        };
+        for (name, bytes) in &originals {
+            assert_eq!(
+                &fs::read(kept_in.join(name)).unwrap(),
+                bytes,
+                "{name} after a kill at {after} ms (committed: {committed})"
+            );
+        }
     }
     let server = Server::start(data_dir.path(), logs.path(), &client(), &[]).await;
     let expected: HashSet<String> = ids.iter().map(Uuid::to_string).collect();

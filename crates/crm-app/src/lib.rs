@@ -4,6 +4,7 @@
 //! every event (and outbound item) against its contract, and saves each change together
 //! with its events as one unit. It knows nothing about actix, SQL or files.
 
+pub mod adoption;
 mod delivery;
 mod drain;
 mod error;

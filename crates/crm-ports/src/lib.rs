@@ -8,6 +8,7 @@
 //! With the `conformance` feature this crate also exports the behaviour suite that every
 //! store adapter must pass.
 
+pub mod adoption;
 pub mod events;
 pub mod outbound;
 pub mod store;

@@ -346,7 +346,11 @@ pub async fn footprint(flags: &Flags) -> anyhow::Result<()> {
     };
     // 0.0003 h is about a second: everything finished is past retention at once.
     let flags = ["--retention-hours", "0.0003"];
-    let server = target.start(&flags).await?;
+    // A copy of the binary: the restart must run the very one that wrote the data,
+    // whatever is built meanwhile.
+    let binary = dir.with_extension("crm-api");
+    std::fs::copy(crate::server::build(true)?, &binary)?;
+    let server = target.start_built(&binary, &flags).await?;
     let base = server.base.clone();
     let started = Instant::now();
     let mut done = 0;
@@ -384,7 +388,6 @@ pub async fn footprint(flags: &Flags) -> anyhow::Result<()> {
     }
     let after_retention = server.resident_bytes()?;
     let stop = server.stop()?;
-    let binary = crate::server::build(true)?;
     let restart = Instant::now();
     let server = target.start_built(&binary, &flags).await?;
     let restart = restart.elapsed();
@@ -412,5 +415,6 @@ pub async fn footprint(flags: &Flags) -> anyhow::Result<()> {
         "data_dir_mb": megabytes(dir_bytes(dir)?),
     }));
     drop(server);
+    let _ = std::fs::remove_file(&binary);
     target.remove().await
 }

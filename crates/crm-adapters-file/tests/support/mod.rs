@@ -76,12 +76,12 @@ pub async fn assert_restored(store: &FileStore, campaign: &Campaign) {
     }
 }
 
-/// Every file of a data dir and its bytes (the lock file aside).
+/// Every file of a data dir and its bytes (the lock file and subdirectories aside).
 pub fn dir_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.file_name().unwrap() != ".lock")
+        .filter(|path| path.is_file() && path.file_name().unwrap() != ".lock")
         .map(|path| {
             (
                 path.file_name().unwrap().to_string_lossy().into_owned(),

@@ -139,14 +139,32 @@ enum TestStore {
 
 impl TestStore {
     /// The one place that picks the backend: PostgreSQL in a fresh schema when
-    /// `CRM_TEST_DATABASE_URL` is set, else a file store in a fresh temporary dir.
-    fn new() -> Self {
+    /// `CRM_TEST_DATABASE_URL` is set, else a file store in a fresh temporary dir. With
+    /// `CRM_TEST_ADOPTED` set, the store starts from the Node.js service's data (its data
+    /// dir, or its tables), which the server adopts at start-up.
+    async fn new() -> Self {
+        let adopted = std::env::var_os("CRM_TEST_ADOPTED").is_some();
         match std::env::var("CRM_TEST_DATABASE_URL") {
-            Ok(url) if !url.trim().is_empty() => TestStore::Postgres {
-                url,
-                schema: format!("test_{}", Uuid::new_v4().simple()),
-            },
-            _ => TestStore::File(TempDir::new().expect("a temporary data dir")),
+            Ok(url) if !url.trim().is_empty() => {
+                let schema = if adopted {
+                    crm_adapters_pg::testing::node_schema(&url, "test").await
+                } else {
+                    format!("test_{}", Uuid::new_v4().simple())
+                };
+                TestStore::Postgres { url, schema }
+            }
+            _ => {
+                let dir = TempDir::new().expect("a temporary data dir");
+                if adopted {
+                    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../crm-adapters-file/tests/fixtures/node");
+                    for name in ["campaigns.json", "followups.json"] {
+                        std::fs::copy(fixture.join(name), dir.path().join(name))
+                            .expect("the Node.js service's files");
+                    }
+                }
+                TestStore::File(dir)
+            }
         }
     }
 
@@ -205,7 +223,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// Like `spawn_app_with`, for settings the application may refuse: the error of
 /// `Application::build` when it does.
 pub async fn try_spawn_app_with(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<TestApp> {
-    let store = TestStore::new();
+    let store = TestStore::new().await;
     let mut settings = Settings::new(store.kind());
     configure(&mut settings);
     let application = Application::build(settings).await?;

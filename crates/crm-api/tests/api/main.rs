@@ -2,7 +2,8 @@
 //! through HTTP and JSON, every reply checked against `contracts/`.
 //!
 //! The same tests run on the file store by default and on PostgreSQL when
-//! `CRM_TEST_DATABASE_URL` is set (see `helpers::TestStore::new`).
+//! `CRM_TEST_DATABASE_URL` is set, and on a store adopted from the Node.js service when
+//! `CRM_TEST_ADOPTED` is set (see `helpers::TestStore::new`).
 
 mod campaigns;
 mod errors;
