@@ -21,7 +21,7 @@ use serde::ser::SerializeSeq;
 use crate::journal::{journal_path, sync_dir};
 use crate::manifest::{self, Digest, Manifest};
 use crate::records::{
-    CampaignRecord, EventRecord, FORMAT, FollowUpRecord, OptOutRecord, OutboundRecord,
+    CampaignRecord, EventRecord, FORMAT, FollowUpRecord, OptOutRecord, OutboundRecord, PolicyRecord,
 };
 use crate::state::{Image, StoredOutbound};
 use crm_domain::delivery::QueueStatus;
@@ -31,9 +31,11 @@ pub(crate) const FOLLOW_UPS: &str = "followups.json";
 pub(crate) const EVENTS: &str = "events.ndjson";
 pub(crate) const OUTBOUND: &str = "outbound-queue.ndjson";
 pub(crate) const OPT_OUTS: &str = "opt-outs.json";
+pub(crate) const POLICIES: &str = "sending-policies.json";
 
 /// Every snapshot file a manifest names.
-pub(crate) const SNAPSHOT_FILES: [&str; 5] = [CAMPAIGNS, FOLLOW_UPS, EVENTS, OUTBOUND, OPT_OUTS];
+pub(crate) const SNAPSHOT_FILES: [&str; 6] =
+    [CAMPAIGNS, FOLLOW_UPS, EVENTS, OUTBOUND, OPT_OUTS, POLICIES];
 
 /// The name a snapshot file is written under before its manifest commits.
 pub(crate) fn next_path(dir: &Path, name: &str) -> PathBuf {
@@ -93,10 +95,10 @@ fn write_next(
 }
 
 /// `{"items": [...]}` of records made by `record` from each value.
-fn write_items<'a, T: 'a, R: Serialize>(
+fn write_items<V, R: Serialize>(
     writer: &mut impl Write,
-    values: impl Iterator<Item = &'a T>,
-    record: impl Fn(&'a T) -> R,
+    values: impl Iterator<Item = V>,
+    record: impl Fn(V) -> R,
 ) -> io::Result<()> {
     struct Items<I>(std::cell::RefCell<Option<I>>);
     impl<I: Iterator<Item = R2>, R2: Serialize> Serialize for Items<I> {
@@ -214,6 +216,14 @@ pub(crate) fn commit(
         write_next(dir, OPT_OUTS, |writer| {
             write_items(writer, image.opt_outs.values(), |o| {
                 OptOutRecord::from(&**o)
+            })
+        })?,
+    );
+    files.insert(
+        POLICIES.to_owned(),
+        write_next(dir, POLICIES, |writer| {
+            write_items(writer, image.policies.iter(), |(tenant_id, policy)| {
+                PolicyRecord::new(tenant_id, policy)
             })
         })?,
     );

@@ -32,7 +32,7 @@ use crate::manifest::{self, MANIFEST, Manifest};
 use crate::node;
 use crate::records::{
     CampaignRecord, EntryRecord, EventRecord, FORMAT, FollowUpRecord, HeaderLine, OptOutRecord,
-    OutboundRecord,
+    OutboundRecord, PolicyRecord,
 };
 use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
@@ -321,8 +321,8 @@ fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verifi
             format!("it names {unknown}, which this version does not know"),
         ));
     }
-    let [campaigns, follow_ups, events, outbound, opt_outs] =
-        <[Vec<u8>; 5]>::try_from(contents).expect("five snapshot files");
+    let [campaigns, follow_ups, events, outbound, opt_outs, policies] =
+        <[Vec<u8>; 6]>::try_from(contents).expect("six snapshot files");
 
     let mut state = State::default();
     let mut change = Change::default();
@@ -402,7 +402,18 @@ fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verifi
             Ok(())
         },
     )?;
-    drop((campaigns, follow_ups, events, outbound, opt_outs));
+    read_items(
+        dir,
+        compaction::POLICIES,
+        &policies,
+        |record: PolicyRecord| {
+            change
+                .policies
+                .push(record.policy().map_err(|e| e.to_string())?);
+            Ok(())
+        },
+    )?;
+    drop((campaigns, follow_ups, events, outbound, opt_outs, policies));
     state.apply(manifest.last_seq, change);
     state.set_counters(
         manifest.last_seq,
@@ -703,6 +714,11 @@ fn change_of(record: EntryRecord<'_>, state: &State) -> Result<Change, String> {
         change
             .opt_outs
             .push(OptOut::try_from(opt_out).map_err(|e| e.to_string())?);
+    }
+    for policy in record.policies {
+        change
+            .policies
+            .push(policy.policy().map_err(|e| e.to_string())?);
     }
     for key in record.opt_outs_removed {
         let tenant_id = TenantId::parse(key.tenant_id.into_owned())

@@ -16,6 +16,7 @@ use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::RetryPolicy;
+use crm_domain::policy::{PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName};
 use crm_domain::timestamp::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -350,6 +351,54 @@ impl TryFrom<OptOutRecord<'_>> for OptOut {
     }
 }
 
+/// A tenant's sending policy.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyRecord<'a> {
+    pub tenant_id: Cow<'a, str>,
+    pub max_per_second: Option<u32>,
+    pub quiet_hours: Option<QuietHoursRecord<'a>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuietHoursRecord<'a> {
+    pub start: String,
+    pub end: String,
+    pub time_zone: Cow<'a, str>,
+}
+
+impl<'a> PolicyRecord<'a> {
+    pub fn new(tenant_id: &'a TenantId, policy: &'a SendingPolicy) -> Self {
+        Self {
+            tenant_id: Cow::Borrowed(tenant_id.as_str()),
+            max_per_second: policy.max_per_second,
+            quiet_hours: policy.quiet_hours.as_ref().map(|quiet| QuietHoursRecord {
+                start: quiet.start.to_string(),
+                end: quiet.end.to_string(),
+                time_zone: Cow::Borrowed(quiet.time_zone.as_str()),
+            }),
+        }
+    }
+
+    pub fn policy(self) -> Result<(TenantId, SendingPolicy), RecordError> {
+        let invalid = |e: PolicyError| RecordError(format!("sending policy: {e}"));
+        let quiet_hours = match self.quiet_hours {
+            None => None,
+            Some(quiet) => Some(
+                QuietHours::new(
+                    TimeOfDay::parse(&quiet.start).map_err(invalid)?,
+                    TimeOfDay::parse(&quiet.end).map_err(invalid)?,
+                    TimeZoneName::parse(&quiet.time_zone).map_err(invalid)?,
+                )
+                .map_err(invalid)?,
+            ),
+        };
+        let policy = SendingPolicy::new(self.max_per_second, quiet_hours).map_err(invalid)?;
+        Ok((tenant(&self.tenant_id)?, policy))
+    }
+}
+
 /// An opt-out taken back.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -375,6 +424,8 @@ pub(crate) struct EntryRecord<'a> {
     pub opt_outs: Vec<OptOutRecord<'a>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub opt_outs_removed: Vec<OptOutKeyRecord<'a>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyRecord<'a>>,
 }
 
 /// The first line of every journal file: which format and generation it is.

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
+use crm_domain::timestamp::Timestamp;
 
 use crate::journal::Journal;
 use crate::manifest::Manifest;
@@ -27,6 +28,7 @@ pub(crate) enum Touch {
     FollowUpKey(TenantId, String),
     QueueItem(QueueItemId),
     OptOut(TenantId, String),
+    Policy(TenantId),
 }
 
 impl Touch {
@@ -85,6 +87,10 @@ pub(crate) struct Shared {
     pub epoch: u64,
     /// Follow-ups claimed by drains in progress; no other drain may take them.
     pub claimed: HashSet<FollowUpId>,
+    /// Follow-ups claimed for each paced tenant, with when: what its rate window has
+    /// used. Kept in memory only (one process owns the dir; a restart takes longer than
+    /// the window).
+    pub sends: HashMap<TenantId, VecDeque<(Timestamp, usize)>>,
     /// The journal generation new lines go to.
     pub generation: u64,
     /// Bytes sent to the journal since the last rotation.
@@ -111,6 +117,7 @@ impl Shared {
             pending: HashMap::new(),
             epoch: 0,
             claimed: HashSet::new(),
+            sends: HashMap::new(),
             generation,
             generation_bytes: journal_bytes,
             manifest,

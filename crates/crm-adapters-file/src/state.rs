@@ -5,19 +5,20 @@
 //! image and never written down. `apply` is the only way either changes, used for live
 //! commits and for replay alike, so the two cannot disagree.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crm_domain::campaign::{Campaign, CampaignState};
+use crm_domain::campaign::{Campaign, CampaignState, CampaignStats};
 use crm_domain::delivery::{QueueEntry, QueueStatus};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::QueueItemId;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::page::{Cursor, EventCursor, Page};
+use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{CampaignQuery, FollowUpQuery, Scan, bounded_page};
+use crm_ports::{CampaignQuery, FollowUpQuery, Lane as PortLane, LaneState, Scan, bounded_page};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -53,6 +54,7 @@ pub(crate) struct Change {
     pub outbound: Vec<StoredOutbound>,
     pub opt_outs: Vec<OptOut>,
     pub opt_outs_removed: Vec<(TenantId, String)>,
+    pub policies: Vec<(TenantId, SendingPolicy)>,
 }
 
 impl Change {
@@ -63,6 +65,7 @@ impl Change {
             && self.outbound.is_empty()
             && self.opt_outs.is_empty()
             && self.opt_outs_removed.is_empty()
+            && self.policies.is_empty()
     }
 }
 
@@ -74,6 +77,7 @@ pub(crate) struct Image {
     pub events: imbl::OrdMap<u64, Arc<StoredEvent>>,
     pub outbound: imbl::OrdMap<u64, Arc<StoredOutbound>>,
     pub opt_outs: imbl::OrdMap<(TenantId, String), Arc<OptOut>>,
+    pub policies: imbl::OrdMap<TenantId, Arc<SendingPolicy>>,
     /// The last journal record applied.
     pub last_seq: u64,
     pub last_event_seq: u64,
@@ -86,17 +90,29 @@ type Millis = i64;
 /// A tenant, interned: index keys stay small however long tenant ids are.
 type TenantKey = u32;
 
+/// A recipient time zone, interned; 0 is none (the tenant's).
+type ZoneKey = u32;
+
 /// Pending follow-ups are queued per lane. A drain visits lanes, not follow-ups, so
-/// follow-ups held back (a paused campaign) cost it nothing however many there are.
+/// follow-ups held back (a paused campaign, quiet hours, a tenant over its rate) cost it
+/// nothing however many there are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Lane {
     tenant: TenantKey,
     campaign: Option<CampaignId>,
+    zone: ZoneKey,
 }
 
 #[derive(Debug, Default)]
 struct Indexes {
     tenants: HashMap<TenantId, TenantKey>,
+    /// Tenants by key, for turning lanes back into ids.
+    tenant_ids: Vec<TenantId>,
+    zones: HashMap<String, ZoneKey>,
+    /// Zone names by key - 1.
+    zone_names: Vec<String>,
+    /// The counts of each campaign's follow-ups, kept as they change.
+    campaign_stats: HashMap<CampaignId, CampaignStats>,
     campaign_keys: HashMap<(TenantKey, String), CampaignId>,
     campaign_order: BTreeSet<(TenantKey, Millis, Uuid)>,
     campaign_state_order: BTreeSet<(TenantKey, CampaignState, Millis, Uuid)>,
@@ -116,8 +132,24 @@ struct Indexes {
 
 impl Indexes {
     fn tenant(&mut self, tenant_id: &TenantId) -> TenantKey {
+        if let Some(key) = self.tenants.get(tenant_id) {
+            return *key;
+        }
         let next = TenantKey::try_from(self.tenants.len()).expect("fewer than 2^32 tenants");
-        *self.tenants.entry(tenant_id.clone()).or_insert(next)
+        self.tenants.insert(tenant_id.clone(), next);
+        self.tenant_ids.push(tenant_id.clone());
+        next
+    }
+
+    fn zone(&mut self, time_zone: Option<&str>) -> ZoneKey {
+        let Some(name) = time_zone else { return 0 };
+        if let Some(key) = self.zones.get(name) {
+            return *key;
+        }
+        self.zone_names.push(name.to_owned());
+        let key = ZoneKey::try_from(self.zone_names.len()).expect("fewer than 2^32 zones");
+        self.zones.insert(name.to_owned(), key);
+        key
     }
 }
 
@@ -131,7 +163,8 @@ pub(crate) struct State {
 /// What a drain may claim, and how many lanes and queue entries it looked at to find out.
 #[derive(Debug)]
 pub(crate) struct Due {
-    pub follow_ups: Vec<(Arc<FollowUp>, Option<CampaignState>)>,
+    /// Each with its campaign's state and whether its recipient opted out.
+    pub follow_ups: Vec<(Arc<FollowUp>, Option<CampaignState>, bool)>,
     pub examined: usize,
 }
 
@@ -160,6 +193,9 @@ impl State {
         }
         for key in change.opt_outs_removed {
             self.image.opt_outs.remove(&key);
+        }
+        for (tenant_id, policy) in change.policies {
+            self.image.policies.insert(tenant_id, Arc::new(policy));
         }
         self.image.last_seq = seq;
     }
@@ -270,6 +306,18 @@ impl State {
         )
     }
 
+    pub fn policy(&self, tenant_id: &TenantId) -> Option<&Arc<SendingPolicy>> {
+        self.image.policies.get(tenant_id)
+    }
+
+    pub fn campaign_stats(&self, campaign_id: CampaignId) -> CampaignStats {
+        self.indexes
+            .campaign_stats
+            .get(&campaign_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
     pub fn opt_out(&self, tenant_id: &TenantId, phone_e164: &str) -> Option<&Arc<OptOut>> {
         self.image
             .opt_outs
@@ -341,8 +389,18 @@ impl State {
         let lane = Lane {
             tenant,
             campaign: follow_up.campaign_id,
+            zone: self.indexes.zone(follow_up.time_zone.as_deref()),
         };
-        if let Some(old) = self.image.follow_ups.get(&id).cloned() {
+        let old = self.image.follow_ups.get(&id).cloned();
+        if let Some(campaign) = follow_up.campaign_id {
+            let change = CampaignStats::change(old.as_deref(), &follow_up);
+            self.indexes
+                .campaign_stats
+                .entry(campaign)
+                .or_default()
+                .add(&change);
+        }
+        if let Some(old) = old {
             self.indexes.follow_up_status_order.remove(&(
                 tenant,
                 old.status,
@@ -361,6 +419,7 @@ impl State {
                 let old_lane = Lane {
                     tenant,
                     campaign: old.campaign_id,
+                    zone: self.indexes.zone(old.time_zone.as_deref()),
                 };
                 if let Some(queue) = self.indexes.lanes.get_mut(&old_lane) {
                     queue.remove(&(old.schedule_at.unix_millis(), id));
@@ -548,55 +607,106 @@ impl State {
         }
     }
 
-    /// Up to `limit` due follow-ups in drain order (oldest `schedule_at`, then id), with
-    /// their campaign's state. Lanes whose campaign is in a `held` state are passed over
-    /// without looking at their follow-ups; `skip` passes over single follow-ups (claimed
-    /// by another drain, or with a change on its way to the disk).
+    /// Every lane holding pending follow-ups, with its campaign's state and its tenant's
+    /// policy.
+    pub fn lanes(&self) -> Vec<LaneState> {
+        self.indexes
+            .lanes
+            .keys()
+            .map(|lane| {
+                let tenant_id = self.indexes.tenant_ids[lane.tenant as usize].clone();
+                LaneState {
+                    campaign_state: lane
+                        .campaign
+                        .and_then(|id| self.campaign(id))
+                        .map(|c| c.state),
+                    policy: self.policy(&tenant_id).map(|policy| (**policy).clone()),
+                    lane: PortLane {
+                        tenant_id,
+                        campaign_id: lane.campaign,
+                        time_zone: (lane.zone > 0)
+                            .then(|| self.indexes.zone_names[lane.zone as usize - 1].clone()),
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// Up to `limit` due follow-ups of the `open` lanes in drain order (tenants in turn,
+    /// none past its `caps`), with their campaign's state and whether their recipient
+    /// opted out; `skip` passes over single follow-ups (claimed by another drain, or with
+    /// a change on its way to the disk).
     pub fn due(
         &self,
         now: Timestamp,
+        open: &[PortLane],
+        caps: &HashMap<TenantId, usize>,
         limit: usize,
-        held: &[CampaignState],
         skip: impl Fn(FollowUpId) -> bool,
     ) -> Due {
         let now = now.unix_millis();
         let mut examined = 0;
-        let mut heads = BinaryHeap::new();
-        let mut cursors = Vec::new();
-        for (lane, queue) in &self.indexes.lanes {
-            examined += 1;
-            let state = lane
-                .campaign
-                .and_then(|id| self.campaign(id))
-                .map(|c| c.state);
-            if state.is_some_and(|state| held.contains(&state)) {
+        let mut candidates = Vec::new();
+        for lane in open {
+            let Some(&tenant) = self.indexes.tenants.get(&lane.tenant_id) else {
                 continue;
-            }
-            let mut entries = queue.iter().take_while(|(at, _)| *at <= now);
-            if let Some(&first) = entries.find(|(_, id)| {
-                examined += 1;
-                !skip(*id)
-            }) {
-                heads.push(std::cmp::Reverse((first, cursors.len())));
-                cursors.push((entries, state));
-            }
-        }
-        let mut follow_ups = Vec::with_capacity(limit.min(heads.len() * 4));
-        while follow_ups.len() < limit {
-            let Some(std::cmp::Reverse(((_, id), lane))) = heads.pop() else {
-                break;
             };
-            let (entries, state) = &mut cursors[lane];
-            if let Some(follow_up) = self.follow_up(id) {
-                follow_ups.push((follow_up.clone(), *state));
-            }
-            if let Some(&next) = entries.find(|(_, id)| {
+            let zone = lane
+                .time_zone
+                .as_deref()
+                .map_or(Some(0), |name| self.indexes.zones.get(name).copied());
+            let Some(zone) = zone else { continue };
+            let key = Lane {
+                tenant,
+                campaign: lane.campaign_id,
+                zone,
+            };
+            let Some(queue) = self.indexes.lanes.get(&key) else {
+                continue;
+            };
+            // No tenant gets more than `limit` (or its cap), so no lane need offer more:
+            // its oldest are the only ones that can be taken.
+            let cap = caps
+                .get(&lane.tenant_id)
+                .copied()
+                .unwrap_or(limit)
+                .min(limit);
+            let mut taken = 0;
+            examined += 1;
+            for &(at, id) in queue.iter().take_while(|(at, _)| *at <= now) {
+                if taken >= cap {
+                    break;
+                }
                 examined += 1;
-                !skip(*id)
-            }) {
-                heads.push(std::cmp::Reverse((next, lane)));
+                if skip(id) {
+                    continue;
+                }
+                if let Some(follow_up) = self.follow_up(id) {
+                    candidates.push((follow_up.clone(), at));
+                    taken += 1;
+                }
             }
         }
+        let ordered = crm_ports::drain::in_turns(
+            candidates,
+            |(follow_up, _)| &follow_up.tenant_id,
+            |(follow_up, _)| (follow_up.schedule_at, follow_up.followup_id),
+            caps,
+            limit,
+        );
+        let follow_ups = ordered
+            .into_iter()
+            .map(|(follow_up, _)| {
+                let state = follow_up
+                    .campaign_id
+                    .and_then(|id| self.campaign(id))
+                    .map(|c| c.state);
+                let opted_out = self
+                    .opt_out(&follow_up.tenant_id, &follow_up.phone_e164)
+                    .is_some();
+                (follow_up, state, opted_out)
+            })
+            .collect();
         Due {
             follow_ups,
             examined,

@@ -1,25 +1,27 @@
 //! `FileStore`: the ports implemented over the in-memory image and the journal.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crm_domain::campaign::Campaign;
+use crm_domain::campaign::{Campaign, CampaignState, CampaignStats};
 use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
-use crm_domain::follow_up::FollowUp;
+use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::EventCursor;
 use crm_domain::page::Page;
+use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     AckRequest, Acker, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher,
-    DrainOutcome, DrainStatus, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
+    DrainOutcome, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
     FollowUpQuery, FollowUpStore, LeasedItem, Leaser, OptOutPage, OptOutQuery, OptOutStore,
-    OutboundQueue, Store, StoreError, TraceQuery, decide_acks, decide_claims,
+    OutboundQueue, PolicyStore, Store, StoreError, TraceQuery, decide_acks, decide_claims,
 };
 use serde_json::value::RawValue;
 
@@ -29,7 +31,7 @@ use crate::journal::{self, Journal};
 use crate::open::{self, FileStoreOptions, OpenError};
 use crate::records::{
     CampaignRecord, EntryRecord, EventRecord, FollowUpRecord, OptOutKeyRecord, OptOutRecord,
-    OutboundRecord,
+    OutboundRecord, PolicyRecord,
 };
 use crate::shared::{Shared, Ticket, Touch};
 use crate::state::{Change, State, StoredEvent, StoredOutbound};
@@ -183,6 +185,40 @@ impl FileStore {
         }
     }
 
+    /// A conditional write: once no change touching `keys` is on its way to the disk,
+    /// `decide` looks at the durable state and returns the change to make (`None`:
+    /// none); returns whether one was made, once it is durable.
+    async fn write_settled(
+        &self,
+        keys: &[Touch],
+        decide: impl Fn(&Shared) -> Result<Option<Change>, StoreError>,
+    ) -> Result<bool, StoreError> {
+        loop {
+            let decided = {
+                let mut shared = self.current();
+                match shared.conflict(keys) {
+                    Some(conflict) => Err(conflict),
+                    None => match decide(&shared)? {
+                        None => return Ok(false),
+                        Some(change) => {
+                            Ok(self.commit(&mut shared, change, keys.to_vec(), Vec::new())?)
+                        }
+                    },
+                }
+            };
+            match decided {
+                Ok(ticket) => {
+                    self.durable(ticket).await?;
+                    return Ok(true);
+                }
+                // Decided either way, the other write changes what this one finds.
+                Err(conflict) => {
+                    let _ = self.durable(conflict).await;
+                }
+            }
+        }
+    }
+
     /// Writes a probe file and syncs it: whether the data dir takes writes right now.
     fn probe(&self) -> std::io::Result<()> {
         use std::io::Write;
@@ -223,6 +259,11 @@ fn journal_line(seq: u64, change: &Change) -> Vec<u8> {
                 tenant_id: std::borrow::Cow::Borrowed(tenant_id.as_str()),
                 phone_e164: std::borrow::Cow::Borrowed(phone),
             })
+            .collect(),
+        policies: change
+            .policies
+            .iter()
+            .map(|(tenant_id, policy)| PolicyRecord::new(tenant_id, policy))
             .collect(),
     })
 }
@@ -325,43 +366,64 @@ impl CampaignStore for FileStore {
         events: &[EventEnvelope],
     ) -> Result<(), StoreError> {
         let keys = vec![Touch::Campaign(changed.campaign_id)];
-        loop {
-            let ticket = {
-                let mut shared = self.current();
-                match shared.conflict(&keys) {
-                    Some(conflict) => Err(conflict),
-                    None => {
-                        let current = shared
-                            .state
-                            .tenant_campaign(&changed.tenant_id, changed.campaign_id)
-                            .ok_or(StoreError::NotFound {
-                                campaign_id: changed.campaign_id,
-                            })?;
-                        if current.revision + 1 != changed.revision {
-                            return Err(StoreError::Stale {
-                                campaign_id: changed.campaign_id,
-                            });
-                        }
-                        let change = Change {
-                            campaigns: vec![changed.clone()],
-                            events: stored_events(events),
-                            ..Change::default()
-                        };
-                        Ok(self.commit(&mut shared, change, keys.clone(), Vec::new())?)
-                    }
-                }
-            };
-            match ticket {
-                Ok(ticket) => return self.durable(ticket).await,
-                Err(conflict) => {
-                    let _ = self.durable(conflict).await;
-                }
+        self.write_settled(&keys, |shared| {
+            let current = shared
+                .state
+                .tenant_campaign(&changed.tenant_id, changed.campaign_id)
+                .ok_or(StoreError::NotFound {
+                    campaign_id: changed.campaign_id,
+                })?;
+            if current.revision + 1 != changed.revision {
+                return Err(StoreError::Stale {
+                    campaign_id: changed.campaign_id,
+                });
             }
-        }
+            Ok(Some(Change {
+                campaigns: vec![changed.clone()],
+                events: stored_events(events),
+                ..Change::default()
+            }))
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError> {
         Ok(self.current().state.list_campaigns(query))
+    }
+
+    async fn campaign_stats(&self, campaign_id: CampaignId) -> Result<CampaignStats, StoreError> {
+        Ok(self.current().state.campaign_stats(campaign_id))
+    }
+}
+
+#[async_trait]
+impl PolicyStore for FileStore {
+    async fn sending_policy(
+        &self,
+        tenant_id: &TenantId,
+    ) -> Result<Option<SendingPolicy>, StoreError> {
+        Ok(self
+            .current()
+            .state
+            .policy(tenant_id)
+            .map(|policy| (**policy).clone()))
+    }
+
+    async fn put_sending_policy(
+        &self,
+        tenant_id: &TenantId,
+        policy: &SendingPolicy,
+    ) -> Result<(), StoreError> {
+        let keys = vec![Touch::Policy(tenant_id.clone())];
+        self.write_settled(&keys, |_| {
+            Ok(Some(Change {
+                policies: vec![(tenant_id.clone(), policy.clone())],
+                ..Change::default()
+            }))
+        })
+        .await
+        .map(|_| ())
     }
 }
 
@@ -402,70 +464,85 @@ impl FollowUpStore for FileStore {
         limit: usize,
         dispatcher: &dyn Dispatcher,
     ) -> Result<Vec<DrainOutcome>, StoreError> {
-        // Claim under the lock, decide outside it, commit under it again. A claimed
-        // follow-up is invisible to every other drain until its decision is applied.
+        // Plan and claim under the lock, decide outside it, commit under it again. A
+        // claimed follow-up is invisible to every other drain until its decision is
+        // applied; a paced tenant's claims count against its window as they are made.
         let claimed = {
             let mut shared = self.current();
             let shared = &mut *shared;
-            let due = shared
-                .state
-                .due(now, limit, dispatcher.held_states(), |id| {
-                    shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
-                });
+            let plan = dispatcher.plan(&shared.state.lanes());
+            let mut used = HashMap::new();
+            for (tenant, _) in &plan.paced {
+                let window = shared.sends.entry(tenant.clone()).or_default();
+                while window
+                    .front()
+                    .is_some_and(|(at, _)| plan.window_start.is_none_or(|start| *at <= start))
+                {
+                    window.pop_front();
+                }
+                used.insert(
+                    tenant.clone(),
+                    window.iter().map(|(_, count)| *count as u64).sum(),
+                );
+            }
+            let caps = plan.caps(&used);
+            let due = shared.state.due(now, &plan.open, &caps, limit, |id| {
+                shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
+            });
             tracing::debug!(
                 claimed = due.follow_ups.len(),
                 examined = due.examined,
                 "drain claim"
             );
-            for (follow_up, _) in &due.follow_ups {
+            for (tenant, _) in &plan.paced {
+                let count = due
+                    .follow_ups
+                    .iter()
+                    .filter(|(follow_up, ..)| &follow_up.tenant_id == tenant)
+                    .count();
+                if count > 0 {
+                    shared
+                        .sends
+                        .entry(tenant.clone())
+                        .or_default()
+                        .push_back((now, count));
+                }
+            }
+            for (follow_up, ..) in &due.follow_ups {
                 shared.claimed.insert(follow_up.followup_id);
             }
             due.follow_ups
         };
         let mut claim = Claim {
             store: self,
-            ids: claimed.iter().map(|(f, _)| f.followup_id).collect(),
+            ids: claimed.iter().map(|(f, ..)| f.followup_id).collect(),
         };
 
         let mut change = Change::default();
         let mut keys = Vec::new();
         let mut outcomes = Vec::with_capacity(claimed.len());
-        for (follow_up, campaign_state) in claimed {
+        for (follow_up, campaign_state, recipient_opted_out) in claimed {
             let due = DueFollowUp {
                 follow_up: (*follow_up).clone(),
                 campaign_state,
+                recipient_opted_out,
             };
-            let followup_id = follow_up.followup_id;
-            let (record, events, item, status) = match dispatcher.decide(&due) {
+            let decision = dispatcher.decide(&due);
+            outcomes.push(decision.outcome(follow_up.followup_id));
+            let (record, events, item) = match decision {
                 DispatchDecision::Send {
                     follow_up,
                     item,
                     events,
-                } => (follow_up, events, Some(item), DrainStatus::Sent),
-                DispatchDecision::Fail { follow_up, events } => {
-                    (follow_up, events, None, DrainStatus::Failed)
-                }
-                DispatchDecision::Skip { reason } => {
-                    outcomes.push(DrainOutcome {
-                        followup_id,
-                        status: DrainStatus::Skipped,
-                        reason: Some(reason),
-                    });
-                    continue;
-                }
+                } => (follow_up, events, Some(item)),
+                DispatchDecision::Fail { follow_up, events } => (follow_up, events, None),
+                DispatchDecision::Skip { .. } => continue,
             };
-            outcomes.push(DrainOutcome {
-                followup_id,
-                status,
-                reason: (status == DrainStatus::Failed)
-                    .then(|| record.last_error_code.clone())
-                    .flatten(),
-            });
             if let Some(item) = item {
                 change.outbound.push(stored_outbound(&item));
             }
             change.events.extend(stored_events(&events));
-            keys.push(Touch::FollowUp(followup_id));
+            keys.push(Touch::FollowUp(follow_up.followup_id));
             change.follow_ups.push(*record);
         }
         let ticket = {
@@ -481,10 +558,43 @@ impl FollowUpStore for FileStore {
         Ok(outcomes)
     }
 
-    async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError> {
+    async fn count_due(&self, now: Timestamp, held: &[CampaignState]) -> Result<u64, StoreError> {
         let shared = self.current();
-        let held = crm_domain::follow_up::holding_states();
-        Ok(shared.state.count_due(now, &held, COUNT_DUE_CAP) as u64)
+        Ok(shared.state.count_due(now, held, COUNT_DUE_CAP) as u64)
+    }
+
+    async fn follow_up(
+        &self,
+        tenant_id: &TenantId,
+        followup_id: FollowUpId,
+    ) -> Result<Option<FollowUp>, StoreError> {
+        Ok(self
+            .current()
+            .state
+            .follow_up(followup_id)
+            .filter(|found| &found.tenant_id == tenant_id)
+            .map(|found| (**found).clone()))
+    }
+
+    async fn save_follow_up(
+        &self,
+        follow_up: &FollowUp,
+        expected: FollowUpStatus,
+        events: &[EventEnvelope],
+    ) -> Result<bool, StoreError> {
+        let keys = vec![Touch::FollowUp(follow_up.followup_id)];
+        self.write_settled(&keys, |shared| {
+            let current = shared.state.follow_up(follow_up.followup_id);
+            let unchanged = current.is_some_and(|current| {
+                current.tenant_id == follow_up.tenant_id && current.status == expected
+            });
+            Ok(unchanged.then(|| Change {
+                follow_ups: vec![follow_up.clone()],
+                events: stored_events(events),
+                ..Change::default()
+            }))
+        })
+        .await
     }
 }
 
@@ -767,33 +877,13 @@ impl OptOutStore for FileStore {
         phone_e164: &str,
     ) -> Result<bool, StoreError> {
         let keys = vec![Touch::OptOut(tenant_id.clone(), phone_e164.to_owned())];
-        loop {
-            let decided = {
-                let mut shared = self.current();
-                match shared.conflict(&keys) {
-                    Some(conflict) => Err(conflict),
-                    None if shared.state.opt_out(tenant_id, phone_e164).is_none() => {
-                        return Ok(false);
-                    }
-                    None => {
-                        let change = Change {
-                            opt_outs_removed: vec![(tenant_id.clone(), phone_e164.to_owned())],
-                            ..Change::default()
-                        };
-                        Ok(self.commit(&mut shared, change, keys.clone(), Vec::new())?)
-                    }
-                }
-            };
-            match decided {
-                Ok(ticket) => {
-                    self.durable(ticket).await?;
-                    return Ok(true);
-                }
-                Err(conflict) => {
-                    let _ = self.durable(conflict).await;
-                }
-            }
-        }
+        self.write_settled(&keys, |shared| {
+            Ok(shared.state.opt_out(tenant_id, phone_e164).map(|_| Change {
+                opt_outs_removed: vec![(tenant_id.clone(), phone_e164.to_owned())],
+                ..Change::default()
+            }))
+        })
+        .await
     }
 
     async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, StoreError> {

@@ -1,6 +1,6 @@
 //! Rows to domain records. A row that does not map is reported, never guessed at.
 
-use crm_domain::campaign::Campaign;
+use crm_domain::campaign::{Campaign, CampaignStats};
 use crm_domain::delivery::{
     AckStatus, Delivery, DeliveryStatus, LastAck, Lease, LeaseId, QueueEntry, QueueStatus,
 };
@@ -9,7 +9,9 @@ use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, Tenant
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
 use crm_domain::outbound::RetryPolicy;
+use crm_domain::policy::{PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName};
 use crm_domain::timestamp::Timestamp;
+use crm_ports::{Lane, LaneState};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -209,5 +211,69 @@ pub fn opt_out(row: &Row) -> Result<OptOut, RowError> {
         phone_e164: row.try_get("phone_e164").map_err(get_err)?,
         reason: row.try_get("reason").map_err(get_err)?,
         created_at: timestamp(row, "created_at", TABLE)?,
+    })
+}
+
+/// A sending policy from its columns (`max_per_second`, `quiet_start`, `quiet_end`,
+/// `quiet_time_zone`).
+pub fn policy(row: &Row) -> Result<SendingPolicy, RowError> {
+    const TABLE: &str = "crm_sending_policies";
+    let get_err = |e: tokio_postgres::Error| bad(TABLE, e);
+    let rate: Option<i32> = row.try_get("max_per_second").map_err(get_err)?;
+    let start: Option<String> = row.try_get("quiet_start").map_err(get_err)?;
+    let end: Option<String> = row.try_get("quiet_end").map_err(get_err)?;
+    let zone: Option<String> = row.try_get("quiet_time_zone").map_err(get_err)?;
+    let invalid = |e: PolicyError| bad(TABLE, e);
+    let quiet_hours = match (start, end, zone) {
+        (Some(start), Some(end), Some(zone)) => Some(
+            QuietHours::new(
+                TimeOfDay::parse(&start).map_err(invalid)?,
+                TimeOfDay::parse(&end).map_err(invalid)?,
+                TimeZoneName::parse(&zone).map_err(invalid)?,
+            )
+            .map_err(invalid)?,
+        ),
+        _ => None,
+    };
+    let rate = rate
+        .map(|rate| u32::try_from(rate).map_err(|e| bad(TABLE, e)))
+        .transpose()?;
+    SendingPolicy::new(rate, quiet_hours).map_err(invalid)
+}
+
+/// A lane of `sql::LANES`, with its campaign's state and its tenant's policy.
+pub fn lane_state(row: &Row) -> Result<LaneState, RowError> {
+    const TABLE: &str = "crm_followups";
+    let get_err = |e: tokio_postgres::Error| bad(TABLE, e);
+    let campaign: Uuid = row.try_get("campaign").map_err(get_err)?;
+    let zone: String = row.try_get("zone").map_err(get_err)?;
+    let campaign_state: Option<String> = row.try_get("campaign_state").map_err(get_err)?;
+    let has_policy: bool = row.try_get("has_policy").map_err(get_err)?;
+    Ok(LaneState {
+        lane: Lane {
+            tenant_id: tenant(row, TABLE)?,
+            campaign_id: (!campaign.is_nil()).then(|| CampaignId::new(campaign)),
+            time_zone: (!zone.is_empty()).then_some(zone),
+        },
+        campaign_state: campaign_state
+            .map(|state| state.parse().map_err(|e| bad("crm_campaigns", e)))
+            .transpose()?,
+        policy: has_policy.then(|| policy(row)).transpose()?,
+    })
+}
+
+/// A campaign's counts (the columns of `sql::CAMPAIGN_STATS`).
+pub fn campaign_stats(row: &Row) -> Result<CampaignStats, RowError> {
+    let get = |column: &str| -> Result<i64, RowError> {
+        row.try_get(column)
+            .map_err(|e: tokio_postgres::Error| bad("crm_campaign_stats", e))
+    };
+    Ok(CampaignStats {
+        pending: get("pending")?,
+        sent: get("sent")?,
+        failed: get("failed")?,
+        delivery_accepted: get("delivery_accepted")?,
+        delivery_retrying: get("delivery_retrying")?,
+        delivery_failed: get("delivery_failed")?,
     })
 }

@@ -70,6 +70,33 @@ macro_rules! append_events {
     };
 }
 
+/// Adds the six counts of bigint array `$a` to the campaign of each `changed` row.
+macro_rules! add_counts {
+    ($a:literal) => {
+        concat!(
+            "INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, failed, \
+             delivery_accepted, delivery_retrying, delivery_failed) SELECT campaign_id, (",
+            $a,
+            "::bigint[])[1], (",
+            $a,
+            "::bigint[])[2], (",
+            $a,
+            "::bigint[])[3], (",
+            $a,
+            "::bigint[])[4], (",
+            $a,
+            "::bigint[])[5], (",
+            $a,
+            "::bigint[])[6] FROM changed WHERE campaign_id IS NOT NULL \
+             ON CONFLICT (campaign_id) DO UPDATE SET pending = s.pending + excluded.pending, \
+             sent = s.sent + excluded.sent, failed = s.failed + excluded.failed, \
+             delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
+             delivery_retrying = s.delivery_retrying + excluded.delivery_retrying, \
+             delivery_failed = s.delivery_failed + excluded.delivery_failed"
+        )
+    };
+}
+
 /// `ON CONFLICT DO NOTHING` without a target covers the primary key and the
 /// `(tenant_id, external_key)` index alike; the caller then finds out which one it was.
 pub const CREATE_CAMPAIGN: &str = concat!(
@@ -121,10 +148,12 @@ pub const CREATE_FOLLOW_UP: &str = concat!(
      provider_message_id, last_error_code, last_error_message, metadata_json, \
      correlation_id, trace_id, time_zone, delivery, created_at, updated_at) VALUES ($1, $2, \
      $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-     ON CONFLICT DO NOTHING RETURNING 1), ",
+     ON CONFLICT DO NOTHING RETURNING campaign_id), ",
     ordered!("changed"),
-    ", events AS (",
-    append_events!("$22", "$23", "$24", "$25", "$26", "$27"),
+    ", stats AS (",
+    add_counts!("$22"),
+    "), events AS (",
+    append_events!("$23", "$24", "$25", "$26", "$27", "$28"),
     ") SELECT count(*) FROM changed"
 );
 
@@ -155,63 +184,135 @@ pub const LIST_FOLLOW_UPS: &str = concat!(
      ORDER BY f.created_at, f.followup_id LIMIT $6"
 );
 
-/// The lane of a follow-up, exactly as `crm_followups_lane_due` spells it: its tenant and
-/// its campaign (the nil uuid for none).
+/// The lane of a follow-up, exactly as `crm_followups_lane_zone_due` spells it: its
+/// tenant, its campaign (the nil uuid for none) and its recipient's time zone ('' for
+/// none).
 macro_rules! lane {
     () => {
-        "f.tenant_id, coalesce(f.campaign_id, '00000000-0000-0000-0000-000000000000'::uuid)"
+        "f.tenant_id, coalesce(f.campaign_id, '00000000-0000-0000-0000-000000000000'::uuid), \
+         coalesce(f.time_zone, '')"
     };
 }
 
 /// Every lane with pending follow-ups, by a skip scan of the lane index: one index
-/// descent per lane, whatever the number of rows in it. `$1`: the held campaign states,
-/// whose lanes are left out.
-macro_rules! open_lanes {
+/// descent per lane, whatever the number of rows in it.
+macro_rules! lanes {
     () => {
         concat!(
-            "WITH RECURSIVE lanes(tenant_id, campaign) AS ((SELECT ",
+            "WITH RECURSIVE lanes(tenant_id, campaign, zone) AS ((SELECT ",
             lane!(),
-            " FROM crm_followups f WHERE f.status = 'pending' ORDER BY 1, 2 LIMIT 1) \
+            " FROM crm_followups f WHERE f.status = 'pending' ORDER BY 1, 2, 3 LIMIT 1) \
              UNION ALL SELECT next.* FROM lanes l CROSS JOIN LATERAL (SELECT ",
             lane!(),
             " FROM crm_followups f WHERE f.status = 'pending' AND (",
             lane!(),
-            ") > (l.tenant_id, l.campaign) ORDER BY 1, 2 LIMIT 1) next), \
-             open_lanes AS (SELECT l.* FROM lanes l LEFT JOIN crm_campaigns c \
-             ON c.campaign_id = l.campaign WHERE c.state IS NULL \
-             OR c.state <> ALL($1::text[])) "
+            ") > (l.tenant_id, l.campaign, l.zone) ORDER BY 1, 2, 3 LIMIT 1) next) "
         )
     };
 }
 
-/// Claims due follow-ups (`$2` now, `$3` how many, `$4` how deep to look), oldest
-/// `schedule_at` first. Candidates come from the open lanes only and are then looked up
-/// by id; `SKIP LOCKED` hands each row to one drain only, and looking deeper than the
-/// batch lets concurrent drains each fill theirs.
-pub const CLAIM_DUE: &str = concat!(
-    open_lanes!(),
-    ", candidates AS (SELECT d.followup_id FROM open_lanes l CROSS JOIN LATERAL \
-     (SELECT f.followup_id, f.schedule_at FROM crm_followups f WHERE (",
-    lane!(),
-    ") = (l.tenant_id, l.campaign) AND f.status = 'pending' AND f.schedule_at <= $2 \
-     ORDER BY f.schedule_at, f.followup_id LIMIT $4) d ORDER BY d.schedule_at, \
-     d.followup_id LIMIT $4) SELECT ",
-    follow_up_columns!(),
-    ", c.state AS campaign_state FROM crm_followups f LEFT JOIN crm_campaigns c \
-     ON c.campaign_id = f.campaign_id \
-     WHERE f.followup_id = ANY(ARRAY(SELECT followup_id FROM candidates)) \
-     AND f.status = 'pending' ORDER BY f.schedule_at, f.followup_id LIMIT $3 \
-     FOR UPDATE OF f SKIP LOCKED"
+/// Every lane with pending follow-ups, with its campaign's state and its tenant's policy.
+pub const LANES: &str = concat!(
+    lanes!(),
+    "SELECT l.tenant_id, l.campaign, l.zone, c.state AS campaign_state, \
+     p.tenant_id IS NOT NULL AS has_policy, p.max_per_second, p.quiet_start, p.quiet_end, \
+     p.quiet_time_zone FROM lanes l LEFT JOIN crm_campaigns c ON c.campaign_id = l.campaign \
+     LEFT JOIN crm_sending_policies p ON p.tenant_id = l.tenant_id"
 );
 
-/// Due follow-ups in open lanes (`$2` now), counting no further than `$3`.
+/// Claims due follow-ups (`$6` now) of the open lanes (`$1`..`$3`), tenants in turn,
+/// none past its cap (`$4` tenants, `$5` caps): at most `$8`, from the `$7` oldest of
+/// each lane (deeper than the batch, so that drains running at once each fill theirs).
+/// The window function picks candidates; the rows are then locked by id, in turn order,
+/// with `SKIP LOCKED` handing each to one drain only.
+pub const CLAIM_DUE: &str = concat!(
+    "WITH open_lanes AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) \
+     AS l(tenant_id, campaign, zone)), \
+     caps AS (SELECT * FROM unnest($4::text[], $5::bigint[]) AS c(tenant_id, cap)), \
+     due AS (SELECT d.* FROM open_lanes l LEFT JOIN caps c ON c.tenant_id = l.tenant_id \
+     CROSS JOIN LATERAL (SELECT f.followup_id, f.tenant_id, f.schedule_at \
+     FROM crm_followups f WHERE (",
+    lane!(),
+    ") = (l.tenant_id, l.campaign, l.zone) AND f.status = 'pending' AND f.schedule_at <= $6 \
+     ORDER BY f.schedule_at, f.followup_id LIMIT least($7, coalesce(c.cap, $7))) d), \
+     ranked AS (SELECT due.*, row_number() OVER (PARTITION BY due.tenant_id \
+     ORDER BY due.schedule_at, due.followup_id) AS turn FROM due), \
+     chosen AS (SELECT coalesce(array_agg(r.followup_id ORDER BY r.turn, r.schedule_at, \
+     r.followup_id), '{}') AS ids FROM (SELECT r.* FROM ranked r LEFT JOIN caps c \
+     ON c.tenant_id = r.tenant_id WHERE c.cap IS NULL OR r.turn <= c.cap \
+     ORDER BY r.turn, r.schedule_at, r.followup_id LIMIT $7) r) \
+     SELECT ",
+    follow_up_columns!(),
+    ", c.state AS campaign_state, EXISTS (SELECT 1 FROM crm_opt_outs o \
+     WHERE o.tenant_id = f.tenant_id AND o.phone_e164 = f.phone_e164) AS recipient_opted_out \
+     FROM chosen, crm_followups f LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
+     WHERE f.followup_id = ANY(chosen.ids) AND f.status = 'pending' \
+     ORDER BY array_position(chosen.ids, f.followup_id) LIMIT $8 FOR UPDATE OF f SKIP LOCKED"
+);
+
+/// Due follow-ups (`$2` now) in lanes whose campaign is not in a held state (`$1`),
+/// counting no further than `$3`.
 pub const COUNT_DUE: &str = concat!(
-    open_lanes!(),
-    "SELECT count(*) FROM (SELECT 1 FROM open_lanes l CROSS JOIN LATERAL \
+    lanes!(),
+    ", open_lanes AS (SELECT l.* FROM lanes l LEFT JOIN crm_campaigns c \
+     ON c.campaign_id = l.campaign WHERE c.state IS NULL OR c.state <> ALL($1::text[])) \
+     SELECT count(*) FROM (SELECT 1 FROM open_lanes l CROSS JOIN LATERAL \
      (SELECT 1 FROM crm_followups f WHERE (",
     lane!(),
-    ") = (l.tenant_id, l.campaign) AND f.status = 'pending' AND f.schedule_at <= $2 \
+    ") = (l.tenant_id, l.campaign, l.zone) AND f.status = 'pending' AND f.schedule_at <= $2 \
      LIMIT $3) d LIMIT $3) capped"
+);
+
+/// Locks one paced tenant (`$1`) for the rest of the transaction: drains of one tenant
+/// take their claims from its rate window one after another.
+pub const LOCK_TENANT: &str =
+    "SELECT pg_advisory_xact_lock(20261130, hashtext(current_schema() || ':' || $1))";
+
+/// What each paced tenant (`$1`) claimed after `$2`.
+pub const SENT_SINCE: &str = "SELECT tenant_id, sum(claimed)::bigint FROM crm_send_log \
+    WHERE tenant_id = ANY($1) AND sent_at > $2 GROUP BY tenant_id";
+
+/// Records claims of paced tenants (`$1` tenants, `$2` when, `$3` how many) and forgets
+/// those before `$4`, which no window reaches any more.
+pub const RECORD_SENDS: &str = "WITH forgotten AS (DELETE FROM crm_send_log \
+    WHERE tenant_id = ANY($1) AND sent_at <= $4) INSERT INTO crm_send_log \
+    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::integer[])";
+
+/// Adds changes (`$1` campaigns, `$2`..`$7` the six counts) to campaigns' counts.
+pub const ADD_STATS: &str = "INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, \
+    failed, delivery_accepted, delivery_retrying, delivery_failed) \
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+    $6::bigint[], $7::bigint[]) ORDER BY 1 ON CONFLICT (campaign_id) DO UPDATE SET \
+    pending = s.pending + excluded.pending, sent = s.sent + excluded.sent, \
+    failed = s.failed + excluded.failed, \
+    delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
+    delivery_retrying = s.delivery_retrying + excluded.delivery_retrying, \
+    delivery_failed = s.delivery_failed + excluded.delivery_failed";
+
+pub const CAMPAIGN_STATS: &str = "SELECT pending, sent, failed, delivery_accepted, \
+    delivery_retrying, delivery_failed FROM crm_campaign_stats WHERE campaign_id = $1";
+
+pub const SELECT_POLICY: &str = "SELECT max_per_second, quiet_start, quiet_end, \
+    quiet_time_zone FROM crm_sending_policies WHERE tenant_id = $1";
+
+pub const PUT_POLICY: &str = "INSERT INTO crm_sending_policies (tenant_id, max_per_second, \
+    quiet_start, quiet_end, quiet_time_zone, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+    ON CONFLICT (tenant_id) DO UPDATE SET max_per_second = excluded.max_per_second, \
+    quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end, \
+    quiet_time_zone = excluded.quiet_time_zone, updated_at = excluded.updated_at";
+
+/// Saves a follow-up (`$1` id, then its changeable fields) if its status is still `$2`,
+/// with its events and the move of its campaign's counts (`$9` the six changes).
+pub const SAVE_FOLLOW_UP: &str = concat!(
+    "WITH changed AS (UPDATE crm_followups SET status = $3, provider_message_id = $4, \
+     last_error_code = $5, last_error_message = $6, delivery = $7, updated_at = $8 \
+     WHERE followup_id = $1 AND status = $2 RETURNING campaign_id), ",
+    ordered!("changed"),
+    ", stats AS (",
+    add_counts!("$9"),
+    "), events AS (",
+    append_events!("$10", "$11", "$12", "$13", "$14", "$15"),
+    ") SELECT count(*) FROM changed"
 );
 
 /// The drain's decisions for a whole batch, as parallel arrays (id, status,

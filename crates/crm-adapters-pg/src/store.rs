@@ -5,22 +5,23 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crm_domain::campaign::Campaign;
+use crm_domain::campaign::{Campaign, CampaignState, CampaignStats};
 use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
-use crm_domain::follow_up::FollowUp;
+use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::EventCursor;
 use crm_domain::page::{Cursor, Page};
+use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     AckRequest, Acker, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher,
-    DrainOutcome, DrainStatus, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
+    DrainOutcome, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
     FollowUpQuery, FollowUpStore, LeasedItem, Leaser, OptOutPage, OptOutQuery, OptOutStore,
-    OutboundQueue, SCAN_BUDGET, Store, StoreError, TraceQuery, bounded_page, decide_acks,
-    decide_claims,
+    OutboundQueue, PolicyStore, SCAN_BUDGET, Store, StoreError, TraceQuery, bounded_page,
+    decide_acks, decide_claims,
 };
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 use crate::rows;
 use crate::sql;
+use crm_ports::drain::stats_changes;
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -313,31 +315,30 @@ struct Decided {
     item_follow_ups: Vec<Uuid>,
     item_max_attempts: Vec<i32>,
     item_backoffs: Vec<i32>,
+    /// How the decided follow-ups move their campaigns' counts.
+    stats: Vec<(CampaignId, CampaignStats)>,
 }
 
 impl Decided {
+    /// Adds a decision about `due`; returns what the drain reports for it.
     fn add(
         &mut self,
-        followup_id: FollowUpId,
+        due: &DueFollowUp,
         decision: DispatchDecision,
     ) -> Result<DrainOutcome, StoreError> {
-        let (follow_up, item, events, status) = match decision {
+        let followup_id = due.follow_up.followup_id;
+        let outcome = decision.outcome(followup_id);
+        let (follow_up, item, events) = match decision {
             DispatchDecision::Send {
                 follow_up,
                 item,
                 events,
-            } => (follow_up, Some(item), events, DrainStatus::Sent),
-            DispatchDecision::Fail { follow_up, events } => {
-                (follow_up, None, events, DrainStatus::Failed)
-            }
-            DispatchDecision::Skip { reason } => {
-                return Ok(DrainOutcome {
-                    followup_id,
-                    status: DrainStatus::Skipped,
-                    reason: Some(reason),
-                });
-            }
+            } => (follow_up, Some(item), events),
+            DispatchDecision::Fail { follow_up, events } => (follow_up, None, events),
+            DispatchDecision::Skip { .. } => return Ok(outcome),
         };
+        self.stats
+            .extend(stats_changes([(Some(&due.follow_up), &*follow_up)]));
         self.ids.push(followup_id.as_uuid());
         self.statuses.push(follow_up.status.as_str());
         self.provider_message_ids
@@ -361,14 +362,7 @@ impl Decided {
             self.item_backoffs
                 .push(i32::try_from(policy.backoff_ms).map_err(unavailable)?);
         }
-        let reason = (status == DrainStatus::Failed)
-            .then(|| follow_up.last_error_code.clone())
-            .flatten();
-        Ok(DrainOutcome {
-            followup_id,
-            status,
-            reason,
-        })
+        Ok(outcome)
     }
 
     fn outcome_params(&self) -> [&(dyn ToSql + Sync); 6] {
@@ -637,6 +631,21 @@ impl CampaignStore for PgStore {
             id: c.campaign_id.as_uuid(),
         }))
     }
+
+    async fn campaign_stats(&self, campaign_id: CampaignId) -> Result<CampaignStats, StoreError> {
+        let found = self
+            .call(async |client| {
+                all(
+                    &*client,
+                    sql::CAMPAIGN_STATS,
+                    &[&campaign_id.as_uuid()],
+                    rows::campaign_stats,
+                )
+                .await
+            })
+            .await?;
+        Ok(found.into_iter().next().unwrap_or_default())
+    }
 }
 
 #[async_trait]
@@ -655,7 +664,8 @@ impl FollowUpStore for PgStore {
         let created_at = follow_up.created_at.as_datetime();
         let updated_at = follow_up.updated_at.as_datetime();
         let delivery = follow_up.delivery.as_ref().map(rows::delivery_json);
-        let record: [&(dyn ToSql + Sync); 21] = [
+        let counts = CampaignStats::of(follow_up).counts().to_vec();
+        let record: [&(dyn ToSql + Sync); 22] = [
             &id,
             &follow_up.tenant_id.as_str(),
             &campaign_id,
@@ -677,6 +687,7 @@ impl FollowUpStore for PgStore {
             &delivery,
             &created_at,
             &updated_at,
+            &counts,
         ];
         let all: Vec<_> = record.into_iter().chain(events.params()).collect();
         self.call(async |client| {
@@ -722,26 +733,79 @@ impl FollowUpStore for PgStore {
         limit: usize,
         dispatcher: &dyn Dispatcher,
     ) -> Result<Vec<DrainOutcome>, StoreError> {
-        let held: Vec<&str> = dispatcher
-            .held_states()
-            .iter()
-            .map(|state| state.as_str())
-            .collect();
-        let limit = fetch_limit(limit).saturating_sub(1);
+        let batch = fetch_limit(limit).saturating_sub(1);
         // Deep enough that a few drains running at once each fill their batch.
-        let depth = limit.saturating_mul(CLAIM_DEPTH);
+        let depth = batch.saturating_mul(CLAIM_DEPTH);
         self.call(async |client| {
             let transaction = client.transaction().await.map_err(unavailable)?;
+            let lanes = all(&transaction, sql::LANES, &[], rows::lane_state).await?;
+            let plan = dispatcher.plan(&lanes);
+            // Paced tenants, locked in one order so that drains never deadlock: each
+            // takes from a tenant's window after the one before it committed.
+            let mut paced: Vec<&str> = plan.paced.iter().map(|(t, _)| t.as_str()).collect();
+            paced.sort_unstable();
+            let mut used = HashMap::new();
+            if !paced.is_empty() {
+                for tenant in &paced {
+                    transaction
+                        .execute(sql::LOCK_TENANT, &[tenant])
+                        .await
+                        .map_err(unavailable)?;
+                }
+                let window_start = plan.window_start.map(|at| at.as_datetime());
+                for row in transaction
+                    .query(sql::SENT_SINCE, &[&paced, &window_start])
+                    .await
+                    .map_err(unavailable)?
+                {
+                    let tenant: String = row.try_get(0).map_err(unavailable)?;
+                    let sent: i64 = row.try_get(1).map_err(unavailable)?;
+                    used.insert(
+                        TenantId::parse(tenant).ok_or_else(|| unavailable("an empty tenant"))?,
+                        u64::try_from(sent).unwrap_or(0),
+                    );
+                }
+            }
+            let caps = plan.caps(&used);
+            let lane_tenants: Vec<&str> = plan.open.iter().map(|l| l.tenant_id.as_str()).collect();
+            let lane_campaigns: Vec<Uuid> = plan
+                .open
+                .iter()
+                .map(|l| l.campaign_id.map_or(Uuid::nil(), |id| id.as_uuid()))
+                .collect();
+            let lane_zones: Vec<&str> = plan
+                .open
+                .iter()
+                .map(|l| l.time_zone.as_deref().unwrap_or(""))
+                .collect();
+            let cap_tenants: Vec<&str> = caps.keys().map(TenantId::as_str).collect();
+            let cap_counts: Vec<i64> = caps
+                .values()
+                .map(|cap| i64::try_from(*cap).unwrap_or(i64::MAX))
+                .collect();
             let claim = transaction
                 .prepare_cached(sql::CLAIM_DUE)
                 .await
                 .map_err(unavailable)?;
             let claimed = transaction
-                .query(&claim, &[&held, &now.as_datetime(), &limit, &depth])
+                .query(
+                    &claim,
+                    &[
+                        &lane_tenants,
+                        &lane_campaigns,
+                        &lane_zones,
+                        &cap_tenants,
+                        &cap_counts,
+                        &now.as_datetime(),
+                        &depth,
+                        &batch,
+                    ],
+                )
                 .await
                 .map_err(unavailable)?;
             let mut outcomes = Vec::with_capacity(claimed.len());
             let mut decided = Decided::default();
+            let mut claims: HashMap<&str, i32> = HashMap::new();
             for row in &claimed {
                 let campaign_state: Option<String> =
                     row.try_get("campaign_state").map_err(unavailable)?;
@@ -751,10 +815,18 @@ impl FollowUpStore for PgStore {
                         .map(|state| state.parse())
                         .transpose()
                         .map_err(unavailable)?,
+                    recipient_opted_out: row.try_get("recipient_opted_out").map_err(unavailable)?,
                 };
-                outcomes.push(decided.add(due.follow_up.followup_id, dispatcher.decide(&due))?);
+                if let Some(tenant) = paced
+                    .iter()
+                    .find(|t| **t == due.follow_up.tenant_id.as_str())
+                {
+                    *claims.entry(tenant).or_default() += 1;
+                }
+                let decision = dispatcher.decide(&due);
+                outcomes.push(decided.add(&due, decision)?);
             }
-            // The whole batch is three statements, committed with the claim or not at all.
+            // The whole batch is a few statements, committed with the claim or not at all.
             if !decided.ids.is_empty() {
                 changed_rows_of(
                     &transaction,
@@ -762,11 +834,24 @@ impl FollowUpStore for PgStore {
                     &decided.outcome_params(),
                 )
                 .await?;
-                changed_rows_of(&transaction, sql::INSERT_EVENTS, &decided.events.params()).await?;
+                add_stats(&transaction, &decided.stats).await?;
                 changed_rows_of(
                     &transaction,
                     sql::ENQUEUE_OUTBOUND,
                     &decided.outbound_params(),
+                )
+                .await?;
+                changed_rows_of(&transaction, sql::INSERT_EVENTS, &decided.events.params()).await?;
+            }
+            if !claims.is_empty() {
+                let tenants: Vec<&str> = claims.keys().copied().collect();
+                let counts: Vec<i32> = claims.values().copied().collect();
+                let at = vec![now.as_datetime(); tenants.len()];
+                let forget_before = plan.window_start.unwrap_or(now).as_datetime();
+                changed_rows_of(
+                    &transaction,
+                    sql::RECORD_SENDS,
+                    &[&tenants, &at, &counts, &forget_before],
                 )
                 .await?;
             }
@@ -776,11 +861,60 @@ impl FollowUpStore for PgStore {
         .await
     }
 
-    async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let held: Vec<&str> = crm_domain::follow_up::holding_states()
-            .into_iter()
-            .map(|state| state.as_str())
-            .collect();
+    async fn follow_up(
+        &self,
+        tenant_id: &TenantId,
+        followup_id: FollowUpId,
+    ) -> Result<Option<FollowUp>, StoreError> {
+        let found = self
+            .call(async |client| {
+                all(
+                    &*client,
+                    sql::SELECT_FOLLOW_UP_BY_ID,
+                    &[&followup_id.as_uuid()],
+                    rows::follow_up,
+                )
+                .await
+            })
+            .await?;
+        Ok(found.into_iter().find(|f| &f.tenant_id == tenant_id))
+    }
+
+    async fn save_follow_up(
+        &self,
+        follow_up: &FollowUp,
+        expected: FollowUpStatus,
+        events: &[EventEnvelope],
+    ) -> Result<bool, StoreError> {
+        let events = EventColumns::new(events)?;
+        let id = follow_up.followup_id.as_uuid();
+        let delivery = follow_up.delivery.as_ref().map(rows::delivery_json);
+        let updated_at = follow_up.updated_at.as_datetime();
+        // The change from the status it is saved from, delivery as it stands: a save
+        // never changes what the sender reported.
+        let mut before = follow_up.clone();
+        before.status = expected;
+        let change = CampaignStats::change(Some(&before), follow_up)
+            .counts()
+            .to_vec();
+        let record: [&(dyn ToSql + Sync); 9] = [
+            &id,
+            &expected.as_str(),
+            &follow_up.status.as_str(),
+            &follow_up.provider_message_id,
+            &follow_up.last_error_code,
+            &follow_up.last_error_message,
+            &delivery,
+            &updated_at,
+            &change,
+        ];
+        let all: Vec<_> = record.into_iter().chain(events.params()).collect();
+        self.call(async |client| Ok(changed_rows(&*client, sql::SAVE_FOLLOW_UP, &all).await? == 1))
+            .await
+    }
+
+    async fn count_due(&self, now: Timestamp, held: &[CampaignState]) -> Result<u64, StoreError> {
+        let held: Vec<&str> = held.iter().map(|state| state.as_str()).collect();
         let cap = i64::try_from(COUNT_DUE_CAP).unwrap_or(i64::MAX);
         self.call(async |client| {
             let statement = client
@@ -804,6 +938,56 @@ const CLAIM_DEPTH: i64 = 4;
 
 /// `count_due` stops counting here: the gauge says "at least this many".
 pub const COUNT_DUE_CAP: usize = 10_000;
+
+#[async_trait]
+impl PolicyStore for PgStore {
+    async fn sending_policy(
+        &self,
+        tenant_id: &TenantId,
+    ) -> Result<Option<SendingPolicy>, StoreError> {
+        let found = self
+            .call(async |client| {
+                all(
+                    &*client,
+                    sql::SELECT_POLICY,
+                    &[&tenant_id.as_str()],
+                    rows::policy,
+                )
+                .await
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn put_sending_policy(
+        &self,
+        tenant_id: &TenantId,
+        policy: &SendingPolicy,
+    ) -> Result<(), StoreError> {
+        let rate = policy
+            .max_per_second
+            .map(|rate| i32::try_from(rate).map_err(unavailable))
+            .transpose()?;
+        let quiet = policy.quiet_hours.as_ref();
+        let start = quiet.map(|q| q.start.to_string());
+        let end = quiet.map(|q| q.end.to_string());
+        let zone = quiet.map(|q| q.time_zone.as_str());
+        let now = crm_domain::timestamp::Timestamp::from_datetime(OffsetDateTime::now_utc());
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &tenant_id.as_str(),
+            &rate,
+            &start,
+            &end,
+            &zone,
+            &now.as_datetime(),
+        ];
+        self.call(async |client| {
+            changed_rows_of(&*client, sql::PUT_POLICY, &params).await?;
+            Ok(())
+        })
+        .await
+    }
+}
 
 #[async_trait]
 impl EventEmitter for PgStore {
@@ -1091,10 +1275,40 @@ impl ItemColumns {
 
 /// Writes the follow-ups' deliveries, the items' new states, the opt-outs and then the
 /// events, inside `transaction`.
+/// Adds `changes` to the campaigns' counts (in campaign order, the order every writer
+/// locks them in).
+async fn add_stats(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    changes: &[(CampaignId, CampaignStats)],
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    // One row per campaign: a statement may not move a row twice.
+    let mut merged: std::collections::BTreeMap<CampaignId, CampaignStats> = Default::default();
+    for (id, change) in changes {
+        merged.entry(*id).or_default().add(change);
+    }
+    let changes: Vec<_> = merged.into_iter().collect();
+    let ids: Vec<Uuid> = changes.iter().map(|(id, _)| id.as_uuid()).collect();
+    let column = |index: usize| -> Vec<i64> {
+        changes
+            .iter()
+            .map(|(_, change)| change.counts()[index])
+            .collect()
+    };
+    let columns: [Vec<i64>; 6] = std::array::from_fn(column);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids];
+    params.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
+    changed_rows_of(transaction, sql::ADD_STATS, &params).await?;
+    Ok(())
+}
+
 async fn write_deliveries(
     transaction: &deadpool_postgres::Transaction<'_>,
     entries: &[QueueEntry],
     follow_ups: &[FollowUp],
+    before: &HashMap<FollowUpId, FollowUp>,
     opt_outs: &[OptOut],
     events: &[EventEnvelope],
 ) -> Result<(), StoreError> {
@@ -1118,6 +1332,12 @@ async fn write_deliveries(
             &[&ids, &deliveries, &updated_at],
         )
         .await?;
+        let changes = stats_changes(
+            follow_ups
+                .iter()
+                .map(|after| (before.get(&after.followup_id), after)),
+        );
+        add_stats(transaction, &changes).await?;
     }
     if !opt_outs.is_empty() {
         let tenants: Vec<&str> = opt_outs.iter().map(|o| o.tenant_id.as_str()).collect();
@@ -1206,6 +1426,7 @@ impl OutboundQueue for PgStore {
                 &transaction,
                 &batch.entries,
                 &batch.follow_ups,
+                &follow_ups,
                 &[],
                 &batch.events,
             )
@@ -1264,6 +1485,7 @@ impl OutboundQueue for PgStore {
                 &transaction,
                 &batch.entries,
                 &batch.follow_ups,
+                &follow_ups,
                 &batch.opt_outs,
                 &batch.events,
             )

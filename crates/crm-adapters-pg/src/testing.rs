@@ -77,9 +77,10 @@ pub async fn connect(options: &PgOptions) -> tokio_postgres::Client {
     client
 }
 
-/// How many shared buffers (hit or read) a drain's claim of `limit` touches at `now`,
-/// and how many rows it claims, measured by `EXPLAIN (ANALYZE, BUFFERS)` in a transaction
-/// that is rolled back: a measure of work that does not depend on the machine's speed.
+/// How many shared buffers (hit or read) a drain's claim of `limit` touches at `now`
+/// (listing the lanes, then claiming from those a held campaign does not close), and how
+/// many rows it claims, measured by `EXPLAIN (ANALYZE, BUFFERS)` in a transaction that is
+/// rolled back: a measure of work that does not depend on the machine's speed.
 pub async fn claim_cost(
     options: &PgOptions,
     now: crm_domain::timestamp::Timestamp,
@@ -87,23 +88,63 @@ pub async fn claim_cost(
 ) -> (u64, u64) {
     let mut client = connect(options).await;
     let transaction = client.transaction().await.expect("a transaction");
-    let held: Vec<&str> = crm_domain::follow_up::holding_states()
-        .into_iter()
-        .map(|state| state.as_str())
-        .collect();
-    let explain = format!(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
-        crate::sql::CLAIM_DUE
-    );
+    let explained = |plan: serde_json::Value| {
+        let top = &plan[0]["Plan"];
+        let count = |key: &str| top[key].as_u64().unwrap_or(0);
+        (
+            count("Shared Hit Blocks") + count("Shared Read Blocks"),
+            count("Actual Rows"),
+        )
+    };
+    let explain = |sql: &str| format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
     let row = transaction
-        .query_one(&explain, &[&held, &now.as_datetime(), &limit, &(limit * 4)])
+        .query_one(&explain(crate::sql::LANES), &[])
+        .await
+        .expect("the lanes explain");
+    let (lane_buffers, _) = explained(row.get(0));
+    let held = crm_domain::follow_up::holding_states();
+    let open: Vec<crm_ports::LaneState> = transaction
+        .query(crate::sql::LANES, &[])
+        .await
+        .expect("the lanes")
+        .iter()
+        .map(|row| crate::rows::lane_state(row).expect("a lane"))
+        .filter(|lane| {
+            !lane
+                .campaign_state
+                .is_some_and(|state| held.contains(&state))
+        })
+        .collect();
+    let tenants: Vec<&str> = open.iter().map(|l| l.lane.tenant_id.as_str()).collect();
+    let campaigns: Vec<uuid::Uuid> = open
+        .iter()
+        .map(|l| {
+            l.lane
+                .campaign_id
+                .map_or(uuid::Uuid::nil(), |id| id.as_uuid())
+        })
+        .collect();
+    let zones: Vec<&str> = open
+        .iter()
+        .map(|l| l.lane.time_zone.as_deref().unwrap_or(""))
+        .collect();
+    let no_caps: (Vec<&str>, Vec<i64>) = (Vec::new(), Vec::new());
+    let row = transaction
+        .query_one(
+            &explain(crate::sql::CLAIM_DUE),
+            &[
+                &tenants,
+                &campaigns,
+                &zones,
+                &no_caps.0,
+                &no_caps.1,
+                &now.as_datetime(),
+                &(limit * 4),
+                &limit,
+            ],
+        )
         .await
         .expect("the claim explains");
-    let plan: serde_json::Value = row.get(0);
-    let top = &plan[0]["Plan"];
-    let count = |key: &str| top[key].as_u64().unwrap_or(0);
-    (
-        count("Shared Hit Blocks") + count("Shared Read Blocks"),
-        count("Actual Rows"),
-    )
+    let (claim_buffers, claimed) = explained(row.get(0));
+    (lane_buffers + claim_buffers, claimed)
 }

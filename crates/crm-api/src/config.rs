@@ -77,6 +77,11 @@ pub struct Cli {
     #[arg(long, env = "CRM_WORKER_INTERVAL_MS", default_value_t = 0)]
     pub worker_interval_ms: u64,
 
+    /// Follow-ups per second, at most, for each tenant without a sending policy of its own
+    /// (1 to 100000; unset: no limit).
+    #[arg(long, env = "CRM_DEFAULT_SEND_RATE", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub default_send_rate: Option<u32>,
+
     /// Events and finished outbound items older than this many hours are deleted
     /// (fractions allowed).
     #[arg(long, env = "CRM_RETENTION_HOURS", default_value_t = 168.0)]
@@ -218,6 +223,8 @@ pub struct Settings {
     pub api_token: Option<Secret>,
     pub internal_token: Option<Secret>,
     pub worker_interval: Option<Duration>,
+    /// The rate of tenants without a sending policy; `None`: unlimited.
+    pub default_send_rate: Option<u32>,
     pub retention: Duration,
     /// How often retention looks for expired records (not a flag: tests shorten it).
     pub retention_interval: Duration,
@@ -236,6 +243,7 @@ impl Settings {
             api_token: None,
             internal_token: None,
             worker_interval: None,
+            default_send_rate: None,
             retention: Duration::from_secs(168 * 3600),
             retention_interval: crm_app::worker::RETENTION_INTERVAL,
             request_timeout: Duration::from_secs(10),
@@ -316,6 +324,7 @@ impl Cli {
             internal_token: self.internal_token,
             worker_interval: (self.worker_interval_ms > 0)
                 .then(|| Duration::from_millis(self.worker_interval_ms)),
+            default_send_rate: self.default_send_rate,
             retention,
             retention_interval: crm_app::worker::RETENTION_INTERVAL,
             request_timeout: Duration::from_millis(self.request_timeout_ms),

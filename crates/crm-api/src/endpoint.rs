@@ -98,6 +98,8 @@ pub const fn query_violation(when: &'static str) -> Failure {
 pub enum Tag {
     Campaigns,
     FollowUps,
+    OptOuts,
+    Tenants,
     Worker,
     Outbound,
     Orchestration,
@@ -106,9 +108,11 @@ pub enum Tag {
 
 impl Tag {
     /// In the order the document lists them.
-    pub const ALL: [Tag; 6] = [
+    pub const ALL: [Tag; 8] = [
         Tag::Campaigns,
         Tag::FollowUps,
+        Tag::OptOuts,
+        Tag::Tenants,
         Tag::Worker,
         Tag::Outbound,
         Tag::Orchestration,
@@ -119,6 +123,8 @@ impl Tag {
         match self {
             Tag::Campaigns => "campaigns",
             Tag::FollowUps => "follow-ups",
+            Tag::OptOuts => "opt-outs",
+            Tag::Tenants => "tenants",
             Tag::Worker => "worker",
             Tag::Outbound => "outbound",
             Tag::Orchestration => "orchestration",
@@ -129,7 +135,9 @@ impl Tag {
     pub fn description(self) -> &'static str {
         match self {
             Tag::Campaigns => "Create, transition and list campaigns.",
-            Tag::FollowUps => "Schedule and list follow-up messages.",
+            Tag::FollowUps => "Schedule, read, list and cancel follow-up messages.",
+            Tag::OptOuts => "The numbers of a tenant that get nothing more.",
+            Tag::Tenants => "A tenant's sending policy: its rate and its quiet hours.",
             Tag::Worker => "Dispatch due follow-ups to the outbound queue.",
             Tag::Outbound => "Lease outbound items to a sender and take its delivery results.",
             Tag::Orchestration => {

@@ -23,6 +23,9 @@ pub enum ApiError {
     MissingCorrelationId,
     #[error("transition refused: {0}")]
     Transition(TransitionRefusal),
+    /// The follow-up is not pending, so the command cannot apply.
+    #[error("the follow-up is {0}, not pending")]
+    NotPending(crm_domain::follow_up::FollowUpStatus),
     #[error("the follow-up names a campaign the tenant does not have")]
     CampaignNotFound,
     #[error("not found")]
@@ -190,7 +193,7 @@ impl ApiError {
             Self::Validation(_) | Self::InvalidQuery { .. } => Code::ValidationError,
             Self::MissingTenantId => Code::MissingTenantId,
             Self::MissingCorrelationId => Code::MissingCorrelationId,
-            Self::Transition(_) => Code::TransitionError,
+            Self::Transition(_) | Self::NotPending(_) => Code::TransitionError,
             Self::CampaignNotFound => Code::CampaignNotFound,
             Self::NotFound => Code::NotFound,
             Self::IdConflict => Code::IdConflict,
@@ -214,6 +217,7 @@ impl ApiError {
                 Some(expected) => json!({ "code": refusal.code(), "expected_trigger": expected }),
                 None => json!({ "code": refusal.code() }),
             }),
+            Self::NotPending(status) => Some(json!({ "code": "not_pending", "status": status })),
             Self::PayloadTooLarge { limit } => Some(json!({ "limit_bytes": limit })),
             Self::RequestTimeout { timeout } => {
                 Some(json!({ "timeout_ms": timeout.as_millis() as u64 }))
@@ -260,6 +264,7 @@ impl From<AppError> for ApiError {
                 Self::violation(pointer, error.to_string())
             }
             AppError::NotFound => Self::NotFound,
+            AppError::NotPending(status) => Self::NotPending(status),
             AppError::CampaignNotFound => Self::CampaignNotFound,
             AppError::IdConflict => Self::IdConflict,
             AppError::CursorExpired { oldest } => Self::CursorExpired { oldest },

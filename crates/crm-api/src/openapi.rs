@@ -25,32 +25,10 @@ pub const JSON_SCHEMA_DIALECT: &str = "https://json-schema.org/draft/2020-12/sch
 
 const COMPONENT_SCHEMAS: &str = "#/components/schemas/";
 
-/// The component name of a contract, PascalCase after its [`Contract`] variant; `None` for the
-/// workflows file, which is configuration and never crosses the wire.
+/// The component name of a contract (its [`Contract`] name); `None` for the workflows
+/// file, which is configuration and never crosses the wire.
 pub fn component_name(contract: Contract) -> Option<&'static str> {
-    Some(match contract {
-        Contract::CampaignCreate => "CampaignCreate",
-        Contract::CampaignStateUpdate => "CampaignStateUpdate",
-        Contract::CampaignRecord => "CampaignRecord",
-        Contract::CampaignCommandResponse => "CampaignCommandResponse",
-        Contract::CampaignList => "CampaignList",
-        Contract::FollowUpCreate => "FollowUpCreate",
-        Contract::FollowUpRecord => "FollowUpRecord",
-        Contract::FollowUpCommandResponse => "FollowUpCommandResponse",
-        Contract::FollowUpList => "FollowUpList",
-        Contract::DrainRequest => "DrainRequest",
-        Contract::DrainResponse => "DrainResponse",
-        Contract::TraceResponse => "TraceResponse",
-        Contract::EventsFeed => "EventsFeed",
-        Contract::OutboundClaimRequest => "OutboundClaimRequest",
-        Contract::OutboundClaimResponse => "OutboundClaimResponse",
-        Contract::OutboundAckRequest => "OutboundAckRequest",
-        Contract::OutboundAckResponse => "OutboundAckResponse",
-        Contract::ErrorResponse => "ErrorResponse",
-        Contract::OutboundQueueItem => "OutboundQueueItem",
-        Contract::EventEnvelope => "EventEnvelope",
-        Contract::Workflows => return None,
-    })
+    (contract != Contract::Workflows).then(|| contract.name())
 }
 
 /// Builds the whole document; cheap enough to build once at start-up and serve as is.
@@ -100,14 +78,16 @@ pub fn document(contracts: &Contracts) -> Value {
 fn component_schemas(contracts: &Contracts) -> Map<String, Value> {
     // Every contract's `$id`, so that a `$ref` resolved against its base finds its component.
     let by_id: HashMap<&str, &'static str> = Contract::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter_map(|contract| {
             let id = contracts.schema(contract).get("$id")?.as_str()?;
             Some((id, component_name(contract)?))
         })
         .collect();
     Contract::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter_map(|contract| {
             let name = component_name(contract)?;
             let mut schema = contracts.schema(contract).clone();

@@ -62,7 +62,8 @@ impl Application {
         let store = open_store(&settings, LegacyRules::new(contracts.clone())).await?;
         metrics::handle();
         let openapi = web::Data::new(OpenApiDocument(openapi::document(&contracts).to_string()));
-        let crm = Crm::new(store, contracts, Arc::new(workflow));
+        let crm = Crm::new(store, contracts, Arc::new(workflow))
+            .with_default_send_rate(settings.default_send_rate);
         let listener =
             TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
         let port = listener.local_addr()?.port();

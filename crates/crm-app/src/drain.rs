@@ -1,17 +1,25 @@
 //! The worker drain: hand due follow-ups to the outbound queue, exactly once.
 //!
 //! The store claims due follow-ups and commits each decision atomically with its claim;
-//! this module only decides, per follow-up: campaign gating first, then the outbound item
-//! against its contract, then the operator's `force_failure` switch.
+//! this module only decides. Per lane: a campaign that holds its follow-ups, quiet hours
+//! in the recipient's time zone, and the tenant's rate (its policy's, else the default).
+//! Per follow-up: gating (campaign, opt-out), then the outbound item against its
+//! contract, then the operator's `force_failure` switch.
 
 use crm_contracts::Contract;
+use std::collections::BTreeMap;
+
 use crm_domain::campaign::CampaignState;
 use crm_domain::event::DomainEvent;
 use crm_domain::follow_up::{self, AlreadyFinal, FailureReason, FollowUp, Gate};
 use crm_domain::ids::QueueItemId;
 use crm_domain::outbound::OutboundItem;
+use crm_domain::policy::{RATE_WINDOW_MILLIS, TimeZoneName};
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{DispatchDecision, Dispatcher, DrainOutcome, DrainStatus, DueFollowUp};
+use crm_ports::{
+    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DrainStatus, DueFollowUp, LaneState,
+    SkipReason,
+};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -52,7 +60,6 @@ struct Decide<'a> {
     crm: &'a Crm,
     now: Timestamp,
     force_failure: bool,
-    held: Vec<CampaignState>,
 }
 
 impl Crm {
@@ -63,7 +70,6 @@ impl Crm {
             crm: self,
             now,
             force_failure: command.force_failure,
-            held: follow_up::holding_states(),
         };
         let started = std::time::Instant::now();
         let outcomes = self.store.drain(now, limit, &decide).await?;
@@ -85,20 +91,55 @@ impl Crm {
 
     /// Follow-ups due right now, for the metrics gauge.
     pub async fn count_due(&self) -> Result<u64, AppError> {
-        Ok(self.store.count_due(now()).await?)
+        Ok(self
+            .store
+            .count_due(now(), &follow_up::holding_states())
+            .await?)
     }
 }
 
 impl Dispatcher for Decide<'_> {
-    fn held_states(&self) -> &[CampaignState] {
-        &self.held
+    fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
+        let mut plan = DrainPlan {
+            window_start: Timestamp::from_unix_millis(self.now.unix_millis() - RATE_WINDOW_MILLIS),
+            ..DrainPlan::default()
+        };
+        let mut paced = BTreeMap::new();
+        for lane in lanes {
+            if holds(lane.campaign_state) {
+                continue;
+            }
+            let policy = lane.policy.as_ref();
+            // A zone this service accepted at create; any other (none) means the policy's.
+            let zone = lane
+                .lane
+                .time_zone
+                .as_deref()
+                .and_then(|name| TimeZoneName::parse(name).ok());
+            let quiet = policy
+                .and_then(|policy| policy.quiet_hours.as_ref())
+                .is_some_and(|quiet| quiet.contains(zone.as_ref(), self.now));
+            if quiet {
+                continue;
+            }
+            let rate = match policy {
+                Some(policy) => policy.max_per_second,
+                None => self.crm.default_send_rate,
+            };
+            if let Some(rate) = rate {
+                paced.insert(lane.lane.tenant_id.clone(), rate);
+            }
+            plan.open.push(lane.lane.clone());
+        }
+        plan.paced = paced.into_iter().collect();
+        plan
     }
 
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
         let follow_up = &due.follow_up;
-        match follow_up::gate(due.campaign_state) {
+        match follow_up::gate(due.campaign_state, due.recipient_opted_out) {
             Gate::Hold => DispatchDecision::Skip {
-                reason: "campaign_paused".to_owned(),
+                reason: SkipReason::CampaignPaused,
             },
             Gate::Fail(reason) => self.fail(follow_up, reason),
             Gate::Dispatch => self.dispatch(follow_up),
@@ -168,14 +209,20 @@ impl Decide<'_> {
             .map_err(|error| {
                 tracing::error!(followup_id = %follow_up.followup_id, %error, "follow-up event rejected");
                 DispatchDecision::Skip {
-                    reason: "event_contract_invalid".to_owned(),
+                    reason: SkipReason::EventContractInvalid,
                 }
             })
     }
 }
 
 fn not_pending(final_state: AlreadyFinal) -> DispatchDecision {
+    tracing::debug!(%final_state, "a claimed follow-up was not pending");
     DispatchDecision::Skip {
-        reason: final_state.to_string(),
+        reason: SkipReason::NotPending,
     }
+}
+
+/// Whether a campaign in this state holds its follow-ups (they stay pending).
+fn holds(campaign_state: Option<CampaignState>) -> bool {
+    follow_up::gate(campaign_state, false) == Gate::Hold
 }

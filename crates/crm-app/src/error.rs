@@ -1,5 +1,6 @@
 use crm_contracts::Violation;
 use crm_domain::campaign::AdvanceError;
+use crm_domain::follow_up::FollowUpStatus;
 use crm_domain::metadata::MetadataTooLarge;
 use crm_domain::page::EventCursor;
 use crm_domain::workflow::TransitionRefusal;
@@ -20,6 +21,10 @@ pub enum AppError {
     /// The campaign to transition does not exist for this tenant.
     #[error("campaign not found")]
     NotFound,
+    /// The follow-up is no longer pending (sent, or failed for another reason than a
+    /// cancel): it cannot be canceled.
+    #[error("the follow-up is {0}, not pending")]
+    NotPending(FollowUpStatus),
     /// A follow-up names a campaign the tenant does not have.
     #[error("the follow-up names a campaign the tenant does not have")]
     CampaignNotFound,

@@ -9,12 +9,14 @@ mod delivery;
 mod drain;
 mod error;
 pub mod metrics;
+mod sending;
 mod service;
 pub mod worker;
 
 pub use delivery::{MAX_CLAIM_LIMIT, MAX_LEASE, MIN_LEASE};
 pub use drain::{DrainCommand, DrainReport, MAX_DRAIN_LIMIT};
 pub use error::{AppError, MetadataOf};
+pub use sending::PolicyInForce;
 pub use service::{
     AdvanceCampaign, CommandStatus, Crm, MAX_FEED_WAIT, Outcome, ScheduleFollowUp, StartCampaign,
     now,

@@ -40,6 +40,8 @@ pub fn now() -> Timestamp {
 pub struct Crm {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) contracts: Arc<Contracts>,
+    /// The rate of tenants without a policy of their own.
+    pub(crate) default_send_rate: Option<u32>,
     workflow: Arc<Workflow>,
 }
 
@@ -133,7 +135,15 @@ impl Crm {
             store,
             contracts,
             workflow,
+            default_send_rate: None,
         }
+    }
+
+    /// Paces every tenant without a sending policy of its own to `rate` follow-ups per
+    /// second (`None`: no limit).
+    pub fn with_default_send_rate(mut self, rate: Option<u32>) -> Self {
+        self.default_send_rate = rate;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -21,93 +21,75 @@ pub const WORKFLOWS_JSON: &str = include_str!("../../../workflows/workflows.json
 const EVENT_CATALOG_FILE: &str = "event-catalog.json";
 const EVENT_CATALOG_JSON: &str = include_str!("../../../contracts/event-catalog.json");
 
-/// Every schema in `contracts/`, one per wire format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Contract {
-    CampaignCreate,
-    CampaignStateUpdate,
-    CampaignRecord,
-    CampaignCommandResponse,
-    CampaignList,
-    FollowUpCreate,
-    FollowUpRecord,
-    FollowUpCommandResponse,
-    FollowUpList,
-    DrainRequest,
-    DrainResponse,
-    TraceResponse,
-    EventsFeed,
-    OutboundClaimRequest,
-    OutboundClaimResponse,
-    OutboundAckRequest,
-    OutboundAckResponse,
-    ErrorResponse,
-    OutboundQueueItem,
-    EventEnvelope,
-    Workflows,
+/// Declares every contract once: its variant (also its OpenAPI component name), its file
+/// in `contracts/`, and its place in [`Contract::ALL`].
+macro_rules! contracts {
+    ($($name:ident => $file:literal,)*) => {
+        /// Every schema in `contracts/`, one per wire format.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Contract {
+            $($name,)*
+        }
+
+        impl Contract {
+            /// Every contract, in declaration order.
+            pub const ALL: &'static [Contract] = &[$(Contract::$name,)*];
+
+            /// The variant's name, PascalCase: the contract's name in the OpenAPI document.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Contract::$name => stringify!($name),)*
+                }
+            }
+
+            /// The file name and the embedded text of the schema.
+            fn embedded(self) -> (&'static str, &'static str) {
+                match self {
+                    $(Contract::$name => ($file, include_str!(concat!("../../../contracts/", $file))),)*
+                }
+            }
+        }
+    };
+}
+
+contracts! {
+    CampaignCreate => "campaign-create.request.schema.json",
+    CampaignStateUpdate => "campaign-state-update.request.schema.json",
+    CampaignRecord => "campaign.record.schema.json",
+    CampaignCommandResponse => "campaign-command.response.schema.json",
+    CampaignList => "campaign-list.response.schema.json",
+    FollowUpCreate => "followup-create.request.schema.json",
+    FollowUpRecord => "followup.record.schema.json",
+    FollowUpCommandResponse => "followup-command.response.schema.json",
+    FollowUpList => "followup-list.response.schema.json",
+    DrainRequest => "drain.request.schema.json",
+    DrainResponse => "drain.response.schema.json",
+    TraceResponse => "trace.response.schema.json",
+    EventsFeed => "events-feed.response.schema.json",
+    OutboundClaimRequest => "outbound-claim.request.schema.json",
+    OutboundClaimResponse => "outbound-claim.response.schema.json",
+    OutboundAckRequest => "outbound-ack.request.schema.json",
+    OutboundAckResponse => "outbound-ack.response.schema.json",
+    ErrorResponse => "error.response.schema.json",
+    OutboundQueueItem => "outbound-queue.schema.json",
+    EventEnvelope => "orchestration-event.schema.json",
+    Workflows => "workflows.schema.json",
+    CampaignResponse => "campaign.response.schema.json",
+    FollowUpResponse => "followup.response.schema.json",
+    FollowUpCancel => "followup-cancel.request.schema.json",
+    SendingPolicyRequest => "sending-policy.request.schema.json",
+    SendingPolicyResponse => "sending-policy.response.schema.json",
+    OptOutRecord => "opt-out.record.schema.json",
+    OptOutCreate => "opt-out-create.request.schema.json",
+    OptOutCommandResponse => "opt-out-command.response.schema.json",
+    OptOutList => "opt-out-list.response.schema.json",
+    OptOutRemoval => "opt-out-removal.response.schema.json",
 }
 
 impl Contract {
-    /// Every contract, in declaration order.
-    pub const ALL: [Contract; 21] = [
-        Contract::CampaignCreate,
-        Contract::CampaignStateUpdate,
-        Contract::CampaignRecord,
-        Contract::CampaignCommandResponse,
-        Contract::CampaignList,
-        Contract::FollowUpCreate,
-        Contract::FollowUpRecord,
-        Contract::FollowUpCommandResponse,
-        Contract::FollowUpList,
-        Contract::DrainRequest,
-        Contract::DrainResponse,
-        Contract::TraceResponse,
-        Contract::EventsFeed,
-        Contract::OutboundClaimRequest,
-        Contract::OutboundClaimResponse,
-        Contract::OutboundAckRequest,
-        Contract::OutboundAckResponse,
-        Contract::ErrorResponse,
-        Contract::OutboundQueueItem,
-        Contract::EventEnvelope,
-        Contract::Workflows,
-    ];
-
     /// The schema's file name in `contracts/`, which is also the last segment of its `$id`.
     pub fn file_name(self) -> &'static str {
         self.embedded().0
-    }
-
-    /// The file name and the embedded text of the schema.
-    fn embedded(self) -> (&'static str, &'static str) {
-        macro_rules! embed {
-            ($file:literal) => {
-                ($file, include_str!(concat!("../../../contracts/", $file)))
-            };
-        }
-        match self {
-            Contract::CampaignCreate => embed!("campaign-create.request.schema.json"),
-            Contract::CampaignStateUpdate => embed!("campaign-state-update.request.schema.json"),
-            Contract::CampaignRecord => embed!("campaign.record.schema.json"),
-            Contract::CampaignCommandResponse => embed!("campaign-command.response.schema.json"),
-            Contract::CampaignList => embed!("campaign-list.response.schema.json"),
-            Contract::FollowUpCreate => embed!("followup-create.request.schema.json"),
-            Contract::FollowUpRecord => embed!("followup.record.schema.json"),
-            Contract::FollowUpCommandResponse => embed!("followup-command.response.schema.json"),
-            Contract::FollowUpList => embed!("followup-list.response.schema.json"),
-            Contract::DrainRequest => embed!("drain.request.schema.json"),
-            Contract::DrainResponse => embed!("drain.response.schema.json"),
-            Contract::TraceResponse => embed!("trace.response.schema.json"),
-            Contract::EventsFeed => embed!("events-feed.response.schema.json"),
-            Contract::OutboundClaimRequest => embed!("outbound-claim.request.schema.json"),
-            Contract::OutboundClaimResponse => embed!("outbound-claim.response.schema.json"),
-            Contract::OutboundAckRequest => embed!("outbound-ack.request.schema.json"),
-            Contract::OutboundAckResponse => embed!("outbound-ack.response.schema.json"),
-            Contract::ErrorResponse => embed!("error.response.schema.json"),
-            Contract::OutboundQueueItem => embed!("outbound-queue.schema.json"),
-            Contract::EventEnvelope => embed!("orchestration-event.schema.json"),
-            Contract::Workflows => embed!("workflows.schema.json"),
-        }
     }
 
     /// Position in [`Contract::ALL`], used to index the compiled validators.
@@ -168,7 +150,7 @@ impl Contracts {
     /// compile, or, for a `$ref` to a file that is not in `contracts/`, the missing URI.
     pub fn load() -> Result<Contracts, ContractError> {
         let mut schemas = Vec::with_capacity(Contract::ALL.len());
-        for contract in Contract::ALL {
+        for &contract in Contract::ALL {
             let (file, text) = contract.embedded();
             let schema: Value = serde_json::from_str(text)
                 .map_err(|source| ContractError::Parse { file, source })?;
@@ -229,7 +211,7 @@ impl Contracts {
 fn compile(schemas: &[Value]) -> Result<Vec<Validator>, ContractError> {
     let mut ids = Vec::with_capacity(schemas.len());
     let mut builder = Registry::new();
-    for (contract, schema) in Contract::ALL.into_iter().zip(schemas) {
+    for (contract, schema) in Contract::ALL.iter().copied().zip(schemas) {
         let file = contract.file_name();
         let id = schema
             .get("$id")
@@ -248,7 +230,7 @@ fn compile(schemas: &[Value]) -> Result<Vec<Validator>, ContractError> {
     })?;
 
     let mut validators = Vec::with_capacity(schemas.len());
-    for ((contract, schema), id) in Contract::ALL.into_iter().zip(schemas).zip(ids) {
+    for ((contract, schema), id) in Contract::ALL.iter().copied().zip(schemas).zip(ids) {
         let validator = jsonschema::options()
             .offline()
             .should_validate_formats(true)

@@ -187,7 +187,7 @@ fn event(name: &str) -> Value {
 
 #[test]
 fn every_contract_parses_and_compiles_with_its_own_id() {
-    for contract in Contract::ALL {
+    for &contract in Contract::ALL {
         let schema = CONTRACTS.schema(contract);
         let file = contract.file_name();
         assert_eq!(

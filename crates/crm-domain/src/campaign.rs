@@ -211,3 +211,86 @@ pub fn advance(
 
 #[cfg(test)]
 mod tests;
+
+/// Counts of a campaign's follow-ups, by status and by what the sender reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CampaignStats {
+    pub pending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub delivery_accepted: i64,
+    pub delivery_retrying: i64,
+    pub delivery_failed: i64,
+}
+
+impl CampaignStats {
+    /// What one follow-up counts for.
+    pub fn of(follow_up: &crate::follow_up::FollowUp) -> Self {
+        use crate::delivery::DeliveryStatus;
+        use crate::follow_up::FollowUpStatus;
+        let mut stats = Self::default();
+        match follow_up.status {
+            FollowUpStatus::Pending => stats.pending = 1,
+            FollowUpStatus::Sent => stats.sent = 1,
+            FollowUpStatus::Failed => stats.failed = 1,
+        }
+        match follow_up.delivery.as_ref().map(|delivery| delivery.status) {
+            Some(DeliveryStatus::Accepted) => stats.delivery_accepted = 1,
+            Some(DeliveryStatus::Retrying) => stats.delivery_retrying = 1,
+            Some(DeliveryStatus::Failed) => stats.delivery_failed = 1,
+            None => {}
+        }
+        stats
+    }
+
+    /// How the counts move when `before` (none: a new follow-up) becomes `after`.
+    pub fn change(
+        before: Option<&crate::follow_up::FollowUp>,
+        after: &crate::follow_up::FollowUp,
+    ) -> Self {
+        let mut change = Self::of(after);
+        if let Some(before) = before {
+            change.subtract(&Self::of(before));
+        }
+        change
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        for (mine, theirs) in self.counts_mut().into_iter().zip(other.counts()) {
+            *mine += theirs;
+        }
+    }
+
+    fn subtract(&mut self, other: &Self) {
+        for (mine, theirs) in self.counts_mut().into_iter().zip(other.counts()) {
+            *mine -= theirs;
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.counts().iter().all(|count| *count == 0)
+    }
+
+    /// The six counts, in field order.
+    pub fn counts(&self) -> [i64; 6] {
+        [
+            self.pending,
+            self.sent,
+            self.failed,
+            self.delivery_accepted,
+            self.delivery_retrying,
+            self.delivery_failed,
+        ]
+    }
+
+    fn counts_mut(&mut self) -> [&mut i64; 6] {
+        [
+            &mut self.pending,
+            &mut self.sent,
+            &mut self.failed,
+            &mut self.delivery_accepted,
+            &mut self.delivery_retrying,
+            &mut self.delivery_failed,
+        ]
+    }
+}

@@ -121,14 +121,20 @@ pub enum FailureReason {
     ProviderSendError,
     CampaignCanceled,
     CampaignFailed,
+    /// The tenant's opt-out list holds the recipient's number.
+    RecipientOptedOut,
+    /// A client canceled the follow-up before it went out.
+    Canceled,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 4] = [
+    pub const ALL: [FailureReason; 6] = [
         Self::OutboundContractInvalid,
         Self::ProviderSendError,
         Self::CampaignCanceled,
         Self::CampaignFailed,
+        Self::RecipientOptedOut,
+        Self::Canceled,
     ];
 
     pub fn code(self) -> &'static str {
@@ -137,6 +143,8 @@ impl FailureReason {
             Self::ProviderSendError => "PROVIDER_SEND_ERROR",
             Self::CampaignCanceled => "CAMPAIGN_CANCELED",
             Self::CampaignFailed => "CAMPAIGN_FAILED",
+            Self::RecipientOptedOut => "RECIPIENT_OPTED_OUT",
+            Self::Canceled => "CANCELED",
         }
     }
 
@@ -152,6 +160,8 @@ impl FailureReason {
             Self::ProviderSendError => "provider send failed",
             Self::CampaignCanceled => "campaign was canceled",
             Self::CampaignFailed => "campaign failed",
+            Self::RecipientOptedOut => "the recipient opted out of messages from this tenant",
+            Self::Canceled => "canceled before it was sent",
         }
     }
 }
@@ -175,9 +185,17 @@ pub enum Gate {
     Fail(FailureReason),
 }
 
-/// Campaign gating: paused campaigns hold their follow-ups, canceled and failed ones
-/// fail them, every other state (or no campaign at all) lets them go.
-pub fn gate(campaign_state: Option<CampaignState>) -> Gate {
+/// Gating at the drain: a paused campaign holds its follow-ups, a canceled or failed one
+/// fails them, and a recipient on the tenant's opt-out list fails them; otherwise they go.
+pub fn gate(campaign_state: Option<CampaignState>, recipient_opted_out: bool) -> Gate {
+    match campaign_gate(campaign_state) {
+        Gate::Dispatch if recipient_opted_out => Gate::Fail(FailureReason::RecipientOptedOut),
+        gate => gate,
+    }
+}
+
+/// What a campaign's state alone makes of its follow-ups.
+fn campaign_gate(campaign_state: Option<CampaignState>) -> Gate {
     match campaign_state {
         Some(CampaignState::Paused) => Gate::Hold,
         Some(CampaignState::Canceled) => Gate::Fail(FailureReason::CampaignCanceled),
@@ -198,7 +216,7 @@ pub fn gate(campaign_state: Option<CampaignState>) -> Gate {
 pub fn holding_states() -> Vec<CampaignState> {
     CampaignState::ALL
         .into_iter()
-        .filter(|state| gate(Some(*state)) == Gate::Hold)
+        .filter(|state| campaign_gate(Some(*state)) == Gate::Hold)
         .collect()
 }
 
@@ -266,6 +284,17 @@ impl FollowUp {
             retryable: reason.retryable(),
         };
         Ok((failed, event))
+    }
+
+    /// Cancels a pending follow-up: it fails with `CANCELED`. `Ok(None)`: it was canceled
+    /// already (a repeat changes nothing).
+    pub fn cancel(&self, now: Timestamp) -> Result<Option<(FollowUp, DomainEvent)>, AlreadyFinal> {
+        if self.status == FollowUpStatus::Failed
+            && self.last_error_code.as_deref() == Some(FailureReason::Canceled.code())
+        {
+            return Ok(None);
+        }
+        self.mark_failed(FailureReason::Canceled, now).map(Some)
     }
 
     fn moved(&self, status: FollowUpStatus, now: Timestamp) -> Result<FollowUp, AlreadyFinal> {

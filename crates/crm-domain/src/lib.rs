@@ -15,5 +15,6 @@ pub mod metadata;
 pub mod opt_out;
 pub mod outbound;
 pub mod page;
+pub mod policy;
 pub mod timestamp;
 pub mod workflow;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::Mutex;
 
-use crm_domain::campaign::{Campaign, CampaignState, NewCampaign};
+use crm_domain::campaign::{Campaign, CampaignState, CampaignStats, NewCampaign};
 use crm_domain::delivery::{
     self, AckStatus, Acked, Claimed, DeliveryStatus, LeaseId, QueueEntry, Report,
 };
@@ -22,12 +22,12 @@ use serde_json::Map;
 use uuid::Uuid;
 
 use crate::LeasedItem;
+use crate::drain::{
+    DispatchDecision, Dispatcher, DrainPlan, DrainStatus, DueFollowUp, Lane, LaneState, SkipReason,
+};
 use crate::events::{FeedQuery, TraceQuery};
 use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser};
-use crate::store::{
-    CampaignQuery, Created, DispatchDecision, Dispatcher, DrainStatus, DueFollowUp, FollowUpQuery,
-    OptOutQuery, Store, StoreError,
-};
+use crate::store::{CampaignQuery, Created, FollowUpQuery, OptOutQuery, Store, StoreError};
 
 type Check = for<'a> fn(&'a dyn Store) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
@@ -57,6 +57,13 @@ suite!(
     drain_commits_the_outbound_item_status_and_event_together,
     drained_follow_ups_are_not_due_again,
     a_paused_campaign_holds_its_follow_ups_without_blocking_others,
+    a_drain_takes_tenants_in_turns,
+    a_paced_tenant_gets_no_more_than_its_allowance_across_drains,
+    closed_lanes_are_passed_over_and_lanes_come_with_their_policy_and_time_zone,
+    each_due_follow_up_says_whether_its_recipient_opted_out,
+    campaign_counts_follow_every_change_of_its_follow_ups,
+    a_follow_up_is_saved_only_from_the_status_it_was_read_in,
+    sending_policies_are_stored_per_tenant,
     failed_and_skipped_decisions_are_stored_as_decided,
     events_read_back_in_commit_order_per_correlation,
     a_trace_pages_in_commit_order_and_can_keep_to_one_tenant,
@@ -86,6 +93,11 @@ where
         eprintln!("conformance: {name}");
         check(&*store).await;
     }
+}
+
+/// The campaign states that hold follow-ups, as the use case passes them.
+fn held() -> Vec<CampaignState> {
+    crm_domain::follow_up::holding_states()
 }
 
 /// A fixed instant plus `millis`, so tests read as offsets.
@@ -201,6 +213,21 @@ pub async fn schedule(
     }
 }
 
+/// Schedules a follow-up for a recipient in `time_zone`.
+pub async fn schedule_in(
+    store: &dyn Store,
+    tenant_id: &TenantId,
+    time_zone: Option<&str>,
+    schedule_at: Timestamp,
+) -> FollowUp {
+    let (mut follow_up, events) = new_follow_up(tenant_id, None, None, schedule_at, at(0));
+    follow_up.time_zone = time_zone.map(str::to_owned);
+    match store.create_follow_up(&follow_up, &events).await {
+        Ok(Created::Created(stored)) => stored,
+        other => panic!("create_follow_up: {other:?}"),
+    }
+}
+
 /// Moves a stored campaign to `to`, bypassing the workflow.
 pub async fn move_campaign(
     store: &dyn Store,
@@ -230,25 +257,59 @@ pub async fn move_campaign(
     moved
 }
 
-/// Sends every follow-up it is offered and remembers the order it saw them in.
-#[derive(Debug)]
+/// Sends every follow-up it is offered and remembers the order it saw them in. Its plan
+/// opens every lane but those of held campaigns and those it was told to close, and
+/// paces the tenants it was told to.
+#[derive(Debug, Default)]
 pub struct SendAll {
     seen: Mutex<Vec<DueFollowUp>>,
-    held: Vec<CampaignState>,
+    lanes: Mutex<Vec<LaneState>>,
+    closed: Vec<Lane>,
+    paced: Vec<(TenantId, u32)>,
+    window_start: Option<Timestamp>,
 }
 
-impl Default for SendAll {
-    fn default() -> Self {
-        Self {
-            seen: Mutex::default(),
-            held: crm_domain::follow_up::holding_states(),
-        }
+impl SendAll {
+    /// Closes `lane` as quiet hours would.
+    pub fn closing(mut self, lane: Lane) -> Self {
+        self.closed.push(lane);
+        self
+    }
+
+    /// Limits `tenant` to `rate` sends since `window_start`.
+    pub fn pacing(mut self, tenant: &TenantId, rate: u32, window_start: Timestamp) -> Self {
+        self.paced.push((tenant.clone(), rate));
+        self.window_start = Some(window_start);
+        self
+    }
+
+    /// The lanes the store offered, sorted.
+    pub fn lanes_offered(&self) -> Vec<LaneState> {
+        let mut lanes = self.lanes.lock().unwrap().clone();
+        lanes.sort_by(|a, b| a.lane.cmp(&b.lane));
+        lanes
+    }
+
+    /// The follow-ups offered, in the order they were.
+    pub fn seen(&self) -> Vec<DueFollowUp> {
+        self.seen.lock().unwrap().clone()
     }
 }
 
 impl Dispatcher for SendAll {
-    fn held_states(&self) -> &[CampaignState] {
-        &self.held
+    fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
+        self.lanes.lock().unwrap().extend(lanes.iter().cloned());
+        let held = crm_domain::follow_up::holding_states();
+        DrainPlan {
+            open: lanes
+                .iter()
+                .filter(|l| !l.campaign_state.is_some_and(|state| held.contains(&state)))
+                .filter(|l| !self.closed.contains(&l.lane))
+                .map(|l| l.lane.clone())
+                .collect(),
+            paced: self.paced.clone(),
+            window_start: self.window_start,
+        }
     }
 
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
@@ -701,7 +762,7 @@ pub async fn drained_follow_ups_are_not_due_again(store: &dyn Store) {
     for _ in 0..3 {
         schedule(store, &tenant_id, None, at(0)).await;
     }
-    assert_eq!(store.count_due(at(1_000)).await.unwrap(), 3);
+    assert_eq!(store.count_due(at(1_000), &held()).await.unwrap(), 3);
     assert_eq!(
         store
             .drain(at(1_000), 10, &SendAll::default())
@@ -710,7 +771,7 @@ pub async fn drained_follow_ups_are_not_due_again(store: &dyn Store) {
             .len(),
         3
     );
-    assert_eq!(store.count_due(at(1_000)).await.unwrap(), 0);
+    assert_eq!(store.count_due(at(1_000), &held()).await.unwrap(), 0);
     assert!(
         store
             .drain(at(1_000), 10, &SendAll::default())
@@ -732,7 +793,7 @@ pub async fn a_paused_campaign_holds_its_follow_ups_without_blocking_others(stor
         schedule(store, &tenant_id, Some(campaign.campaign_id), at(10)).await;
     }
     let free = schedule(store, &tenant_id, None, at(20)).await;
-    assert_eq!(store.count_due(at(1_000)).await.unwrap(), 1);
+    assert_eq!(store.count_due(at(1_000), &held()).await.unwrap(), 1);
     let outcomes = store
         .drain(at(1_000), 1, &SendAll::default())
         .await
@@ -747,25 +808,300 @@ pub async fn a_paused_campaign_holds_its_follow_ups_without_blocking_others(stor
         store.drain(at(1_000), 10, &dispatcher).await.unwrap().len(),
         3
     );
-    let seen = dispatcher.seen.lock().unwrap();
+    let seen = dispatcher.seen();
     assert!(
         seen.iter()
             .all(|due| due.campaign_state == Some(CampaignState::Running))
     );
 }
 
+pub async fn a_drain_takes_tenants_in_turns(store: &dyn Store) {
+    let (big, small) = (tenant("tenant_big"), tenant("tenant_small"));
+    for offset in 0..10 {
+        schedule(store, &big, None, at(offset)).await;
+    }
+    for offset in 0..2 {
+        schedule(store, &small, None, at(100 + offset)).await;
+    }
+    let dispatcher = SendAll::default();
+
+    let outcomes = store.drain(at(1_000), 4, &dispatcher).await.unwrap();
+
+    assert_eq!(outcomes.len(), 4);
+    let tenants: Vec<String> = dispatcher
+        .seen()
+        .iter()
+        .map(|due| due.follow_up.tenant_id.to_string())
+        .collect();
+    assert_eq!(
+        tenants,
+        ["tenant_big", "tenant_small", "tenant_big", "tenant_small"],
+        "the older queue does not starve the newer tenant"
+    );
+}
+
+pub async fn a_paced_tenant_gets_no_more_than_its_allowance_across_drains(store: &dyn Store) {
+    let (paced, free) = (tenant("tenant_paced"), tenant("tenant_free"));
+    for offset in 0..10 {
+        schedule(store, &paced, None, at(offset)).await;
+        schedule(store, &free, None, at(offset)).await;
+    }
+    // A rate of 3 over the second before each drain.
+    let pacing = |now: i64| SendAll::default().pacing(&paced, 3, at(now - 1_000));
+    let sent_to = |outcomes: &[crate::DrainOutcome], dispatcher: &SendAll, tenant: &TenantId| {
+        assert!(outcomes.iter().all(|o| o.status == DrainStatus::Sent));
+        dispatcher
+            .seen()
+            .iter()
+            .filter(|due| &due.follow_up.tenant_id == tenant)
+            .count()
+    };
+
+    let first = pacing(5_000);
+    let outcomes = store.drain(at(5_000), 8, &first).await.unwrap();
+    assert_eq!(sent_to(&outcomes, &first, &paced), 3);
+    assert_eq!(
+        sent_to(&outcomes, &first, &free),
+        5,
+        "the batch goes to others"
+    );
+    let again = pacing(5_500);
+    let outcomes = store.drain(at(5_500), 8, &again).await.unwrap();
+    assert_eq!(
+        sent_to(&outcomes, &again, &paced),
+        0,
+        "the window is used up"
+    );
+    let later = pacing(6_001);
+    let outcomes = store.drain(at(6_001), 8, &later).await.unwrap();
+    assert_eq!(sent_to(&outcomes, &later, &paced), 3, "a new window");
+}
+
+pub async fn closed_lanes_are_passed_over_and_lanes_come_with_their_policy_and_time_zone(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    let policy = crm_domain::policy::SendingPolicy::new(Some(80), None).unwrap();
+    store.put_sending_policy(&tenant_id, &policy).await.unwrap();
+    let tokyo = schedule_in(store, &tenant_id, Some("Asia/Tokyo"), at(0)).await;
+    let anywhere = schedule(store, &tenant_id, None, at(1)).await;
+    let quiet_lane = Lane {
+        tenant_id: tenant_id.clone(),
+        campaign_id: None,
+        time_zone: Some("Asia/Tokyo".to_owned()),
+    };
+    let dispatcher = SendAll::default().closing(quiet_lane.clone());
+
+    let outcomes = store.drain(at(1_000), 10, &dispatcher).await.unwrap();
+
+    let drained: Vec<_> = outcomes.iter().map(|o| o.followup_id).collect();
+    assert_eq!(drained, [anywhere.followup_id]);
+    let offered = dispatcher.lanes_offered();
+    assert_eq!(
+        offered
+            .iter()
+            .map(|l| (l.lane.clone(), l.policy.clone()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                Lane {
+                    time_zone: None,
+                    ..quiet_lane.clone()
+                },
+                Some(policy.clone())
+            ),
+            (quiet_lane, Some(policy)),
+        ]
+    );
+    let stored = all_follow_ups(store, &tenant_id).await;
+    let held = stored
+        .iter()
+        .find(|f| f.followup_id == tokyo.followup_id)
+        .unwrap();
+    assert_eq!(held.status, FollowUpStatus::Pending, "held, not failed");
+    assert_eq!(held.schedule_at, at(0), "and not rescheduled");
+}
+
+pub async fn each_due_follow_up_says_whether_its_recipient_opted_out(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let (mut opted, events) = new_follow_up(&tenant_id, None, None, at(0), at(0));
+    opted.phone_e164 = "+5511911112222".to_owned();
+    store.create_follow_up(&opted, &events).await.unwrap();
+    let other = schedule(store, &tenant_id, None, at(1)).await;
+    store
+        .add_opt_out(&OptOut {
+            tenant_id: tenant_id.clone(),
+            phone_e164: opted.phone_e164.clone(),
+            reason: None,
+            created_at: at(0),
+        })
+        .await
+        .unwrap();
+    // Another tenant's opt-out of the same number is theirs alone.
+    store
+        .add_opt_out(&OptOut {
+            tenant_id: tenant("tenant_b"),
+            phone_e164: other.phone_e164.clone(),
+            reason: None,
+            created_at: at(0),
+        })
+        .await
+        .unwrap();
+    let dispatcher = SendAll::default();
+
+    store.drain(at(1_000), 10, &dispatcher).await.unwrap();
+
+    let flags: Vec<_> = dispatcher
+        .seen()
+        .iter()
+        .map(|due| (due.follow_up.followup_id, due.recipient_opted_out))
+        .collect();
+    assert_eq!(
+        flags,
+        [(opted.followup_id, true), (other.followup_id, false)]
+    );
+}
+
+pub async fn campaign_counts_follow_every_change_of_its_follow_ups(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let campaign = create_campaign(store, &tenant_id, at(0)).await;
+    let mut follow_ups = Vec::new();
+    for offset in 0..3 {
+        follow_ups.push(schedule(store, &tenant_id, Some(campaign.campaign_id), at(offset)).await);
+    }
+    schedule(store, &tenant_id, None, at(5)).await;
+    let stats = |pending, sent, failed, accepted| CampaignStats {
+        pending,
+        sent,
+        failed,
+        delivery_accepted: accepted,
+        ..CampaignStats::default()
+    };
+    assert_eq!(
+        store.campaign_stats(campaign.campaign_id).await.unwrap(),
+        stats(3, 0, 0, 0)
+    );
+
+    store
+        .drain(at(1_000), 2, &SendAll::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.campaign_stats(campaign.campaign_id).await.unwrap(),
+        stats(1, 2, 0, 0),
+        "the drain took the tenant's two oldest, both the campaign's"
+    );
+    let leased = claim_at(store, 202_000, 10).await;
+    let ours = leased
+        .iter()
+        .find(|l| l.entry.followup_id == follow_ups[0].followup_id)
+        .unwrap();
+    store
+        .ack(&[accepted(ours)], &AckWith { now: at(203_000) })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.campaign_stats(campaign.campaign_id).await.unwrap(),
+        stats(1, 2, 0, 1)
+    );
+    let pending = store
+        .follow_up(&tenant_id, follow_ups[2].followup_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let (canceled, _) = pending.cancel(at(204_000)).unwrap().unwrap();
+    assert!(
+        store
+            .save_follow_up(&canceled, FollowUpStatus::Pending, &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.campaign_stats(campaign.campaign_id).await.unwrap(),
+        stats(0, 2, 1, 1)
+    );
+    let (other, _) = new_campaign(&tenant_id, None, at(0));
+    assert_eq!(
+        store.campaign_stats(other.campaign_id).await.unwrap(),
+        CampaignStats::default()
+    );
+}
+
+pub async fn a_follow_up_is_saved_only_from_the_status_it_was_read_in(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let follow_up = schedule(store, &tenant_id, None, at(0)).await;
+    assert_eq!(
+        store
+            .follow_up(&tenant("tenant_b"), follow_up.followup_id)
+            .await
+            .unwrap(),
+        None,
+        "another tenant's is not found"
+    );
+    let read = store
+        .follow_up(&tenant_id, follow_up.followup_id)
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(read, follow_up);
+    store
+        .drain(at(1_000), 10, &SendAll::default())
+        .await
+        .unwrap();
+
+    let (canceled, event) = read.cancel(at(2_000)).unwrap().unwrap();
+    let event = envelope(&event, &tenant_id, read.correlation_id, at(2_000));
+    let saved = store
+        .save_follow_up(&canceled, FollowUpStatus::Pending, &[event])
+        .await
+        .unwrap();
+
+    assert!(!saved, "it was sent meanwhile");
+    let stored = store
+        .follow_up(&tenant_id, follow_up.followup_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, FollowUpStatus::Sent);
+    assert_eq!(events_of(store, read.correlation_id).await.len(), 2);
+}
+
+pub async fn sending_policies_are_stored_per_tenant(store: &dyn Store) {
+    use crm_domain::policy::{QuietHours, SendingPolicy, TimeOfDay, TimeZoneName};
+    let (a, b) = (tenant("tenant_a"), tenant("tenant_b"));
+    assert_eq!(store.sending_policy(&a).await.unwrap(), None);
+    let night = QuietHours::new(
+        TimeOfDay::parse("21:00").unwrap(),
+        TimeOfDay::parse("08:00").unwrap(),
+        TimeZoneName::parse("America/Sao_Paulo").unwrap(),
+    )
+    .unwrap();
+    let first = SendingPolicy::new(Some(50), Some(night)).unwrap();
+    let second = SendingPolicy::new(None, None).unwrap();
+
+    store.put_sending_policy(&a, &first).await.unwrap();
+    assert_eq!(store.sending_policy(&a).await.unwrap(), Some(first));
+    store.put_sending_policy(&a, &second).await.unwrap();
+
+    assert_eq!(store.sending_policy(&a).await.unwrap(), Some(second));
+    assert_eq!(store.sending_policy(&b).await.unwrap(), None);
+}
+
 pub async fn failed_and_skipped_decisions_are_stored_as_decided(store: &dyn Store) {
     struct FailFirstSkipRest(Mutex<bool>);
     impl Dispatcher for FailFirstSkipRest {
-        fn held_states(&self) -> &[CampaignState] {
-            &[CampaignState::Paused]
+        fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
+            DrainPlan {
+                open: lanes.iter().map(|l| l.lane.clone()).collect(),
+                ..DrainPlan::default()
+            }
         }
 
         fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
             let mut failed_one = self.0.lock().unwrap();
             if *failed_one {
                 return DispatchDecision::Skip {
-                    reason: "not now".into(),
+                    reason: SkipReason::CampaignPaused,
                 };
             }
             *failed_one = true;
@@ -800,7 +1136,7 @@ pub async fn failed_and_skipped_decisions_are_stored_as_decided(store: &dyn Stor
             (second.followup_id, DrainStatus::Skipped)
         ]
     );
-    assert_eq!(outcomes[1].reason.as_deref(), Some("not now"));
+    assert_eq!(outcomes[1].reason.as_deref(), Some("campaign_paused"));
     let stored = all_follow_ups(store, &tenant_id).await;
     let status_of = |id| stored.iter().find(|f| f.followup_id == id).unwrap();
     assert_eq!(status_of(first.followup_id).status, FollowUpStatus::Failed);
@@ -813,7 +1149,7 @@ pub async fn failed_and_skipped_decisions_are_stored_as_decided(store: &dyn Stor
         FollowUpStatus::Pending
     );
     assert!(store.outbound_items(0, 10).await.unwrap().is_empty());
-    assert_eq!(store.count_due(at(1_000)).await.unwrap(), 1);
+    assert_eq!(store.count_due(at(1_000), &held()).await.unwrap(), 1);
 }
 
 pub async fn events_read_back_in_commit_order_per_correlation(store: &dyn Store) {

@@ -9,6 +9,7 @@
 //! store adapter must pass.
 
 pub mod adoption;
+pub mod drain;
 pub mod events;
 pub mod outbound;
 pub mod store;
@@ -16,6 +17,10 @@ pub mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use drain::{
+    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DrainStatus, DueFollowUp, Lane,
+    LaneState, SkipReason,
+};
 pub use events::{
     EventEmitter, EventPage, FeedPage, FeedQuery, SCAN_BUDGET, Scan, TraceQuery, bounded_page,
 };
@@ -24,7 +29,6 @@ pub use outbound::{
     OutboundQueue, decide_acks, decide_claims,
 };
 pub use store::{
-    BoxError, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher, DrainOutcome,
-    DrainStatus, DueFollowUp, Expired, FollowUpQuery, FollowUpStore, OptOutPage, OptOutQuery,
-    OptOutStore, Store, StoreError,
+    BoxError, CampaignQuery, CampaignStore, Created, Expired, FollowUpQuery, FollowUpStore,
+    OptOutPage, OptOutQuery, OptOutStore, PolicyStore, Store, StoreError,
 };

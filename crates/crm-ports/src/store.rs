@@ -1,15 +1,16 @@
 //! Store ports: campaigns, follow-ups and the drain's claim-and-dispatch unit of work.
 
 use async_trait::async_trait;
-use crm_domain::campaign::{Campaign, CampaignState};
+use crm_domain::campaign::{Campaign, CampaignState, CampaignStats};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
 use crm_domain::opt_out::OptOut;
-use crm_domain::outbound::OutboundItem;
 use crm_domain::page::{Cursor, EventCursor, Page};
+use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 
+use crate::drain::{Dispatcher, DrainOutcome};
 use crate::events::EventEmitter;
 use crate::outbound::OutboundQueue;
 
@@ -128,57 +129,13 @@ pub trait CampaignStore: Send + Sync {
     /// # Errors
     /// `Unavailable`.
     async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError>;
-}
 
-/// A follow-up the drain claimed, with its campaign's current state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DueFollowUp {
-    pub follow_up: FollowUp,
-    pub campaign_state: Option<CampaignState>,
-}
-
-/// What to do with one claimed follow-up, decided by the use case.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DispatchDecision {
-    /// Hand `item` to the outbound queue and save `follow_up` (now sent) with `events`.
-    Send {
-        follow_up: Box<FollowUp>,
-        item: Box<OutboundItem>,
-        events: Vec<EventEnvelope>,
-    },
-    /// Save `follow_up` (now failed) with `events`; nothing goes to the queue.
-    Fail {
-        follow_up: Box<FollowUp>,
-        events: Vec<EventEnvelope>,
-    },
-    /// Leave it pending and untouched.
-    Skip { reason: String },
-}
-
-/// Decides the fate of each claimed follow-up. Called by the store while it holds the
-/// claim, so it must be quick and must not block.
-pub trait Dispatcher: Send + Sync {
-    /// Campaign states whose follow-ups are not due (a paused campaign's): the store
-    /// passes over them without reading them, so however many there are, a drain costs
-    /// the same.
-    fn held_states(&self) -> &[CampaignState];
-
-    fn decide(&self, due: &DueFollowUp) -> DispatchDecision;
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainStatus {
-    Sent,
-    Failed,
-    Skipped,
-}
-
-/// What happened to one claimed follow-up.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DrainOutcome {
-    pub followup_id: FollowUpId,
-    pub status: DrainStatus,
-    pub reason: Option<String>,
+    /// The counts of a campaign's follow-ups, kept as they change (never counted by
+    /// reading them); zero for a campaign without follow-ups.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn campaign_stats(&self, campaign_id: CampaignId) -> Result<CampaignStats, StoreError>;
 }
 
 #[async_trait]
@@ -201,13 +158,38 @@ pub trait FollowUpStore: Send + Sync {
     /// `Unavailable`.
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError>;
 
-    /// Claims up to `limit` due follow-ups (pending, `schedule_at <= now`, not held by a
-    /// paused campaign), oldest `schedule_at` first, asks `dispatcher` about each, and
-    /// commits every decision (record, events, outbound item) atomically with its claim.
+    /// The tenant's follow-up with this id (another tenant's is `None`).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn follow_up(
+        &self,
+        tenant_id: &TenantId,
+        followup_id: FollowUpId,
+    ) -> Result<Option<FollowUp>, StoreError>;
+
+    /// Saves a changed follow-up with its events, if its stored status is still
+    /// `expected` (it may have moved since it was read: then `false`, nothing written).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn save_follow_up(
+        &self,
+        follow_up: &FollowUp,
+        expected: FollowUpStatus,
+        events: &[EventEnvelope],
+    ) -> Result<bool, StoreError>;
+
+    /// Claims up to `limit` due follow-ups (pending, `schedule_at <= now`) from the lanes
+    /// `dispatcher` opens, tenants in turn and never more than a paced tenant's
+    /// allowance (see `crate::drain`), asks `dispatcher` about each, and commits every
+    /// decision (record, events, outbound item, the campaign's counts, the paced
+    /// tenants' sends) atomically with its claim.
     ///
     /// Exactly once: a follow-up is offered to at most one concurrent drain, in this
     /// process or any other sharing the store, and once committed it is no longer due.
-    /// Follow-ups of a paused campaign never take the place of due ones behind them.
+    /// Follow-ups of a closed lane never take the place of due ones behind them, and a
+    /// paced tenant's allowance holds across every concurrent drain.
     ///
     /// # Errors
     /// `Unavailable`; then nothing of this batch was committed and every claimed
@@ -219,11 +201,33 @@ pub trait FollowUpStore: Send + Sync {
         dispatcher: &dyn Dispatcher,
     ) -> Result<Vec<DrainOutcome>, StoreError>;
 
-    /// How many follow-ups are due at `now` (pending, not held by a paused campaign).
+    /// How many follow-ups are due at `now` in lanes whose campaign does not hold them.
     ///
     /// # Errors
     /// `Unavailable`.
-    async fn count_due(&self, now: Timestamp) -> Result<u64, StoreError>;
+    async fn count_due(&self, now: Timestamp, held: &[CampaignState]) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// The tenant's sending policy; `None` when it never set one.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn sending_policy(
+        &self,
+        tenant_id: &TenantId,
+    ) -> Result<Option<SendingPolicy>, StoreError>;
+
+    /// Sets (replaces) the tenant's sending policy.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn put_sending_policy(
+        &self,
+        tenant_id: &TenantId,
+        policy: &SendingPolicy,
+    ) -> Result<(), StoreError>;
 }
 
 /// A page request over one tenant's opt-outs, in phone number order.
@@ -278,7 +282,7 @@ pub struct Expired {
 /// Everything a backend provides, as one object for the composition root.
 #[async_trait]
 pub trait Store:
-    CampaignStore + FollowUpStore + EventEmitter + OutboundQueue + OptOutStore
+    CampaignStore + FollowUpStore + EventEmitter + OutboundQueue + OptOutStore + PolicyStore
 {
     /// A short name for logs and `/ready` (`file`, `postgres`).
     fn backend(&self) -> &'static str;

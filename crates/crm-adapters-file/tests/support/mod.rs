@@ -64,7 +64,8 @@ pub async fn assert_restored(store: &FileStore, campaign: &Campaign) {
         .count();
     assert_eq!(sent, 2);
     assert_eq!(store.outbound_items(0, 100).await.unwrap().len(), 2);
-    assert_eq!(store.count_due(at(10_000)).await.unwrap(), 1);
+    let held = crm_domain::follow_up::holding_states();
+    assert_eq!(store.count_due(at(10_000), &held).await.unwrap(), 1);
     for follow_up in follow_ups {
         let events = events_of(store, follow_up.correlation_id).await;
         let expected = if follow_up.status == FollowUpStatus::Sent {

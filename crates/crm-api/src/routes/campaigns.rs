@@ -13,8 +13,8 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{
-    CURSOR_PARAMETER, LIMIT_PARAMETER, TENANT_PARAMETER, command_reply, list_reply, page_params,
-    tenant, tenant_param, timestamp,
+    CURSOR_PARAMETER, LIMIT_PARAMETER, OWNER_PARAMETER, TENANT_PARAMETER, command_reply,
+    list_reply, page_params, tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
     Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
@@ -137,6 +137,45 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         ],
         uses_store: true,
         handler: |route| route.to(advance_campaign),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/v1/crm/campaigns/{campaign_id}",
+        access: Access::Api,
+        operation_id: "get_campaign",
+        tag: Tag::Campaigns,
+        summary: "Read a campaign with its counts",
+        description: "The campaign and exact counts of its follow-ups, by status and by what \
+            the sender reported. The counts move with every change of a follow-up, in the \
+            same commit; they are never counted by reading the follow-ups.",
+        parameters: &[
+            Parameter {
+                name: "campaign_id",
+                location: Location::Path,
+                required: true,
+                description: "The campaign's id; one that is not a uuid names no campaign.",
+                schema: |_| serde_json::json!({"type": "string"}),
+            },
+            OWNER_PARAMETER,
+        ],
+        body: None,
+        reply: Reply {
+            description: "The campaign and its counts.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::CampaignResponse),
+        },
+        errors: &[
+            Failure::new(
+                Code::MissingTenantId,
+                "the `tenant_id` query parameter is missing or empty",
+            ),
+            Failure::new(
+                Code::NotFound,
+                "the tenant has no campaign with this id (other tenants' ids look the same)",
+            ),
+        ],
+        uses_store: true,
+        handler: |route| route.to(get_campaign),
     },
 ];
 
@@ -278,6 +317,27 @@ async fn advance_campaign(
     };
     let outcome = crm.advance_campaign(command).await?;
     Ok(campaign_reply(request.request_id, &outcome))
+}
+
+async fn get_campaign(
+    crm: web::Data<Crm>,
+    path: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let tenant_id = tenant_param(&query_pairs(&request)?)?;
+    let campaign_id = CampaignId::parse(&path.into_inner()).ok_or(ApiError::NotFound)?;
+    let (campaign, stats) = crm.campaign_with_stats(&tenant_id, campaign_id).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "campaign": CampaignView::from(&campaign),
+        "stats": {
+            "followups": {"pending": stats.pending, "sent": stats.sent, "failed": stats.failed},
+            "delivery": {
+                "accepted": stats.delivery_accepted,
+                "retrying": stats.delivery_retrying,
+                "failed": stats.delivery_failed,
+            },
+        },
+    })))
 }
 
 async fn list_campaigns(

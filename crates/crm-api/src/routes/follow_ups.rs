@@ -7,6 +7,7 @@ use crm_contracts::Contract;
 use crm_domain::delivery::Delivery;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::policy::TimeZoneName;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::FollowUpQuery;
 use serde::{Deserialize, Serialize};
@@ -14,8 +15,8 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{
-    CURSOR_PARAMETER, LIMIT_PARAMETER, TENANT_PARAMETER, command_reply, list_reply, page_params,
-    tenant, tenant_param, timestamp,
+    CURSOR_PARAMETER, LIMIT_PARAMETER, OWNER_PARAMETER, TENANT_PARAMETER, command_reply,
+    list_reply, page_params, tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
     Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
@@ -111,7 +112,80 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         uses_store: true,
         handler: |route| route.to(list_follow_ups),
     },
+    Endpoint {
+        method: Method::GET,
+        path: "/v1/crm/followups/{followup_id}",
+        access: Access::Api,
+        operation_id: "get_follow_up",
+        tag: Tag::FollowUps,
+        summary: "Read a follow-up",
+        description: "One follow-up of the tenant, with what the sender reported.",
+        parameters: &[FOLLOW_UP_ID, OWNER_PARAMETER],
+        body: None,
+        reply: Reply {
+            description: "The follow-up.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::FollowUpResponse),
+        },
+        errors: &[
+            Failure::new(
+                Code::MissingTenantId,
+                "the `tenant_id` query parameter is missing or empty",
+            ),
+            Failure::new(
+                Code::NotFound,
+                "the tenant has no follow-up with this id (other tenants' ids look the same)",
+            ),
+        ],
+        uses_store: true,
+        handler: |route| route.to(get_follow_up),
+    },
+    Endpoint {
+        method: Method::POST,
+        path: "/v1/crm/followups/{followup_id}/cancel",
+        access: Access::Api,
+        operation_id: "cancel_follow_up",
+        tag: Tag::FollowUps,
+        summary: "Cancel a pending follow-up",
+        description: "A pending follow-up fails with `last_error_code` `CANCELED` and emits \
+            `crm.followup.failed` (`retryable: false`): `updated`. One canceled already is \
+            `idempotent` (nothing written, no event). A drain that claims it at the same \
+            time either sends it first (then the cancel is refused) or finds it canceled.",
+        parameters: &[FOLLOW_UP_ID],
+        body: Some(Body {
+            contract: Contract::FollowUpCancel,
+            required: true,
+            description: "The request envelope, with no inner object.",
+        }),
+        reply: Reply {
+            description: "`updated`, or `idempotent` for a follow-up canceled already.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::FollowUpCommandResponse),
+        },
+        errors: &[
+            Failure {
+                code: Code::TransitionError,
+                when: "the follow-up is not pending (sent, or failed for another reason): \
+                    `details.code` is `not_pending`, with its `status`",
+                details: None,
+            },
+            Failure::new(
+                Code::NotFound,
+                "the tenant has no follow-up with this id (other tenants' ids look the same)",
+            ),
+        ],
+        uses_store: true,
+        handler: |route| route.to(cancel_follow_up),
+    },
 ];
+
+const FOLLOW_UP_ID: Parameter = Parameter {
+    name: "followup_id",
+    location: Location::Path,
+    required: true,
+    description: "The follow-up's id; one that is not a uuid names no follow-up.",
+    schema: |_| serde_json::json!({"type": "string"}),
+};
 
 #[derive(Deserialize)]
 struct Envelope {
@@ -140,6 +214,19 @@ struct FollowUpFields {
     status: Option<FollowUpStatus>,
     #[serde(default)]
     metadata: Map<String, Value>,
+    time_zone: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CancelEnvelope {
+    request: CancelRequest,
+}
+
+#[derive(Deserialize)]
+struct CancelRequest {
+    request_id: Uuid,
+    tenant_id: String,
+    correlation_id: Option<Uuid>,
 }
 
 /// A follow-up as the wire shows it (its correlation and trace stay internal).
@@ -232,17 +319,59 @@ async fn create_follow_up(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResp
         channel: fields.channel,
         status: fields.status,
         metadata: fields.metadata,
-        time_zone: None,
+        time_zone: fields
+            .time_zone
+            .map(|name| {
+                TimeZoneName::parse(&name).map(|_| name).map_err(|error| {
+                    ApiError::violation("/request/followup/time_zone", error.to_string())
+                })
+            })
+            .transpose()?,
     };
     let outcome = crm.schedule_follow_up(command).await?;
-    Ok(command_reply(
-        request.request_id,
+    Ok(follow_up_reply(request.request_id, &outcome))
+}
+
+/// The reply of a follow-up command.
+fn follow_up_reply(request_id: Uuid, outcome: &crm_app::Outcome<FollowUp>) -> HttpResponse {
+    command_reply(
+        request_id,
         "followup",
         json!(FollowUpView::from(&outcome.record)),
         outcome.status.as_str(),
         outcome.correlation_id,
         outcome.lifecycle_event_name,
-    ))
+    )
+}
+
+async fn get_follow_up(
+    crm: web::Data<Crm>,
+    path: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let tenant_id = tenant_param(&query_pairs(&request)?)?;
+    let followup_id = FollowUpId::parse(&path.into_inner()).ok_or(ApiError::NotFound)?;
+    let follow_up = crm.follow_up(&tenant_id, followup_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "followup": FollowUpView::from(&follow_up) })))
+}
+
+async fn cancel_follow_up(
+    crm: web::Data<Crm>,
+    path: web::Path<String>,
+    body: RawBody,
+) -> Result<HttpResponse, ApiError> {
+    let CancelEnvelope { request } =
+        contract_body(crm.contracts(), Contract::FollowUpCancel, &body.0, None)?;
+    let tenant_id = tenant(request.tenant_id, "/request/tenant_id")?;
+    let followup_id = FollowUpId::parse(&path.into_inner()).ok_or(ApiError::NotFound)?;
+    let outcome = crm
+        .cancel_follow_up(
+            &tenant_id,
+            followup_id,
+            request.correlation_id.map(CorrelationId::new),
+        )
+        .await?;
+    Ok(follow_up_reply(request.request_id, &outcome))
 }
 
 async fn list_follow_ups(

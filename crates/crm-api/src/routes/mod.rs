@@ -5,7 +5,9 @@ mod campaigns;
 mod feed;
 mod follow_ups;
 mod operations;
+mod opt_outs;
 mod outbound;
+mod tenants;
 mod trace;
 mod worker;
 
@@ -30,6 +32,8 @@ pub fn endpoints() -> impl Iterator<Item = &'static Endpoint> {
     [
         campaigns::ENDPOINTS,
         follow_ups::ENDPOINTS,
+        opt_outs::ENDPOINTS,
+        tenants::ENDPOINTS,
         worker::ENDPOINTS,
         outbound::ENDPOINTS,
         trace::ENDPOINTS,
@@ -84,6 +88,16 @@ pub(crate) const TENANT_PARAMETER: Parameter = Parameter {
     required: true,
     description: "The tenant whose records are listed; missing or empty is \
         `400 missing_tenant_id`.",
+    schema: |_| json!({"type": "string", "minLength": 1}),
+};
+
+/// `tenant_id` of a single record: only its owner sees it.
+pub(crate) const OWNER_PARAMETER: Parameter = Parameter {
+    name: "tenant_id",
+    location: Location::Query,
+    required: true,
+    description: "The tenant the record belongs to; another tenant's record is \
+        `404 not_found`, as an unknown one. Missing or empty is `400 missing_tenant_id`.",
     schema: |_| json!({"type": "string", "minLength": 1}),
 };
 

@@ -100,19 +100,59 @@ fn sent_and_failed_are_final() {
 #[test]
 fn campaign_gating_holds_paused_and_fails_canceled_and_failed_campaigns() {
     use CampaignState::*;
-    assert_eq!(gate(None), Gate::Dispatch);
+    assert_eq!(gate(None, false), Gate::Dispatch);
     for state in [Draft, Scheduled, Running, Completed] {
-        assert_eq!(gate(Some(state)), Gate::Dispatch, "{state}");
+        assert_eq!(gate(Some(state), false), Gate::Dispatch, "{state}");
     }
-    assert_eq!(gate(Some(Paused)), Gate::Hold);
+    assert_eq!(gate(Some(Paused), false), Gate::Hold);
     assert_eq!(
-        gate(Some(Canceled)),
+        gate(Some(Canceled), false),
         Gate::Fail(FailureReason::CampaignCanceled)
     );
     assert_eq!(
-        gate(Some(Failed)),
+        gate(Some(Failed), false),
         Gate::Fail(FailureReason::CampaignFailed)
     );
+}
+
+#[test]
+fn an_opted_out_recipient_fails_unless_the_campaign_holds_or_failed_first() {
+    use CampaignState::*;
+    let opted_out = Gate::Fail(FailureReason::RecipientOptedOut);
+    assert_eq!(gate(None, true), opted_out);
+    assert_eq!(gate(Some(Running), true), opted_out);
+    assert_eq!(gate(Some(Paused), true), Gate::Hold);
+    assert_eq!(
+        gate(Some(Canceled), true),
+        Gate::Fail(FailureReason::CampaignCanceled)
+    );
+}
+
+#[test]
+fn canceling_fails_a_pending_follow_up_once_and_refuses_a_final_one() {
+    let follow_up = pending(None);
+    let now = at("2025-01-01T09:00:05.000Z");
+
+    let (canceled, event) = follow_up.cancel(now).unwrap().expect("a change");
+
+    assert_eq!(canceled.status, FollowUpStatus::Failed);
+    assert_eq!(canceled.last_error_code.as_deref(), Some("CANCELED"));
+    assert!(matches!(
+        event,
+        crate::event::DomainEvent::FollowUpFailed {
+            retryable: false,
+            ..
+        }
+    ));
+    assert_eq!(canceled.cancel(now), Ok(None), "a repeat changes nothing");
+    let (sent, _) = follow_up
+        .mark_sent(QueueItemId::new(Uuid::from_u128(9)), now)
+        .unwrap();
+    assert!(sent.cancel(now).is_err());
+    let (failed, _) = follow_up
+        .mark_failed(FailureReason::ProviderSendError, now)
+        .unwrap();
+    assert!(failed.cancel(now).is_err(), "failed for another reason");
 }
 
 #[test]

@@ -1,0 +1,155 @@
+//! Sending policy, opt-outs, single records and cancel: what an operator or a client uses
+//! to see and steer what goes out before the drain hands it over.
+
+use crm_domain::campaign::{Campaign, CampaignStats};
+use crm_domain::follow_up::{FollowUp, FollowUpStatus};
+use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
+use crm_domain::opt_out::OptOut;
+use crm_domain::policy::SendingPolicy;
+use crm_ports::{Created, OptOutPage, OptOutQuery, StoreError};
+
+use crate::error::AppError;
+use crate::service::{CommandStatus, Crm, Outcome, now};
+
+/// How many times a cancel re-reads a follow-up that changed under it.
+const CANCEL_ATTEMPTS: usize = 5;
+
+/// The policy the drain applies to a tenant, and whether the tenant set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInForce {
+    pub policy: SendingPolicy,
+    /// `false`: the tenant set none; the service's default applies.
+    pub own: bool,
+}
+
+impl Crm {
+    /// A campaign with the counts of its follow-ups.
+    pub async fn campaign_with_stats(
+        &self,
+        tenant_id: &TenantId,
+        campaign_id: CampaignId,
+    ) -> Result<(Campaign, CampaignStats), AppError> {
+        let campaign = self
+            .store
+            .campaign(tenant_id, campaign_id)
+            .await?
+            .ok_or(AppError::NotFound)?;
+        let stats = self.store.campaign_stats(campaign_id).await?;
+        Ok((campaign, stats))
+    }
+
+    pub async fn follow_up(
+        &self,
+        tenant_id: &TenantId,
+        followup_id: FollowUpId,
+    ) -> Result<FollowUp, AppError> {
+        self.store
+            .follow_up(tenant_id, followup_id)
+            .await?
+            .ok_or(AppError::NotFound)
+    }
+
+    /// Cancels a pending follow-up: it fails with `CANCELED` and its event. A repeat is
+    /// `idempotent`; a follow-up sent or failed otherwise cannot be canceled.
+    pub async fn cancel_follow_up(
+        &self,
+        tenant_id: &TenantId,
+        followup_id: FollowUpId,
+        correlation_id: Option<CorrelationId>,
+    ) -> Result<Outcome<FollowUp>, AppError> {
+        for _ in 0..CANCEL_ATTEMPTS {
+            let current = self.follow_up(tenant_id, followup_id).await?;
+            let echoed = correlation_id.unwrap_or(current.correlation_id);
+            let now = now();
+            let Some((canceled, event)) = current
+                .cancel(now)
+                .map_err(|final_state| AppError::NotPending(final_state.status))?
+            else {
+                return Ok(Outcome {
+                    status: CommandStatus::Idempotent,
+                    record: current,
+                    correlation_id: echoed,
+                    lifecycle_event_name: None,
+                });
+            };
+            let envelope = self.follow_up_envelope(&canceled, &event, now)?;
+            let name = event.name();
+            if self
+                .store
+                .save_follow_up(&canceled, FollowUpStatus::Pending, &[envelope])
+                .await?
+            {
+                metrics::counter!(
+                    crate::metrics::FOLLOW_UPS_FAILED,
+                    "error_code" => canceled.last_error_code.clone().unwrap_or_default()
+                )
+                .increment(1);
+                return Ok(Outcome {
+                    status: CommandStatus::Updated,
+                    record: canceled,
+                    correlation_id: echoed,
+                    lifecycle_event_name: Some(name),
+                });
+            }
+            // A drain took it meanwhile: decide again on what it is now.
+        }
+        Err(AppError::Unavailable(StoreError::unavailable(
+            "the follow-up kept changing while it was being canceled",
+        )))
+    }
+
+    pub async fn sending_policy(&self, tenant_id: &TenantId) -> Result<PolicyInForce, AppError> {
+        Ok(match self.store.sending_policy(tenant_id).await? {
+            Some(policy) => PolicyInForce { policy, own: true },
+            None => PolicyInForce {
+                policy: SendingPolicy {
+                    max_per_second: self.default_send_rate,
+                    quiet_hours: None,
+                },
+                own: false,
+            },
+        })
+    }
+
+    pub async fn set_sending_policy(
+        &self,
+        tenant_id: &TenantId,
+        policy: SendingPolicy,
+    ) -> Result<PolicyInForce, AppError> {
+        self.store.put_sending_policy(tenant_id, &policy).await?;
+        Ok(PolicyInForce { policy, own: true })
+    }
+
+    /// Adds a number to the tenant's opt-out list; `Existing` when it was there already.
+    pub async fn add_opt_out(
+        &self,
+        tenant_id: TenantId,
+        phone_e164: String,
+        reason: Option<String>,
+    ) -> Result<Created<OptOut>, AppError> {
+        let opt_out = OptOut {
+            tenant_id,
+            phone_e164,
+            reason,
+            created_at: now(),
+        };
+        Ok(self.store.add_opt_out(&opt_out).await?)
+    }
+
+    /// Takes a number off the tenant's opt-out list; `false` when it was not on it.
+    pub async fn remove_opt_out(
+        &self,
+        tenant_id: &TenantId,
+        phone_e164: &str,
+    ) -> Result<bool, AppError> {
+        Ok(self.store.remove_opt_out(tenant_id, phone_e164).await?)
+    }
+
+    pub async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, AppError> {
+        let query = OptOutQuery {
+            limit: query.limit.clamp(1, crm_domain::page::MAX_LIMIT),
+            ..query.clone()
+        };
+        Ok(self.store.opt_outs(&query).await?)
+    }
+}

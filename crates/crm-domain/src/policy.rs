@@ -1,0 +1,194 @@
+//! A tenant's sending policy: how fast its follow-ups may go out, and when they may not
+//! (quiet hours, in the recipient's time zone). Decided where the drain claims work, so
+//! that everything not yet handed over stays pending, visible and stoppable.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::timestamp::Timestamp;
+
+/// The highest rate a policy may set, in follow-ups per second.
+pub const MAX_RATE: u32 = 100_000;
+
+/// The window the rate is measured over, in milliseconds: no tenant has more than its
+/// rate of follow-ups marked sent in any window this long.
+pub const RATE_WINDOW_MILLIS: i64 = 1_000;
+
+/// A tenant's policy. `None` fields: no limit of that kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SendingPolicy {
+    pub max_per_second: Option<u32>,
+    pub quiet_hours: Option<QuietHours>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietHours {
+    pub start: TimeOfDay,
+    pub end: TimeOfDay,
+    /// The zone of recipients whose follow-up names none.
+    pub time_zone: TimeZoneName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("must be a whole number from 1 to {MAX_RATE}, or null for no limit")]
+    Rate,
+    #[error("{0:?} is not a time of day as HH:MM (00:00 to 23:59)")]
+    TimeOfDay(String),
+    #[error("{0:?} is not an IANA time zone name (such as America/Sao_Paulo)")]
+    TimeZone(String),
+    #[error("start and end are the same time: a window of nothing")]
+    EmptyWindow,
+}
+
+impl SendingPolicy {
+    /// A policy from its parts, each checked.
+    pub fn new(
+        max_per_second: Option<u32>,
+        quiet_hours: Option<QuietHours>,
+    ) -> Result<Self, PolicyError> {
+        if max_per_second.is_some_and(|rate| rate == 0 || rate > MAX_RATE) {
+            return Err(PolicyError::Rate);
+        }
+        Ok(Self {
+            max_per_second,
+            quiet_hours,
+        })
+    }
+}
+
+impl QuietHours {
+    pub fn new(
+        start: TimeOfDay,
+        end: TimeOfDay,
+        time_zone: TimeZoneName,
+    ) -> Result<Self, PolicyError> {
+        if start == end {
+            return Err(PolicyError::EmptyWindow);
+        }
+        Ok(Self {
+            start,
+            end,
+            time_zone,
+        })
+    }
+
+    /// Whether `now` falls inside the window for a recipient in `zone` (the policy's own
+    /// zone when `None`). The window is local wall-clock time, so it follows
+    /// daylight-saving changes; `end` before `start` spans midnight.
+    pub fn contains(&self, zone: Option<&TimeZoneName>, now: Timestamp) -> bool {
+        let zone = zone.unwrap_or(&self.time_zone);
+        let Some(local) = zone.minute_of_day(now) else {
+            return false;
+        };
+        let (start, end) = (self.start.minutes, self.end.minutes);
+        if start < end {
+            (start..end).contains(&local)
+        } else {
+            local >= start || local < end
+        }
+    }
+}
+
+/// A time of day to the minute, written `HH:MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeOfDay {
+    minutes: u16,
+}
+
+impl TimeOfDay {
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let error = || PolicyError::TimeOfDay(text.to_owned());
+        let (hours, minutes) = text.split_once(':').ok_or_else(error)?;
+        let two_digits = |part: &str| {
+            (part.len() == 2 && part.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| part.parse::<u16>().ok())
+                .flatten()
+        };
+        match (two_digits(hours), two_digits(minutes)) {
+            (Some(h), Some(m)) if h < 24 && m < 60 => Ok(Self {
+                minutes: h * 60 + m,
+            }),
+            _ => Err(error()),
+        }
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}", self.minutes / 60, self.minutes % 60)
+    }
+}
+
+impl Serialize for TimeOfDay {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IANA time zone name the built-in time zone database knows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimeZoneName(String);
+
+impl TimeZoneName {
+    pub fn parse(name: &str) -> Result<Self, PolicyError> {
+        // Names are looked up as given: `UTC` and `America/Sao_Paulo`, not offsets or
+        // POSIX strings.
+        let known = !name.is_empty()
+            && !name.starts_with(['+', '-'])
+            && jiff::tz::TimeZone::get(name).is_ok();
+        if known {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(PolicyError::TimeZone(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Minutes since local midnight at `now`.
+    fn minute_of_day(&self, now: Timestamp) -> Option<u16> {
+        let zone = jiff::tz::TimeZone::get(&self.0).ok()?;
+        let instant = jiff::Timestamp::from_millisecond(now.unix_millis()).ok()?;
+        let time = zone.to_datetime(instant).time();
+        Some(u16::try_from(time.hour()).ok()? * 60 + u16::try_from(time.minute()).ok()?)
+    }
+}
+
+impl fmt::Display for TimeZoneName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for TimeZoneName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeZoneName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How many more follow-ups a tenant limited to `rate` per second may have marked sent
+/// now, when `sent` were marked sent in the window that ends now.
+pub fn allowance(rate: u32, sent: u64) -> u64 {
+    u64::from(rate).saturating_sub(sent)
+}
+
+#[cfg(test)]
+mod tests;
