@@ -365,3 +365,159 @@ async fn two_replicas_never_lease_one_item_twice_and_lose_none_to_a_dead_consume
         assert!(Uuid::parse_str(&held[0].lease_id).is_ok());
     }
 }
+
+async fn get(client: &reqwest::Client, url: &str) -> Value {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"));
+    let status = response.status();
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(status, 200, "GET {url}: {body}");
+    body
+}
+
+/// Every follow-up of `tenant`, through all pages.
+async fn follow_ups(replicas: &Replicas, tenant: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!(
+            "{}/v1/crm/followups?tenant_id={tenant}&limit=1000",
+            replicas.servers[0].address
+        );
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = get(&replicas.client, &url).await;
+        items.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_rate_holds_in_every_second_across_two_replicas_draining_at_once() {
+    let Some(replicas) =
+        start_replicas("a_tenants_rate_holds_in_every_second_across_two_replicas_draining_at_once")
+            .await
+    else {
+        return;
+    };
+    const RATE: usize = 20;
+    let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    let policy = format!(
+        "{}/internal/tenants/{tenant}/sending-policy",
+        replicas.servers[1].address
+    );
+    let response = replicas
+        .client
+        .put(&policy)
+        .json(&json!({"max_per_second": RATE, "quiet_hours": null}))
+        .send()
+        .await
+        .expect("the policy is set");
+    assert_eq!(response.status(), 200);
+    for index in 0..100 {
+        let id = Uuid::new_v4().to_string();
+        replicas
+            .post(
+                index % 2,
+                "/v1/crm/followups",
+                &follow_up_body(&tenant, &id, PAST),
+            )
+            .await;
+    }
+
+    // Four drain loops, two per replica, for three seconds.
+    let until = Instant::now() + Duration::from_secs(3);
+    let drains: Vec<_> = (0..4)
+        .map(|index| {
+            let client = replicas.client.clone();
+            let url = format!(
+                "{}/internal/worker/crm-followups/drain",
+                replicas.servers[index % 2].address
+            );
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    post(&client, &url, &json!({"limit": 100})).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    for drain in drains {
+        drain.await.expect("a drain loop");
+    }
+
+    let mut sent_at: Vec<time::OffsetDateTime> = follow_ups(&replicas, &tenant)
+        .await
+        .iter()
+        .filter(|f| f["status"] == "sent")
+        .map(|f| {
+            let text = f["updated_at"].as_str().expect("updated_at");
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("a timestamp")
+        })
+        .collect();
+    sent_at.sort();
+    assert!(
+        sent_at.len() >= 2 * RATE,
+        "only {} sent in three seconds",
+        sent_at.len()
+    );
+    let most = RATE + RATE / 20;
+    for (index, start) in sent_at.iter().enumerate() {
+        let in_window = sent_at[index..]
+            .iter()
+            .take_while(|at| **at < *start + time::Duration::seconds(1))
+            .count();
+        assert!(
+            in_window <= most,
+            "{in_window} sent in the second from {start}, the rate is {RATE}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_made_through_one_replica_stops_the_drain_of_the_other() {
+    let Some(replicas) =
+        start_replicas("an_opt_out_made_through_one_replica_stops_the_drain_of_the_other").await
+    else {
+        return;
+    };
+    let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    let id = Uuid::new_v4().to_string();
+    // `follow_up_body` writes to +5511999990001.
+    replicas
+        .post(0, "/v1/crm/followups", &follow_up_body(&tenant, &id, PAST))
+        .await;
+    replicas
+        .post(
+            0,
+            "/v1/crm/opt-outs",
+            &json!({"request": {
+                "request_id": Uuid::new_v4(), "tenant_id": tenant,
+                "source_module": "mod-02-whatsapp-crm",
+                "opt_out": {"phone_e164": "+5511999990001"}
+            }}),
+        )
+        .await;
+
+    let report = replicas
+        .post(1, "/internal/worker/crm-followups/drain", &json!({}))
+        .await;
+
+    let entry = report["processed"]
+        .as_array()
+        .expect("processed")
+        .iter()
+        .find(|entry| entry["followup_id"] == id.as_str())
+        .expect("drained")
+        .clone();
+    assert_eq!(entry["status"], "failed");
+    assert_eq!(entry["reason"], "RECIPIENT_OPTED_OUT");
+}

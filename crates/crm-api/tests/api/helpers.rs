@@ -24,6 +24,7 @@ pub const DRAIN: &str = "/internal/worker/crm-followups/drain";
 pub const TRACE: &str = "/internal/orchestration/trace";
 pub const FEED: &str = "/internal/orchestration/events";
 pub const CLAIM: &str = "/internal/outbound/claim";
+pub const OPT_OUTS: &str = "/v1/crm/opt-outs";
 pub const ACK: &str = "/internal/outbound/ack";
 
 /// A schedule that is always due.
@@ -375,6 +376,60 @@ impl TestApp {
 
     pub async fn ack(&self, body: &Value) -> Reply {
         self.post_json(ACK, body, Contract::OutboundAckResponse)
+            .await
+    }
+
+    pub async fn get_campaign(&self, campaign_id: &str, tenant: &str) -> Reply {
+        let path = format!("{CAMPAIGNS}/{campaign_id}");
+        self.get(&path, &[("tenant_id", tenant)], Contract::CampaignResponse)
+            .await
+    }
+
+    pub async fn get_follow_up(&self, followup_id: &str, tenant: &str) -> Reply {
+        let path = format!("{FOLLOW_UPS}/{followup_id}");
+        self.get(&path, &[("tenant_id", tenant)], Contract::FollowUpResponse)
+            .await
+    }
+
+    pub async fn cancel(&self, followup_id: &str, tenant: &str) -> Reply {
+        let path = format!("{FOLLOW_UPS}/{followup_id}/cancel");
+        let body = json!({"request": {
+            "request_id": new_id(), "tenant_id": tenant, "source_module": "mod-02-whatsapp-crm"
+        }});
+        self.post_json(&path, &body, Contract::FollowUpCommandResponse)
+            .await
+    }
+
+    pub async fn sending_policy(&self, tenant: &str) -> Reply {
+        let path = format!("/internal/tenants/{tenant}/sending-policy");
+        self.get(&path, &[], Contract::SendingPolicyResponse).await
+    }
+
+    pub async fn put_sending_policy(&self, tenant: &str, policy: &Value) -> Reply {
+        let path = format!("/internal/tenants/{tenant}/sending-policy");
+        let request = self.client.put(self.url(&path)).json(policy);
+        self.send(request, Some(Contract::SendingPolicyResponse))
+            .await
+    }
+
+    pub async fn add_opt_out(&self, tenant: &str, phone: &str) -> Reply {
+        let body = json!({"request": {
+            "request_id": new_id(), "tenant_id": tenant, "source_module": "mod-02-whatsapp-crm",
+            "opt_out": {"phone_e164": phone, "reason": "asked by text"}
+        }});
+        self.post_json(OPT_OUTS, &body, Contract::OptOutCommandResponse)
+            .await
+    }
+
+    pub async fn opt_outs(&self, query: &[(&str, &str)]) -> Reply {
+        self.get(OPT_OUTS, query, Contract::OptOutList).await
+    }
+
+    /// `phone` goes into the path as given (`+` is sent as `%2B`).
+    pub async fn remove_opt_out(&self, tenant: &str, phone: &str) -> Reply {
+        let encoded = phone.replace('+', "%2B");
+        let url = self.url_with_query(&format!("{OPT_OUTS}/{encoded}"), &[("tenant_id", tenant)]);
+        self.send(self.client.delete(url), Some(Contract::OptOutRemoval))
             .await
     }
 

@@ -14,6 +14,7 @@ mod helpers;
 mod ops;
 mod outbound;
 mod regressions;
+mod sending;
 mod strict_input;
 mod tenants;
 mod trace;
