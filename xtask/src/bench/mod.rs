@@ -7,13 +7,16 @@
 //! - `queue`: claim + ack throughput with concurrent consumers, one of which dies holding
 //!   leases;
 //! - `footprint`: resident memory and restart time of the file store once many
-//!   follow-ups have been created, drained, acknowledged and passed retention.
+//!   follow-ups have been created, drained, acknowledged and passed retention;
+//! - `policy`: paced tenants beside an unlimited one, a small tenant behind a big one,
+//!   and the drain's latency with a million follow-ups held.
 //!
 //! Every scenario prints `RESULT {json}` lines. Numbers come from this machine only;
 //! compare runs made on the same one.
 
 mod api;
 mod pipeline;
+mod policy;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +39,8 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         "feed" => pipeline::feed(&flags).await,
         "queue" => pipeline::queue(&flags).await,
         "footprint" => pipeline::footprint(&flags).await,
-        other => bail!("unknown scenario {other:?} (api, feed, queue or footprint)"),
+        "policy" => policy::policy(&flags).await,
+        other => bail!("unknown scenario {other:?} (api, feed, queue, footprint or policy)"),
     }
 }
 
@@ -229,6 +233,22 @@ pub async fn create_load(
     until: Option<Instant>,
     schedule_at: &'static str,
 ) -> anyhow::Result<Load> {
+    let body: Body = Arc::new(move |_| follow_up_body("tenant_bench", schedule_at));
+    create_with(base, clients, count, until, body).await
+}
+
+/// Makes the create body of the `n`th follow-up.
+pub type Body = Arc<dyn Fn(u64) -> Value + Send + Sync>;
+
+/// `clients` concurrent loops creating follow-ups made by `body` until `count` are sent
+/// or `until` passes.
+pub async fn create_with(
+    base: &str,
+    clients: usize,
+    count: Option<u64>,
+    until: Option<Instant>,
+    body: Body,
+) -> anyhow::Result<Load> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()?;
@@ -236,21 +256,23 @@ pub async fn create_load(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (client, issued, url) = (
+        let (client, issued, url, make) = (
             client.clone(),
             issued.clone(),
             format!("{base}/v1/crm/followups"),
+            Arc::clone(&body),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = 0u64;
             loop {
-                if count.is_some_and(|count| issued.fetch_add(1, Ordering::Relaxed) >= count)
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if count.is_some_and(|count| n >= count)
                     || until.is_some_and(|until| Instant::now() >= until)
                 {
                     return (latencies, failures);
                 }
-                let body = follow_up_body("tenant_bench", schedule_at);
+                let body = make(n);
                 let sent = Instant::now();
                 match client.post(&url).json(&body).send().await {
                     Ok(response) if response.status().is_success() => {
