@@ -25,6 +25,21 @@ fn main() -> anyhow::Result<()> {
         "deps" => dependency_check(),
         "smoke" => runtime()?.block_on(smoke::run()),
         "migrate" => migrate(),
+        // The load comes from this process: measured with an unoptimized client, the
+        // numbers would be the client's.
+        "bench" if cfg!(debug_assertions) => {
+            let mut args = vec![
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "xtask",
+                "--",
+                "bench",
+            ];
+            args.extend(rest.iter().map(String::as_str));
+            run("cargo", &args)
+        }
         "bench" => runtime()?.block_on(bench::run(rest)),
         _ => {
             eprintln!("usage: cargo xtask <ci|deps|smoke|migrate|bench>");

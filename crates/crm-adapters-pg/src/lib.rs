@@ -8,6 +8,7 @@
 //! A database that cannot be reached is `StoreError::Unavailable`, bounded by the pool's
 //! timeouts; nothing here retries on its own.
 
+mod batch;
 mod migrate;
 mod node;
 mod rows;

@@ -142,19 +142,50 @@ pub const LIST_CAMPAIGNS: &str = concat!(
      ORDER BY created_at, campaign_id LIMIT $5"
 );
 
-pub const CREATE_FOLLOW_UP: &str = concat!(
-    "WITH changed AS (INSERT INTO crm_followups (followup_id, tenant_id, campaign_id, \
+/// Creates a batch of follow-ups (parallel arrays `$1`..`$21`: the record's columns;
+/// `$22`..`$27`: each one's six counts) unless the id or the tenant's key is taken, with
+/// the events (`$28`..`$33`, `$34` the follow-up each belongs to) and the campaign counts
+/// of those inserted; returns the ids inserted. A batch never holds two follow-ups with
+/// one id or one key (the batcher sees to it).
+pub const CREATE_FOLLOW_UPS: &str = concat!(
+    "WITH input AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], \
+     $5::uuid[], $6::uuid[], $7::text[], $8::text[], $9::timestamptz[], $10::text[], \
+     $11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::uuid[], \
+     $17::text[], $18::text[], $19::jsonb[], $20::timestamptz[], $21::timestamptz[], \
+     $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[], \
+     $27::bigint[]) AS u(followup_id, tenant_id, campaign_id, external_key, lead_id, \
+     customer_id, phone_e164, message, schedule_at, channel, status, provider_message_id, \
+     last_error_code, last_error_message, metadata_json, correlation_id, trace_id, \
+     time_zone, delivery, created_at, updated_at, n_pending, n_sent, n_failed, n_accepted, \
+     n_retrying, n_delivery_failed)), \
+     changed AS (INSERT INTO crm_followups (followup_id, tenant_id, campaign_id, \
      external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
      provider_message_id, last_error_code, last_error_message, metadata_json, \
-     correlation_id, trace_id, time_zone, delivery, created_at, updated_at) VALUES ($1, $2, \
-     $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-     ON CONFLICT DO NOTHING RETURNING campaign_id), ",
+     correlation_id, trace_id, time_zone, delivery, created_at, updated_at) \
+     SELECT followup_id, tenant_id, campaign_id, external_key, lead_id, customer_id, \
+     phone_e164, message, schedule_at, channel, status, provider_message_id, \
+     last_error_code, last_error_message, metadata_json, correlation_id, trace_id, \
+     time_zone, delivery, created_at, updated_at FROM input \
+     ON CONFLICT DO NOTHING RETURNING followup_id), ",
     ordered!("changed"),
-    ", stats AS (",
-    add_counts!("$22"),
-    "), events AS (",
-    append_events!("$23", "$24", "$25", "$26", "$27", "$28"),
-    ") SELECT count(*) FROM changed"
+    ", stats AS (INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, failed, \
+     delivery_accepted, delivery_retrying, delivery_failed) SELECT i.campaign_id, \
+     sum(i.n_pending), sum(i.n_sent), sum(i.n_failed), sum(i.n_accepted), \
+     sum(i.n_retrying), sum(i.n_delivery_failed) FROM input i JOIN changed c \
+     ON c.followup_id = i.followup_id WHERE i.campaign_id IS NOT NULL \
+     GROUP BY i.campaign_id ORDER BY i.campaign_id ON CONFLICT (campaign_id) DO UPDATE SET \
+     pending = s.pending + excluded.pending, sent = s.sent + excluded.sent, \
+     failed = s.failed + excluded.failed, \
+     delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
+     delivery_retrying = s.delivery_retrying + excluded.delivery_retrying, \
+     delivery_failed = s.delivery_failed + excluded.delivery_failed), \
+     events AS (INSERT INTO crm_events (event_id, tenant_id, name, correlation_id, \
+     emitted_at, envelope) SELECT e.event_id, e.tenant_id, e.name, e.correlation_id, \
+     e.emitted_at, e.envelope FROM ordered, unnest($28::uuid[], $29::text[], $30::text[], \
+     $31::uuid[], $32::timestamptz[], $33::jsonb[], $34::uuid[]) WITH ORDINALITY \
+     AS e(event_id, tenant_id, name, correlation_id, emitted_at, envelope, owner, n) \
+     WHERE e.owner IN (SELECT followup_id FROM changed) ORDER BY e.n) \
+     SELECT followup_id FROM changed"
 );
 
 pub const SELECT_FOLLOW_UP_BY_ID: &str = concat!(

@@ -25,11 +25,12 @@ use crm_ports::{
 };
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::batch::{self, CreateJob};
 use crate::rows;
 use crate::sql;
 use crm_ports::drain::stats_changes;
@@ -150,6 +151,8 @@ pub struct PgStore {
     schema: String,
     /// Counts the event commits this process heard of; started on first use.
     notifications: Arc<OnceLock<watch::Receiver<u64>>>,
+    /// Where follow-up creates wait for their batch; started on first use.
+    creates: Arc<OnceLock<mpsc::UnboundedSender<CreateJob>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -160,7 +163,7 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn unavailable(error: impl Into<crm_ports::BoxError>) -> StoreError {
+pub(crate) fn unavailable(error: impl Into<crm_ports::BoxError>) -> StoreError {
     StoreError::Unavailable(error.into())
 }
 
@@ -189,7 +192,14 @@ impl PgStore {
             config: options.pg_config()?,
             schema: options.schema().to_owned(),
             notifications: Arc::default(),
+            creates: Arc::default(),
         })
+    }
+
+    /// The group-commit batcher of follow-up creates.
+    fn creates(&self) -> &mpsc::UnboundedSender<CreateJob> {
+        self.creates
+            .get_or_init(|| batch::spawn(self.pool.clone(), self.timeout))
     }
 
     /// A receiver that changes whenever an event of this schema commits (in any process),
@@ -212,31 +222,47 @@ impl PgStore {
         &self,
         work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut client = tokio::time::timeout_at(deadline, self.pool.get())
-            .await
-            .map_err(|_| self.timed_out())?
-            .map_err(unavailable)?;
-        match tokio::time::timeout_at(deadline, work(&mut client)).await {
-            Ok(result) => result,
-            Err(_) => {
-                drop(deadpool_postgres::Object::take(client));
-                Err(self.timed_out())
-            }
-        }
+        bounded(&self.pool, self.timeout, work, |error| error).await
     }
 
     fn timed_out(&self) -> StoreError {
-        unavailable(format!(
-            "no answer from the database within {} ms",
-            self.timeout.as_millis()
-        ))
+        timed_out(self.timeout)
     }
+}
+
+/// Runs `work` on a connection of `pool`, everything bounded by `timeout`; a connection
+/// cut short mid-call is thrown away, never reused. `failed` turns the store's own
+/// errors (no connection, no answer in time) into `work`'s.
+pub(crate) async fn bounded<T, E>(
+    pool: &Pool,
+    timeout: Duration,
+    work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
+    failed: impl Fn(StoreError) -> E,
+) -> Result<T, E> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut client = tokio::time::timeout_at(deadline, pool.get())
+        .await
+        .map_err(|_| failed(timed_out(timeout)))?
+        .map_err(|error| failed(unavailable(error)))?;
+    match tokio::time::timeout_at(deadline, work(&mut client)).await {
+        Ok(result) => result,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(failed(timed_out(timeout)))
+        }
+    }
+}
+
+pub(crate) fn timed_out(timeout: Duration) -> StoreError {
+    unavailable(format!(
+        "no answer from the database within {} ms",
+        timeout.as_millis()
+    ))
 }
 
 /// Events as the parallel arrays the write statements take.
 #[derive(Default)]
-struct EventColumns {
+pub(crate) struct EventColumns {
     ids: Vec<Uuid>,
     tenants: Vec<String>,
     names: Vec<String>,
@@ -246,7 +272,7 @@ struct EventColumns {
 }
 
 impl EventColumns {
-    fn new(events: &[EventEnvelope]) -> Result<Self, StoreError> {
+    pub(crate) fn new(events: &[EventEnvelope]) -> Result<Self, StoreError> {
         let mut columns = Self {
             ids: Vec::with_capacity(events.len()),
             tenants: Vec::with_capacity(events.len()),
@@ -272,7 +298,7 @@ impl EventColumns {
         Ok(())
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 6] {
         [
             &self.ids,
             &self.tenants,
@@ -655,51 +681,31 @@ impl FollowUpStore for PgStore {
         follow_up: &FollowUp,
         events: &[EventEnvelope],
     ) -> Result<Created<FollowUp>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || unavailable("the create batcher stopped");
+        self.creates()
+            .send(CreateJob {
+                follow_up: follow_up.clone(),
+                events: events.to_vec(),
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        // The batch before this one may still be committing: two bounds at most.
+        let inserted = tokio::time::timeout(self.timeout * 2, answer)
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|_| stopped())??;
+        if inserted {
+            return Ok(Created::Created(follow_up.clone()));
+        }
+        let lookup = Lookup {
+            by_id: sql::SELECT_FOLLOW_UP_BY_ID,
+            by_key: sql::SELECT_FOLLOW_UP_BY_KEY,
+            map: rows::follow_up,
+            tenant_of: |found: &FollowUp| &found.tenant_id,
+        };
         let id = follow_up.followup_id.as_uuid();
-        let metadata = serde_json::Value::Object(follow_up.metadata.clone());
-        let events = EventColumns::new(events)?;
-        let campaign_id = follow_up.campaign_id.map(|c| c.as_uuid());
-        let correlation_id = follow_up.correlation_id.as_uuid();
-        let schedule_at = follow_up.schedule_at.as_datetime();
-        let created_at = follow_up.created_at.as_datetime();
-        let updated_at = follow_up.updated_at.as_datetime();
-        let delivery = follow_up.delivery.as_ref().map(rows::delivery_json);
-        let counts = CampaignStats::of(follow_up).counts().to_vec();
-        let record: [&(dyn ToSql + Sync); 22] = [
-            &id,
-            &follow_up.tenant_id.as_str(),
-            &campaign_id,
-            &follow_up.external_key,
-            &follow_up.lead_id,
-            &follow_up.customer_id,
-            &follow_up.phone_e164,
-            &follow_up.message,
-            &schedule_at,
-            &follow_up.channel,
-            &follow_up.status.as_str(),
-            &follow_up.provider_message_id,
-            &follow_up.last_error_code,
-            &follow_up.last_error_message,
-            &metadata,
-            &correlation_id,
-            &follow_up.trace_id,
-            &follow_up.time_zone,
-            &delivery,
-            &created_at,
-            &updated_at,
-            &counts,
-        ];
-        let all: Vec<_> = record.into_iter().chain(events.params()).collect();
         self.call(async |client| {
-            if changed_rows(&*client, sql::CREATE_FOLLOW_UP, &all).await? == 1 {
-                return Ok(Created::Created(follow_up.clone()));
-            }
-            let lookup = Lookup {
-                by_id: sql::SELECT_FOLLOW_UP_BY_ID,
-                by_key: sql::SELECT_FOLLOW_UP_BY_KEY,
-                map: rows::follow_up,
-                tenant_of: |found: &FollowUp| &found.tenant_id,
-            };
             lookup
                 .repeated(&*client, id, &follow_up.tenant_id, &follow_up.external_key)
                 .await

@@ -52,7 +52,7 @@ pub const RETENTION_BATCH: usize = 1_000;
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Deletes events and finished outbound items older than `retention`, a batch at a time,
-/// looking again every `interval` once nothing is left, until `stop` turns true. Replicas
+/// every `interval` (sooner while a pass finds a full batch), until `stop` turns true. Replicas
 /// may all run it: the store keeps them from deleting the same rows twice.
 pub async fn retain(
     crm: Crm,
@@ -60,9 +60,18 @@ pub async fn retain(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    while !*stop.borrow() {
+    // The first pass waits one interval too: start-up has better uses for the store.
+    let mut wait = interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
         let cutoff = crate::service::now().as_datetime() - retention;
-        let wait = match crm
+        wait = match crm
             .store()
             .expire(
                 crm_domain::timestamp::Timestamp::from_datetime(cutoff),
@@ -88,9 +97,5 @@ pub async fn retain(
                 interval
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => {}
-        }
     }
 }

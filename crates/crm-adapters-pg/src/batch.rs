@@ -1,0 +1,296 @@
+//! Group commit for follow-up creates.
+//!
+//! Creates that arrive together share one statement and one commit: a batcher task takes
+//! every create waiting, inserts them with one multi-row `INSERT ... ON CONFLICT DO
+//! NOTHING` (events, campaign counts and the event lock included), commits, and only then
+//! answers each caller whether its own row went in. A caller whose row did not go in
+//! looks up what holds its id or key, as a single create would. While one batch commits
+//! the next one fills. Two creates of one id or one key never share a batch, so "which
+//! row went in" is never ambiguous: the later one waits for the next batch. A batch the
+//! database refuses for a reason other than reachability is retried one create at a
+//! time, so one bad row fails only its own request.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use crm_domain::campaign::CampaignStats;
+use crm_domain::event::EventEnvelope;
+use crm_domain::follow_up::FollowUp;
+use crm_ports::StoreError;
+use deadpool_postgres::Pool;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::rows;
+use crate::sql;
+use crate::store::{bounded, unavailable};
+
+/// The most creates one statement carries.
+const MAX_BATCH: usize = 256;
+
+/// One create waiting for its batch; the answer is whether its row went in.
+pub(crate) struct CreateJob {
+    pub follow_up: FollowUp,
+    pub events: Vec<EventEnvelope>,
+    pub reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Starts the batcher; it ends when every sender is gone.
+pub(crate) fn spawn(pool: Pool, timeout: Duration) -> mpsc::UnboundedSender<CreateJob> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(run(pool, timeout, receiver));
+    sender
+}
+
+async fn run(pool: Pool, timeout: Duration, mut jobs: mpsc::UnboundedReceiver<CreateJob>) {
+    let mut waiting: VecDeque<CreateJob> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.recv().await {
+                Some(job) => waiting.push_back(job),
+                None => return,
+            }
+        }
+        while let Ok(job) = jobs.try_recv() {
+            waiting.push_back(job);
+        }
+        let batch = take_batch(&mut waiting);
+        match insert(&pool, timeout, &batch).await {
+            Ok(ids) => {
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Ok(ids.contains(&job.follow_up.followup_id.as_uuid())));
+                }
+            }
+            // Not the network: some row the database refuses. Alone, it fails alone.
+            Err(Refused::Row(_)) if batch.len() > 1 => {
+                for job in batch {
+                    let alone = insert(&pool, timeout, std::slice::from_ref(&job))
+                        .await
+                        .map_err(Refused::into_store_error)
+                        .map(|ids| ids.contains(&job.follow_up.followup_id.as_uuid()));
+                    let _ = job.reply.send(alone);
+                }
+            }
+            Err(refused) => {
+                let text = refused.into_store_error().to_string();
+                for job in batch {
+                    let _ = job.reply.send(Err(StoreError::unavailable(text.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Takes up to `MAX_BATCH` waiting creates, no two with one id or one tenant key; the
+/// others stay waiting, in order.
+fn take_batch(waiting: &mut VecDeque<CreateJob>) -> Vec<CreateJob> {
+    let mut batch = Vec::new();
+    let mut later = VecDeque::new();
+    let mut ids = HashSet::new();
+    let mut keys = HashSet::new();
+    while let Some(job) = waiting.pop_front() {
+        if batch.len() >= MAX_BATCH {
+            later.push_back(job);
+            continue;
+        }
+        let follow_up = &job.follow_up;
+        let key = follow_up
+            .external_key
+            .clone()
+            .map(|key| (follow_up.tenant_id.clone(), key));
+        let repeats = ids.contains(&follow_up.followup_id)
+            || key.as_ref().is_some_and(|key| keys.contains(key));
+        if repeats {
+            later.push_back(job);
+            continue;
+        }
+        ids.insert(follow_up.followup_id);
+        keys.extend(key);
+        batch.push(job);
+    }
+    *waiting = later;
+    batch
+}
+
+/// Why a batch did not go in.
+enum Refused {
+    /// The database could not be reached or did not answer: the outcome is unknown.
+    Unreachable(StoreError),
+    /// The database refused the statement (a row it will not take).
+    Row(StoreError),
+}
+
+impl Refused {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            Refused::Unreachable(error) | Refused::Row(error) => error,
+        }
+    }
+}
+
+/// Inserts `batch` in one statement and one commit, within `timeout`; the ids that went
+/// in.
+async fn insert(
+    pool: &Pool,
+    timeout: Duration,
+    batch: &[CreateJob],
+) -> Result<HashSet<Uuid>, Refused> {
+    let columns = Columns::new(batch).map_err(Refused::Row)?;
+    let work = async |client: &mut deadpool_postgres::Object| {
+        let statement = client
+            .prepare_cached(sql::CREATE_FOLLOW_UPS)
+            .await
+            .map_err(|e| Refused::Unreachable(unavailable(e)))?;
+        let rows = client
+            .query(&statement, &columns.params())
+            .await
+            .map_err(|error| {
+                // A server error with a SQL state is the database refusing the rows.
+                if error.code().is_some() {
+                    Refused::Row(unavailable(error))
+                } else {
+                    Refused::Unreachable(unavailable(error))
+                }
+            })?;
+        rows.iter()
+            .map(|row| row.try_get::<_, Uuid>(0))
+            .collect::<Result<HashSet<Uuid>, _>>()
+            .map_err(|e| Refused::Unreachable(unavailable(e)))
+    };
+    bounded(pool, timeout, work, Refused::Unreachable).await
+}
+
+/// A batch as the parallel arrays of `sql::CREATE_FOLLOW_UPS`.
+struct Columns {
+    ids: Vec<Uuid>,
+    tenants: Vec<String>,
+    campaigns: Vec<Option<Uuid>>,
+    external_keys: Vec<Option<String>>,
+    leads: Vec<Option<Uuid>>,
+    customers: Vec<Option<Uuid>>,
+    phones: Vec<String>,
+    messages: Vec<String>,
+    schedule_at: Vec<OffsetDateTime>,
+    channels: Vec<String>,
+    statuses: Vec<&'static str>,
+    provider_ids: Vec<Option<String>>,
+    error_codes: Vec<Option<String>>,
+    error_messages: Vec<Option<String>>,
+    metadata: Vec<serde_json::Value>,
+    correlations: Vec<Uuid>,
+    traces: Vec<String>,
+    time_zones: Vec<Option<String>>,
+    deliveries: Vec<Option<serde_json::Value>>,
+    created_at: Vec<OffsetDateTime>,
+    updated_at: Vec<OffsetDateTime>,
+    counts: [Vec<i64>; 6],
+    events: crate::store::EventColumns,
+    owners: Vec<Uuid>,
+}
+
+impl Columns {
+    fn new(batch: &[CreateJob]) -> Result<Self, StoreError> {
+        let follow_ups: Vec<&FollowUp> = batch.iter().map(|job| &job.follow_up).collect();
+        let counts: Vec<[i64; 6]> = follow_ups
+            .iter()
+            .map(|f| CampaignStats::of(f).counts())
+            .collect();
+        let events: Vec<EventEnvelope> = batch.iter().flat_map(|job| job.events.clone()).collect();
+        let owners = batch
+            .iter()
+            .flat_map(|job| {
+                std::iter::repeat_n(job.follow_up.followup_id.as_uuid(), job.events.len())
+            })
+            .collect();
+        Ok(Self {
+            ids: follow_ups.iter().map(|f| f.followup_id.as_uuid()).collect(),
+            tenants: follow_ups.iter().map(|f| f.tenant_id.to_string()).collect(),
+            campaigns: follow_ups
+                .iter()
+                .map(|f| f.campaign_id.map(|c| c.as_uuid()))
+                .collect(),
+            external_keys: follow_ups.iter().map(|f| f.external_key.clone()).collect(),
+            leads: follow_ups.iter().map(|f| f.lead_id).collect(),
+            customers: follow_ups.iter().map(|f| f.customer_id).collect(),
+            phones: follow_ups.iter().map(|f| f.phone_e164.clone()).collect(),
+            messages: follow_ups.iter().map(|f| f.message.clone()).collect(),
+            schedule_at: follow_ups
+                .iter()
+                .map(|f| f.schedule_at.as_datetime())
+                .collect(),
+            channels: follow_ups.iter().map(|f| f.channel.clone()).collect(),
+            statuses: follow_ups.iter().map(|f| f.status.as_str()).collect(),
+            provider_ids: follow_ups
+                .iter()
+                .map(|f| f.provider_message_id.clone())
+                .collect(),
+            error_codes: follow_ups
+                .iter()
+                .map(|f| f.last_error_code.clone())
+                .collect(),
+            error_messages: follow_ups
+                .iter()
+                .map(|f| f.last_error_message.clone())
+                .collect(),
+            metadata: follow_ups
+                .iter()
+                .map(|f| serde_json::Value::Object(f.metadata.clone()))
+                .collect(),
+            correlations: follow_ups
+                .iter()
+                .map(|f| f.correlation_id.as_uuid())
+                .collect(),
+            traces: follow_ups.iter().map(|f| f.trace_id.clone()).collect(),
+            time_zones: follow_ups.iter().map(|f| f.time_zone.clone()).collect(),
+            deliveries: follow_ups
+                .iter()
+                .map(|f| f.delivery.as_ref().map(rows::delivery_json))
+                .collect(),
+            created_at: follow_ups
+                .iter()
+                .map(|f| f.created_at.as_datetime())
+                .collect(),
+            updated_at: follow_ups
+                .iter()
+                .map(|f| f.updated_at.as_datetime())
+                .collect(),
+            counts: std::array::from_fn(|index| counts.iter().map(|c| c[index]).collect()),
+            events: crate::store::EventColumns::new(&events)?,
+            owners,
+        })
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.ids,
+            &self.tenants,
+            &self.campaigns,
+            &self.external_keys,
+            &self.leads,
+            &self.customers,
+            &self.phones,
+            &self.messages,
+            &self.schedule_at,
+            &self.channels,
+            &self.statuses,
+            &self.provider_ids,
+            &self.error_codes,
+            &self.error_messages,
+            &self.metadata,
+            &self.correlations,
+            &self.traces,
+            &self.time_zones,
+            &self.deliveries,
+            &self.created_at,
+            &self.updated_at,
+        ];
+        params.extend(self.counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+        params.extend(self.events.params());
+        params.push(&self.owners);
+        params
+    }
+}
