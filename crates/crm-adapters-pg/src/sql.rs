@@ -134,13 +134,22 @@ pub const UPDATE_CAMPAIGN: &str = concat!(
     ") SELECT count(*) FROM changed"
 );
 
-pub const LIST_CAMPAIGNS: &str = concat!(
-    "SELECT ",
-    campaign_columns!(),
-    " FROM crm_campaigns WHERE tenant_id = $1 AND ($2::text IS NULL OR state = $2) \
-     AND ($3::timestamptz IS NULL OR (created_at, campaign_id) > ($3, $4)) \
-     ORDER BY created_at, campaign_id LIMIT $5"
-);
+/// One page of a tenant's campaigns after the keyset (`$2`, `$3`), at most `$4`, with
+/// `$5` the state when filtered: each variant is served by an index in key order.
+macro_rules! list_campaigns {
+    ($filter:literal) => {
+        concat!(
+            "SELECT ",
+            campaign_columns!(),
+            " FROM crm_campaigns WHERE tenant_id = $1 ",
+            $filter,
+            " AND (created_at, campaign_id) > ($2, $3) ORDER BY created_at, campaign_id LIMIT $4"
+        )
+    };
+}
+
+pub const LIST_CAMPAIGNS: &str = list_campaigns!("");
+pub const LIST_CAMPAIGNS_BY_STATE: &str = list_campaigns!("AND state = $5");
 
 /// Creates a batch of follow-ups (parallel arrays `$1`..`$21`: the record's columns;
 /// `$22`..`$27`: each one's six counts) unless the id or the tenant's key is taken, with
@@ -206,14 +215,26 @@ pub const SELECT_FOLLOW_UP_BY_KEY: &str = concat!(
     " FROM crm_followups f WHERE f.tenant_id = $1 AND f.external_key = $2"
 );
 
-pub const LIST_FOLLOW_UPS: &str = concat!(
-    "SELECT ",
-    follow_up_columns!(),
-    " FROM crm_followups f WHERE f.tenant_id = $1 AND ($2::text IS NULL OR f.status = $2) \
-     AND ($3::uuid IS NULL OR f.campaign_id = $3) \
-     AND ($4::timestamptz IS NULL OR (f.created_at, f.followup_id) > ($4, $5)) \
-     ORDER BY f.created_at, f.followup_id LIMIT $6"
-);
+/// One page of a tenant's follow-ups after the keyset (`$2`, `$3`), at most `$4`, with
+/// the filters from `$5` on: each variant is served by an index in key order.
+macro_rules! list_follow_ups {
+    ($filter:literal) => {
+        concat!(
+            "SELECT ",
+            follow_up_columns!(),
+            " FROM crm_followups f WHERE f.tenant_id = $1 ",
+            $filter,
+            " AND (f.created_at, f.followup_id) > ($2, $3) \
+             ORDER BY f.created_at, f.followup_id LIMIT $4"
+        )
+    };
+}
+
+pub const LIST_FOLLOW_UPS: &str = list_follow_ups!("");
+pub const LIST_FOLLOW_UPS_BY_STATUS: &str = list_follow_ups!("AND f.status = $5");
+pub const LIST_FOLLOW_UPS_BY_CAMPAIGN: &str = list_follow_ups!("AND f.campaign_id = $5");
+pub const LIST_FOLLOW_UPS_BY_CAMPAIGN_AND_STATUS: &str =
+    list_follow_ups!("AND f.campaign_id = $5 AND f.status = $6");
 
 /// The lane of a follow-up, exactly as `crm_followups_lane_zone_due` spells it: its
 /// tenant, its campaign (the nil uuid for none) and its recipient's time zone ('' for

@@ -642,15 +642,20 @@ impl CampaignStore for PgStore {
     }
 
     async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, StoreError> {
-        let params: [&(dyn ToSql + Sync); 5] = [
-            &query.tenant_id.as_str(),
-            &query.state.map(|s| s.as_str()),
-            &query.after.map(|c| c.created_at.as_datetime()),
-            &query.after.map(|c| c.id),
-            &fetch_limit(query.limit),
-        ];
+        let (after_at, after_id) = keyset(query.after);
+        let state = query.state.map(|s| s.as_str());
+        let limit = fetch_limit(query.limit);
+        let tenant = query.tenant_id.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant, &after_at, &after_id, &limit];
+        let sql = match &state {
+            None => sql::LIST_CAMPAIGNS,
+            Some(state) => {
+                params.push(state);
+                sql::LIST_CAMPAIGNS_BY_STATE
+            }
+        };
         let items = self
-            .call(async |client| all(&*client, sql::LIST_CAMPAIGNS, &params, rows::campaign).await)
+            .call(async |client| all(&*client, sql, &params, rows::campaign).await)
             .await?;
         Ok(page(items, query.limit, |c| Cursor {
             created_at: c.created_at,
@@ -714,18 +719,30 @@ impl FollowUpStore for PgStore {
     }
 
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {
-        let params: [&(dyn ToSql + Sync); 6] = [
-            &query.tenant_id.as_str(),
-            &query.status.map(|s| s.as_str()),
-            &query.campaign_id.map(|c| c.as_uuid()),
-            &query.after.map(|c| c.created_at.as_datetime()),
-            &query.after.map(|c| c.id),
-            &fetch_limit(query.limit),
-        ];
+        let (after_at, after_id) = keyset(query.after);
+        let status = query.status.map(|s| s.as_str());
+        let campaign = query.campaign_id.map(|c| c.as_uuid());
+        let limit = fetch_limit(query.limit);
+        let tenant = query.tenant_id.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant, &after_at, &after_id, &limit];
+        let sql = match (&campaign, &status) {
+            (None, None) => sql::LIST_FOLLOW_UPS,
+            (None, Some(status)) => {
+                params.push(status);
+                sql::LIST_FOLLOW_UPS_BY_STATUS
+            }
+            (Some(campaign), None) => {
+                params.push(campaign);
+                sql::LIST_FOLLOW_UPS_BY_CAMPAIGN
+            }
+            (Some(campaign), Some(status)) => {
+                params.push(campaign);
+                params.push(status);
+                sql::LIST_FOLLOW_UPS_BY_CAMPAIGN_AND_STATUS
+            }
+        };
         let items = self
-            .call(async |client| {
-                all(&*client, sql::LIST_FOLLOW_UPS, &params, rows::follow_up).await
-            })
+            .call(async |client| all(&*client, sql, &params, rows::follow_up).await)
             .await?;
         Ok(page(items, query.limit, |f| Cursor {
             created_at: f.created_at,
@@ -935,6 +952,21 @@ impl FollowUpStore for PgStore {
             Ok(u64::try_from(count).unwrap_or(0))
         })
         .await
+    }
+}
+
+/// The keyset a page starts after: `after`, or before every record (a year no record
+/// has).
+fn keyset(after: Option<Cursor>) -> (OffsetDateTime, Uuid) {
+    match after {
+        Some(cursor) => (cursor.created_at.as_datetime(), cursor.id),
+        None => (
+            time::Date::from_calendar_date(-1, time::Month::January, 1)
+                .expect("a valid date")
+                .midnight()
+                .assume_utc(),
+            Uuid::nil(),
+        ),
     }
 }
 

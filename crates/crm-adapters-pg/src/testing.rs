@@ -148,3 +148,58 @@ pub async fn claim_cost(
     let (claim_buffers, claimed) = explained(row.get(0));
     (lane_buffers + claim_buffers, claimed)
 }
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of every list query variant for `tenant` (filtered
+/// by `campaign_id`, follow-up status `pending` and campaign state `running` where the
+/// variant filters), a page of `limit` from the start: `(variant, plan)`.
+pub async fn list_plans(
+    options: &PgOptions,
+    tenant: &str,
+    campaign_id: uuid::Uuid,
+    limit: i64,
+) -> Vec<(&'static str, serde_json::Value)> {
+    use crate::sql;
+    use tokio_postgres::types::ToSql;
+    let client = connect(options).await;
+    let start = time::Date::from_calendar_date(-1, time::Month::January, 1)
+        .expect("a date")
+        .midnight()
+        .assume_utc();
+    let nil = uuid::Uuid::nil();
+    let base: [&(dyn ToSql + Sync); 4] = [&tenant, &start, &nil, &limit];
+    let variants: [(&'static str, &'static str, Vec<&(dyn ToSql + Sync)>); 6] = [
+        ("campaigns", sql::LIST_CAMPAIGNS, vec![]),
+        (
+            "campaigns by state",
+            sql::LIST_CAMPAIGNS_BY_STATE,
+            vec![&"running"],
+        ),
+        ("follow-ups", sql::LIST_FOLLOW_UPS, vec![]),
+        (
+            "follow-ups by status",
+            sql::LIST_FOLLOW_UPS_BY_STATUS,
+            vec![&"pending"],
+        ),
+        (
+            "follow-ups by campaign",
+            sql::LIST_FOLLOW_UPS_BY_CAMPAIGN,
+            vec![&campaign_id],
+        ),
+        (
+            "follow-ups by campaign and status",
+            sql::LIST_FOLLOW_UPS_BY_CAMPAIGN_AND_STATUS,
+            vec![&campaign_id, &"pending"],
+        ),
+    ];
+    let mut plans = Vec::new();
+    for (name, query, filters) in variants {
+        let params: Vec<&(dyn ToSql + Sync)> = base.iter().copied().chain(filters).collect();
+        let row = client
+            .query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {query}"), &params)
+            .await
+            .unwrap_or_else(|error| panic!("{name} explains: {error}"));
+        let plan: serde_json::Value = row.get(0);
+        plans.push((name, plan[0]["Plan"].clone()));
+    }
+    plans
+}
