@@ -276,7 +276,8 @@ pub const LANES: &str = concat!(
 /// none past its cap (`$4` tenants, `$5` caps): at most `$8`, from the `$7` oldest of
 /// each lane (deeper than the batch, so that drains running at once each fill theirs).
 /// The window function picks candidates; the rows are then locked by id, in turn order,
-/// with `SKIP LOCKED` handing each to one drain only.
+/// with `SKIP LOCKED` handing each to one drain only. Only the ids come back (`CLAIMED`
+/// reads the rows), so no more than the batch is read whole.
 pub const CLAIM_DUE: &str = concat!(
     "WITH open_lanes AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) \
      AS l(tenant_id, campaign, zone)), \
@@ -293,13 +294,21 @@ pub const CLAIM_DUE: &str = concat!(
      r.followup_id), '{}') AS ids FROM (SELECT r.* FROM ranked r LEFT JOIN caps c \
      ON c.tenant_id = r.tenant_id WHERE c.cap IS NULL OR r.turn <= c.cap \
      ORDER BY r.turn, r.schedule_at, r.followup_id LIMIT $7) r) \
-     SELECT ",
+     SELECT f.followup_id FROM chosen, crm_followups f \
+     WHERE f.followup_id = ANY(chosen.ids) AND f.status = 'pending' \
+     ORDER BY array_position(chosen.ids, f.followup_id) LIMIT $8 FOR UPDATE OF f SKIP LOCKED"
+);
+
+/// The claimed follow-ups (`$1`, in claim order) with their campaign's state and whether
+/// their recipient opted out.
+pub const CLAIMED: &str = concat!(
+    "SELECT ",
     follow_up_columns!(),
     ", c.state AS campaign_state, EXISTS (SELECT 1 FROM crm_opt_outs o \
      WHERE o.tenant_id = f.tenant_id AND o.phone_e164 = f.phone_e164) AS recipient_opted_out \
-     FROM chosen, crm_followups f LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id \
-     WHERE f.followup_id = ANY(chosen.ids) AND f.status = 'pending' \
-     ORDER BY array_position(chosen.ids, f.followup_id) LIMIT $8 FOR UPDATE OF f SKIP LOCKED"
+     FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, n) \
+     JOIN crm_followups f ON f.followup_id = u.id \
+     LEFT JOIN crm_campaigns c ON c.campaign_id = f.campaign_id ORDER BY u.n"
 );
 
 /// Due follow-ups (`$2` now) in lanes whose campaign is not in a held state (`$1`),

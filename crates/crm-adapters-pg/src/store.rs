@@ -810,7 +810,7 @@ impl FollowUpStore for PgStore {
                 .prepare_cached(sql::CLAIM_DUE)
                 .await
                 .map_err(unavailable)?;
-            let claimed = transaction
+            let locked: Vec<Uuid> = transaction
                 .query(
                     &claim,
                     &[
@@ -825,7 +825,23 @@ impl FollowUpStore for PgStore {
                     ],
                 )
                 .await
+                .map_err(unavailable)?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
+            let claimed = if locked.is_empty() {
+                Vec::new()
+            } else {
+                let read = transaction
+                    .prepare_cached(sql::CLAIMED)
+                    .await
+                    .map_err(unavailable)?;
+                transaction
+                    .query(&read, &[&locked])
+                    .await
+                    .map_err(unavailable)?
+            };
             let mut outcomes = Vec::with_capacity(claimed.len());
             let mut decided = Decided::default();
             let mut claims: HashMap<&str, i32> = HashMap::new();
