@@ -865,22 +865,18 @@ impl FollowUpStore for PgStore {
                 let decision = dispatcher.decide(&due);
                 outcomes.push(decided.add(&due, decision)?);
             }
-            // The whole batch is a few statements, committed with the claim or not at all.
+            // The whole batch is a few statements, committed with the claim or not at all,
+            // sent together (one round trip); the events, which take the event lock, last.
             if !decided.ids.is_empty() {
-                changed_rows_of(
-                    &transaction,
-                    sql::RECORD_OUTCOMES,
-                    &decided.outcome_params(),
-                )
-                .await?;
-                add_stats(&transaction, &decided.stats).await?;
-                changed_rows_of(
-                    &transaction,
-                    sql::ENQUEUE_OUTBOUND,
-                    &decided.outbound_params(),
-                )
-                .await?;
-                changed_rows_of(&transaction, sql::INSERT_EVENTS, &decided.events.params()).await?;
+                let outcome_params = decided.outcome_params();
+                let outbound_params = decided.outbound_params();
+                let event_params = decided.events.params();
+                tokio::try_join!(
+                    changed_rows_of(&transaction, sql::RECORD_OUTCOMES, &outcome_params),
+                    add_stats(&transaction, &decided.stats),
+                    changed_rows_of(&transaction, sql::ENQUEUE_OUTBOUND, &outbound_params),
+                    changed_rows_of(&transaction, sql::INSERT_EVENTS, &event_params),
+                )?;
             }
             if !claims.is_empty() {
                 let tenants: Vec<&str> = claims.keys().copied().collect();

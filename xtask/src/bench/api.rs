@@ -1,7 +1,7 @@
 //! `cargo xtask bench api`: create throughput and latency, then the drain rate.
 //!
 //! ```text
-//! cargo xtask bench [api] [--backend file|postgres] [--stored N] [--clients C] [--seconds S] [--drain D] [--wrk script.lua]
+//! cargo xtask bench api [--backend file|postgres] [--stored N] [--clients C] [--seconds S] [--drain D] [--wrk script.lua]
 //! ```
 //! Starts the release `crm-api` on a fresh data dir (or a fresh PostgreSQL schema of
 //! `CRM_DATABASE_URL`), stores `N` follow-ups that are not due, then for `S` seconds keeps
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use uuid::Uuid;
 
 use super::{Flags, Target, create_load, drain_all};
 
@@ -42,56 +41,12 @@ fn parse(flags: &Flags) -> anyhow::Result<Options> {
     })
 }
 
-/// The database's own ceiling: single-row INSERTs from 32 pgbench clients into a
-/// table shaped like a follow-up row, in a scratch schema.
+/// The database's own ceiling, printed as a result line.
 async fn raw_insert_rate(url: &str, options: &Options) -> anyhow::Result<()> {
-    let schema = format!("bench_raw_{}", Uuid::new_v4().simple());
-    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    db.batch_execute(&format!(
-        "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".raw_insert (\
-         id uuid PRIMARY KEY, tenant_id text NOT NULL, phone_e164 text NOT NULL, \
-         message text NOT NULL, schedule_at timestamptz NOT NULL, metadata_json jsonb NOT NULL)"
-    ))
-    .await?;
-    let script = std::env::temp_dir().join(format!("{schema}.sql"));
-    std::fs::write(
-        &script,
-        format!(
-            "INSERT INTO \"{schema}\".raw_insert VALUES (gen_random_uuid(), 'tenant_bench', \
-             '+5511944443333', 'hello', now(), '{{}}');\n"
-        ),
-    )?;
-    let output = std::process::Command::new("pgbench")
-        .args([
-            "-n",
-            "-j",
-            "2",
-            "-c",
-            &options.clients.to_string(),
-            "-T",
-            &options.seconds.to_string(),
-            "-f",
-        ])
-        .arg(&script)
-        .arg(url)
-        .output()
-        .context("cannot run pgbench (it comes with the PostgreSQL client)")?;
-    let _ = std::fs::remove_file(&script);
-    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
-        .await?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let tps = text
-        .lines()
-        .find(|line| line.starts_with("tps"))
-        .context("pgbench printed no tps line")?;
-    let latency = text
-        .lines()
-        .find(|line| line.starts_with("latency average"))
-        .unwrap_or("");
+    let tps = super::pgbench_tps(url, options.clients, options.seconds).await?;
     println!(
         "RESULT {}",
-        json!({"scenario": "pgbench single-row INSERT", "clients": options.clients, "tps": tps, "latency": latency})
+        json!({"scenario": "pgbench single-row INSERT", "clients": options.clients, "tps": tps.round()})
     );
     Ok(())
 }

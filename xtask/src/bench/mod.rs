@@ -1,7 +1,8 @@
 //! `cargo xtask bench <scenario> [flags]`: throughput, latency and footprint of the
 //! release binary, measured through HTTP like a client would.
 //!
-//! - `api` (the default): creates/s and latency, then the drain rate (see `api.rs`);
+//! - `table` (the default): the figures the team tracks, in one table (see `table.rs`);
+//! - `api`: creates/s and latency, then the drain rate (see `api.rs`);
 //! - `feed`: how fast one consumer reads the event feed, and how soon a long-polling
 //!   consumer sees an event after it commits;
 //! - `queue`: claim + ack throughput with concurrent consumers, one of which dies holding
@@ -17,6 +18,7 @@
 mod api;
 mod pipeline;
 mod policy;
+mod table;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,16 +33,17 @@ use crate::server::{Server, build};
 pub async fn run(args: &[String]) -> anyhow::Result<()> {
     let (scenario, flags) = match args.first() {
         Some(first) if !first.starts_with("--") => (first.as_str(), &args[1..]),
-        _ => ("api", args),
+        _ => ("table", args),
     };
     let flags = Flags::parse(flags)?;
     match scenario {
+        "table" => table::table(&flags).await,
         "api" => api::run(&flags).await,
         "feed" => pipeline::feed(&flags).await,
         "queue" => pipeline::queue(&flags).await,
         "footprint" => pipeline::footprint(&flags).await,
         "policy" => policy::policy(&flags).await,
-        other => bail!("unknown scenario {other:?} (api, feed, queue, footprint or policy)"),
+        other => bail!("unknown scenario {other:?} (table, api, feed, queue, footprint or policy)"),
     }
 }
 
@@ -163,6 +166,52 @@ impl Target {
         }
         Ok(())
     }
+}
+
+/// The database's own ceiling: single-row INSERTs from `clients` pgbench clients for
+/// `seconds` into a table shaped like a follow-up row, in a scratch schema; rows/s.
+pub async fn pgbench_tps(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    let schema = format!("bench_raw_{}", Uuid::new_v4().simple());
+    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    db.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".raw_insert (\
+         id uuid PRIMARY KEY, tenant_id text NOT NULL, phone_e164 text NOT NULL, \
+         message text NOT NULL, schedule_at timestamptz NOT NULL, metadata_json jsonb NOT NULL)"
+    ))
+    .await?;
+    let script = std::env::temp_dir().join(format!("{schema}.sql"));
+    std::fs::write(
+        &script,
+        format!(
+            "INSERT INTO \"{schema}\".raw_insert VALUES (gen_random_uuid(), 'tenant_bench', \
+             '+5511944443333', 'hello', now(), '{{}}');\n"
+        ),
+    )?;
+    let output = std::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-j",
+            "2",
+            "-c",
+            &clients.to_string(),
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .context("cannot run pgbench (it comes with the PostgreSQL client)")?;
+    let _ = std::fs::remove_file(&script);
+    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .context("pgbench printed no tps line")
 }
 
 /// Prints one result line.
