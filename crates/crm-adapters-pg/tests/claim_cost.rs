@@ -32,7 +32,8 @@ async fn a_claim_costs_the_same_with_thirty_thousand_follow_ups_held_by_a_paused
     connect(&options)
         .await
         .batch_execute(&format!(
-            "INSERT INTO crm_followups (followup_id, tenant_id, campaign_id, phone_e164, \
+            "SET statement_timeout = 0; \
+             INSERT INTO crm_followups (followup_id, tenant_id, campaign_id, phone_e164, \
              message, schedule_at, channel, status, metadata_json, correlation_id, trace_id, \
              created_at, updated_at) \
              SELECT gen_random_uuid(), 'tenant_b', '{}', '+5511999998888', 'held', \

@@ -27,7 +27,8 @@ async fn every_list_filter_reads_one_page_of_rows_in_index_order() {
     connect(&options)
         .await
         .batch_execute(
-            "INSERT INTO crm_campaigns (campaign_id, tenant_id, name, channel, state, \
+            "SET statement_timeout = 0; \
+             INSERT INTO crm_campaigns (campaign_id, tenant_id, name, channel, state, \
              metadata_json, revision, created_at, updated_at) \
              SELECT ('00000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid, \
                     CASE WHEN n % 2 = 0 THEN 'tenant_a' ELSE 'tenant_b' END, 'campaign', \
