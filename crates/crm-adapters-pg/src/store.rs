@@ -228,6 +228,22 @@ impl PgStore {
     fn timed_out(&self) -> StoreError {
         timed_out(self.timeout)
     }
+
+    /// The record `by_id` finds for `id`, if `tenant_id` owns it (another tenant's is
+    /// `None`, as an unknown one).
+    async fn tenants<T: Send>(
+        &self,
+        tenant_id: &TenantId,
+        by_id: &str,
+        id: Uuid,
+        map: fn(&tokio_postgres::Row) -> Result<T, rows::RowError>,
+        owner: fn(&T) -> &TenantId,
+    ) -> Result<Option<T>, StoreError> {
+        let found = self
+            .call(async |client| one(&*client, by_id, &[&id], map).await)
+            .await?;
+        Ok(found.filter(|record| owner(record) == tenant_id))
+    }
 }
 
 /// Runs `work` on a connection of `pool`, everything bounded by `timeout`; a connection
@@ -579,18 +595,14 @@ impl CampaignStore for PgStore {
         tenant_id: &TenantId,
         campaign_id: CampaignId,
     ) -> Result<Option<Campaign>, StoreError> {
-        let found = self
-            .call(async |client| {
-                one(
-                    &*client,
-                    sql::SELECT_CAMPAIGN_BY_ID,
-                    &[&campaign_id.as_uuid()],
-                    rows::campaign,
-                )
-                .await
-            })
-            .await?;
-        Ok(found.filter(|campaign| &campaign.tenant_id == tenant_id))
+        self.tenants(
+            tenant_id,
+            sql::SELECT_CAMPAIGN_BY_ID,
+            campaign_id.as_uuid(),
+            rows::campaign,
+            |campaign| &campaign.tenant_id,
+        )
+        .await
     }
 
     async fn update_campaign(
@@ -901,18 +913,14 @@ impl FollowUpStore for PgStore {
         tenant_id: &TenantId,
         followup_id: FollowUpId,
     ) -> Result<Option<FollowUp>, StoreError> {
-        let found = self
-            .call(async |client| {
-                all(
-                    &*client,
-                    sql::SELECT_FOLLOW_UP_BY_ID,
-                    &[&followup_id.as_uuid()],
-                    rows::follow_up,
-                )
-                .await
-            })
-            .await?;
-        Ok(found.into_iter().find(|f| &f.tenant_id == tenant_id))
+        self.tenants(
+            tenant_id,
+            sql::SELECT_FOLLOW_UP_BY_ID,
+            followup_id.as_uuid(),
+            rows::follow_up,
+            |follow_up| &follow_up.tenant_id,
+        )
+        .await
     }
 
     async fn save_follow_up(

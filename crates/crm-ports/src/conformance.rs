@@ -207,7 +207,11 @@ pub async fn schedule(
     schedule_at: Timestamp,
 ) -> FollowUp {
     let (follow_up, events) = new_follow_up(tenant_id, campaign_id, None, schedule_at, at(0));
-    match store.create_follow_up(&follow_up, &events).await {
+    created(store, &follow_up, &events).await
+}
+
+async fn created(store: &dyn Store, follow_up: &FollowUp, events: &[EventEnvelope]) -> FollowUp {
+    match store.create_follow_up(follow_up, events).await {
         Ok(Created::Created(stored)) => stored,
         other => panic!("create_follow_up: {other:?}"),
     }
@@ -222,10 +226,7 @@ pub async fn schedule_in(
 ) -> FollowUp {
     let (mut follow_up, events) = new_follow_up(tenant_id, None, None, schedule_at, at(0));
     follow_up.time_zone = time_zone.map(str::to_owned);
-    match store.create_follow_up(&follow_up, &events).await {
-        Ok(Created::Created(stored)) => stored,
-        other => panic!("create_follow_up: {other:?}"),
-    }
+    created(store, &follow_up, &events).await
 }
 
 /// Moves a stored campaign to `to`, bypassing the workflow.
