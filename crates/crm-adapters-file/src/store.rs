@@ -193,11 +193,23 @@ impl FileStore {
         keys: &[Touch],
         decide: impl Fn(&Shared) -> Result<Option<Change>, StoreError>,
     ) -> Result<bool, StoreError> {
+        /// What stands in the way of deciding now.
+        enum Wait {
+            /// Another write to these keys, on its way to the disk.
+            Write(Ticket),
+            /// A drain that claimed one of these follow-ups and is deciding it: its
+            /// decision comes first (it may send it).
+            Claim,
+        }
         loop {
             let decided = {
                 let mut shared = self.current();
+                let claimed = keys
+                    .iter()
+                    .any(|key| matches!(key, Touch::FollowUp(id) if shared.claimed.contains(id)));
                 match shared.conflict(keys) {
-                    Some(conflict) => Err(conflict),
+                    Some(conflict) => Err(Wait::Write(conflict)),
+                    None if claimed => Err(Wait::Claim),
                     None => match decide(&shared)? {
                         None => return Ok(false),
                         Some(change) => {
@@ -212,9 +224,12 @@ impl FileStore {
                     return Ok(true);
                 }
                 // Decided either way, the other write changes what this one finds.
-                Err(conflict) => {
+                Err(Wait::Write(conflict)) => {
                     let _ = self.durable(conflict).await;
                 }
+                // A drain decides in microseconds, outside the lock; its commit then
+                // shows up as a write on its way.
+                Err(Wait::Claim) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         }
     }
@@ -466,8 +481,10 @@ impl FollowUpStore for FileStore {
     ) -> Result<Vec<DrainOutcome>, StoreError> {
         // Plan and claim under the lock, decide outside it, commit under it again. A
         // claimed follow-up is invisible to every other drain until its decision is
-        // applied; a paced tenant's claims count against its window as they are made.
-        let claimed = {
+        // applied; a paced tenant's claims count against its window as they are made
+        // (so drains running at once never share an allowance), and at the commit only
+        // those sent stay counted.
+        let (claimed, reserved) = {
             let mut shared = self.current();
             let shared = &mut *shared;
             let plan = dispatcher.plan(&shared.state.lanes());
@@ -494,6 +511,7 @@ impl FollowUpStore for FileStore {
                 examined = due.examined,
                 "drain claim"
             );
+            let mut reserved = HashMap::new();
             for (tenant, _) in &plan.paced {
                 let count = due
                     .follow_ups
@@ -506,12 +524,13 @@ impl FollowUpStore for FileStore {
                         .entry(tenant.clone())
                         .or_default()
                         .push_back((now, count));
+                    reserved.insert(tenant.clone(), count);
                 }
             }
             for (follow_up, ..) in &due.follow_ups {
                 shared.claimed.insert(follow_up.followup_id);
             }
-            due.follow_ups
+            (due.follow_ups, reserved)
         };
         let mut claim = Claim {
             store: self,
@@ -521,6 +540,7 @@ impl FollowUpStore for FileStore {
         let mut change = Change::default();
         let mut keys = Vec::new();
         let mut outcomes = Vec::with_capacity(claimed.len());
+        let mut sent: HashMap<TenantId, usize> = HashMap::new();
         for (follow_up, campaign_state, recipient_opted_out) in claimed {
             let due = DueFollowUp {
                 follow_up: (*follow_up).clone(),
@@ -539,6 +559,7 @@ impl FollowUpStore for FileStore {
                 DispatchDecision::Skip { .. } => continue,
             };
             if let Some(item) = item {
+                *sent.entry(follow_up.tenant_id.clone()).or_default() += 1;
                 change.outbound.push(stored_outbound(&item));
             }
             change.events.extend(stored_events(&events));
@@ -547,6 +568,18 @@ impl FollowUpStore for FileStore {
         }
         let ticket = {
             let mut shared = self.current();
+            // What was claimed but not sent gives its place in the window back.
+            for (tenant, claimed) in reserved {
+                let kept = sent.get(&tenant).copied().unwrap_or(0);
+                let window = shared.sends.entry(tenant).or_default();
+                if let Some(entry) = window
+                    .iter_mut()
+                    .rev()
+                    .find(|(at, count)| *at == now && *count == claimed)
+                {
+                    entry.1 = kept;
+                }
+            }
             if change.is_empty() {
                 return Ok(outcomes);
             }

@@ -30,6 +30,10 @@ use crate::store::{bounded, unavailable};
 /// The most creates one statement carries.
 const MAX_BATCH: usize = 256;
 
+/// The most creates that may wait for a batch; past it a create is refused at once
+/// (`503`) rather than queued behind a database that is not keeping up.
+pub(crate) const MAX_WAITING: usize = 4_096;
+
 /// One create waiting for its batch; the answer is whether its row went in.
 pub(crate) struct CreateJob {
     pub follow_up: FollowUp,
@@ -38,13 +42,13 @@ pub(crate) struct CreateJob {
 }
 
 /// Starts the batcher; it ends when every sender is gone.
-pub(crate) fn spawn(pool: Pool, timeout: Duration) -> mpsc::UnboundedSender<CreateJob> {
-    let (sender, receiver) = mpsc::unbounded_channel();
+pub(crate) fn spawn(pool: Pool, timeout: Duration) -> mpsc::Sender<CreateJob> {
+    let (sender, receiver) = mpsc::channel(MAX_WAITING);
     tokio::spawn(run(pool, timeout, receiver));
     sender
 }
 
-async fn run(pool: Pool, timeout: Duration, mut jobs: mpsc::UnboundedReceiver<CreateJob>) {
+async fn run(pool: Pool, timeout: Duration, mut jobs: mpsc::Receiver<CreateJob>) {
     let mut waiting: VecDeque<CreateJob> = VecDeque::new();
     loop {
         if waiting.is_empty() {
@@ -56,7 +60,13 @@ async fn run(pool: Pool, timeout: Duration, mut jobs: mpsc::UnboundedReceiver<Cr
         while let Ok(job) = jobs.try_recv() {
             waiting.push_back(job);
         }
+        // A caller that gave up (its bound passed) was answered `503`, outcome unknown:
+        // not writing its row is one of the outcomes it was promised.
+        waiting.retain(|job| !job.reply.is_closed());
         let batch = take_batch(&mut waiting);
+        if batch.is_empty() {
+            continue;
+        }
         match insert(&pool, timeout, &batch).await {
             Ok(ids) => {
                 for job in batch {
@@ -149,8 +159,13 @@ async fn insert(
             .query(&statement, &columns.params())
             .await
             .map_err(|error| {
-                // A server error with a SQL state is the database refusing the rows.
-                if error.code().is_some() {
+                // Bad data or a broken constraint (classes 22 and 23) is some row the
+                // database refuses; anything else (timeouts, deadlocks, shutdown) is the
+                // database's state, and retrying rows one by one would only pile up.
+                let refused_rows = error.code().is_some_and(|code| {
+                    code.code().starts_with("22") || code.code().starts_with("23")
+                });
+                if refused_rows {
                     Refused::Row(unavailable(error))
                 } else {
                     Refused::Unreachable(unavailable(error))

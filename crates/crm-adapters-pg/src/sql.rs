@@ -70,7 +70,8 @@ macro_rules! append_events {
     };
 }
 
-/// Adds the six counts of bigint array `$a` to the campaign of each `changed` row.
+/// Adds the six counts of bigint array `$a` to the campaign of each `changed` row, after
+/// the event lock of `ordered` (every writer takes them in that order).
 macro_rules! add_counts {
     ($a:literal) => {
         concat!(
@@ -87,7 +88,7 @@ macro_rules! add_counts {
             $a,
             "::bigint[])[5], (",
             $a,
-            "::bigint[])[6] FROM changed WHERE campaign_id IS NOT NULL \
+            "::bigint[])[6] FROM ordered, changed WHERE campaign_id IS NOT NULL \
              ON CONFLICT (campaign_id) DO UPDATE SET pending = s.pending + excluded.pending, \
              sent = s.sent + excluded.sent, failed = s.failed + excluded.failed, \
              delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
@@ -180,7 +181,7 @@ pub const CREATE_FOLLOW_UPS: &str = concat!(
     ", stats AS (INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, failed, \
      delivery_accepted, delivery_retrying, delivery_failed) SELECT i.campaign_id, \
      sum(i.n_pending), sum(i.n_sent), sum(i.n_failed), sum(i.n_accepted), \
-     sum(i.n_retrying), sum(i.n_delivery_failed) FROM input i JOIN changed c \
+     sum(i.n_retrying), sum(i.n_delivery_failed) FROM ordered, input i JOIN changed c \
      ON c.followup_id = i.followup_id WHERE i.campaign_id IS NOT NULL \
      GROUP BY i.campaign_id ORDER BY i.campaign_id ON CONFLICT (campaign_id) DO UPDATE SET \
      pending = s.pending + excluded.pending, sent = s.sent + excluded.sent, \
@@ -362,12 +363,13 @@ pub const PUT_POLICY: &str = "INSERT INTO crm_sending_policies (tenant_id, max_p
     quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end, \
     quiet_time_zone = excluded.quiet_time_zone, updated_at = excluded.updated_at";
 
-/// Saves a follow-up (`$1` id, then its changeable fields) if its status is still `$2`,
-/// with its events and the move of its campaign's counts (`$9` the six changes).
+/// Saves a follow-up (`$1` id, then its changeable fields) if its status is still `$2`
+/// and it is tenant `$16`'s, with its events and the move of its campaign's counts (`$9`
+/// the six changes).
 pub const SAVE_FOLLOW_UP: &str = concat!(
     "WITH changed AS (UPDATE crm_followups SET status = $3, provider_message_id = $4, \
      last_error_code = $5, last_error_message = $6, delivery = $7, updated_at = $8 \
-     WHERE followup_id = $1 AND status = $2 RETURNING campaign_id), ",
+     WHERE followup_id = $1 AND status = $2 AND tenant_id = $16 RETURNING campaign_id), ",
     ordered!("changed"),
     ", stats AS (",
     add_counts!("$9"),

@@ -152,7 +152,7 @@ pub struct PgStore {
     /// Counts the event commits this process heard of; started on first use.
     notifications: Arc<OnceLock<watch::Receiver<u64>>>,
     /// Where follow-up creates wait for their batch; started on first use.
-    creates: Arc<OnceLock<mpsc::UnboundedSender<CreateJob>>>,
+    creates: Arc<OnceLock<mpsc::Sender<CreateJob>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -197,7 +197,7 @@ impl PgStore {
     }
 
     /// The group-commit batcher of follow-up creates.
-    fn creates(&self) -> &mpsc::UnboundedSender<CreateJob> {
+    fn creates(&self) -> &mpsc::Sender<CreateJob> {
         self.creates
             .get_or_init(|| batch::spawn(self.pool.clone(), self.timeout))
     }
@@ -701,12 +701,18 @@ impl FollowUpStore for PgStore {
         let (reply, answer) = oneshot::channel();
         let stopped = || unavailable("the create batcher stopped");
         self.creates()
-            .send(CreateJob {
+            .try_send(CreateJob {
                 follow_up: follow_up.clone(),
                 events: events.to_vec(),
                 reply,
             })
-            .map_err(|_| stopped())?;
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => unavailable(format!(
+                    "{} creates are already waiting for the database",
+                    batch::MAX_WAITING
+                )),
+                mpsc::error::TrySendError::Closed(_) => stopped(),
+            })?;
         // The batch before this one may still be committing: two bounds at most.
         let inserted = tokio::time::timeout(self.timeout * 2, answer)
             .await
@@ -868,27 +874,30 @@ impl FollowUpStore for PgStore {
                         .map_err(unavailable)?,
                     recipient_opted_out: row.try_get("recipient_opted_out").map_err(unavailable)?,
                 };
-                if let Some(tenant) = paced
-                    .iter()
-                    .find(|t| **t == due.follow_up.tenant_id.as_str())
+                let decision = dispatcher.decide(&due);
+                // A paced tenant's window counts what is sent.
+                if let DispatchDecision::Send { .. } = decision
+                    && let Some(tenant) = paced
+                        .iter()
+                        .find(|t| **t == due.follow_up.tenant_id.as_str())
                 {
                     *claims.entry(tenant).or_default() += 1;
                 }
-                let decision = dispatcher.decide(&due);
                 outcomes.push(decided.add(&due, decision)?);
             }
             // The whole batch is a few statements, committed with the claim or not at all,
-            // sent together (one round trip); the events, which take the event lock, last.
+            // sent together (one round trip). Every writer takes the event lock before
+            // it moves a campaign's counts, so none waits on the other in turn.
             if !decided.ids.is_empty() {
                 let outcome_params = decided.outcome_params();
                 let outbound_params = decided.outbound_params();
                 let event_params = decided.events.params();
                 tokio::try_join!(
                     changed_rows_of(&transaction, sql::RECORD_OUTCOMES, &outcome_params),
-                    add_stats(&transaction, &decided.stats),
                     changed_rows_of(&transaction, sql::ENQUEUE_OUTBOUND, &outbound_params),
                     changed_rows_of(&transaction, sql::INSERT_EVENTS, &event_params),
                 )?;
+                add_stats(&transaction, &decided.stats).await?;
             }
             if !claims.is_empty() {
                 let tenants: Vec<&str> = claims.keys().copied().collect();
@@ -940,6 +949,7 @@ impl FollowUpStore for PgStore {
         let change = CampaignStats::change(Some(&before), follow_up)
             .counts()
             .to_vec();
+        let tenant = follow_up.tenant_id.as_str();
         let record: [&(dyn ToSql + Sync); 9] = [
             &id,
             &expected.as_str(),
@@ -951,7 +961,11 @@ impl FollowUpStore for PgStore {
             &updated_at,
             &change,
         ];
-        let all: Vec<_> = record.into_iter().chain(events.params()).collect();
+        let all: Vec<_> = record
+            .into_iter()
+            .chain(events.params())
+            .chain([&tenant as &(dyn ToSql + Sync)])
+            .collect();
         self.call(async |client| Ok(changed_rows(&*client, sql::SAVE_FOLLOW_UP, &all).await? == 1))
             .await
     }
@@ -1390,12 +1404,6 @@ async fn write_deliveries(
             &[&ids, &deliveries, &updated_at],
         )
         .await?;
-        let changes = stats_changes(
-            follow_ups
-                .iter()
-                .map(|after| (before.get(&after.followup_id), after)),
-        );
-        add_stats(transaction, &changes).await?;
     }
     if !opt_outs.is_empty() {
         let tenants: Vec<&str> = opt_outs.iter().map(|o| o.tenant_id.as_str()).collect();
@@ -1416,7 +1424,13 @@ async fn write_deliveries(
         let events = EventColumns::new(events)?;
         changed_rows_of(transaction, sql::INSERT_EVENTS, &events.params()).await?;
     }
-    Ok(())
+    // After the event lock, as every writer does (see `drain`).
+    let changes = stats_changes(
+        follow_ups
+            .iter()
+            .map(|after| (before.get(&after.followup_id), after)),
+    );
+    add_stats(transaction, &changes).await
 }
 
 /// The follow-ups with these ids.
