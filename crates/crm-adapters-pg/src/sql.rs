@@ -325,10 +325,11 @@ pub const COUNT_DUE: &str = concat!(
      LIMIT $3) d LIMIT $3) capped"
 );
 
-/// Locks one paced tenant (`$1`) for the rest of the transaction: drains of one tenant
-/// take their claims from its rate window one after another.
-pub const LOCK_TENANT: &str =
-    "SELECT pg_advisory_xact_lock(20261130, hashtext(current_schema() || ':' || $1))";
+/// Locks each paced tenant of `$1` that no other transaction holds, for the rest of the
+/// transaction, and returns those; never waits. A tenant's claims come from its rate
+/// window one drain at a time, and a drain that finds it taken serves the others meanwhile.
+pub const TRY_LOCK_TENANTS: &str = "SELECT t FROM unnest($1::text[]) AS t \
+    WHERE pg_try_advisory_xact_lock(20261130, hashtext(current_schema() || ':' || t))";
 
 /// What each paced tenant (`$1`) claimed after `$2`.
 pub const SENT_SINCE: &str = "SELECT tenant_id, sum(claimed)::bigint FROM crm_send_log \

@@ -781,18 +781,27 @@ impl FollowUpStore for PgStore {
             let transaction = client.transaction().await.map_err(unavailable)?;
             let lanes = all(&transaction, sql::LANES, &[], rows::lane_state).await?;
             let plan = dispatcher.plan(&lanes);
-            // Paced tenants, locked in one order so that drains never deadlock: each
-            // takes from a tenant's window after the one before it committed.
-            let mut paced: Vec<&str> = plan.paced.iter().map(|(t, _)| t.as_str()).collect();
-            paced.sort_unstable();
+            // Paced tenants this drain holds: each takes from a tenant's window after the
+            // one before it committed. One held by another drain gets nothing from this
+            // one (waiting would make every drain queue behind the paced tenants).
+            let mut paced: Vec<&str> = Vec::new();
+            if !plan.paced.is_empty() {
+                let tenants: Vec<&str> = plan.paced.iter().map(|(t, _)| t.as_str()).collect();
+                let held = transaction
+                    .query(sql::TRY_LOCK_TENANTS, &[&tenants])
+                    .await
+                    .map_err(unavailable)?
+                    .iter()
+                    .map(|row| row.try_get::<_, String>(0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?;
+                paced = tenants
+                    .into_iter()
+                    .filter(|t| held.iter().any(|h| h == t))
+                    .collect();
+            }
             let mut used = HashMap::new();
             if !paced.is_empty() {
-                for tenant in &paced {
-                    transaction
-                        .execute(sql::LOCK_TENANT, &[tenant])
-                        .await
-                        .map_err(unavailable)?;
-                }
                 let window_start = plan.window_start.map(|at| at.as_datetime());
                 for row in transaction
                     .query(sql::SENT_SINCE, &[&paced, &window_start])
@@ -807,7 +816,12 @@ impl FollowUpStore for PgStore {
                     );
                 }
             }
-            let caps = plan.caps(&used);
+            let mut caps = plan.caps(&used);
+            for (tenant, cap) in caps.iter_mut() {
+                if !paced.contains(&tenant.as_str()) {
+                    *cap = 0;
+                }
+            }
             let lane_tenants: Vec<&str> = plan.open.iter().map(|l| l.tenant_id.as_str()).collect();
             let lane_campaigns: Vec<Uuid> = plan
                 .open
@@ -886,18 +900,32 @@ impl FollowUpStore for PgStore {
                 outcomes.push(decided.add(&due, decision)?);
             }
             // The whole batch is a few statements, committed with the claim or not at all,
-            // sent together (one round trip). Every writer takes the event lock before
-            // it moves a campaign's counts, so none waits on the other in turn.
+            // sent together (one round trip) and run by the server in the order written:
+            // prepared beforehand, each goes out when first polled, and a biased
+            // `try_join!` polls them in order. Every writer takes the event lock before it
+            // moves a campaign's counts, so none waits on the other in turn.
             if !decided.ids.is_empty() {
+                for query in [
+                    sql::RECORD_OUTCOMES,
+                    sql::ENQUEUE_OUTBOUND,
+                    sql::INSERT_EVENTS,
+                    sql::ADD_STATS,
+                ] {
+                    transaction
+                        .prepare_cached(query)
+                        .await
+                        .map_err(unavailable)?;
+                }
                 let outcome_params = decided.outcome_params();
                 let outbound_params = decided.outbound_params();
                 let event_params = decided.events.params();
                 tokio::try_join!(
+                    biased;
                     changed_rows_of(&transaction, sql::RECORD_OUTCOMES, &outcome_params),
                     changed_rows_of(&transaction, sql::ENQUEUE_OUTBOUND, &outbound_params),
                     changed_rows_of(&transaction, sql::INSERT_EVENTS, &event_params),
+                    add_stats(&transaction, &decided.stats),
                 )?;
-                add_stats(&transaction, &decided.stats).await?;
             }
             if !claims.is_empty() {
                 let tenants: Vec<&str> = claims.keys().copied().collect();

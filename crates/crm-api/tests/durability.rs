@@ -1,7 +1,8 @@
 //! Durability of the file store, through the real `crm-api` binary on a temporary data dir:
 //! acknowledged writes survive `kill -9`, SIGTERM under load stops the process cleanly
-//! without losing them, a corrupt snapshot stops start-up without being touched, and a
-//! second process cannot open a data dir that is in use.
+//! without losing them, a corrupt snapshot or any believable damage to a data dir stops
+//! start-up without a byte being touched, and a second process cannot open a data dir that
+//! is in use.
 //!
 //! Every wait is bounded and polls a condition; a server left running by a failed
 //! assertion is killed when its `Server` is dropped.
@@ -151,6 +152,153 @@ async fn a_corrupt_snapshot_stops_start_up_naming_the_file_and_leaves_it_untouch
             garbage,
             "{snapshot} was changed"
         );
+    }
+}
+
+/// The store's committed format-2 data dir: snapshots, an event log, an outbound queue and
+/// journals holding records past the snapshots.
+const FORMAT_2: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../crm-adapters-file/tests/fixtures/format-2"
+);
+
+/// One believable damage to the data dir, and the file a refusal must name.
+struct Damage {
+    what: &'static str,
+    names: &'static str,
+    apply: fn(&std::path::Path),
+}
+
+fn edit(dir: &std::path::Path, file: &str, change: impl FnOnce(String) -> String) {
+    let path = dir.join(file);
+    let text = fs::read_to_string(&path).expect("a fixture file");
+    let damaged = change(text.clone());
+    assert_ne!(damaged, text, "the damage to {file} changes nothing");
+    fs::write(&path, damaged).expect("the damaged file");
+}
+
+const DAMAGES: [Damage; 9] = [
+    Damage {
+        what: "a manifest with one digit of a byte count changed",
+        names: "manifest.json",
+        apply: |dir| {
+            edit(dir, "manifest.json", |text| {
+                text.replacen("\"bytes\":1003", "\"bytes\":1002", 1)
+            })
+        },
+    },
+    Damage {
+        what: "campaigns.json emptied to valid JSON",
+        names: "campaigns.json",
+        apply: |dir| edit(dir, "campaigns.json", |_| "{\"items\": []}\n".to_owned()),
+    },
+    Damage {
+        what: "campaigns.json missing",
+        names: "campaigns.json",
+        apply: |dir| fs::remove_file(dir.join("campaigns.json")).expect("removed"),
+    },
+    Damage {
+        what: "followups.json with one phone digit changed",
+        names: "followups.json",
+        apply: |dir| {
+            edit(dir, "followups.json", |text| {
+                text.replacen("+5511", "+5512", 1)
+            })
+        },
+    },
+    Damage {
+        what: "events.ndjson with its first line removed",
+        names: "events.ndjson",
+        apply: |dir| {
+            edit(dir, "events.ndjson", |text| {
+                text.split_once('\n').expect("lines").1.to_owned()
+            })
+        },
+    },
+    Damage {
+        what: "outbound-queue.ndjson cut to nothing",
+        names: "outbound-queue.ndjson",
+        apply: |dir| edit(dir, "outbound-queue.ndjson", |_| String::new()),
+    },
+    Damage {
+        what: "sending-policies.json replaced by other valid JSON",
+        names: "sending-policies.json",
+        apply: |dir| {
+            edit(dir, "sending-policies.json", |_| {
+                "{\"items\":[{}]}".to_owned()
+            })
+        },
+    },
+    Damage {
+        what: "a journal with a whole record removed from the middle",
+        names: "journal.000003.ndjson",
+        apply: |dir| {
+            edit(dir, "journal.000003.ndjson", |text| {
+                let lines: Vec<&str> = text.lines().collect();
+                assert!(lines.len() >= 4, "the fixture journal holds records");
+                let kept: Vec<&str> = lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(at, _)| *at != 2)
+                    .map(|(_, line)| *line)
+                    .collect();
+                kept.join("\n") + "\n"
+            })
+        },
+    },
+    Damage {
+        what: "a journal emptied",
+        names: "journal.000003.ndjson",
+        apply: |dir| edit(dir, "journal.000003.ndjson", |_| String::new()),
+    },
+];
+
+/// Every file of the dir and its bytes.
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .expect("a data dir")
+        .map(|entry| {
+            let entry = entry.expect("an entry");
+            let bytes = fs::read(entry.path()).expect("a file");
+            (entry.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_believably_damaged_data_dir_stops_the_binary_naming_the_file_and_not_a_byte_changes() {
+    for damage in DAMAGES {
+        let data_dir = TempDir::new().expect("a data dir");
+        let logs = TempDir::new().expect("a log dir");
+        for (name, bytes) in contents(std::path::Path::new(FORMAT_2)) {
+            fs::write(data_dir.path().join(name), bytes).expect("a fixture copy");
+        }
+        (damage.apply)(data_dir.path());
+        let before = contents(data_dir.path());
+
+        let mut server = Server::spawn(data_dir.path(), logs.path().join("server.log"), &[]);
+        let status = wait_for_exit(&mut server.child, EXIT_TIMEOUT).await;
+
+        let what = damage.what;
+        let log = server.log_text();
+        let status = status.unwrap_or_else(|| panic!("{what}: crm-api kept running:\n{log}"));
+        assert!(!status.success(), "{what}: exited with {status}:\n{log}");
+        assert!(
+            log.contains(damage.names),
+            "{what}: the refusal must name {}:\n{log}",
+            damage.names
+        );
+        let mut after = contents(data_dir.path());
+        // The data dir's lock file is the only thing start-up may add.
+        after.retain(|name, _| before.contains_key(name) || !name.contains("lock"));
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>(),
+            "{what}: files were added or removed"
+        );
+        for (name, bytes) in &before {
+            assert!(after[name] == *bytes, "{what}: {name} was changed");
+        }
     }
 }
 

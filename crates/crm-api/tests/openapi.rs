@@ -203,23 +203,19 @@ fn operation(method: &str, path: &str) -> &'static Value {
     operation
 }
 
-/// Every string under a `$ref` key, with the JSON pointer of the object holding it.
-fn refs(value: &Value, at: &str, found: &mut Vec<(String, String)>) {
+/// Every object in `value`, with its JSON pointer.
+fn objects<'a>(value: &'a Value, at: &str, found: &mut Vec<(String, &'a Value)>) {
     match value {
         Value::Object(map) => {
+            found.push((at.to_owned(), value));
             for (key, child) in map {
                 let pointer = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
-                match child {
-                    Value::String(reference) if key == "$ref" => {
-                        found.push((at.to_owned(), reference.clone()));
-                    }
-                    _ => refs(child, &pointer, found),
-                }
+                objects(child, &pointer, found);
             }
         }
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                refs(item, &format!("{at}/{index}"), found);
+                objects(item, &format!("{at}/{index}"), found);
             }
         }
         _ => {}
@@ -436,8 +432,12 @@ fn every_component_schema_is_its_contract_file_with_only_ids_removed_and_refs_re
 
 #[test]
 fn every_ref_in_the_document_resolves_inside_it() {
-    let mut found = Vec::new();
-    refs(&DOCUMENT, "", &mut found);
+    let mut objects_found = Vec::new();
+    objects(&DOCUMENT, "", &mut objects_found);
+    let found: Vec<(String, &str)> = objects_found
+        .into_iter()
+        .filter_map(|(at, object)| Some((at, object.get("$ref")?.as_str()?)))
+        .collect();
     assert!(found.len() > 30, "only {} $refs found", found.len());
     for (at, reference) in found {
         let pointer = reference
@@ -446,6 +446,35 @@ fn every_ref_in_the_document_resolves_inside_it() {
         assert!(
             DOCUMENT.pointer(pointer).is_some(),
             "{at}: $ref {reference} does not resolve"
+        );
+    }
+}
+
+/// Generators drop a schema whose array has no item type (an earlier `commands` did), so
+/// every array in the document says what it holds.
+#[test]
+fn every_array_schema_in_the_document_declares_its_items() {
+    let mut schemas = Vec::new();
+    objects(&DOCUMENT, "", &mut schemas);
+    let arrays: Vec<_> = schemas
+        .into_iter()
+        .filter(|(_, object)| match &object["type"] {
+            Value::String(kind) => kind == "array",
+            Value::Array(kinds) => kinds.iter().any(|kind| kind == "array"),
+            _ => false,
+        })
+        .collect();
+    assert!(
+        arrays
+            .iter()
+            .any(|(at, _)| at.ends_with("/TraceResponse/properties/commands")),
+        "the walk misses the trace's commands: {:?}",
+        arrays.iter().map(|(at, _)| at).collect::<Vec<_>>()
+    );
+    for (at, array) in arrays {
+        assert!(
+            array.get("items").is_some_and(Value::is_object) || array.get("prefixItems").is_some(),
+            "{at}: an array without items: {array}"
         );
     }
 }

@@ -130,3 +130,33 @@ async fn a_body_sent_too_slowly_is_408_and_does_not_hold_the_connection() {
     let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
     assert_eq!(body["error"], "request_timeout", "{body}");
 }
+
+#[tokio::test]
+async fn headers_trickled_a_byte_at_a_time_do_not_hold_the_connection() {
+    let app =
+        spawn_app_with(|settings| settings.request_timeout = Duration::from_millis(500)).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!("POST {CAMPAIGNS} HTTP/1.1\r\nHost: {address}\r\n");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // One more header byte every 100 ms, never the blank line that ends the headers: a
+    // timer restarted by each byte would never fire.
+    let trickle = tokio::spawn(async move {
+        for byte in b"x-trickle: ".iter().cycle() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut answer)).await;
+    trickle.abort();
+    assert!(read.is_ok(), "the server held trickling headers for 30 s");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "an answer other than 408: {text}"
+    );
+}
