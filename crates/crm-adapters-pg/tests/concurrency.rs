@@ -1,14 +1,19 @@
 //! What PostgreSQL must guarantee when many requests, drains and replicas race.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crm_adapters_pg::testing::{database_url, drop_schema, fresh_store};
 use crm_adapters_pg::{PgOptions, PgStore};
 use crm_domain::campaign::CampaignState;
 use crm_domain::follow_up::FollowUpStatus;
-use crm_ports::conformance::{SendAll, at, create_campaign, new_campaign, new_follow_up, tenant};
+use crm_ports::OutboundQueue;
+use crm_ports::conformance::{
+    AckWith, LeaseAt, SENT_AT, SendAll, accepted, at, create_campaign, envelope, new_campaign,
+    new_follow_up, tenant,
+};
 use crm_ports::{CampaignStore, Created, FollowUpStore, Store, StoreError};
 use tokio::task::JoinHandle;
 
@@ -153,6 +158,155 @@ async fn four_drainers_with_their_own_pools_dispatch_two_thousand_follow_ups_exa
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2000, 2000));
     drop_schema(&url, schema).await;
+}
+
+/// Creates, drains, cancels and acks of one campaign's follow-ups, all at once. Each
+/// takes the event lock and moves the campaign's counts; were two of them to take those
+/// in different orders, PostgreSQL would abort one as a deadlock, an error here. The
+/// counts must then match the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creates_drains_cancels_and_acks_of_one_campaign_at_once_neither_deadlock_nor_miscount() {
+    let Some(url) = database_url("creates_drains_cancels_and_acks_never_deadlock") else {
+        return;
+    };
+    let (store, options) = fresh_store(&url, "race_locks").await;
+    let store = Arc::new(store);
+    let tenant_id = tenant("tenant_a");
+    let campaign = create_campaign(&*store, &tenant_id, at(0))
+        .await
+        .campaign_id;
+    let created: Arc<Mutex<Vec<crm_domain::follow_up::FollowUp>>> = Arc::default();
+    let creating = Arc::new(AtomicBool::new(true));
+    let draining = Arc::new(AtomicBool::new(true));
+    type Task = JoinHandle<Result<u64, StoreError>>;
+
+    let creators: Vec<Task> = (0..4)
+        .map(|writer| {
+            let (store, tenant_id, created) = (store.clone(), tenant_id.clone(), created.clone());
+            tokio::spawn(async move {
+                for index in 0..150 {
+                    let (follow_up, events) = new_follow_up(
+                        &tenant_id,
+                        Some(campaign),
+                        None,
+                        at(writer * 1000 + index),
+                        at(0),
+                    );
+                    store.create_follow_up(&follow_up, &events).await?;
+                    created.lock().unwrap().push(follow_up);
+                }
+                Ok(150)
+            })
+        })
+        .collect();
+    let drainers: Vec<Task> = (0..2)
+        .map(|_| {
+            let (store, creating) = (store.clone(), creating.clone());
+            tokio::spawn(async move {
+                let mut drained = 0;
+                loop {
+                    let still_creating = creating.load(Ordering::SeqCst);
+                    let outcomes = store.drain(at(SENT_AT), 20, &SendAll::default()).await?;
+                    drained += outcomes.len() as u64;
+                    if outcomes.is_empty() && !still_creating {
+                        return Ok(drained);
+                    }
+                }
+            })
+        })
+        .collect();
+    let canceler: Task = {
+        let (store, tenant_id) = (store.clone(), tenant_id.clone());
+        let (created, creating) = (created.clone(), creating.clone());
+        tokio::spawn(async move {
+            let mut canceled = 0;
+            loop {
+                let still_creating = creating.load(Ordering::SeqCst);
+                let next = created.lock().unwrap().pop();
+                let Some(follow_up) = next else {
+                    if !still_creating {
+                        return Ok(canceled);
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                // Every third one, whether a drain has taken it yet or not.
+                if follow_up.followup_id.as_uuid().as_u128() % 3 != 0 {
+                    continue;
+                }
+                let Some(read) = store.follow_up(&tenant_id, follow_up.followup_id).await? else {
+                    continue;
+                };
+                if let Ok(Some((changed, event))) = read.cancel(at(SENT_AT)) {
+                    let event = envelope(&event, &tenant_id, read.correlation_id, at(SENT_AT));
+                    if store
+                        .save_follow_up(&changed, FollowUpStatus::Pending, &[event])
+                        .await?
+                    {
+                        canceled += 1;
+                    }
+                }
+            }
+        })
+    };
+    let acker: Task = {
+        let (store, draining) = (store.clone(), draining.clone());
+        tokio::spawn(async move {
+            let mut acked = 0;
+            loop {
+                let still_draining = draining.load(Ordering::SeqCst);
+                let now = at(SENT_AT);
+                let leased = store.claim(now, 20, &LeaseAt { now }).await?;
+                if leased.is_empty() {
+                    if !still_draining {
+                        return Ok(acked);
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let acks: Vec<_> = leased.iter().map(accepted).collect();
+                store.ack(&acks, &AckWith { now }).await?;
+                acked += acks.len() as u64;
+            }
+        })
+    };
+
+    let results = |tasks: Vec<Result<Result<u64, StoreError>, tokio::task::JoinError>>| {
+        tasks
+            .into_iter()
+            .map(|joined| match joined.expect("the task ran") {
+                Ok(count) => count,
+                Err(error) => panic!("a writer failed while others ran: {error}"),
+            })
+            .sum::<u64>()
+    };
+    let created_count = results(join_all(creators).await);
+    creating.store(false, Ordering::SeqCst);
+    let drained = results(join_all(drainers).await);
+    draining.store(false, Ordering::SeqCst);
+    let canceled = results(join_all([canceler]).await);
+    let acked = results(join_all([acker]).await);
+    assert_eq!(created_count, 600);
+    assert_eq!(
+        drained + canceled,
+        600,
+        "every follow-up was sent or canceled"
+    );
+    assert_eq!(acked, drained, "every item sent was acknowledged once");
+    assert!(canceled > 0, "the cancels raced nothing");
+
+    let stats = store.campaign_stats(campaign).await.unwrap();
+    assert_eq!(
+        (
+            stats.pending,
+            stats.sent,
+            stats.failed,
+            stats.delivery_accepted
+        ),
+        (0, drained as i64, canceled as i64, acked as i64),
+        "the campaign's counts are not its follow-ups'"
+    );
+    drop_schema(&url, options.schema()).await;
 }
 
 #[tokio::test]

@@ -109,7 +109,8 @@ pub fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).expect("a tenant name")
 }
 
-fn envelope(
+/// `event` in an envelope of `tenant_id` and `correlation_id`, emitted at `now`.
+pub fn envelope(
     event: &DomainEvent,
     tenant_id: &TenantId,
     correlation_id: CorrelationId,
@@ -1597,7 +1598,8 @@ fn report(accepted: bool, retryable: bool, opt_out: bool) -> Report {
     }
 }
 
-fn accepted(leased: &LeasedItem) -> AckRequest {
+/// An ack of `leased` reporting that the provider accepted it.
+pub fn accepted(leased: &LeasedItem) -> AckRequest {
     AckRequest {
         queue_item_id: leased.entry.queue_item_id,
         lease_id: leased
