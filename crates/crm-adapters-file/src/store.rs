@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     pub shared: Mutex<Shared>,
     pub journal: Journal,
     pub compactor: Compactor,
+    /// Woken when a drain's claims end: writes to a claimed follow-up wait for it.
+    pub claims_ended: tokio::sync::Notify,
     /// Held, never read: the OS lock on `.lock` lives as long as this handle.
     _lock: std::fs::File,
 }
@@ -79,6 +81,7 @@ impl FileStore {
                 )),
                 journal,
                 compactor: Compactor::start(weak.clone()),
+                claims_ended: tokio::sync::Notify::new(),
                 _lock: loaded.lock,
             }),
         };
@@ -202,6 +205,9 @@ impl FileStore {
             Claim,
         }
         loop {
+            // Listening from before the look, so that claims ending after it wake this.
+            let mut claims_ended = std::pin::pin!(self.inner.claims_ended.notified());
+            claims_ended.as_mut().enable();
             let decided = {
                 let mut shared = self.current();
                 let claimed = keys
@@ -227,9 +233,8 @@ impl FileStore {
                 Err(Wait::Write(conflict)) => {
                     let _ = self.durable(conflict).await;
                 }
-                // A drain decides in microseconds, outside the lock; its commit then
-                // shows up as a write on its way.
-                Err(Wait::Claim) => tokio::time::sleep(Duration::from_millis(1)).await,
+                // Once the drain has decided, its commit shows up as a write on its way.
+                Err(Wait::Claim) => claims_ended.await,
             }
         }
     }
@@ -329,6 +334,7 @@ impl Drop for Claim<'_> {
                 shared.claimed.remove(&id);
             }
         }
+        self.store.inner.claims_ended.notify_waiters();
     }
 }
 
@@ -587,6 +593,8 @@ impl FollowUpStore for FileStore {
             let claims = std::mem::take(&mut claim.ids);
             self.commit(&mut shared, change, keys, claims)?
         };
+        // Writes waiting for these follow-ups now find the commit on its way.
+        self.inner.claims_ended.notify_waiters();
         self.durable(ticket).await?;
         Ok(outcomes)
     }

@@ -3,6 +3,7 @@
 mod support;
 
 use std::sync::{Arc, Mutex, mpsc};
+use std::task::Poll;
 use std::time::Duration;
 
 use crm_domain::follow_up::FollowUpStatus;
@@ -55,18 +56,11 @@ async fn a_cancel_saved_while_a_drain_decides_the_follow_up_waits_and_finds_it_s
         .unwrap();
 
     let (canceled, _) = follow_up.cancel(at(2_000)).unwrap().unwrap();
-    let save = {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            store
-                .save_follow_up(&canceled, FollowUpStatus::Pending, &[])
-                .await
-                .unwrap()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut save = std::pin::pin!(store.save_follow_up(&canceled, FollowUpStatus::Pending, &[]));
+    // One step of the save, here and now: it finds the follow-up claimed and waits.
+    let first = std::future::poll_fn(|cx| Poll::Ready(save.as_mut().poll(cx))).await;
     assert!(
-        !save.is_finished(),
+        first.is_pending(),
         "the save waits for the drain's decision"
     );
     go.send(()).unwrap();

@@ -529,11 +529,22 @@ async fn all<T>(
         .map_err(unavailable)
 }
 
-fn page<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
+fn page<T>(items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
+    let (items, next_cursor) = split_page(items, limit, cursor);
+    Page { items, next_cursor }
+}
+
+/// The first `limit` of `items` (fetched one more than asked for), and where the next
+/// page starts when there is one.
+fn split_page<T, C>(
+    mut items: Vec<T>,
+    limit: usize,
+    cursor: impl Fn(&T) -> C,
+) -> (Vec<T>, Option<C>) {
     let more = items.len() > limit;
     items.truncate(limit);
-    let next_cursor = if more { items.last().map(cursor) } else { None };
-    Page { items, next_cursor }
+    let next = if more { items.last().map(cursor) } else { None };
+    (items, next)
 }
 
 /// One more than asked for, to know whether another page follows.
@@ -1694,7 +1705,7 @@ impl OptOutStore for PgStore {
     async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, StoreError> {
         let after = query.after.clone().unwrap_or_default();
         let fetch = fetch_limit(query.limit);
-        let mut items = self
+        let items = self
             .call(async |client| {
                 all(
                     &*client,
@@ -1705,11 +1716,7 @@ impl OptOutStore for PgStore {
                 .await
             })
             .await?;
-        let more = items.len() > query.limit;
-        items.truncate(query.limit);
-        let next = more
-            .then(|| items.last().map(|last| last.phone_e164.clone()))
-            .flatten();
+        let (items, next) = split_page(items, query.limit, |last| last.phone_e164.clone());
         Ok(OptOutPage { items, next })
     }
 }

@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 /// Writers on each replica, 8 in all.
 const WRITERS_PER_REPLICA: usize = 4;
-const WRITE_FOR: Duration = Duration::from_secs(3);
+/// Follow-ups the writers create between them while the consumers follow the feed.
+const CREATES: usize = 800;
 /// A bound on any wait, so a broken guarantee fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -67,16 +68,22 @@ async fn post(client: &reqwest::Client, url: &str, body: &Value) -> Value {
     body
 }
 
-/// Creates follow-ups on `address` until `stop` turns true; the ids acknowledged.
+/// Creates follow-ups on `address` while `budget` (shared by every writer) lasts; the ids
+/// acknowledged.
 async fn write_until(
     client: reqwest::Client,
     address: String,
     tenant: String,
-    mut stop: watch::Receiver<bool>,
+    budget: Arc<AtomicUsize>,
 ) -> Vec<String> {
     let url = format!("{address}/v1/crm/followups");
     let mut created = Vec::new();
-    while !*stop.borrow_and_update() {
+    while budget
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
+    {
         let id = Uuid::new_v4().to_string();
         post(&client, &url, &follow_up_body(&tenant, &id, FUTURE)).await;
         created.push(id);
@@ -137,7 +144,7 @@ async fn the_feed_is_exactly_once_and_in_one_order_while_two_replicas_commit() {
         return;
     };
     let tenant = format!("tenant-{}", Uuid::new_v4().simple());
-    let (stop_writers, writers_stop) = watch::channel(false);
+    let budget = Arc::new(AtomicUsize::new(CREATES));
     let (caught_up, consumers_done) = watch::channel(false);
     let consumers: Vec<_> = replicas
         .servers
@@ -160,13 +167,11 @@ async fn the_feed_is_exactly_once_and_in_one_order_while_two_replicas_commit() {
                 replicas.client.clone(),
                 server.address.clone(),
                 tenant.clone(),
-                writers_stop.clone(),
+                budget.clone(),
             ))
         })
         .collect();
 
-    tokio::time::sleep(WRITE_FOR).await;
-    stop_writers.send_replace(true);
     let mut created = Vec::new();
     for writer in writers {
         created.extend(writer.await.expect("a writer"));
@@ -177,11 +182,7 @@ async fn the_feed_is_exactly_once_and_in_one_order_while_two_replicas_commit() {
         feeds.push(consumer.await.expect("a consumer"));
     }
 
-    assert!(
-        created.len() > 100,
-        "only {} creates in {WRITE_FOR:?}",
-        created.len()
-    );
+    assert_eq!(created.len(), CREATES, "every create was acknowledged");
     let created: HashSet<&str> = created.iter().map(String::as_str).collect();
     for (replica, feed) in feeds.iter().enumerate() {
         let seen: Vec<&str> = feed

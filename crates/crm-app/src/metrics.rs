@@ -14,6 +14,7 @@ pub const FOLLOW_UPS_SENT: &str = "crm_followups_sent_total";
 pub const FOLLOW_UPS_FAILED: &str = "crm_followups_failed_total";
 pub const FOLLOW_UPS_SKIPPED: &str = "crm_followups_skipped_total";
 pub const FOLLOW_UPS_DUE: &str = "crm_followups_due";
+pub const FEED_WAITING: &str = "crm_feed_waiting";
 pub const DRAIN_DURATION: &str = "crm_drain_duration_seconds";
 pub const DRAIN_BATCH: &str = "crm_drain_batch_size";
 pub const OUTBOUND_LEASED: &str = "crm_outbound_leased_total";
@@ -64,6 +65,10 @@ pub fn describe() {
         "Finished outbound items deleted by retention."
     );
     describe_histogram!(DRAIN_BATCH, "Follow-ups one drain call claimed.");
+    describe_gauge!(
+        FEED_WAITING,
+        "Feed reads waiting for an event to commit (long-polls with nothing new yet)."
+    );
     for name in [
         CAMPAIGNS_CREATED,
         FOLLOW_UPS_SCHEDULED,
@@ -90,7 +95,26 @@ pub fn describe() {
         metrics::counter!(FOLLOW_UPS_FAILED, "error_code" => reason.code()).absolute(0);
     }
     metrics::gauge!(FOLLOW_UPS_DUE).set(0.0);
+    metrics::gauge!(FEED_WAITING).set(0.0);
     // Registering the handle makes the (empty) histogram part of the exposition.
     let _ = metrics::histogram!(DRAIN_DURATION);
     let _ = metrics::histogram!(DRAIN_BATCH);
+}
+
+/// Counts one feed read as waiting for as long as it lives (dropped too when its client
+/// hangs up).
+#[derive(Debug)]
+pub struct FeedWaiting(());
+
+impl FeedWaiting {
+    pub fn start() -> Self {
+        metrics::gauge!(FEED_WAITING).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for FeedWaiting {
+    fn drop(&mut self) {
+        metrics::gauge!(FEED_WAITING).decrement(1.0);
+    }
 }

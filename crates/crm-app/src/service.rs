@@ -360,6 +360,7 @@ impl Crm {
             if !page.items.is_empty() || left.is_zero() {
                 return Ok(page);
             }
+            let _waiting = names::FeedWaiting::start();
             self.store.wait_for_events(page.next, left).await?;
             query.after = Some(page.next);
         }

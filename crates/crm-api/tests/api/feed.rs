@@ -5,8 +5,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, follow_up_body, names, new_tenant, spawn_app, spawn_app_with, str_field,
+    TestApp, eventually, follow_up_body, names, new_tenant, spawn_app, spawn_app_with, str_field,
 };
+use crate::ops::metric_sum;
 
 /// A bound on following the feed, so a feed that never ends fails instead of hanging.
 const MAX_PAGES: usize = 1_000;
@@ -155,8 +156,7 @@ async fn a_long_poll_answers_with_the_event_that_commits_while_it_waits() {
         let end = end.clone();
         tokio::spawn(async move { app.feed(&[("after", &end), ("wait_ms", "20000")]).await })
     };
-    // Give the poll time to start waiting before the event commits.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_waiting(&app, &waiting).await;
     let tenant = new_tenant();
     let ids = seed(&app, &tenant, 1).await;
 
@@ -195,7 +195,7 @@ async fn a_long_poll_ignores_events_its_filter_does_not_match() {
             .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_waiting(&app, &waiting).await;
     seed(&app, &other, 2).await;
     let ids = seed(&app, &watched, 1).await;
 
@@ -268,16 +268,28 @@ async fn a_cursor_older_than_retention_is_gone_and_names_where_the_feed_starts()
     assert_eq!(events[0]["payload"]["followup_id"], ids[0].as_str());
 }
 
+/// Returns once a feed read is waiting for an event (or `poll` has answered already), so
+/// that what the test commits next commits during the wait. Tests share the process's
+/// metrics, so another test's long-poll may be the one seen; then this one may still be
+/// on its first read, and it finds the event there.
+async fn until_waiting<T>(app: &TestApp, poll: &tokio::task::JoinHandle<T>) {
+    eventually("a long-poll waiting for an event", async || {
+        let waiting = metric_sum(&app.metrics().await, "crm_feed_waiting", &[]);
+        (waiting >= 1.0 || poll.is_finished()).then_some(())
+    })
+    .await;
+}
+
 /// Reads the feed after `cursor` until retention has deleted what follows it; the
 /// details of the `410 cursor_expired`.
 async fn wait_for_gone(app: &TestApp, cursor: &str) -> Value {
-    for _ in 0..200 {
+    eventually("retention deleting what follows the cursor", async || {
         let reply = app.feed(&[("after", cursor)]).await;
         if reply.status == 410 {
-            return reply.error(410, "cursor_expired");
+            return Some(reply.error(410, "cursor_expired"));
         }
         reply.ok();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("retention did not delete the events after {cursor} within 10 s");
+        None
+    })
+    .await
 }

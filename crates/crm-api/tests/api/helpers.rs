@@ -852,3 +852,24 @@ pub fn assert_idempotent(response: &Value, record_name: &str, original: &Value) 
         Value::Null
     );
 }
+
+/// How long `eventually` waits before it fails the test, and how often it looks.
+const PATIENCE: Duration = Duration::from_secs(10);
+const LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// Runs `probe` until it gives a value and returns it; fails the test, saying `what` was
+/// awaited, when nothing came within `PATIENCE`. For conditions the server reaches on its
+/// own clock (a lease running out, a new second, retention), never a fixed sleep.
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}"
+        );
+        tokio::time::sleep(LOOK_EVERY).await;
+    }
+}

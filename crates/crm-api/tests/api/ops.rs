@@ -342,7 +342,7 @@ fn parse_sample(line: &str) -> Option<Sample> {
 /// The sum of the samples of `name` whose labels include every pair of `labels`
 /// (0 when there is none).
 #[track_caller]
-fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
         .map(|line| parse_sample(line).unwrap_or_else(|| panic!("malformed metric: {line:?}")))

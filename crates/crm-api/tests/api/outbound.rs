@@ -2,13 +2,11 @@
 //!
 //! The queue is global (every tenant), so each test uses its own server.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, follow_up_body, names, new_id, new_tenant, spawn_app, str_field, with,
+    TestApp, eventually, follow_up_body, names, new_id, new_tenant, spawn_app, str_field, with,
 };
 
 /// One follow-up of a fresh tenant, drained into the queue: `(tenant, followup_id,
@@ -31,15 +29,12 @@ async fn claim(app: &TestApp, body: Value) -> Vec<Value> {
     reply["items"].as_array().expect("items").clone()
 }
 
-/// Claims until an item comes back (a retry waits out its backoff), at most 10 s.
+/// Claims until an item comes back (a retry waits out its backoff, a lease runs out).
 async fn claim_when_ready(app: &TestApp) -> Value {
-    for _ in 0..200 {
-        if let Some(leased) = claim(app, json!({})).await.pop() {
-            return leased;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no item became ready within 10 s");
+    eventually("an item ready to claim", async || {
+        claim(app, json!({})).await.pop()
+    })
+    .await
 }
 
 fn ack_of(leased: &Value, fields: Value) -> Value {
@@ -222,7 +217,7 @@ async fn an_expired_lease_hands_the_item_on_and_its_late_ack_is_lease_lost() {
         .expect("an item");
     let before = app.follow_up(&tenant, &followup_id).await;
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Comes back once the first lease has run out.
     let second = claim_when_ready(&app).await;
     let late = ack(&app, &ack_of(&first, json!({"result": "accepted"}))).await;
 
