@@ -6,8 +6,13 @@
 //! files, and every journal line (its checksum, its header, and a sequence that must run
 //! on from the manifest without a gap). A damaged file stops start-up with its path (and
 //! line or item), and not one byte of the data dir has changed. Once everything has
-//! verified, start-up finishes what a crash interrupted: renames the verified `.next`
-//! files, deletes folded journals and leftovers.
+//! verified, start-up finishes what a crash interrupted: cuts off a torn tail of the
+//! newest journal (a write never acknowledged), renames the verified `.next` files,
+//! deletes folded journals and leftovers.
+//!
+//! Recovery depends on what was acknowledged, never on where a file stands: the torn tail
+//! is forgiven only while its journal is the newest, and it is cut off durably before the
+//! next generation is created, so no later start can find it behind a newer journal.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
@@ -168,7 +173,11 @@ pub(crate) fn load(
     let (state, manifest, generation, journal_bytes) = match manifest {
         Some(manifest::Read::Current(manifest)) => {
             let verified = verify(dir, &manifest, &generations)?;
-            // Everything verified: finish what a crash interrupted.
+            // Everything verified: finish what a crash interrupted. The torn tail goes
+            // first: once this start creates the next journal, it would be damage.
+            if let Some(torn) = &verified.torn {
+                torn.cut_off().map_err(dir_error(dir))?;
+            }
             compaction::finish(dir, &manifest, &verified.renames).map_err(dir_error(dir))?;
             compaction::remove_leftovers(dir).map_err(dir_error(dir))?;
             let generation = generations
@@ -294,6 +303,32 @@ struct Verified {
     /// Snapshot files found (and verified) under their `.next` name.
     renames: Vec<String>,
     journal_bytes: u64,
+    /// The newest journal's torn last line, if it has one.
+    torn: Option<TornTail>,
+}
+
+/// The end of the newest journal that is not a whole record: a write whose sync never
+/// returned, so it was never acknowledged.
+#[derive(Debug)]
+struct TornTail {
+    path: PathBuf,
+    /// Where the last whole record ends; the torn bytes start here.
+    valid_len: u64,
+}
+
+impl TornTail {
+    /// Cuts the torn bytes off and makes the cut durable.
+    fn cut_off(&self) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(&self.path)?;
+        file.set_len(self.valid_len)?;
+        file.sync_all()?;
+        tracing::warn!(
+            path = %self.path.display(),
+            kept_bytes = self.valid_len,
+            "cut off a torn final journal line (a write that was never acknowledged)"
+        );
+        Ok(())
+    }
 }
 
 fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verified, OpenError> {
@@ -423,6 +458,7 @@ fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verifi
     state.set_events_deleted_through(manifest.events_deleted_through);
 
     let mut journal_bytes = 0;
+    let mut torn = None;
     let mut expected_generation = manifest.generation + 1;
     let last_generation = generations.last().copied().unwrap_or(0);
     for &generation in generations {
@@ -441,12 +477,15 @@ fn verify(dir: &Path, manifest: &Manifest, generations: &[u64]) -> Result<Verifi
             ));
         }
         expected_generation += 1;
-        journal_bytes += replay(&path, generation, generation == last_generation, &mut state)?;
+        let replayed = replay(&path, generation, generation == last_generation, &mut state)?;
+        journal_bytes += replayed.bytes;
+        torn = replayed.torn.map(|valid_len| TornTail { path, valid_len });
     }
     Ok(Verified {
         state,
         renames,
         journal_bytes,
+        torn,
     })
 }
 
@@ -562,23 +601,32 @@ pub(crate) fn stored_event(envelope: &RawValue, seq: u64) -> Result<StoredEvent,
     })
 }
 
-/// A journal line: its number, its text, and whether it is the unterminated last one.
+/// A journal line: its number, its text, where it starts in the file, and whether it is
+/// the unterminated last one.
 struct Line<'a> {
     number: usize,
     text: &'a [u8],
+    offset: usize,
     unterminated: bool,
 }
 
 fn journal_lines(bytes: &[u8]) -> impl Iterator<Item = Line<'_>> {
     let unterminated = !bytes.ends_with(b"\n");
     let count = bytes.split(|&b| b == b'\n').count();
+    let mut offset = 0;
     bytes
         .split(|&b| b == b'\n')
         .enumerate()
-        .filter(move |(index, text)| !(text.is_empty() && index + 1 == count))
-        .map(move |(index, text)| Line {
+        .map(move |(index, text)| {
+            let start = offset;
+            offset += text.len() + 1;
+            (index, text, start)
+        })
+        .filter(move |(index, text, _)| !(text.is_empty() && index + 1 == count))
+        .map(move |(index, text, offset)| Line {
             number: index + 1,
             text,
+            offset,
             unterminated: unterminated && index + 1 == count,
         })
 }
@@ -638,19 +686,33 @@ struct SeqOnly {
     seq: u64,
 }
 
+/// What replaying one journal found.
+struct Replayed {
+    /// The file's size.
+    bytes: u64,
+    /// Where the whole records end, when a torn last line follows them.
+    torn: Option<u64>,
+}
+
 /// Replays one journal into `state`, checking that its records continue the sequence.
-/// Returns its size.
-fn replay(path: &Path, generation: u64, last: bool, state: &mut State) -> Result<u64, OpenError> {
+fn replay(
+    path: &Path,
+    generation: u64,
+    last: bool,
+    state: &mut State,
+) -> Result<Replayed, OpenError> {
     let bytes = fs::read(path).map_err(read_error(path))?;
     let mut lines = journal_lines(&bytes);
+    let mut torn = None;
     check_header(path, generation, lines.next())?;
     for line in lines {
         let json = match frame::decode(line.text) {
             Ok(json) => json,
             Err(_) if line.unterminated && last => {
                 // The tail of the newest journal that is not a whole record is a write
-                // whose sync never returned: it was never acknowledged.
-                tracing::warn!(path = %path.display(), bytes = line.text.len(), "ignoring a torn final journal line (a write that was never acknowledged)");
+                // whose sync never returned: it was never acknowledged. Anywhere else
+                // (followed by a line, or in an older journal) it is damage.
+                torn = Some(line.offset as u64);
                 continue;
             }
             Err(error) => return Err(corrupt(path, format!("line {}: {error}", line.number))),
@@ -671,7 +733,10 @@ fn replay(path: &Path, generation: u64, last: bool, state: &mut State) -> Result
             .map_err(|e| corrupt(path, format!("line {}: {e}", line.number)))?;
         state.apply(expected, change);
     }
-    Ok(bytes.len() as u64)
+    Ok(Replayed {
+        bytes: torn.unwrap_or(bytes.len() as u64),
+        torn,
+    })
 }
 
 fn change_of(record: EntryRecord<'_>, state: &State) -> Result<Change, String> {

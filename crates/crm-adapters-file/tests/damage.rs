@@ -7,7 +7,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use crm_ports::Store;
+use crm_ports::{CampaignStore, Store};
 use serde_json::Value;
 use support::{
     assert_refused_untouched, assert_restored, journal_files, open, open_quiet, write_some,
@@ -198,6 +198,81 @@ async fn a_torn_final_journal_line_is_a_write_never_acknowledged_and_is_ignored(
     fs::write(&journal, &bytes).unwrap();
     let store = open_quiet(dir.path()).unwrap();
     assert_restored(&store, &campaign).await;
+}
+
+/// Appends the first 40 bytes of `journal`'s last record to it: a write cut short.
+fn tear(journal: &Path) {
+    let text = fs::read_to_string(journal).unwrap();
+    let last = text.lines().last().unwrap();
+    let mut bytes = text.clone().into_bytes();
+    bytes.extend_from_slice(&last.as_bytes()[..40]);
+    fs::write(journal, &bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_off_at_start_up_so_later_journals_cannot_turn_it_into_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_quiet(dir.path()).unwrap();
+    let campaign = write_some(&store).await;
+    drop(store);
+    let torn = journal_files(dir.path()).pop().unwrap();
+    let whole = fs::read(&torn).unwrap();
+    tear(&torn);
+
+    // Start, write into the next journal, crash; then start again.
+    let store = open_quiet(dir.path()).unwrap();
+    assert_eq!(
+        fs::read(&torn).unwrap(),
+        whole,
+        "the torn bytes are cut off"
+    );
+    let later = crm_ports::conformance::create_campaign(
+        &store,
+        &crm_ports::conformance::tenant("tenant_b"),
+        crm_ports::conformance::at(1),
+    )
+    .await;
+    drop(store);
+    assert!(journal_files(dir.path()).pop().unwrap() != torn);
+    let store = open_quiet(dir.path()).unwrap();
+    assert_restored(&store, &campaign).await;
+    assert_eq!(
+        store
+            .campaign(&later.tenant_id, later.campaign_id)
+            .await
+            .unwrap(),
+        Some(later)
+    );
+}
+
+#[tokio::test]
+async fn a_torn_line_in_a_journal_that_another_follows_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let store = open_quiet(dir.path()).unwrap();
+        write_some(&store).await;
+        drop(store);
+    }
+    let journals = journal_files(dir.path());
+    let older = &journals[journals.len() - 2];
+    tear(older);
+    assert_refused_untouched(dir.path(), &older.display().to_string());
+}
+
+#[tokio::test]
+async fn a_torn_line_followed_by_a_whole_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_quiet(dir.path()).unwrap();
+    write_some(&store).await;
+    drop(store);
+    let journal = journal_files(dir.path()).pop().unwrap();
+    let text = fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let last = lines.pop().unwrap();
+    lines.push(last[..40].to_owned());
+    lines.push(last);
+    fs::write(&journal, lines.join("\n") + "\n").unwrap();
+    assert_refused_untouched(dir.path(), &journal.display().to_string());
 }
 
 #[tokio::test]

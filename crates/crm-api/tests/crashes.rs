@@ -11,11 +11,12 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use process::data_dirs::{write_first_release, write_node};
 use process::{
-    CLIENTS, FUTURE, POLL_INTERVAL, Server, client, follow_up_body, start_writers, wait_for_exit,
-    wait_for_load,
+    CLIENTS, FUTURE, POLL_INTERVAL, Server, assert_all_there, client, follow_up_body,
+    start_writers, wait_for_exit, wait_for_load,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -29,18 +30,6 @@ async fn start_and_kill(data_dir: &Path, logs: &Path, flags: &[&str], after: Dur
     let mut server = Server::spawn(data_dir, log, flags);
     tokio::time::sleep(after).await;
     server.kill();
-}
-
-async fn assert_all_there(server: &Server, tenant: &str, acknowledged: &HashSet<String>) {
-    let listed = server.follow_up_ids(&client(), tenant).await;
-    let lost: Vec<&String> = acknowledged.difference(&listed).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged follow-ups lost: {:?}",
-        lost.len(),
-        acknowledged.len(),
-        &lost[..lost.len().min(5)]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,48 +127,13 @@ async fn sigterm_while_a_background_compaction_runs_exits_within_the_shutdown_ti
     assert_all_there(&server, &tenant, &acknowledged_so_far).await;
 }
 
-/// One journal line of the first release: `<crc32> <entry>`, the entry scheduling one
-/// follow-up with its event, in that release's record shapes.
-fn first_release_line(tenant: &str, followup_id: Uuid) -> String {
-    let correlation_id = Uuid::new_v4();
-    let at = "2026-01-01T09:00:00.000Z";
-    let entry = json!({
-        "follow_ups": [{
-            "followup_id": followup_id, "tenant_id": tenant, "campaign_id": null,
-            "external_key": null, "lead_id": null, "customer_id": null,
-            "phone_e164": "+5511999990001", "message": "From the first release",
-            "schedule_at": FUTURE, "channel": "whatsapp", "status": "pending",
-            "provider_message_id": null, "last_error_code": null, "last_error_message": null,
-            "metadata": {}, "correlation_id": correlation_id,
-            "trace_id": correlation_id.simple().to_string(), "created_at": at, "updated_at": at
-        }],
-        "events": [{
-            "schema_version": "1.0.0", "kind": "event", "event_id": Uuid::new_v4(),
-            "name": "crm.followup.scheduled", "tenant_id": tenant,
-            "source_module": "mod-02-whatsapp-crm", "target_module": "mod-01-owner-concierge",
-            "emitted_at": at, "correlation_id": correlation_id,
-            "trace_id": correlation_id.simple().to_string(), "status": "info",
-            "payload": {"followup_id": followup_id, "campaign_id": null, "channel": "whatsapp",
-                        "schedule_at": FUTURE, "phone_e164": "+5511999990001"}
-        }]
-    });
-    let json = serde_json::to_string(&entry).unwrap();
-    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_release_data_dir_survives_kill_9_during_its_upgrade() {
     let data_dir = TempDir::new().expect("a data dir");
     let logs = TempDir::new().expect("a log dir");
     let tenant = "first-release";
     // The first release's data dir before its first compaction: one large journal.
-    let ids: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
-    let journal: String = ids
-        .iter()
-        .map(|id| first_release_line(tenant, *id))
-        .collect();
-    fs::write(data_dir.path().join("journal.000001.ndjson"), journal).unwrap();
-    fs::write(data_dir.path().join(".lock"), b"").unwrap();
+    let ids = write_first_release(data_dir.path(), tenant, 20_000);
 
     for after in KILL_AFTER_MS {
         start_and_kill(
@@ -200,35 +154,7 @@ async fn a_node_data_dir_survives_kill_9_at_any_instant_of_its_adoption() {
     let data_dir = TempDir::new().expect("a data dir");
     let logs = TempDir::new().expect("a log dir");
     let tenant = "node-service";
-    // The Node.js service's files, as JSON.stringify(value, null, 2) writes them.
-    let ids: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
-    let follow_ups: Vec<Value> = ids
-        .iter()
-        .map(|id| {
-            json!({
-                "followup_id": id, "tenant_id": tenant, "campaign_id": null,
-                "external_key": format!("node-{id}"), "lead_id": null, "customer_id": null,
-                "phone_e164": "+5511999990001", "message": "Olá!", "schedule_at": FUTURE,
-                "channel": "whatsapp", "status": "pending", "provider_message_id": null,
-                "last_error_code": null, "last_error_message": null, "metadata": {},
-                "correlation_id": null, "trace_id": null,
-                "created_at": "2025-02-01T10:00:00.000Z", "updated_at": "2025-02-01T10:00:00.000Z"
-            })
-        })
-        .collect();
-    let originals = [
-        (
-            "campaigns.json",
-            serde_json::to_vec_pretty(&json!({"items": []})).unwrap(),
-        ),
-        (
-            "followups.json",
-            serde_json::to_vec_pretty(&json!({ "items": follow_ups })).unwrap(),
-        ),
-    ];
-    for (name, bytes) in &originals {
-        fs::write(data_dir.path().join(name), bytes).unwrap();
-    }
+    let (ids, originals) = write_node(data_dir.path(), tenant, 20_000);
 
     for after in KILL_AFTER_MS {
         start_and_kill(

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod data_dirs;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::net::TcpListener;
@@ -321,4 +323,17 @@ pub async fn wait_for_load(
         );
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Asserts that every id in `acknowledged` is listed for `tenant`.
+pub async fn assert_all_there(server: &Server, tenant: &str, acknowledged: &HashSet<String>) {
+    let listed = server.follow_up_ids(&client(), tenant).await;
+    let lost: Vec<&String> = acknowledged.difference(&listed).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged follow-ups lost: {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
