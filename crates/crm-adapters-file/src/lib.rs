@@ -11,6 +11,9 @@
 //!   per change since the last compaction, fsynced before the change is acknowledged;
 //! - `.lock`: held while a process owns the dir.
 //!
+//! `backup` copies a data dir while a store serves it, without pausing it, and verifies
+//! the copy by opening it.
+//!
 //! A write costs one appended line, whatever the number of records. A compaction thread
 //! folds the journal into new snapshot files once it is as large as they are: the image
 //! is cloned in O(1) under the lock and written without it, each file under a `.next`
@@ -22,6 +25,7 @@
 //! All records live in memory too, so this store suits one process and data that fits
 //! in RAM; PostgreSQL is the backend for replicas and big tenants.
 
+mod backup;
 mod compaction;
 mod compactor;
 mod frame;
@@ -35,5 +39,6 @@ mod shared;
 mod state;
 mod store;
 
+pub use backup::{BackupError, BackupReport, backup};
 pub use open::{FileStoreOptions, OpenError};
 pub use store::{COUNT_DUE_CAP, FileStore};

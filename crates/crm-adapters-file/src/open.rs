@@ -82,7 +82,7 @@ impl std::fmt::Debug for FileStoreOptions {
 /// Why a data dir could not be opened. Every message names the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot use data dir {path}: {source}")]
+    #[error("cannot use data dir {path}")]
     Dir {
         path: PathBuf,
         #[source]
@@ -92,7 +92,7 @@ pub enum OpenError {
         "data dir {path} is in use by another process (it holds {path}/.lock); stop that process or choose another --data-dir"
     )]
     Locked { path: PathBuf },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]

@@ -2,11 +2,9 @@
 //! the `Internal` ones (`/internal/*`); each endpoint's declaration says which it is.
 //! Health, readiness, metrics and the OpenAPI document stay open.
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceRequest;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::middleware::Next;
-use actix_web::{ResponseError, web};
+use actix_web::web;
 
 use crate::config::Secret;
 use crate::endpoint::Access;
@@ -52,28 +50,21 @@ fn authorized(request: &ServiceRequest, expected: &Secret) -> bool {
         })
 }
 
-/// Wraps each declared resource with the check of its endpoints' access. The router has
+/// Whether `request` carries the token its endpoint's access needs. The router has
 /// matched the decoded path before this runs, so no spelling of a path slips past it.
-pub async fn require_token(
-    access: Access,
-    request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+pub fn check(access: Access, request: &ServiceRequest) -> Result<(), ApiError> {
     let allowed = match request
         .app_data::<web::Data<Tokens>>()
         .and_then(|tokens| tokens.required_for(access))
     {
         None => true,
-        Some(expected) => authorized(&request, expected),
+        Some(expected) => authorized(request, expected),
     };
-    if !allowed {
-        let (request, _) = request.into_parts();
-        let response = ApiError::Unauthorized.error_response();
-        return Ok(ServiceResponse::new(request, response).map_into_right_body());
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
     }
-    next.call(request)
-        .await
-        .map(ServiceResponse::map_into_left_body)
 }
 
 #[cfg(test)]

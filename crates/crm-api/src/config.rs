@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-/// Command line and environment of the `crm-api` binary.
+/// Command line and environment of the `crm-api` binary. Every flag is global: it may
+/// come before or after the subcommand, and each subcommand's `--help` lists it.
 #[derive(Debug, Parser)]
 #[command(
     name = "crm-api",
@@ -20,16 +21,24 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Address to listen on (host:port).
-    #[arg(long, env = "CRM_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_BIND",
+        default_value = "127.0.0.1:8080"
+    )]
     pub bind: String,
 
     /// Storage backend.
-    #[arg(long, env = "CRM_BACKEND", value_enum, default_value_t = Backend::File)]
+    #[arg(
+        long,
+        global = true, env = "CRM_BACKEND", value_enum, default_value_t = Backend::File)]
     pub backend: Backend,
 
     /// Data dir of the file backend.
     #[arg(
         long,
+        global = true,
         env = "CRM_DATA_DIR",
         default_value = ".runtime-data/crm-automation"
     )]
@@ -37,76 +46,117 @@ pub struct Cli {
 
     /// File backend: fold the journal into the snapshots once it holds this many bytes
     /// (and at least as many as the snapshots).
-    #[arg(long, env = "CRM_FILE_COMPACT_AFTER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(
+        long,
+        global = true, env = "CRM_FILE_COMPACT_AFTER_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub file_compact_after_bytes: u64,
 
     /// PostgreSQL URL of the postgres backend (falls back to DATABASE_URL).
-    #[arg(long, env = "CRM_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, global = true, env = "CRM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
     /// PostgreSQL schema holding the tables.
-    #[arg(long, env = "CRM_PG_SCHEMA", default_value = "public")]
+    #[arg(long, global = true, env = "CRM_PG_SCHEMA", default_value = "public")]
     pub pg_schema: String,
 
     /// Most database connections this process holds.
-    #[arg(long, env = "CRM_PG_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, global = true, env = "CRM_PG_POOL_SIZE", default_value_t = 16)]
     pub pg_pool_size: usize,
 
     /// Bound, in milliseconds, on connecting to the database, waiting for a pooled
     /// connection and each statement: with the database down a request fails this fast.
-    #[arg(long, env = "CRM_PG_TIMEOUT_MS", default_value_t = 3_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_PG_TIMEOUT_MS",
+        default_value_t = 3_000
+    )]
     pub pg_timeout_ms: u64,
 
     /// How long start-up waits for an unreachable database before giving up, in ms.
-    #[arg(long, env = "CRM_PG_STARTUP_WAIT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_PG_STARTUP_WAIT_MS",
+        default_value_t = 30_000
+    )]
     pub pg_startup_wait_ms: u64,
 
     /// Bearer token required on /v1/* (none: loopback only).
-    #[arg(long, env = "CRM_API_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "CRM_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<Secret>,
 
     /// Bearer token required on /internal/* (none: loopback only).
-    #[arg(long, env = "CRM_INTERNAL_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_INTERNAL_TOKEN",
+        hide_env_values = true
+    )]
     pub internal_token: Option<Secret>,
 
     /// Largest accepted request body, in bytes.
-    #[arg(long, env = "CRM_BODY_LIMIT", default_value_t = 65_536)]
+    #[arg(long, global = true, env = "CRM_BODY_LIMIT", default_value_t = 65_536)]
     pub body_limit: usize,
 
     /// Drain due follow-ups every N milliseconds in this process (0: off).
-    #[arg(long, env = "CRM_WORKER_INTERVAL_MS", default_value_t = 0)]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_WORKER_INTERVAL_MS",
+        default_value_t = 0
+    )]
     pub worker_interval_ms: u64,
 
     /// Follow-ups per second, at most, for each tenant without a sending policy of its own
     /// (1 to 100000; unset: no limit).
-    #[arg(long, env = "CRM_DEFAULT_SEND_RATE", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(
+        long,
+        global = true, env = "CRM_DEFAULT_SEND_RATE", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub default_send_rate: Option<u32>,
 
     /// Events and finished outbound items older than this many hours are deleted
     /// (fractions allowed).
-    #[arg(long, env = "CRM_RETENTION_HOURS", default_value_t = 168.0)]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_RETENTION_HOURS",
+        default_value_t = 168.0
+    )]
     pub retention_hours: f64,
 
     /// Longest time, in ms, a client may take to send a whole request (head and body).
-    #[arg(long, env = "CRM_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub request_timeout_ms: u64,
 
     /// Longest time, in ms, a graceful shutdown (SIGTERM) may take: in-flight requests,
     /// the worker's batch and the file store's final compaction. Every acknowledged write
     /// is durable already, so running out of time loses nothing.
-    #[arg(long, env = "CRM_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     pub shutdown_timeout_ms: u64,
 
     /// Log line format.
-    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(
+        long,
+        global = true, env = "CRM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Workflows file to use instead of the built-in copy of workflows/workflows.json.
-    #[arg(long, env = "CRM_WORKFLOWS")]
+    #[arg(long, global = true, env = "CRM_WORKFLOWS")]
     pub workflows: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Serve HTTP (the default).
     Serve,
@@ -118,6 +168,14 @@ pub enum Command {
         /// Only check and report: change nothing.
         #[arg(long)]
         check: bool,
+    },
+    /// Copy the file store's data dir to a new directory while it serves (or is stopped),
+    /// and verify the copy by opening it; restoring is starting on the copy. PostgreSQL
+    /// is backed up with PostgreSQL's own tools.
+    Backup {
+        /// The new directory to write the copy to.
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 

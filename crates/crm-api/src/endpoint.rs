@@ -169,9 +169,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Every error this endpoint can answer with: its own, then those of its kind (a
-    /// guarded route can be `401`; a body can be malformed, too large or too slow; the
-    /// store can be out of reach).
+    /// Every error this endpoint can answer with: its own, then those of its kind (any
+    /// query string can name what the route does not know; a guarded route can be `401`;
+    /// a body can be malformed, too large or too slow; the store can be out of reach).
     pub fn failures(&self) -> Vec<Failure> {
         let mut failures: Vec<Failure> = self
             .errors
@@ -204,6 +204,10 @@ impl Endpoint {
                 Code::PayloadTooLarge.meaning(),
             ));
         }
+        failures.push(query_violation(
+            "the query string names a parameter this route does not declare, or a query or \
+             path parameter does not decode as UTF-8 text",
+        ));
         if self.access != Access::Open {
             failures.push(Failure::new(
                 Code::Unauthorized,

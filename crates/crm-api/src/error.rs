@@ -1,7 +1,11 @@
 //! The error boundary: every failure becomes one status and one stable `error` word here,
 //! and nowhere else. 5xx bodies never carry internals; the cause is logged once.
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::middleware::Next;
 use actix_web::{HttpResponse, ResponseError};
 use crm_app::{AppError, MetadataOf};
 use crm_contracts::Violation;
@@ -46,143 +50,122 @@ pub enum ApiError {
     Internal(#[source] AppError),
 }
 
-/// Every `error` word of the wire contract with its status: the one table of them. The
-/// HTTP error body, the OpenAPI document and the tests all read it from here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Code {
-    InvalidJson,
-    ValidationError,
-    MissingTenantId,
-    MissingCorrelationId,
-    TransitionError,
-    CampaignNotFound,
-    Unauthorized,
-    NotFound,
-    IdConflict,
-    CursorExpired,
-    RequestTimeout,
-    PayloadTooLarge,
-    InternalError,
-    StorageUnavailable,
+/// Declares every `error` word of the wire contract once: its variant, status, word,
+/// when it is sent, and an example of its `details`. The error body, the `405` and `404`
+/// fallbacks, the OpenAPI document and the tests all read them from here.
+macro_rules! error_words {
+    ($($variant:ident => $status:ident, $word:literal, $meaning:expr, $example:expr;)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Code {
+            $($variant,)*
+        }
+
+        impl Code {
+            /// Every word, in the order of the declarations.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            /// The stable `error` word.
+            pub fn word(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word,)*
+                }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Self::$variant => StatusCode::$status,)*
+                }
+            }
+
+            /// When the word is sent, for the OpenAPI document (an endpoint may say it
+            /// more precisely).
+            pub fn meaning(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $meaning,)*
+                }
+            }
+
+            /// A `details` value as the word carries it, for examples.
+            pub fn example_details(self) -> Option<Value> {
+                match self {
+                    $(Self::$variant => $example,)*
+                }
+            }
+        }
+    };
+}
+
+error_words! {
+    InvalidJson => BAD_REQUEST, "invalid_json",
+        "the body is not JSON, or repeats a key within one object",
+        Some(json!({"message": "expected value at line 1 column 1"}));
+    ValidationError => BAD_REQUEST, "validation_error",
+        "the request breaks its contract (body, query or path); `details` lists each violation",
+        Some(json!([{"pointer": "/request/request_id", "message": "\"x\" is not a \"uuid\""}]));
+    MissingTenantId => BAD_REQUEST, "missing_tenant_id",
+        "the `tenant_id` query parameter is missing or empty",
+        None;
+    MissingCorrelationId => BAD_REQUEST, "missing_correlation_id",
+        "the `correlation_id` query parameter is missing or empty",
+        None;
+    TransitionError => BAD_REQUEST, "transition_error",
+        "the workflow refuses the transition",
+        Some(json!({"code": "trigger_mismatch", "expected_trigger": "schedule_campaign"}));
+    CampaignNotFound => BAD_REQUEST, "campaign_not_found",
+        "the follow-up names a campaign the tenant does not have",
+        None;
+    Unauthorized => UNAUTHORIZED, "unauthorized",
+        "a bearer token is configured for this route and the request's is missing or wrong",
+        None;
+    NotFound => NOT_FOUND, "not_found",
+        "the tenant has no such record, or no route has this path",
+        None;
+    MethodNotAllowed => METHOD_NOT_ALLOWED, "method_not_allowed",
+        "the path does not serve this method; the `Allow` header lists those it serves",
+        None;
+    IdConflict => CONFLICT, "id_conflict",
+        "the id is already used by another tenant",
+        None;
+    CursorExpired => GONE, "cursor_expired",
+        "the events after the cursor were deleted by retention",
+        Some(json!({"oldest_cursor": "e1_1200"}));
+    RequestTimeout => REQUEST_TIMEOUT, "request_timeout",
+        "the request was not received whole within the configured time (`--request-timeout-ms`)",
+        Some(json!({"timeout_ms": 10000}));
+    PayloadTooLarge => PAYLOAD_TOO_LARGE, "payload_too_large",
+        "the body is over the configured limit (`--body-limit`, 64 KiB by default)",
+        Some(json!({"limit_bytes": 65536}));
+    InternalError => INTERNAL_SERVER_ERROR, "internal_error",
+        "an unexpected failure; the body carries no internals and the cause is logged",
+        None;
+    StorageUnavailable => SERVICE_UNAVAILABLE, "storage_unavailable",
+        "the store cannot be reached in time (bounded by `--pg-timeout-ms`); a write's outcome \
+         is then unknown, and repeating it with the same ids or external_key is always safe",
+        None;
 }
 
 impl Code {
-    pub const ALL: [Code; 14] = [
-        Code::InvalidJson,
-        Code::ValidationError,
-        Code::MissingTenantId,
-        Code::MissingCorrelationId,
-        Code::TransitionError,
-        Code::CampaignNotFound,
-        Code::Unauthorized,
-        Code::NotFound,
-        Code::IdConflict,
-        Code::CursorExpired,
-        Code::RequestTimeout,
-        Code::PayloadTooLarge,
-        Code::InternalError,
-        Code::StorageUnavailable,
-    ];
-
-    /// The stable `error` word.
-    pub fn word(self) -> &'static str {
-        match self {
-            Self::InvalidJson => "invalid_json",
-            Self::ValidationError => "validation_error",
-            Self::MissingTenantId => "missing_tenant_id",
-            Self::MissingCorrelationId => "missing_correlation_id",
-            Self::TransitionError => "transition_error",
-            Self::CampaignNotFound => "campaign_not_found",
-            Self::Unauthorized => "unauthorized",
-            Self::NotFound => "not_found",
-            Self::IdConflict => "id_conflict",
-            Self::CursorExpired => "cursor_expired",
-            Self::RequestTimeout => "request_timeout",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::InternalError => "internal_error",
-            Self::StorageUnavailable => "storage_unavailable",
-        }
+    /// The bare error body of this word, for replies that carry no details.
+    pub fn response(self) -> HttpResponse {
+        HttpResponse::build(self.status()).json(json!({ "error": self.word() }))
     }
 
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::InvalidJson
-            | Self::ValidationError
-            | Self::MissingTenantId
-            | Self::MissingCorrelationId
-            | Self::TransitionError
-            | Self::CampaignNotFound => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::IdConflict => StatusCode::CONFLICT,
-            Self::CursorExpired => StatusCode::GONE,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+    /// The word for an error reply that no handler wrote (one of the HTTP layer's, such
+    /// as a path it could not decode): a request the service could not take is one that
+    /// breaks its contract; other statuses take the word declared with them.
+    pub fn for_status(status: StatusCode) -> Code {
+        if status == StatusCode::BAD_REQUEST {
+            return Code::ValidationError;
         }
-    }
-
-    /// When the word is sent, for the OpenAPI document (an endpoint may say it more
-    /// precisely).
-    pub fn meaning(self) -> &'static str {
-        match self {
-            Self::InvalidJson => "the body is not JSON, or repeats a key within one object",
-            Self::ValidationError => {
-                "the request breaks its contract; `details` lists each violation"
-            }
-            Self::MissingTenantId => "the `tenant_id` query parameter is missing or empty",
-            Self::MissingCorrelationId => {
-                "the `correlation_id` query parameter is missing or empty"
-            }
-            Self::TransitionError => "the workflow refuses the transition",
-            Self::CampaignNotFound => "the follow-up names a campaign the tenant does not have",
-            Self::Unauthorized => {
-                "a bearer token is configured for this route and the request's is missing or wrong"
-            }
-            Self::NotFound => "the tenant has no such record",
-            Self::IdConflict => "the id is already used by another tenant",
-            Self::CursorExpired => "the events after the cursor were deleted by retention",
-            Self::RequestTimeout => {
-                "the request was not received whole within the configured time \
-                 (`--request-timeout-ms`)"
-            }
-            Self::PayloadTooLarge => {
-                "the body is over the configured limit (`--body-limit`, 64 KiB by default)"
-            }
-            Self::InternalError => {
-                "an unexpected failure; the body carries no internals and the cause is logged"
-            }
-            Self::StorageUnavailable => {
-                "the store cannot be reached in time (bounded by `--pg-timeout-ms`); a write's \
-                 outcome is then unknown, and repeating it with the same ids or external_key \
-                 is always safe"
-            }
-        }
-    }
-
-    /// A `details` value as the word carries it, for examples.
-    pub fn example_details(self) -> Option<Value> {
-        match self {
-            Self::InvalidJson => Some(json!({"message": "expected value at line 1 column 1"})),
-            Self::ValidationError => Some(json!([
-                {"pointer": "/request/request_id", "message": "\"x\" is not a \"uuid\""}
-            ])),
-            Self::TransitionError => {
-                Some(json!({"code": "trigger_mismatch", "expected_trigger": "schedule_campaign"}))
-            }
-            Self::RequestTimeout => Some(json!({"timeout_ms": 10000})),
-            Self::CursorExpired => Some(json!({"oldest_cursor": "e1_1200"})),
-            Self::PayloadTooLarge => Some(json!({"limit_bytes": 65536})),
-            Self::MissingTenantId
-            | Self::MissingCorrelationId
-            | Self::CampaignNotFound
-            | Self::Unauthorized
-            | Self::NotFound
-            | Self::IdConflict
-            | Self::InternalError
-            | Self::StorageUnavailable => None,
-        }
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|code| code.status() == status)
+            .unwrap_or(if status.is_server_error() {
+                Code::InternalError
+            } else {
+                Code::ValidationError
+            })
     }
 }
 
@@ -241,6 +224,11 @@ impl ApiError {
         }
     }
 
+    /// A path parameter the service cannot read; reported like a query parameter.
+    pub fn invalid_path(parameter: &str, message: impl Into<String>) -> Self {
+        Self::invalid_query(parameter, message)
+    }
+
     /// One violation of the body contract found after schema validation (a value the
     /// schema accepts but the service cannot represent).
     pub fn violation(pointer: &str, message: impl Into<String>) -> Self {
@@ -295,6 +283,56 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Gives every error reply a JSON body with its `error` word, whichever layer wrote it:
+/// one of the HTTP layer's (an extractor's refusal, a handler's `Err` of another type)
+/// has a text body or none, and is answered with the word of its status instead.
+pub async fn json_error_bodies(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let response = match next.call(request).await {
+        Ok(response) => response,
+        // An error no layer below turned into a reply: it becomes one here, with its word.
+        Err(error) => {
+            let response = with_json_body(error.error_response());
+            return Err(actix_web::error::InternalError::from_response(
+                error.to_string(),
+                response,
+            )
+            .into());
+        }
+    };
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return Ok(response.map_into_left_body());
+    }
+    let (request, response) = response.into_parts();
+    let response = with_json_body(response.map_into_boxed_body());
+    Ok(ServiceResponse::new(request, response).map_into_right_body())
+}
+
+/// `response` with the JSON body of its status's word, keeping its other headers.
+fn with_json_body(response: HttpResponse) -> HttpResponse {
+    if response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"))
+    {
+        return response;
+    }
+    let mut replaced = Code::for_status(response.status()).response();
+    for (name, value) in response.headers() {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            replaced.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    replaced
+}
+
 /// Displays an error with all its sources, `a: b: c`.
 struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
 
@@ -307,5 +345,65 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = error.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_words_and_statuses_are_those_of_the_wire_contract() {
+        // SPEC §2's table, plus the words for a slow body, an expired cursor, a method a
+        // path does not serve and an unexpected failure: other modules depend on them.
+        let table: Vec<(u16, &str)> = Code::ALL
+            .iter()
+            .map(|code| (code.status().as_u16(), code.word()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (400, "invalid_json"),
+                (400, "validation_error"),
+                (400, "missing_tenant_id"),
+                (400, "missing_correlation_id"),
+                (400, "transition_error"),
+                (400, "campaign_not_found"),
+                (401, "unauthorized"),
+                (404, "not_found"),
+                (405, "method_not_allowed"),
+                (409, "id_conflict"),
+                (410, "cursor_expired"),
+                (408, "request_timeout"),
+                (413, "payload_too_large"),
+                (500, "internal_error"),
+                (503, "storage_unavailable"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_of_the_http_layer_gets_the_word_of_its_status() {
+        assert_eq!(
+            Code::for_status(StatusCode::BAD_REQUEST),
+            Code::ValidationError
+        );
+        assert_eq!(Code::for_status(StatusCode::NOT_FOUND), Code::NotFound);
+        assert_eq!(
+            Code::for_status(StatusCode::METHOD_NOT_ALLOWED),
+            Code::MethodNotAllowed
+        );
+        assert_eq!(
+            Code::for_status(StatusCode::PAYLOAD_TOO_LARGE),
+            Code::PayloadTooLarge
+        );
+        assert_eq!(
+            Code::for_status(StatusCode::URI_TOO_LONG),
+            Code::ValidationError
+        );
+        assert_eq!(
+            Code::for_status(StatusCode::BAD_GATEWAY),
+            Code::InternalError
+        );
     }
 }

@@ -152,21 +152,81 @@ fn nul_character(value: &Value, pointer: String) -> Option<String> {
     }
 }
 
-/// The query string as name/value pairs; a malformed one names no parameter we know.
+/// The query string as name/value pairs, decoded strictly: an escape that is not `%`
+/// and two hex digits, text that is not UTF-8 once decoded, or U+0000 is a
+/// `validation_error` naming the parameter (never text quietly replaced by `\u{fffd}`).
 pub fn query_pairs(request: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
-        .map(web::Query::into_inner)
-        .map_err(|error| ApiError::invalid_query("query", error.to_string()))?;
-    if let Some((key, _)) = pairs
-        .iter()
-        .find(|(key, value)| key.contains('\0') || value.contains('\0'))
+    let mut pairs = Vec::new();
+    for part in request
+        .query_string()
+        .split('&')
+        .filter(|part| !part.is_empty())
     {
-        return Err(ApiError::invalid_query(
-            key.replace('\0', "\u{fffd}"),
-            "text must not contain the U+0000 character",
-        ));
+        let (raw_name, raw_value) = part.split_once('=').unwrap_or((part, ""));
+        let name = decode_component(raw_name)
+            .map_err(|message| ApiError::invalid_query(raw_name, message))?;
+        let value = decode_component(raw_value)
+            .map_err(|message| ApiError::invalid_query(&name, message))?;
+        if name.contains('\0') || value.contains('\0') {
+            return Err(ApiError::invalid_query(
+                name.replace('\0', "\u{fffd}"),
+                "text must not contain the U+0000 character",
+            ));
+        }
+        pairs.push((name, value));
     }
     Ok(pairs)
+}
+
+/// A path parameter, decoded strictly like a query parameter. It is read from the path
+/// as the client sent it: the router's own copy has already replaced text that does not
+/// decode with `\u{fffd}`.
+pub fn path_param(request: &HttpRequest, name: &str) -> Result<String, ApiError> {
+    let placeholder = format!("{{{name}}}");
+    let raw = request
+        .match_pattern()
+        .and_then(|pattern| pattern.split('/').position(|part| part == placeholder))
+        .and_then(|index| request.uri().path().split('/').nth(index))
+        .unwrap_or_default();
+    decode(raw, false)
+        .and_then(|text| match text.contains('\0') {
+            true => Err("text must not contain the U+0000 character"),
+            false => Ok(text),
+        })
+        .map_err(|message| ApiError::invalid_path(name, message))
+}
+
+/// One name or value of a query string (`+` is a space).
+fn decode_component(text: &str) -> Result<String, &'static str> {
+    decode(text, true)
+}
+
+fn decode(text: &str, plus_is_space: bool) -> Result<String, &'static str> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = bytes
+                    .get(index + 1..index + 3)
+                    .and_then(|pair| std::str::from_utf8(pair).ok())
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or("has a `%` that is not followed by two hex digits")?;
+                decoded.push(hex);
+                index += 3;
+            }
+            b'+' if plus_is_space => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| "is not UTF-8 text once decoded")
 }
 
 /// The last value of a parameter, as most HTTP stacks read repeated parameters.
@@ -180,7 +240,17 @@ pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_json;
+    use super::{decode, is_json};
+
+    #[test]
+    fn query_text_is_decoded_strictly() {
+        assert_eq!(decode("a%20b+c", true).as_deref(), Ok("a b c"));
+        assert_eq!(decode("a+b", false).as_deref(), Ok("a+b"));
+        assert_eq!(decode("%E2%82%AC", true).as_deref(), Ok("€"));
+        for bad in ["%", "%Z1", "%1", "%FF", "%C0%AF"] {
+            assert!(decode(bad, true).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn only_json_media_types_are_json() {

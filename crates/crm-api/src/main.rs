@@ -7,10 +7,10 @@ use crm_api::{startup, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let log_format = cli.log_format;
     telemetry::init(log_format);
-    let command = cli.command.unwrap_or(Command::Serve);
+    let command = cli.command.take().unwrap_or(Command::Serve);
     let outcome = async {
         let settings = cli.into_settings(std::env::var("DATABASE_URL").ok())?;
         match command {
@@ -22,6 +22,7 @@ async fn main() -> std::process::ExitCode {
             }
             Command::Migrate => startup::migrate(&settings).await?,
             Command::Adopt { check } => println!("{}", startup::adopt(&settings, check).await?),
+            Command::Backup { to } => println!("{}", startup::backup(&settings, to).await?),
         }
         anyhow::Ok(())
     };

@@ -16,14 +16,14 @@ use crm_contracts::{Contract, Contracts, WORKFLOWS_JSON};
 use crm_domain::campaign::CAMPAIGN_WORKFLOW;
 use crm_domain::workflow::{Workflow, WorkflowSet};
 use crm_ports::Store;
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::auth::Tokens;
 use crate::config::{PgSettings, Settings, StoreKind, resolve};
+use crate::error::Code;
 use crate::extract::BodyLimit;
 use crate::routes::OpenApiDocument;
-use crate::{metrics, openapi, routes, telemetry};
+use crate::{error, metrics, openapi, routes, telemetry};
 
 /// A built server, bound and ready to run.
 pub struct Application {
@@ -34,6 +34,7 @@ pub struct Application {
     retention: Duration,
     retention_interval: Duration,
     shutdown_timeout: Duration,
+    signals: StopSignals,
 }
 
 impl std::fmt::Debug for Application {
@@ -60,6 +61,9 @@ impl Application {
             );
         }
         let store = open_store(&settings, LegacyRules::new(contracts.clone())).await?;
+        // Before the listener serves its first request, so that a stop asked for as soon
+        // as the service answers is a graceful one.
+        let signals = StopSignals::install().context("cannot listen for SIGTERM")?;
         metrics::handle();
         let openapi = web::Data::new(OpenApiDocument(openapi::document(&contracts).to_string()));
         let crm = Crm::new(store, contracts, Arc::new(workflow))
@@ -82,6 +86,7 @@ impl Application {
                 .app_data(body_limit.clone())
                 .app_data(tokens.clone())
                 .app_data(openapi.clone())
+                .wrap(from_fn(error::json_error_bodies))
                 .wrap(from_fn(telemetry::log_request))
                 .configure(routes::configure)
                 .default_service(web::to(not_found))
@@ -92,7 +97,7 @@ impl Application {
         .client_request_timeout(settings.request_timeout)
         .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
         .run();
-        tracing::info!(address = %format!("http://{}:{port}", address.ip()), "listening");
+        log_start(&settings, &format!("http://{}:{port}", address.ip()));
         Ok(Self {
             port,
             server,
@@ -101,6 +106,7 @@ impl Application {
             retention: settings.retention,
             retention_interval: settings.retention_interval,
             shutdown_timeout: settings.shutdown_timeout,
+            signals,
         })
     }
 
@@ -128,17 +134,20 @@ impl Application {
             stopped,
         ));
         let server = self.server.handle();
+        let crm = self.crm.clone();
         let deadline = self.shutdown_timeout;
         let (signalled, first_signal) = tokio::sync::oneshot::channel();
+        let mut signals = self.signals;
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signals.next().await;
             tracing::info!(
                 timeout_ms = deadline.as_millis() as u64,
                 "shutdown requested: finishing in-flight requests"
             );
             let _ = signalled.send(Instant::now());
-            tokio::spawn(async {
-                shutdown_signal().await;
+            crm.begin_stop();
+            tokio::spawn(async move {
+                signals.next().await;
                 tracing::warn!("second shutdown signal: exiting at once");
                 std::process::exit(1);
             });
@@ -166,25 +175,58 @@ impl Application {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler installs");
+/// The start-up line: what runs, where its records are, where it listens, and which
+/// limits are on (never a secret: a token is only said to be set).
+fn log_start(settings: &Settings, address: &str) {
+    let (backend, data_dir, schema) = match &settings.store {
+        StoreKind::File(file) => ("file", Some(file.dir.display().to_string()), None),
+        StoreKind::Postgres(pg) => ("postgres", None, Some(pg.schema.as_str())),
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        backend,
+        data_dir,
+        pg_schema = schema,
+        address,
+        api_token = settings.api_token.is_some(),
+        internal_token = settings.internal_token.is_some(),
+        body_limit = settings.body_limit,
+        request_timeout_ms = settings.request_timeout.as_millis() as u64,
+        default_send_rate = settings.default_send_rate,
+        worker_interval_ms = settings
+            .worker_interval
+            .map(|interval| interval.as_millis() as u64),
+        retention_hours = settings.retention.as_secs_f64() / 3600.0,
+        "crm-api listening"
+    );
+}
+
+/// SIGTERM and Ctrl-C, listened for from start-up on.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the next SIGTERM or Ctrl-C.
+    async fn next(&mut self) {
         tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }
 
 async fn not_found() -> HttpResponse {
-    HttpResponse::NotFound().json(json!({ "error": "not_found" }))
+    Code::NotFound.response()
 }
 
 fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<Workflow> {
@@ -268,6 +310,26 @@ pub async fn adopt(settings: &Settings, check: bool) -> anyhow::Result<String> {
         }
     };
     Ok(found.to_string())
+}
+
+/// `crm-api backup --to DIR`: a verified copy of the file store's data dir.
+pub async fn backup(settings: &Settings, to: std::path::PathBuf) -> anyhow::Result<String> {
+    match &settings.store {
+        StoreKind::File(file) => {
+            let from = file.dir.clone();
+            let copied = tokio::task::spawn_blocking(move || {
+                crm_adapters_file::backup(&from, &to).map(|report| (report, to))
+            })
+            .await
+            .context("the backup panicked")??;
+            let (report, to) = copied;
+            Ok(format!("backed up to {}: {report}", to.display()))
+        }
+        StoreKind::Postgres(_) => bail!(
+            "backup copies the file store; back PostgreSQL up with its own tools \
+             (pg_dump, or pg_basebackup with WAL archiving for point-in-time recovery)"
+        ),
+    }
 }
 
 fn pg_options(settings: &PgSettings) -> anyhow::Result<PgOptions> {

@@ -8,7 +8,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Instrument, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
@@ -155,7 +155,9 @@ pub async fn log_request(
     );
     let method = request.method().clone();
     let path = request.path().to_owned();
-    let mut response = next.call(request).await?;
+    // Every line logged while serving the request, in any layer, carries its id.
+    let span = tracing::info_span!("http", request_id = %request_id);
+    let mut response = next.call(request).instrument(span).await?;
     let route = response
         .request()
         .match_pattern()

@@ -49,6 +49,49 @@ fn help_lists_every_flag_and_prints_no_secret_from_the_environment() {
 }
 
 #[test]
+fn every_subcommand_takes_every_flag_after_it_and_lists_them_in_its_help() {
+    for subcommand in ["serve", "migrate", "adopt", "backup"] {
+        let (code, text) = run(&[subcommand, "--help"]);
+        assert_eq!(code, Some(0), "{subcommand} --help: {text}");
+        for flag in [
+            "--bind",
+            "--backend",
+            "--data-dir",
+            "--database-url",
+            "--log-format",
+        ] {
+            assert!(
+                text.contains(flag),
+                "{subcommand} --help lacks {flag}:\n{text}"
+            );
+        }
+        assert!(!text.contains(TOKEN) && !text.contains(PASSWORD), "{text}");
+    }
+    // A flag after the subcommand is read like one before it.
+    let (code, text) = run(&["migrate", "--backend", "file"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("migrate applies to --backend postgres"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_backup_of_postgresql_is_left_to_postgresql_s_own_tools() {
+    let backups = tempfile::tempdir().unwrap();
+    let (code, text) = run(&[
+        "backup",
+        "--backend",
+        "postgres",
+        "--to",
+        backups.path().join("copy").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("pg_dump"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+}
+
+#[test]
 fn an_unreachable_database_stops_start_up_with_one_line_and_no_password() {
     let (code, text) = run(&["--backend", "postgres", "--pg-startup-wait-ms", "0"]);
     assert_eq!(code, Some(1));
@@ -270,7 +313,8 @@ fn adopt_check_reports_what_would_be_adopted_and_changes_nothing() {
     );
     assert_eq!(entries(dir.path()), before, "a dry run changes nothing");
 
-    let (code, text) = run(&["--data-dir", path, "adopt"]);
+    // Flags may follow the subcommand, as operators type them.
+    let (code, text) = run(&["adopt", "--data-dir", path]);
     assert_eq!(code, Some(0), "{text}");
     assert!(dir.path().join("node-backup/campaigns.json").exists());
     let (code, text) = run(&["--data-dir", path, "adopt", "--check"]);
@@ -292,10 +336,10 @@ fn adopt_check_names_every_record_that_breaks_a_rule() {
     let before = entries(dir.path());
 
     let (code, text) = run(&[
-        "--data-dir",
-        dir.path().to_str().unwrap(),
         "adopt",
         "--check",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
     ]);
 
     assert_eq!(code, Some(1), "{text}");

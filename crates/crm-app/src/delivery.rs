@@ -109,6 +109,7 @@ impl Acker for Ack<'_> {
 impl Crm {
     /// Leases up to `limit` (capped at `MAX_CLAIM_LIMIT`) ready items for `lease`
     /// (clamped to `MIN_LEASE..=MAX_LEASE`).
+    #[tracing::instrument(name = "claim", skip_all, fields(limit))]
     pub async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<LeasedItem>, AppError> {
         let now = now();
         let lease = lease.clamp(MIN_LEASE, MAX_LEASE);
@@ -131,6 +132,7 @@ impl Crm {
     }
 
     /// Applies acknowledgements, each atomically with its follow-up's delivery and event.
+    #[tracing::instrument(name = "ack", skip_all, fields(acks = acks.len()))]
     pub async fn ack(&self, acks: &[AckRequest]) -> Result<Vec<AckStatus>, AppError> {
         let acker = Ack {
             crm: self,

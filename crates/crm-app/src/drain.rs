@@ -63,6 +63,7 @@ struct Decide<'a> {
 }
 
 impl Crm {
+    #[tracing::instrument(name = "drain", skip_all, fields(limit = command.limit))]
     pub async fn drain(&self, command: DrainCommand) -> Result<DrainReport, AppError> {
         let limit = command.limit.clamp(1, MAX_DRAIN_LIMIT);
         let now = now();

@@ -24,6 +24,7 @@ pub struct PolicyInForce {
 
 impl Crm {
     /// A campaign with the counts of its follow-ups.
+    #[tracing::instrument(name = "campaign_with_stats", skip_all, fields(tenant_id = %tenant_id, campaign_id = %campaign_id))]
     pub async fn campaign_with_stats(
         &self,
         tenant_id: &TenantId,
@@ -38,6 +39,7 @@ impl Crm {
         Ok((campaign, stats))
     }
 
+    #[tracing::instrument(name = "follow_up", skip_all, fields(tenant_id = %tenant_id, followup_id = %followup_id))]
     pub async fn follow_up(
         &self,
         tenant_id: &TenantId,
@@ -51,6 +53,7 @@ impl Crm {
 
     /// Cancels a pending follow-up: it fails with `CANCELED` and its event. A repeat is
     /// `idempotent`; a follow-up sent or failed otherwise cannot be canceled.
+    #[tracing::instrument(name = "cancel_follow_up", skip_all, fields(tenant_id = %tenant_id, followup_id = %followup_id))]
     pub async fn cancel_follow_up(
         &self,
         tenant_id: &TenantId,
@@ -98,6 +101,7 @@ impl Crm {
         )))
     }
 
+    #[tracing::instrument(name = "sending_policy", skip_all, fields(tenant_id = %tenant_id))]
     pub async fn sending_policy(&self, tenant_id: &TenantId) -> Result<PolicyInForce, AppError> {
         Ok(match self.store.sending_policy(tenant_id).await? {
             Some(policy) => PolicyInForce { policy, own: true },
@@ -111,6 +115,7 @@ impl Crm {
         })
     }
 
+    #[tracing::instrument(name = "set_sending_policy", skip_all, fields(tenant_id = %tenant_id))]
     pub async fn set_sending_policy(
         &self,
         tenant_id: &TenantId,
@@ -121,6 +126,7 @@ impl Crm {
     }
 
     /// Adds a number to the tenant's opt-out list; `Existing` when it was there already.
+    #[tracing::instrument(name = "add_opt_out", skip_all, fields(tenant_id = %tenant_id))]
     pub async fn add_opt_out(
         &self,
         tenant_id: TenantId,
@@ -137,6 +143,7 @@ impl Crm {
     }
 
     /// Takes a number off the tenant's opt-out list; `false` when it was not on it.
+    #[tracing::instrument(name = "remove_opt_out", skip_all, fields(tenant_id = %tenant_id))]
     pub async fn remove_opt_out(
         &self,
         tenant_id: &TenantId,
@@ -145,6 +152,7 @@ impl Crm {
         Ok(self.store.remove_opt_out(tenant_id, phone_e164).await?)
     }
 
+    #[tracing::instrument(name = "opt_outs", skip_all, fields(tenant_id = %query.tenant_id))]
     pub async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, AppError> {
         let query = OptOutQuery {
             limit: query.limit.clamp(1, crm_domain::page::MAX_LIMIT),

@@ -43,6 +43,8 @@ pub struct Crm {
     /// The rate of tenants without a policy of their own.
     pub(crate) default_send_rate: Option<u32>,
     workflow: Arc<Workflow>,
+    /// Set once the service is stopping: waiting feed reads answer at once.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Crm {
@@ -136,7 +138,14 @@ impl Crm {
             contracts,
             workflow,
             default_send_rate: None,
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// The service is stopping: feed reads waiting for an event answer at once with what
+    /// they have, so that no long-poll holds a shutdown.
+    pub fn begin_stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Paces every tenant without a sending policy of its own to `rate` follow-ups per
@@ -154,6 +163,7 @@ impl Crm {
         &self.contracts
     }
 
+    #[tracing::instrument(name = "create_campaign", skip_all, fields(tenant_id = %command.tenant_id))]
     pub async fn create_campaign(
         &self,
         command: StartCampaign,
@@ -192,6 +202,7 @@ impl Crm {
         Ok(created_outcome(created, correlation_id, event.name()))
     }
 
+    #[tracing::instrument(name = "advance_campaign", skip_all, fields(tenant_id = %command.tenant_id, campaign_id = %command.campaign_id))]
     pub async fn advance_campaign(
         &self,
         command: AdvanceCampaign,
@@ -249,6 +260,7 @@ impl Crm {
         }))
     }
 
+    #[tracing::instrument(name = "schedule_follow_up", skip_all, fields(tenant_id = %command.tenant_id))]
     pub async fn schedule_follow_up(
         &self,
         command: ScheduleFollowUp,
@@ -307,6 +319,7 @@ impl Crm {
     }
 
     /// One page; a limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
+    #[tracing::instrument(name = "list_campaigns", skip_all, fields(tenant_id = %query.tenant_id))]
     pub async fn list_campaigns(&self, query: &CampaignQuery) -> Result<Page<Campaign>, AppError> {
         let query = CampaignQuery {
             limit: query.limit.clamp(1, MAX_LIMIT),
@@ -316,6 +329,7 @@ impl Crm {
     }
 
     /// One page; a limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
+    #[tracing::instrument(name = "list_follow_ups", skip_all, fields(tenant_id = %query.tenant_id))]
     pub async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, AppError> {
         let query = FollowUpQuery {
             limit: query.limit.clamp(1, MAX_LIMIT),
@@ -334,6 +348,7 @@ impl Crm {
 
     /// One page of the events of one correlation, oldest first; only one tenant's when
     /// the query names one. A limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
+    #[tracing::instrument(name = "trace", skip_all, fields(correlation_id = %query.correlation_id))]
     pub async fn trace(&self, query: &TraceQuery) -> Result<EventPage, AppError> {
         let query = TraceQuery {
             limit: query.limit.clamp(1, MAX_LIMIT),
@@ -344,6 +359,7 @@ impl Crm {
 
     /// One page of the event feed; when it is empty, waits up to `wait` for an event to
     /// commit (on a signal from the writers, never polling in a loop) and reads again.
+    /// Once the service is stopping, an empty page is answered at once.
     pub async fn read_feed(
         &self,
         query: &FeedQuery,
@@ -354,14 +370,18 @@ impl Crm {
             ..query.clone()
         };
         let deadline = tokio::time::Instant::now() + wait.min(MAX_FEED_WAIT);
+        let mut stopping = self.stopping.subscribe();
         loop {
             let page = self.store.read_feed(&query).await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if !page.items.is_empty() || left.is_zero() {
+            if !page.items.is_empty() || left.is_zero() || *stopping.borrow_and_update() {
                 return Ok(page);
             }
             let _waiting = names::FeedWaiting::start();
-            self.store.wait_for_events(page.next, left).await?;
+            tokio::select! {
+                waited = self.store.wait_for_events(page.next, left) => waited?,
+                _ = stopping.wait_for(|stopping| *stopping) => return Ok(page),
+            }
             query.after = Some(page.next);
         }
     }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     CURSOR_PARAMETER, LIMIT_PARAMETER, OWNER_PARAMETER, TENANT_PARAMETER, command_reply,
-    list_reply, page_params, tenant, tenant_param, timestamp,
+    list_reply, page_params, record_id, tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
     Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
@@ -292,7 +292,7 @@ async fn create_campaign(crm: web::Data<Crm>, body: RawBody) -> Result<HttpRespo
 
 async fn advance_campaign(
     crm: web::Data<Crm>,
-    path: web::Path<String>,
+    http: HttpRequest,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let Envelope { request }: Envelope<UpdateRequest> = contract_body(
@@ -302,7 +302,7 @@ async fn advance_campaign(
         None,
     )?;
     // An id that is not a uuid names no campaign at all.
-    let campaign_id = CampaignId::parse(&path.into_inner()).ok_or(ApiError::NotFound)?;
+    let campaign_id = record_id(&http, "campaign_id", CampaignId::parse)?;
     let changes = request.changes;
     let command = AdvanceCampaign {
         tenant_id: tenant(request.tenant_id, "/request/tenant_id")?,
@@ -319,13 +319,9 @@ async fn advance_campaign(
     Ok(campaign_reply(request.request_id, &outcome))
 }
 
-async fn get_campaign(
-    crm: web::Data<Crm>,
-    path: web::Path<String>,
-    request: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+async fn get_campaign(crm: web::Data<Crm>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let tenant_id = tenant_param(&query_pairs(&request)?)?;
-    let campaign_id = CampaignId::parse(&path.into_inner()).ok_or(ApiError::NotFound)?;
+    let campaign_id = record_id(&request, "campaign_id", CampaignId::parse)?;
     let (campaign, stats) = crm.campaign_with_stats(&tenant_id, campaign_id).await?;
     Ok(HttpResponse::Ok().json(json!({
         "campaign": CampaignView::from(&campaign),

@@ -39,14 +39,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
                 `410 cursor_expired`.",
             schema: |_| json!({"type": "string", "pattern": EVENT_CURSOR_PATTERN}),
         },
-        Parameter {
-            name: "limit",
-            location: Location::Query,
-            required: false,
-            description: "Page size, 100 by default, 1000 at most (larger values are served \
-                as 1000).",
-            schema: |_| json!({"type": "integer", "minimum": 1, "default": 100}),
-        },
+        super::LIMIT_PARAMETER,
         Parameter {
             name: "wait_ms",
             location: Location::Query,

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{
     CURSOR_PARAMETER, LIMIT_PARAMETER, OWNER_PARAMETER, TENANT_PARAMETER, command_reply,
-    list_reply, page_params, tenant, tenant_param, timestamp,
+    list_reply, page_params, record_id, tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
     Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
@@ -346,24 +346,23 @@ fn follow_up_reply(request_id: Uuid, outcome: &crm_app::Outcome<FollowUp>) -> Ht
 
 async fn get_follow_up(
     crm: web::Data<Crm>,
-    path: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let tenant_id = tenant_param(&query_pairs(&request)?)?;
-    let followup_id = FollowUpId::parse(&path.into_inner()).ok_or(ApiError::NotFound)?;
+    let followup_id = record_id(&request, "followup_id", FollowUpId::parse)?;
     let follow_up = crm.follow_up(&tenant_id, followup_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "followup": FollowUpView::from(&follow_up) })))
 }
 
 async fn cancel_follow_up(
     crm: web::Data<Crm>,
-    path: web::Path<String>,
+    http: HttpRequest,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let CancelEnvelope { request } =
         contract_body(crm.contracts(), Contract::FollowUpCancel, &body.0, None)?;
     let tenant_id = tenant(request.tenant_id, "/request/tenant_id")?;
-    let followup_id = FollowUpId::parse(&path.into_inner()).ok_or(ApiError::NotFound)?;
+    let followup_id = record_id(&http, "followup_id", FollowUpId::parse)?;
     let outcome = crm
         .cancel_follow_up(
             &tenant_id,

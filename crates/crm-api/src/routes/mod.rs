@@ -11,19 +11,21 @@ mod tenants;
 mod trace;
 mod worker;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
-use actix_web::middleware::from_fn;
-use actix_web::{HttpResponse, web};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use crm_domain::ids::{CorrelationId, TenantId};
-use crm_domain::page::{CURSOR_PATTERN, Cursor, DEFAULT_LIMIT};
+use crm_domain::page::{CURSOR_PATTERN, Cursor, DEFAULT_LIMIT, MAX_LIMIT};
 use crm_domain::timestamp::Timestamp;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth;
-use crate::endpoint::{Endpoint, Location, Parameter};
-use crate::error::ApiError;
-use crate::extract::param;
+use crate::endpoint::{Access, Endpoint, Location, Parameter};
+use crate::error::{ApiError, Code};
+use crate::extract::{param, path_param, query_pairs};
 
 pub use operations::OpenApiDocument;
 
@@ -55,30 +57,72 @@ pub fn paths() -> Vec<&'static str> {
     paths
 }
 
-/// Mounts every declared endpoint: one resource per path, guarded by the token of its
-/// access, answering its other methods with `405` and the `Allow` header.
+/// Mounts every declared endpoint: one resource per path, admitted by `admit`,
+/// answering its other methods with `405` and the `Allow` header.
 pub fn configure(config: &mut web::ServiceConfig) {
     for path in paths() {
-        let served: Vec<&Endpoint> = endpoints().filter(|e| e.path == path).collect();
-        let mut methods: Vec<&str> = served.iter().map(|e| e.method.as_str()).collect();
+        let mut methods: Vec<&str> = endpoints()
+            .filter(|e| e.path == path)
+            .map(|e| e.method.as_str())
+            .collect();
         methods.sort_unstable();
         let allowed = methods.join(", ");
-        let access = served[0].access;
         let mut resource = web::resource(path).default_service(web::to(move || {
-            let allowed = allowed.clone();
-            async move {
-                HttpResponse::MethodNotAllowed()
-                    .insert_header((header::ALLOW, allowed))
-                    .json(json!({ "error": "method_not_allowed" }))
+            let mut response = Code::MethodNotAllowed.response();
+            if let Ok(value) = header::HeaderValue::from_str(&allowed) {
+                response.headers_mut().insert(header::ALLOW, value);
             }
+            async move { response }
         }));
-        for endpoint in served {
+        for endpoint in endpoints().filter(|e| e.path == path) {
             resource = resource.route((endpoint.handler)(web::method(endpoint.method.clone())));
         }
-        config.service(resource.wrap(from_fn(move |request, next| {
-            auth::require_token(access, request, next)
-        })));
+        config.service(resource.wrap(from_fn(move |request, next| admit(path, request, next))));
     }
+}
+
+/// Admits a request to the endpoint of its path and method: the token of the endpoint's
+/// access first, then its query string, which may name only the parameters the endpoint
+/// declares (`?stauts=sent` must not quietly list everything).
+async fn admit(
+    path: &'static str,
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let served: Vec<&Endpoint> = endpoints().filter(|e| e.path == path).collect();
+    // Every endpoint of a path shares its access (a test checks it).
+    let access = served.first().map_or(Access::Open, |e| e.access);
+    let endpoint = served.into_iter().find(|e| e.method == *request.method());
+    let admitted = auth::check(access, &request).and_then(|()| match endpoint {
+        Some(endpoint) => known_parameters(endpoint, &request),
+        // A method the path does not serve: `405` says so.
+        None => Ok(()),
+    });
+    if let Err(error) = admitted {
+        let (request, _) = request.into_parts();
+        return Ok(ServiceResponse::new(request, error.error_response()).map_into_right_body());
+    }
+    next.call(request)
+        .await
+        .map(ServiceResponse::map_into_left_body)
+}
+
+/// Refuses a query string that names a parameter `endpoint` does not declare, or that
+/// cannot be decoded.
+fn known_parameters(endpoint: &Endpoint, request: &ServiceRequest) -> Result<(), ApiError> {
+    for (name, _) in query_pairs(request.request())? {
+        let declared = endpoint
+            .parameters
+            .iter()
+            .any(|parameter| parameter.location == Location::Query && parameter.name == name);
+        if !declared {
+            return Err(ApiError::invalid_query(
+                name,
+                "is not a parameter of this route",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `tenant_id`, which every list needs.
@@ -105,9 +149,9 @@ pub(crate) const LIMIT_PARAMETER: Parameter = Parameter {
     name: "limit",
     location: Location::Query,
     required: false,
-    description: "Page size, 100 by default; values above 1000 are served as 1000. Zero or a \
-        non-integer is `400 validation_error`.",
-    schema: |_| json!({"type": "integer", "minimum": 1, "default": 100}),
+    description: "Page size, 1 to 1000, 100 by default; any other value is \
+        `400 validation_error`.",
+    schema: |_| json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}),
 };
 
 pub(crate) const CURSOR_PARAMETER: Parameter = Parameter {
@@ -140,6 +184,19 @@ fn command_reply(
     });
     reply["response"][record_name] = record;
     HttpResponse::Ok().json(reply)
+}
+
+/// The record id in path parameter `name`: text that does not decode, or is not an id
+/// (`parse`), names no record at all.
+fn record_id<T>(
+    request: &HttpRequest,
+    name: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, ApiError> {
+    path_param(request, name)
+        .ok()
+        .and_then(|text| parse(&text))
+        .ok_or(ApiError::NotFound)
 }
 
 fn tenant(text: String, pointer: &str) -> Result<TenantId, ApiError> {
@@ -185,16 +242,22 @@ fn tenant_param(pairs: &[(String, String)]) -> Result<TenantId, ApiError> {
         .ok_or(ApiError::MissingTenantId)
 }
 
-/// `limit` (1.., `default` when absent; the use case caps it).
+/// `limit`: 1 to `MAX_LIMIT`, `default` when absent.
 fn limit_param(pairs: &[(String, String)], default: usize) -> Result<usize, ApiError> {
     match param(pairs, "limit") {
         None => Ok(default),
         Some(text) => positive_integer(text)
-            .ok_or_else(|| ApiError::invalid_query("limit", "must be a positive integer")),
+            .filter(|limit| *limit <= MAX_LIMIT)
+            .ok_or_else(|| {
+                ApiError::invalid_query(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            }),
     }
 }
 
-/// `limit` (1.., default 100; the use case caps it) and `cursor` of a list.
+/// `limit` (default 100) and `cursor` of a list.
 fn page_params(pairs: &[(String, String)]) -> Result<(usize, Option<Cursor>), ApiError> {
     let limit = limit_param(pairs, DEFAULT_LIMIT)?;
     let cursor = param(pairs, "cursor")
@@ -224,7 +287,6 @@ fn contract_property(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::Access;
 
     #[test]
     fn every_path_has_one_access_and_its_family_prefix() {

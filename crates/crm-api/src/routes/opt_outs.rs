@@ -15,7 +15,7 @@ use crate::endpoint::{
     Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
 };
 use crate::error::{ApiError, Code};
-use crate::extract::{RawBody, contract_body, param, query_pairs};
+use crate::extract::{RawBody, contract_body, param, path_param, query_pairs};
 
 /// A phone number in E.164, as the contracts spell it.
 const PHONE_PATTERN: &str = "^\\+[1-9][0-9]{7,14}$";
@@ -212,11 +212,10 @@ async fn list_opt_outs(
 
 async fn remove_opt_out(
     crm: web::Data<Crm>,
-    path: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let tenant_id = tenant_param(&query_pairs(&request)?)?;
-    let phone = path.into_inner();
+    let phone = path_param(&request, "phone_e164")?;
     if !is_phone(&phone) {
         return Err(ApiError::invalid_query(
             "phone_e164",

@@ -1,7 +1,7 @@
 //! `/internal/tenants/{tenant_id}/sending-policy`: a tenant's rate and quiet hours.
 
 use actix_web::http::Method;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::{Crm, PolicyInForce};
 use crm_contracts::Contract;
 use crm_domain::ids::TenantId;
@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::endpoint::{Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag};
 use crate::error::{ApiError, Code};
-use crate::extract::{RawBody, contract_body};
+use crate::extract::{RawBody, contract_body, path_param};
 
 const TENANT: Parameter = Parameter {
     name: "tenant_id",
@@ -111,16 +111,16 @@ fn tenant_of(path: String) -> Result<TenantId, ApiError> {
 
 async fn get_sending_policy(
     crm: web::Data<Crm>,
-    path: web::Path<String>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant_id = tenant_of(path.into_inner())?;
+    let tenant_id = tenant_of(path_param(&request, "tenant_id")?)?;
     let in_force = crm.sending_policy(&tenant_id).await?;
     Ok(reply(&tenant_id, &in_force))
 }
 
 async fn put_sending_policy(
     crm: web::Data<Crm>,
-    path: web::Path<String>,
+    request: HttpRequest,
     body: RawBody,
 ) -> Result<HttpResponse, ApiError> {
     let body: PolicyBody = contract_body(
@@ -129,7 +129,7 @@ async fn put_sending_policy(
         &body.0,
         None,
     )?;
-    let tenant_id = tenant_of(path.into_inner())?;
+    let tenant_id = tenant_of(path_param(&request, "tenant_id")?)?;
     let quiet_hours = body
         .quiet_hours
         .map(|quiet| {

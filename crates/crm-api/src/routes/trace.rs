@@ -54,9 +54,9 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
             name: "limit",
             location: Location::Query,
             required: false,
-            description: "Page size, 1000 by default and at most. Zero or a non-integer is \
+            description: "Page size, 1 to 1000, 1000 by default; any other value is \
                 `400 validation_error`.",
-            schema: |_| serde_json::json!({"type": "integer", "minimum": 1, "default": 1000}),
+            schema: |_| serde_json::json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": TRACE_LIMIT}),
         },
         Parameter {
             name: "cursor",

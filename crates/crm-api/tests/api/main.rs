@@ -11,6 +11,7 @@ mod feed;
 mod follow_ups;
 mod health;
 mod helpers;
+mod hostile_queries;
 mod ops;
 mod outbound;
 mod regressions;
