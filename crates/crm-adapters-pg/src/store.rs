@@ -332,7 +332,7 @@ async fn changed_rows_of(
     query: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<u64, StoreError> {
-    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
+    let statement = prepared(client, query).await?;
     client
         .execute(&statement, params)
         .await
@@ -475,12 +475,7 @@ async fn changed_rows(
     query: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<i64, StoreError> {
-    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
-    let row = client
-        .query_one(&statement, params)
-        .await
-        .map_err(unavailable)?;
-    row.try_get(0).map_err(unavailable)
+    query_value(client, query, params).await
 }
 
 fn campaign_params(campaign: &Campaign) -> Result<CampaignParams, StoreError> {
@@ -498,13 +493,59 @@ struct CampaignParams {
     revision: i64,
 }
 
+/// `query` prepared on `client`, once per connection: the pool keeps prepared statements
+/// with the connection, so later calls skip the round trip.
+async fn prepared(
+    client: &impl GenericClient,
+    query: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    client.prepare_cached(query).await.map_err(unavailable)
+}
+
+/// The rows of one statement, as the driver returns them.
+async fn query_rows(
+    client: &impl GenericClient,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let statement = prepared(client, query).await?;
+    client.query(&statement, params).await.map_err(unavailable)
+}
+
+/// The one row of a statement that always returns exactly one.
+async fn query_row(
+    client: &impl GenericClient,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<tokio_postgres::Row, StoreError> {
+    let statement = prepared(client, query).await?;
+    client
+        .query_one(&statement, params)
+        .await
+        .map_err(unavailable)
+}
+
+/// The first column of the one row of a statement that always returns exactly one.
+async fn query_value<T>(
+    client: &impl GenericClient,
+    query: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<T, StoreError>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    let row = query_row(client, query, params).await?;
+    row.try_get(0).map_err(unavailable)
+}
+
+/// The record of the row a statement returns, if it returns one.
 async fn one<T>(
     client: &impl GenericClient,
     query: &str,
     params: &[&(dyn ToSql + Sync)],
     map: fn(&tokio_postgres::Row) -> Result<T, rows::RowError>,
 ) -> Result<Option<T>, StoreError> {
-    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
+    let statement = prepared(client, query).await?;
     let row = client
         .query_opt(&statement, params)
         .await
@@ -512,18 +553,16 @@ async fn one<T>(
     row.as_ref().map(map).transpose().map_err(unavailable)
 }
 
+/// The records of every row a statement returns.
 async fn all<T>(
     client: &impl GenericClient,
     query: &str,
     params: &[&(dyn ToSql + Sync)],
     map: fn(&tokio_postgres::Row) -> Result<T, rows::RowError>,
 ) -> Result<Vec<T>, StoreError> {
-    let statement = client.prepare_cached(query).await.map_err(unavailable)?;
-    let rows = client
-        .query(&statement, params)
-        .await
-        .map_err(unavailable)?;
-    rows.iter()
+    query_rows(client, query, params)
+        .await?
+        .iter()
         .map(map)
         .collect::<Result<_, _>>()
         .map_err(unavailable)
@@ -849,26 +888,18 @@ impl FollowUpStore for PgStore {
                 .values()
                 .map(|cap| i64::try_from(*cap).unwrap_or(i64::MAX))
                 .collect();
-            let claim = transaction
-                .prepare_cached(sql::CLAIM_DUE)
-                .await
-                .map_err(unavailable)?;
-            let locked: Vec<Uuid> = transaction
-                .query(
-                    &claim,
-                    &[
-                        &lane_tenants,
-                        &lane_campaigns,
-                        &lane_zones,
-                        &cap_tenants,
-                        &cap_counts,
-                        &now.as_datetime(),
-                        &depth,
-                        &batch,
-                    ],
-                )
-                .await
-                .map_err(unavailable)?
+            let claim: [&(dyn ToSql + Sync); 8] = [
+                &lane_tenants,
+                &lane_campaigns,
+                &lane_zones,
+                &cap_tenants,
+                &cap_counts,
+                &now.as_datetime(),
+                &depth,
+                &batch,
+            ];
+            let locked: Vec<Uuid> = query_rows(&transaction, sql::CLAIM_DUE, &claim)
+                .await?
                 .iter()
                 .map(|row| row.try_get(0))
                 .collect::<Result<_, _>>()
@@ -876,14 +907,7 @@ impl FollowUpStore for PgStore {
             let claimed = if locked.is_empty() {
                 Vec::new()
             } else {
-                let read = transaction
-                    .prepare_cached(sql::CLAIMED)
-                    .await
-                    .map_err(unavailable)?;
-                transaction
-                    .query(&read, &[&locked])
-                    .await
-                    .map_err(unavailable)?
+                query_rows(&transaction, sql::CLAIMED, &[&locked]).await?
             };
             let mut outcomes = Vec::with_capacity(claimed.len());
             let mut decided = Decided::default();
@@ -922,10 +946,7 @@ impl FollowUpStore for PgStore {
                     sql::INSERT_EVENTS,
                     sql::ADD_STATS,
                 ] {
-                    transaction
-                        .prepare_cached(query)
-                        .await
-                        .map_err(unavailable)?;
+                    prepared(&transaction, query).await?;
                 }
                 let outcome_params = decided.outcome_params();
                 let outbound_params = decided.outbound_params();
@@ -1012,19 +1033,11 @@ impl FollowUpStore for PgStore {
     async fn count_due(&self, now: Timestamp, held: &[CampaignState]) -> Result<u64, StoreError> {
         let held: Vec<&str> = held.iter().map(|state| state.as_str()).collect();
         let cap = i64::try_from(COUNT_DUE_CAP).unwrap_or(i64::MAX);
-        self.call(async |client| {
-            let statement = client
-                .prepare_cached(sql::COUNT_DUE)
-                .await
-                .map_err(unavailable)?;
-            let row = client
-                .query_one(&statement, &[&held, &now.as_datetime(), &cap])
-                .await
-                .map_err(unavailable)?;
-            let count: i64 = row.try_get(0).map_err(unavailable)?;
-            Ok(u64::try_from(count).unwrap_or(0))
-        })
-        .await
+        let params: [&(dyn ToSql + Sync); 3] = [&held, &now.as_datetime(), &cap];
+        let count: i64 = self
+            .call(async |client| query_value(&*client, sql::COUNT_DUE, &params).await)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 }
 
@@ -1111,20 +1124,9 @@ impl EventEmitter for PgStore {
             Some(_) => SCAN_BUDGET,
         };
         let fetch = fetch_limit(wanted);
+        let params: [&(dyn ToSql + Sync); 3] = [&query.correlation_id.as_uuid(), &after, &fetch];
         let rows = self
-            .call(async |client| {
-                let statement = client
-                    .prepare_cached(sql::EVENTS_BY_CORRELATION)
-                    .await
-                    .map_err(unavailable)?;
-                client
-                    .query(
-                        &statement,
-                        &[&query.correlation_id.as_uuid(), &after, &fetch],
-                    )
-                    .await
-                    .map_err(unavailable)
-            })
+            .call(async |client| query_rows(&*client, sql::EVENTS_BY_CORRELATION, &params).await)
             .await?;
         let scan = bounded_page(
             numbered(&rows)?,
@@ -1144,11 +1146,7 @@ impl EventEmitter for PgStore {
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedPage, StoreError> {
         let (bounds, rows) = self
             .call(async |client| {
-                let bounds = client
-                    .prepare_cached(sql::FEED_BOUNDS)
-                    .await
-                    .map_err(unavailable)?;
-                let bounds = client.query_one(&bounds, &[]).await.map_err(unavailable)?;
+                let bounds = query_row(&*client, sql::FEED_BOUNDS, &[]).await?;
                 let deleted_through: i64 = bounds.try_get(0).map_err(unavailable)?;
                 let last_issued: i64 = bounds.try_get(1).map_err(unavailable)?;
                 let start = query
@@ -1164,35 +1162,18 @@ impl EventEmitter for PgStore {
                 }
                 // One tenant's events come from its own index; otherwise the log is read in
                 // order, passing over at most a budget of events that do not match.
+                let fetch = fetch_limit(if query.name_prefix.is_some() {
+                    SCAN_BUDGET
+                } else {
+                    query.limit
+                });
                 let rows = match &query.tenant_id {
                     Some(tenant) => {
-                        let statement = client
-                            .prepare_cached(sql::FEED_OF_TENANT)
-                            .await
-                            .map_err(unavailable)?;
-                        let fetch = fetch_limit(if query.name_prefix.is_some() {
-                            SCAN_BUDGET
-                        } else {
-                            query.limit
-                        });
-                        client
-                            .query(&statement, &[&start, &fetch, &tenant.as_str()])
-                            .await
+                        let params: [&(dyn ToSql + Sync); 3] = [&start, &fetch, &tenant.as_str()];
+                        query_rows(&*client, sql::FEED_OF_TENANT, &params).await?
                     }
-                    None => {
-                        let statement = client
-                            .prepare_cached(sql::FEED)
-                            .await
-                            .map_err(unavailable)?;
-                        let fetch = fetch_limit(if query.name_prefix.is_some() {
-                            SCAN_BUDGET
-                        } else {
-                            query.limit
-                        });
-                        client.query(&statement, &[&start, &fetch]).await
-                    }
-                }
-                .map_err(unavailable)?;
+                    None => query_rows(&*client, sql::FEED, &[&start, &fetch]).await?,
+                };
                 Ok((start, rows))
             })
             .await?;
@@ -1219,18 +1200,8 @@ impl EventEmitter for PgStore {
         let deadline = tokio::time::Instant::now() + wait;
         let after = position(Some(after));
         loop {
-            let exists = self
-                .call(async |client| {
-                    let statement = client
-                        .prepare_cached(sql::EVENT_AFTER)
-                        .await
-                        .map_err(unavailable)?;
-                    let row = client
-                        .query_one(&statement, &[&after])
-                        .await
-                        .map_err(unavailable)?;
-                    row.try_get::<_, bool>(0).map_err(unavailable)
-                })
+            let exists: bool = self
+                .call(async |client| query_value(&*client, sql::EVENT_AFTER, &[&after]).await)
                 .await?;
             if exists {
                 return Ok(());
@@ -1499,14 +1470,12 @@ impl OutboundQueue for PgStore {
         let limit = fetch_limit(limit).saturating_sub(1);
         self.call(async |client| {
             let transaction = client.transaction().await.map_err(unavailable)?;
-            let claim = transaction
-                .prepare_cached(sql::CLAIM_ITEMS)
-                .await
-                .map_err(unavailable)?;
-            let rows = transaction
-                .query(&claim, &[&now.as_datetime(), &limit])
-                .await
-                .map_err(unavailable)?;
+            let rows = query_rows(
+                &transaction,
+                sql::CLAIM_ITEMS,
+                &[&now.as_datetime(), &limit],
+            )
+            .await?;
             let claimed = rows
                 .iter()
                 .map(|row| Ok((rows::queue_entry(row)?, row)))
@@ -1571,14 +1540,7 @@ impl OutboundQueue for PgStore {
         let ids: Vec<Uuid> = acks.iter().map(|ack| ack.queue_item_id.as_uuid()).collect();
         self.call(async |client| {
             let transaction = client.transaction().await.map_err(unavailable)?;
-            let lock = transaction
-                .prepare_cached(sql::LOCK_ITEMS)
-                .await
-                .map_err(unavailable)?;
-            let rows = transaction
-                .query(&lock, &[&ids])
-                .await
-                .map_err(unavailable)?;
+            let rows = query_rows(&transaction, sql::LOCK_ITEMS, &[&ids]).await?;
             let entries: HashMap<QueueItemId, QueueEntry> = rows
                 .iter()
                 .map(|row| rows::queue_entry(row).map(|entry| (entry.queue_item_id, entry)))
@@ -1609,18 +1571,13 @@ impl OutboundQueue for PgStore {
 
     async fn queue_entry(&self, id: QueueItemId) -> Result<Option<QueueEntry>, StoreError> {
         self.call(async |client| {
-            let statement = client
-                .prepare_cached(sql::SELECT_ITEM)
-                .await
-                .map_err(unavailable)?;
-            let row = client
-                .query_opt(&statement, &[&id.as_uuid()])
-                .await
-                .map_err(unavailable)?;
-            row.as_ref()
-                .map(rows::queue_entry)
-                .transpose()
-                .map_err(unavailable)
+            one(
+                &*client,
+                sql::SELECT_ITEM,
+                &[&id.as_uuid()],
+                rows::queue_entry,
+            )
+            .await
         })
         .await
     }
@@ -1630,22 +1587,11 @@ impl OutboundQueue for PgStore {
         offset: u64,
         limit: usize,
     ) -> Result<Vec<OutboundItem>, StoreError> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .call(async |client| {
-                let statement = client
-                    .prepare_cached(sql::OUTBOUND_ITEMS)
-                    .await
-                    .map_err(unavailable)?;
-                client
-                    .query(
-                        &statement,
-                        &[
-                            &i64::try_from(offset).unwrap_or(i64::MAX),
-                            &i64::try_from(limit).unwrap_or(i64::MAX),
-                        ],
-                    )
-                    .await
-                    .map_err(unavailable)
+                query_rows(&*client, sql::OUTBOUND_ITEMS, &[&offset, &limit]).await
             })
             .await?;
         rows.iter()
@@ -1739,17 +1685,9 @@ impl Store for PgStore {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         let cutoff = cutoff.as_datetime();
         // Two short statements, each its own transaction: no lock outlives one batch.
-        let events = self
+        let events: i64 = self
             .call(async |client| {
-                let statement = client
-                    .prepare_cached(sql::EXPIRE_EVENTS)
-                    .await
-                    .map_err(unavailable)?;
-                let row = client
-                    .query_one(&statement, &[&cutoff, &batch])
-                    .await
-                    .map_err(unavailable)?;
-                row.try_get::<_, i64>(0).map_err(unavailable)
+                query_value(&*client, sql::EXPIRE_EVENTS, &[&cutoff, &batch]).await
             })
             .await?;
         let items = self
