@@ -1355,8 +1355,6 @@ impl ItemColumns {
     }
 }
 
-/// Writes the follow-ups' deliveries, the items' new states, the opt-outs and then the
-/// events, inside `transaction`.
 /// Adds `changes` to the campaigns' counts (in campaign order, the order every writer
 /// locks them in).
 async fn add_stats(
@@ -1386,6 +1384,8 @@ async fn add_stats(
     Ok(())
 }
 
+/// Writes the items' new states, the follow-ups' deliveries, the opt-outs, then the
+/// events and last the campaigns' counts, inside `transaction`.
 async fn write_deliveries(
     transaction: &deadpool_postgres::Transaction<'_>,
     entries: &[QueueEntry],
