@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::rows;
 use crate::sql;
 use crate::store::{bounded, unavailable};
+use crate::write::EventColumns;
 
 /// The most creates one statement carries.
 const MAX_BATCH: usize = 256;
@@ -203,7 +204,7 @@ struct Columns {
     created_at: Vec<OffsetDateTime>,
     updated_at: Vec<OffsetDateTime>,
     counts: [Vec<i64>; 6],
-    events: crate::store::EventColumns,
+    events: EventColumns,
     owners: Vec<Uuid>,
 }
 
@@ -274,7 +275,7 @@ impl Columns {
                 .map(|f| f.updated_at.as_datetime())
                 .collect(),
             counts: std::array::from_fn(|index| counts.iter().map(|c| c[index]).collect()),
-            events: crate::store::EventColumns::new(&events)?,
+            events: EventColumns::new(&events)?,
             owners,
         })
     }

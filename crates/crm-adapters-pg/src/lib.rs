@@ -9,12 +9,22 @@
 //! timeouts; nothing here retries on its own.
 
 mod batch;
+mod campaigns;
+mod drain;
+mod feed;
+mod follow_ups;
 mod migrate;
 mod node;
+mod opt_outs;
+mod outbound;
+mod policies;
+mod read;
 mod rows;
 mod sql;
+mod statement;
 mod store;
 pub mod testing;
+mod write;
 
 pub use migrate::{check_adoption, migrate};
 pub use store::{PgError, PgOptions, PgStore};

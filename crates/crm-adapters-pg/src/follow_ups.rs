@@ -1,0 +1,180 @@
+//! Follow-ups: create (through the group-commit batcher), list, read, save from the
+//! status it was decided on, and count those due.
+//!
+//! The drain, which claims due follow-ups and decides them, is `drain.rs`; this file only
+//! hands it a bounded connection.
+
+use async_trait::async_trait;
+use crm_domain::campaign::{CampaignState, CampaignStats};
+use crm_domain::event::EventEnvelope;
+use crm_domain::follow_up::{FollowUp, FollowUpStatus};
+use crm_domain::ids::{FollowUpId, TenantId};
+use crm_domain::page::{Cursor, Page};
+use crm_domain::timestamp::Timestamp;
+use crm_ports::{Created, Dispatcher, DrainOutcome, FollowUpQuery, FollowUpStore, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+
+use crate::PgStore;
+use crate::batch::{self, CreateJob};
+use crate::drain;
+use crate::read::{Lookup, fetch_limit, keyset, page};
+use crate::rows;
+use crate::sql;
+use crate::statement::{all, changed_rows, query_value};
+use crate::store::unavailable;
+use crate::write::EventColumns;
+
+#[async_trait]
+impl FollowUpStore for PgStore {
+    async fn create_follow_up(
+        &self,
+        follow_up: &FollowUp,
+        events: &[EventEnvelope],
+    ) -> Result<Created<FollowUp>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || unavailable("the create batcher stopped");
+        self.creates()
+            .try_send(CreateJob {
+                follow_up: follow_up.clone(),
+                events: events.to_vec(),
+                reply,
+            })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => unavailable(format!(
+                    "{} creates are already waiting for the database",
+                    batch::MAX_WAITING
+                )),
+                mpsc::error::TrySendError::Closed(_) => stopped(),
+            })?;
+        // The batch before this one may still be committing: two bounds at most.
+        let inserted = tokio::time::timeout(self.timeout() * 2, answer)
+            .await
+            .map_err(|_| self.timed_out())?
+            .map_err(|_| stopped())??;
+        if inserted {
+            return Ok(Created::Created(follow_up.clone()));
+        }
+        let lookup = Lookup {
+            by_id: sql::SELECT_FOLLOW_UP_BY_ID,
+            by_key: sql::SELECT_FOLLOW_UP_BY_KEY,
+            map: rows::follow_up,
+            tenant_of: |found: &FollowUp| &found.tenant_id,
+        };
+        let id = follow_up.followup_id.as_uuid();
+        self.call(async |client| {
+            lookup
+                .repeated(&*client, id, &follow_up.tenant_id, &follow_up.external_key)
+                .await
+        })
+        .await
+    }
+
+    async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {
+        let (after_at, after_id) = keyset(query.after);
+        let status = query.status.map(|s| s.as_str());
+        let campaign = query.campaign_id.map(|c| c.as_uuid());
+        let limit = fetch_limit(query.limit);
+        let tenant = query.tenant_id.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant, &after_at, &after_id, &limit];
+        let sql = match (&campaign, &status) {
+            (None, None) => sql::LIST_FOLLOW_UPS,
+            (None, Some(status)) => {
+                params.push(status);
+                sql::LIST_FOLLOW_UPS_BY_STATUS
+            }
+            (Some(campaign), None) => {
+                params.push(campaign);
+                sql::LIST_FOLLOW_UPS_BY_CAMPAIGN
+            }
+            (Some(campaign), Some(status)) => {
+                params.push(campaign);
+                params.push(status);
+                sql::LIST_FOLLOW_UPS_BY_CAMPAIGN_AND_STATUS
+            }
+        };
+        let items = self
+            .call(async |client| all(&*client, sql, &params, rows::follow_up).await)
+            .await?;
+        Ok(page(items, query.limit, |f| Cursor {
+            created_at: f.created_at,
+            id: f.followup_id.as_uuid(),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        dispatcher: &dyn Dispatcher,
+    ) -> Result<Vec<DrainOutcome>, StoreError> {
+        self.call(async |client| drain::drain_due(client, now, limit, dispatcher).await)
+            .await
+    }
+
+    async fn follow_up(
+        &self,
+        tenant_id: &TenantId,
+        followup_id: FollowUpId,
+    ) -> Result<Option<FollowUp>, StoreError> {
+        self.tenants(
+            tenant_id,
+            sql::SELECT_FOLLOW_UP_BY_ID,
+            followup_id.as_uuid(),
+            rows::follow_up,
+            |follow_up| &follow_up.tenant_id,
+        )
+        .await
+    }
+
+    async fn save_follow_up(
+        &self,
+        follow_up: &FollowUp,
+        expected: FollowUpStatus,
+        events: &[EventEnvelope],
+    ) -> Result<bool, StoreError> {
+        let events = EventColumns::new(events)?;
+        let id = follow_up.followup_id.as_uuid();
+        let delivery = follow_up.delivery.as_ref().map(rows::delivery_json);
+        let updated_at = follow_up.updated_at.as_datetime();
+        // The change from the status it is saved from, delivery as it stands: a save
+        // never changes what the sender reported.
+        let mut before = follow_up.clone();
+        before.status = expected;
+        let change = CampaignStats::change(Some(&before), follow_up)
+            .counts()
+            .to_vec();
+        let tenant = follow_up.tenant_id.as_str();
+        let record: [&(dyn ToSql + Sync); 9] = [
+            &id,
+            &expected.as_str(),
+            &follow_up.status.as_str(),
+            &follow_up.provider_message_id,
+            &follow_up.last_error_code,
+            &follow_up.last_error_message,
+            &delivery,
+            &updated_at,
+            &change,
+        ];
+        let all: Vec<_> = record
+            .into_iter()
+            .chain(events.params())
+            .chain([&tenant as &(dyn ToSql + Sync)])
+            .collect();
+        self.call(async |client| Ok(changed_rows(&*client, sql::SAVE_FOLLOW_UP, &all).await? == 1))
+            .await
+    }
+
+    async fn count_due(&self, now: Timestamp, held: &[CampaignState]) -> Result<u64, StoreError> {
+        let held: Vec<&str> = held.iter().map(|state| state.as_str()).collect();
+        let cap = i64::try_from(COUNT_DUE_CAP).unwrap_or(i64::MAX);
+        let params: [&(dyn ToSql + Sync); 3] = [&held, &now.as_datetime(), &cap];
+        let count: i64 = self
+            .call(async |client| query_value(&*client, sql::COUNT_DUE, &params).await)
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+}
+
+/// `count_due` stops counting here: the gauge says "at least this many".
+pub const COUNT_DUE_CAP: usize = 10_000;

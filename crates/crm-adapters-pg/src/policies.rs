@@ -1,0 +1,67 @@
+//! Sending policies: read and replace a tenant's rate and quiet hours.
+//!
+//! Applying a policy (pacing, quiet hours) is the drain's (`drain.rs`) with the
+//! dispatcher's plan; this file only stores it.
+
+use async_trait::async_trait;
+use crm_domain::ids::TenantId;
+use crm_domain::policy::SendingPolicy;
+use crm_ports::{PolicyStore, StoreError};
+use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
+
+use crate::PgStore;
+use crate::rows;
+use crate::sql;
+use crate::statement::{all, changed_rows_of};
+use crate::store::unavailable;
+
+#[async_trait]
+impl PolicyStore for PgStore {
+    async fn sending_policy(
+        &self,
+        tenant_id: &TenantId,
+    ) -> Result<Option<SendingPolicy>, StoreError> {
+        let found = self
+            .call(async |client| {
+                all(
+                    &*client,
+                    sql::SELECT_POLICY,
+                    &[&tenant_id.as_str()],
+                    rows::policy,
+                )
+                .await
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    async fn put_sending_policy(
+        &self,
+        tenant_id: &TenantId,
+        policy: &SendingPolicy,
+    ) -> Result<(), StoreError> {
+        let rate = policy
+            .max_per_second
+            .map(|rate| i32::try_from(rate).map_err(unavailable))
+            .transpose()?;
+        let quiet = policy.quiet_hours.as_ref();
+        let start = quiet.map(|q| q.start.to_string());
+        let end = quiet.map(|q| q.end.to_string());
+        let zone = quiet.map(|q| q.time_zone.as_str());
+        let now = crm_domain::timestamp::Timestamp::from_datetime(OffsetDateTime::now_utc());
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &tenant_id.as_str(),
+            &rate,
+            &start,
+            &end,
+            &zone,
+            &now.as_datetime(),
+        ];
+        self.call(async |client| {
+            changed_rows_of(&*client, sql::PUT_POLICY, &params).await?;
+            Ok(())
+        })
+        .await
+    }
+}
