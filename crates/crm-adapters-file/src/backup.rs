@@ -128,8 +128,13 @@ pub fn backup(from: &Path, to: &Path) -> Result<BackupReport, BackupError> {
                 });
             }
         };
+        // A bare name's parent is the working dir.
+        let parent = to
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         fs::rename(&staging, to)
-            .and_then(|()| sync_dir(to.parent().unwrap_or(Path::new("."))))
+            .and_then(|()| sync_dir(parent))
             .map_err(write_error(to))?;
         report.attempts = attempt;
         return Ok(report);

@@ -785,6 +785,12 @@ fn change_of(record: EntryRecord<'_>, state: &State) -> Result<Change, String> {
             .policies
             .push(policy.policy().map_err(|e| e.to_string())?);
     }
+    for tenant_id in record.policies_removed {
+        change.policies_removed.push(
+            TenantId::parse(tenant_id.into_owned())
+                .ok_or_else(|| "policy tenant_id is empty".to_owned())?,
+        );
+    }
     for key in record.opt_outs_removed {
         let tenant_id = TenantId::parse(key.tenant_id.into_owned())
             .ok_or_else(|| "opt-out tenant_id is empty".to_owned())?;

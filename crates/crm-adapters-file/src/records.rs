@@ -426,6 +426,9 @@ pub(crate) struct EntryRecord<'a> {
     pub opt_outs_removed: Vec<OptOutKeyRecord<'a>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyRecord<'a>>,
+    /// Tenants whose policy was removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies_removed: Vec<Cow<'a, str>>,
 }
 
 /// The first line of every journal file: which format and generation it is.

@@ -55,6 +55,7 @@ pub(crate) struct Change {
     pub opt_outs: Vec<OptOut>,
     pub opt_outs_removed: Vec<(TenantId, String)>,
     pub policies: Vec<(TenantId, SendingPolicy)>,
+    pub policies_removed: Vec<TenantId>,
 }
 
 impl Change {
@@ -66,6 +67,7 @@ impl Change {
             && self.opt_outs.is_empty()
             && self.opt_outs_removed.is_empty()
             && self.policies.is_empty()
+            && self.policies_removed.is_empty()
     }
 }
 
@@ -196,6 +198,9 @@ impl State {
         }
         for (tenant_id, policy) in change.policies {
             self.image.policies.insert(tenant_id, Arc::new(policy));
+        }
+        for tenant_id in change.policies_removed {
+            self.image.policies.remove(&tenant_id);
         }
         self.image.last_seq = seq;
     }

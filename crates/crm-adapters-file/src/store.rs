@@ -20,8 +20,9 @@ use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     AckRequest, Acker, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher,
     DrainOutcome, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
-    FollowUpQuery, FollowUpStore, LeasedItem, Leaser, OptOutPage, OptOutQuery, OptOutStore,
-    OutboundQueue, PolicyStore, Store, StoreError, TraceQuery, decide_acks, decide_claims,
+    FollowUpQuery, FollowUpStore, LeasedItem, Leaser, NewOptOut, OptOutPage, OptOutQuery,
+    OptOutStore, OutboundQueue, PolicyStore, Store, StoreError, TraceQuery, decide_acks,
+    decide_claims,
 };
 use serde_json::value::RawValue;
 
@@ -285,6 +286,11 @@ fn journal_line(seq: u64, change: &Change) -> Vec<u8> {
             .iter()
             .map(|(tenant_id, policy)| PolicyRecord::new(tenant_id, policy))
             .collect(),
+        policies_removed: change
+            .policies_removed
+            .iter()
+            .map(|tenant_id| std::borrow::Cow::Borrowed(tenant_id.as_str()))
+            .collect(),
     })
 }
 
@@ -445,6 +451,17 @@ impl PolicyStore for FileStore {
         })
         .await
         .map(|_| ())
+    }
+
+    async fn remove_sending_policy(&self, tenant_id: &TenantId) -> Result<bool, StoreError> {
+        let keys = vec![Touch::Policy(tenant_id.clone())];
+        self.write_settled(&keys, |shared| {
+            Ok(shared.state.policy(tenant_id).map(|_| Change {
+                policies_removed: vec![tenant_id.clone()],
+                ..Change::default()
+            }))
+        })
+        .await
     }
 }
 
@@ -829,10 +846,20 @@ impl OutboundQueue for FileStore {
                                 .iter()
                                 .map(|f| Touch::FollowUp(f.followup_id)),
                         );
+                        // A number on the list already stays as it is, and its event is
+                        // not stored again.
+                        let mut events = batch.events;
                         let opt_outs: Vec<OptOut> = batch
                             .opt_outs
                             .into_iter()
-                            .filter(|o| state.opt_out(&o.tenant_id, &o.phone_e164).is_none())
+                            .filter(|new| {
+                                let o = &new.opt_out;
+                                state.opt_out(&o.tenant_id, &o.phone_e164).is_none()
+                            })
+                            .map(|new| {
+                                events.push(new.event);
+                                new.opt_out
+                            })
                             .collect();
                         touched.extend(
                             opt_outs
@@ -853,7 +880,7 @@ impl OutboundQueue for FileStore {
                                 })
                                 .collect(),
                             follow_ups: batch.follow_ups,
-                            events: stored_events(&batch.events),
+                            events: stored_events(&events),
                             opt_outs,
                             ..Change::default()
                         };
@@ -895,13 +922,15 @@ impl OutboundQueue for FileStore {
 
 #[async_trait]
 impl OptOutStore for FileStore {
-    async fn add_opt_out(&self, opt_out: &OptOut) -> Result<Created<OptOut>, StoreError> {
+    async fn add_opt_out(&self, added: &NewOptOut) -> Result<Created<OptOut>, StoreError> {
+        let opt_out = &added.opt_out;
         let keys = vec![Touch::OptOut(
             opt_out.tenant_id.clone(),
             opt_out.phone_e164.clone(),
         )];
         let change = Change {
             opt_outs: vec![opt_out.clone()],
+            events: stored_events(std::slice::from_ref(&added.event)),
             ..Change::default()
         };
         self.create(opt_out, change, keys, |state| {
@@ -916,11 +945,13 @@ impl OptOutStore for FileStore {
         &self,
         tenant_id: &TenantId,
         phone_e164: &str,
+        event: &EventEnvelope,
     ) -> Result<bool, StoreError> {
         let keys = vec![Touch::OptOut(tenant_id.clone(), phone_e164.to_owned())];
         self.write_settled(&keys, |shared| {
             Ok(shared.state.opt_out(tenant_id, phone_e164).map(|_| Change {
                 opt_outs_removed: vec![(tenant_id.clone(), phone_e164.to_owned())],
+                events: stored_events(std::slice::from_ref(event)),
                 ..Change::default()
             }))
         })

@@ -77,7 +77,7 @@ async fn connect(options: &PgOptions) -> Result<(Client, tokio::task::JoinHandle
         .pg_config()?
         .connect(NoTls)
         .await
-        .map_err(PgError::Connect)?;
+        .map_err(PgError::connect)?;
     let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "migration connection closed");

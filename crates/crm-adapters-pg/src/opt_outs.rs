@@ -4,9 +4,10 @@
 //! drain reads them through its claim. Neither is done here.
 
 use async_trait::async_trait;
+use crm_domain::event::EventEnvelope;
 use crm_domain::ids::TenantId;
 use crm_domain::opt_out::OptOut;
-use crm_ports::{Created, OptOutPage, OptOutQuery, OptOutStore, StoreError};
+use crm_ports::{Created, NewOptOut, OptOutPage, OptOutQuery, OptOutStore, StoreError};
 use tokio_postgres::types::ToSql;
 
 use crate::PgStore;
@@ -15,11 +16,14 @@ use crate::rows;
 use crate::sql;
 use crate::statement::{all, changed_rows_of, one};
 use crate::store::unavailable;
+use crate::write::EventColumns;
 
 #[async_trait]
 impl OptOutStore for PgStore {
-    async fn add_opt_out(&self, opt_out: &OptOut) -> Result<Created<OptOut>, StoreError> {
+    async fn add_opt_out(&self, added: &NewOptOut) -> Result<Created<OptOut>, StoreError> {
+        let opt_out = &added.opt_out;
         let created_at = opt_out.created_at.as_datetime();
+        let events = EventColumns::new(std::slice::from_ref(&added.event))?;
         self.call(async |client| {
             let params: [&(dyn ToSql + Sync); 4] = [
                 &opt_out.tenant_id.as_str(),
@@ -27,9 +31,13 @@ impl OptOutStore for PgStore {
                 &opt_out.reason,
                 &created_at,
             ];
-            if changed_rows_of(&*client, sql::ADD_OPT_OUT, &params).await? == 1 {
+            let transaction = client.transaction().await.map_err(unavailable)?;
+            if changed_rows_of(&transaction, sql::ADD_OPT_OUT, &params).await? == 1 {
+                changed_rows_of(&transaction, sql::INSERT_EVENTS, &events.params()).await?;
+                transaction.commit().await.map_err(unavailable)?;
                 return Ok(Created::Created(opt_out.clone()));
             }
+            drop(transaction);
             let existing = one(
                 &*client,
                 sql::SELECT_OPT_OUT,
@@ -48,15 +56,23 @@ impl OptOutStore for PgStore {
         &self,
         tenant_id: &TenantId,
         phone_e164: &str,
+        event: &EventEnvelope,
     ) -> Result<bool, StoreError> {
+        let events = EventColumns::new(std::slice::from_ref(event))?;
         self.call(async |client| {
+            let transaction = client.transaction().await.map_err(unavailable)?;
             let removed = changed_rows_of(
-                &*client,
+                &transaction,
                 sql::REMOVE_OPT_OUT,
                 &[&tenant_id.as_str(), &phone_e164],
             )
             .await?;
-            Ok(removed > 0)
+            if removed == 0 {
+                return Ok(false);
+            }
+            changed_rows_of(&transaction, sql::INSERT_EVENTS, &events.params()).await?;
+            transaction.commit().await.map_err(unavailable)?;
+            Ok(true)
         })
         .await
     }

@@ -12,12 +12,12 @@ use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{FollowUpId, QueueItemId};
-use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::drain::stats_changes;
 use crm_ports::{
-    AckRequest, Acker, LeasedItem, Leaser, OutboundQueue, StoreError, decide_acks, decide_claims,
+    AckRequest, Acker, LeasedItem, Leaser, NewOptOut, OutboundQueue, StoreError, decide_acks,
+    decide_claims,
 };
 use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
@@ -243,9 +243,10 @@ async fn write_deliveries(
     entries: &[QueueEntry],
     follow_ups: &[FollowUp],
     before: &HashMap<FollowUpId, FollowUp>,
-    opt_outs: &[OptOut],
+    opt_outs: &[NewOptOut],
     events: &[EventEnvelope],
 ) -> Result<(), StoreError> {
+    let mut events = events.to_vec();
     if !entries.is_empty() {
         let columns = ItemColumns::new(entries)?;
         changed_rows_of(transaction, sql::UPDATE_ITEMS, &columns.params()).await?;
@@ -268,22 +269,43 @@ async fn write_deliveries(
         .await?;
     }
     if !opt_outs.is_empty() {
-        let tenants: Vec<&str> = opt_outs.iter().map(|o| o.tenant_id.as_str()).collect();
-        let phones: Vec<&str> = opt_outs.iter().map(|o| o.phone_e164.as_str()).collect();
-        let reasons: Vec<Option<&str>> = opt_outs.iter().map(|o| o.reason.as_deref()).collect();
+        let tenants: Vec<&str> = opt_outs
+            .iter()
+            .map(|o| o.opt_out.tenant_id.as_str())
+            .collect();
+        let phones: Vec<&str> = opt_outs
+            .iter()
+            .map(|o| o.opt_out.phone_e164.as_str())
+            .collect();
+        let reasons: Vec<Option<&str>> = opt_outs
+            .iter()
+            .map(|o| o.opt_out.reason.as_deref())
+            .collect();
         let created: Vec<OffsetDateTime> = opt_outs
             .iter()
-            .map(|o| o.created_at.as_datetime())
+            .map(|o| o.opt_out.created_at.as_datetime())
             .collect();
-        changed_rows_of(
+        let added = query_rows(
             transaction,
             sql::ADD_OPT_OUTS,
             &[&tenants, &phones, &reasons, &created],
         )
         .await?;
+        // A number on the list already keeps its record, and its event is not stored.
+        for row in added {
+            let (tenant, phone): (&str, &str) = (row.get(0), row.get(1));
+            events.extend(
+                opt_outs
+                    .iter()
+                    .filter(|o| {
+                        o.opt_out.tenant_id.as_str() == tenant && o.opt_out.phone_e164 == phone
+                    })
+                    .map(|o| o.event.clone()),
+            );
+        }
     }
     if !events.is_empty() {
-        let events = EventColumns::new(events)?;
+        let events = EventColumns::new(&events)?;
         changed_rows_of(transaction, sql::INSERT_EVENTS, &events.params()).await?;
     }
     // After the event lock, as every writer does (see `drain.rs`).

@@ -64,4 +64,13 @@ impl PolicyStore for PgStore {
         })
         .await
     }
+
+    async fn remove_sending_policy(&self, tenant_id: &TenantId) -> Result<bool, StoreError> {
+        self.call(async |client| {
+            let removed =
+                changed_rows_of(&*client, sql::REMOVE_POLICY, &[&tenant_id.as_str()]).await?;
+            Ok(removed > 0)
+        })
+        .await
+    }
 }

@@ -358,6 +358,8 @@ pub const CAMPAIGN_STATS: &str = "SELECT pending, sent, failed, delivery_accepte
 pub const SELECT_POLICY: &str = "SELECT max_per_second, quiet_start, quiet_end, \
     quiet_time_zone FROM crm_sending_policies WHERE tenant_id = $1";
 
+pub const REMOVE_POLICY: &str = "DELETE FROM crm_sending_policies WHERE tenant_id = $1";
+
 pub const PUT_POLICY: &str = "INSERT INTO crm_sending_policies (tenant_id, max_per_second, \
     quiet_start, quiet_end, quiet_time_zone, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
     ON CONFLICT (tenant_id) DO UPDATE SET max_per_second = excluded.max_per_second, \
@@ -491,10 +493,11 @@ pub const OUTBOUND_ITEMS: &str =
 pub const ADD_OPT_OUT: &str = "INSERT INTO crm_opt_outs (tenant_id, phone_e164, reason, \
     created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
-/// Opt-outs as parallel arrays; numbers already opted out keep their first record.
+/// Opt-outs as parallel arrays; numbers already opted out keep their first record. Returns
+/// the ones added.
 pub const ADD_OPT_OUTS: &str = "INSERT INTO crm_opt_outs (tenant_id, phone_e164, reason, \
     created_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
-    $4::timestamptz[]) ON CONFLICT DO NOTHING";
+    $4::timestamptz[]) ON CONFLICT DO NOTHING RETURNING tenant_id, phone_e164";
 
 pub const SELECT_OPT_OUT: &str = "SELECT tenant_id, phone_e164, reason, created_at \
     FROM crm_opt_outs WHERE tenant_id = $1 AND phone_e164 = $2";

@@ -53,8 +53,10 @@ pub enum PgError {
     Url(#[source] tokio_postgres::Error),
     #[error("schema name {0:?} is not a plain identifier (letters, digits, underscores)")]
     Schema(String),
-    #[error("cannot connect to the database: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    /// The server could not be reached, or refused the connection. `permanent`: it
+    /// answered and refused (no such database, wrong password), so waiting will not help.
+    #[error("cannot connect to the database: {cause}")]
+    Connect { cause: String, permanent: bool },
     #[error("cannot build the connection pool: {0}")]
     Pool(String),
     #[error("migration failed: {0}")]
@@ -68,6 +70,35 @@ pub enum PgError {
     NodeTables,
     #[error("the Node.js service's tables cannot be adopted, and nothing was changed; {0}")]
     Refused(crm_ports::adoption::AdoptionReport),
+}
+
+impl PgError {
+    /// A failed connection, with its most telling cause (the server's own message when it
+    /// answered, else the network's: refused, timed out, unknown host).
+    pub fn connect(error: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        let permanent = error.code().is_some_and(|code| {
+            [
+                SqlState::INVALID_CATALOG_NAME,
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                SqlState::INVALID_PASSWORD,
+            ]
+            .contains(code)
+        });
+        let cause = match error.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => {
+                let mut cause = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(inner) = source {
+                    cause = inner.to_string();
+                    source = inner.source();
+                }
+                cause
+            }
+        };
+        Self::Connect { cause, permanent }
+    }
 }
 
 impl PgOptions {

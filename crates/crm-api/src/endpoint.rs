@@ -40,12 +40,13 @@ pub struct Parameter {
     pub schema: fn(&Contracts) -> Value,
 }
 
-/// A body's schema: a contract of `contracts/`, or a small schema of its own (the
-/// operations endpoints).
+/// A body's schema: a contract of `contracts/`, a small schema of its own (the
+/// operations endpoints), or no body at all.
 #[derive(Debug, Clone, Copy)]
 pub enum Schema {
     Contract(Contract),
     Inline(fn() -> Value),
+    NoBody,
 }
 
 #[derive(Debug)]
@@ -55,8 +56,10 @@ pub struct Body {
     pub description: &'static str,
 }
 
+/// The success reply: its status (`200`, or `204` with no body) and body.
 #[derive(Debug)]
 pub struct Reply {
+    pub status: u16,
     pub description: &'static str,
     pub media_type: &'static str,
     pub schema: Schema,

@@ -199,13 +199,11 @@ fn operation(endpoint: &Endpoint, contracts: &Contracts) -> Value {
         });
     }
     let mut responses = Map::new();
-    responses.insert(
-        "200".to_owned(),
-        json!({
-            "description": endpoint.reply.description,
-            "content": {endpoint.reply.media_type: {"schema": schema(endpoint.reply.schema)}}
-        }),
-    );
+    let mut success = json!({ "description": endpoint.reply.description });
+    if let Some(body) = schema(endpoint.reply.schema) {
+        success["content"] = json!({ endpoint.reply.media_type: { "schema": body } });
+    }
+    responses.insert(endpoint.reply.status.to_string(), success);
     let mut by_status: BTreeMap<u16, Vec<Failure>> = BTreeMap::new();
     for failure in endpoint.failures() {
         by_status
@@ -229,13 +227,14 @@ fn operation(endpoint: &Endpoint, contracts: &Contracts) -> Value {
     operation
 }
 
-fn schema(schema: Schema) -> Value {
+fn schema(schema: Schema) -> Option<Value> {
     match schema {
         Schema::Contract(contract) => {
             let name = component_name(contract).expect("wire contracts have components");
-            json!({ "$ref": format!("{COMPONENT_SCHEMAS}{name}") })
+            Some(json!({ "$ref": format!("{COMPONENT_SCHEMAS}{name}") }))
         }
-        Schema::Inline(schema) => schema(),
+        Schema::Inline(schema) => Some(schema()),
+        Schema::NoBody => None,
     }
 }
 

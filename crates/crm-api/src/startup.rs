@@ -361,11 +361,18 @@ async fn migrate_when_reachable(
     loop {
         match crm_adapters_pg::migrate(options, Some(rules)).await {
             Ok(()) => return Ok(()),
-            Err(PgError::Connect(error)) if Instant::now() < deadline => {
-                tracing::warn!(%error, "database not reachable yet; retrying");
+            Err(PgError::Connect {
+                cause,
+                permanent: false,
+            }) if Instant::now() < deadline => {
+                tracing::warn!(%cause, "database not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(PgError::Connect(error)) => {
+            Err(
+                error @ PgError::Connect {
+                    permanent: false, ..
+                },
+            ) => {
                 return Err(anyhow::Error::new(error).context(format!(
                     "database still unreachable after {} ms",
                     wait.as_millis()

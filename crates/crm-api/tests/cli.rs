@@ -92,6 +92,40 @@ fn a_backup_of_postgresql_is_left_to_postgresql_s_own_tools() {
 }
 
 #[test]
+fn a_database_that_answers_but_does_not_exist_stops_start_up_at_once_saying_so() {
+    let Some(url) = std::env::var("CRM_TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set CRM_TEST_DATABASE_URL"
+        );
+        eprintln!("skipped: CRM_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    let missing = format!("{base}/crm_no_such_database_{}", std::process::id());
+    let started = Instant::now();
+    let (code, text) = run(&[
+        "--backend",
+        "postgres",
+        "--database-url",
+        &missing,
+        "--pg-startup-wait-ms",
+        "60000",
+    ]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+    assert!(
+        !text.contains("retrying"),
+        "a database that does not exist is not waited for: {text}"
+    );
+    // Not the 60 s a database that cannot be reached would be waited for.
+    assert!(started.elapsed() < Duration::from_secs(30), "{text}");
+}
+
+#[test]
 fn an_unreachable_database_stops_start_up_with_one_line_and_no_password() {
     let (code, text) = run(&["--backend", "postgres", "--pg-startup-wait-ms", "0"]);
     assert_eq!(code, Some(1));
@@ -100,6 +134,8 @@ fn an_unreachable_database_stops_start_up_with_one_line_and_no_password() {
         last.starts_with("crm-api: database still unreachable"),
         "{text}"
     );
+    // The cause, not just "db error".
+    assert!(last.contains("refused"), "{text}");
     assert!(!text.contains(PASSWORD), "{text}");
     let (_, json) = run(&[
         "--backend",

@@ -236,7 +236,7 @@ async fn a_full_disk_refuses_writes_and_the_store_recovers_by_itself_once_there_
     fs::write(&ballast, vec![0u8; 6 * 1024 * 1024]).unwrap();
     let client = client();
     let tenant = format!("tenant-{}", Uuid::new_v4().simple());
-    let server = Server::start(&data_dir, logs.path(), &client, &[]).await;
+    let server = Server::start(&data_dir, logs.path(), &client, &["--log-format", "json"]).await;
     let url = format!("{}/v1/crm/followups", server.address);
 
     // Create until the disk is full and creates are refused.
@@ -274,6 +274,18 @@ async fn a_full_disk_refuses_writes_and_the_store_recovers_by_itself_once_there_
         .await
         .unwrap();
     assert_eq!(ready.status(), 503, "a full disk is not ready");
+    // Each refusal's cause is logged once, on a line that names its request.
+    let failures: Vec<Value> = server
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "request failed")
+        .collect();
+    assert!(!failures.is_empty(), "no refusal was logged");
+    for line in &failures {
+        assert!(line["request_id"].is_string(), "no request id: {line}");
+        assert_eq!(line["code"], "storage_unavailable", "{line}");
+    }
 
     // Room again: without a restart, /ready and creates come back.
     fs::remove_file(&ballast).unwrap();

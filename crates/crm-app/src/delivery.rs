@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crm_domain::delivery::{self, AckStatus, Acked, Claimed, LeaseId, QueueEntry};
 use crm_domain::follow_up::FollowUp;
-use crm_domain::opt_out::OptOut;
+use crm_domain::opt_out::{OptOut, OptOutSource};
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{AckDecision, AckRequest, Acker, LeaseDecision, LeasedItem, Leaser};
+use crm_ports::{AckDecision, AckRequest, Acker, LeaseDecision, LeasedItem, Leaser, NewOptOut};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -82,12 +82,15 @@ impl Acker for Ack<'_> {
                 status,
             } => match self.crm.follow_up_envelope(&follow_up, &event, self.now) {
                 Ok(envelope) => {
-                    let opt_out = request.report.opt_out.then(|| OptOut {
-                        tenant_id: follow_up.tenant_id.clone(),
-                        phone_e164: follow_up.phone_e164.clone(),
-                        reason: Some(REPORTED_OPT_OUT.to_owned()),
-                        created_at: self.now,
-                    });
+                    let opt_out = match request
+                        .report
+                        .opt_out
+                        .then(|| self.opt_out(&follow_up).map(Box::new))
+                        .transpose()
+                    {
+                        Ok(opt_out) => opt_out,
+                        Err(error) => return rejected(&entry, &error),
+                    };
                     AckDecision::Apply {
                         entry: Box::new(entry),
                         follow_up,
@@ -96,14 +99,33 @@ impl Acker for Ack<'_> {
                         status,
                     }
                 }
-                // Nothing is written without its event; the sender's repeat can land later.
-                Err(error) => {
-                    tracing::error!(queue_item_id = %entry.queue_item_id, %error, "delivery event rejected");
-                    AckDecision::Unchanged(AckStatus::LeaseLost)
-                }
+                Err(error) => rejected(&entry, &error),
             },
         }
     }
+}
+
+impl Ack<'_> {
+    /// The recipient's opt-out a sender reported, with its event in the follow-up's
+    /// correlation and trace.
+    fn opt_out(&self, follow_up: &FollowUp) -> Result<NewOptOut, AppError> {
+        let opt_out = OptOut {
+            tenant_id: follow_up.tenant_id.clone(),
+            phone_e164: follow_up.phone_e164.clone(),
+            reason: Some(REPORTED_OPT_OUT.to_owned()),
+            created_at: self.now,
+        };
+        let event =
+            self.crm
+                .follow_up_envelope(follow_up, &opt_out.added(OptOutSource::Ack), self.now)?;
+        Ok(NewOptOut { opt_out, event })
+    }
+}
+
+/// Nothing is written without its events; the sender's repeat can land later.
+fn rejected(entry: &QueueEntry, error: &AppError) -> AckDecision {
+    tracing::error!(queue_item_id = %entry.queue_item_id, %error, "delivery event rejected");
+    AckDecision::Unchanged(AckStatus::LeaseLost)
 }
 
 impl Crm {

@@ -4,12 +4,12 @@
 use crm_domain::campaign::{Campaign, CampaignStats};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
-use crm_domain::opt_out::OptOut;
+use crm_domain::opt_out::{self, OptOut, OptOutSource};
 use crm_domain::policy::SendingPolicy;
-use crm_ports::{Created, OptOutPage, OptOutQuery, StoreError};
+use crm_ports::{Created, NewOptOut, OptOutPage, OptOutQuery, StoreError};
 
 use crate::error::AppError;
-use crate::service::{CommandStatus, Crm, Outcome, now};
+use crate::service::{CommandStatus, Crm, Outcome, new_correlation_id, new_trace_id, now};
 
 /// How many times a cancel re-reads a follow-up that changed under it.
 const CANCEL_ATTEMPTS: usize = 5;
@@ -125,6 +125,13 @@ impl Crm {
         Ok(PolicyInForce { policy, own: true })
     }
 
+    /// Removes the tenant's policy, so that the service's default applies again; `false`
+    /// when it had none.
+    #[tracing::instrument(name = "remove_sending_policy", skip_all, fields(tenant_id = %tenant_id))]
+    pub async fn remove_sending_policy(&self, tenant_id: &TenantId) -> Result<bool, AppError> {
+        Ok(self.store.remove_sending_policy(tenant_id).await?)
+    }
+
     /// Adds a number to the tenant's opt-out list; `Existing` when it was there already.
     #[tracing::instrument(name = "add_opt_out", skip_all, fields(tenant_id = %tenant_id))]
     pub async fn add_opt_out(
@@ -132,14 +139,26 @@ impl Crm {
         tenant_id: TenantId,
         phone_e164: String,
         reason: Option<String>,
+        correlation_id: Option<CorrelationId>,
     ) -> Result<Created<OptOut>, AppError> {
+        let now = now();
         let opt_out = OptOut {
             tenant_id,
             phone_e164,
             reason,
-            created_at: now(),
+            created_at: now,
         };
-        Ok(self.store.add_opt_out(&opt_out).await?)
+        let event = self.envelope(
+            &opt_out.added(OptOutSource::Api),
+            &opt_out.tenant_id,
+            correlation_id.unwrap_or_else(new_correlation_id),
+            &new_trace_id(),
+            now,
+        )?;
+        Ok(self
+            .store
+            .add_opt_out(&NewOptOut { opt_out, event })
+            .await?)
     }
 
     /// Takes a number off the tenant's opt-out list; `false` when it was not on it.
@@ -149,7 +168,17 @@ impl Crm {
         tenant_id: &TenantId,
         phone_e164: &str,
     ) -> Result<bool, AppError> {
-        Ok(self.store.remove_opt_out(tenant_id, phone_e164).await?)
+        let event = self.envelope(
+            &opt_out::removed(phone_e164, OptOutSource::Api),
+            tenant_id,
+            new_correlation_id(),
+            &new_trace_id(),
+            now(),
+        )?;
+        Ok(self
+            .store
+            .remove_opt_out(tenant_id, phone_e164, &event)
+            .await?)
     }
 
     #[tracing::instrument(name = "opt_outs", skip_all, fields(tenant_id = %query.tenant_id))]

@@ -167,6 +167,14 @@ fn event(name: &str) -> Value {
                    "queue_item_id": "c56a4180-65aa-42ec-a945-5fd21dec0538", "attempt": 2,
                    "provider_message_id": null, "error_code": "131026", "retryable": true}),
         ),
+        "crm.optout.added" => (
+            "info",
+            json!({"phone_e164": "+5511999998888", "reason": "replied STOP", "source": "api"}),
+        ),
+        "crm.optout.removed" => (
+            "info",
+            json!({"phone_e164": "+5511999998888", "reason": null, "source": "api"}),
+        ),
         other => panic!("no sample for event {other}"),
     };
     json!({

@@ -11,6 +11,7 @@ use crate::campaign::CampaignState;
 use crate::delivery::DeliveryFacts;
 use crate::follow_up::FollowUp;
 use crate::ids::{CampaignId, CorrelationId, EventId, FollowUpId, QueueItemId, TenantId};
+use crate::opt_out::OptOutFacts;
 use crate::timestamp::Timestamp;
 
 pub const SCHEMA_VERSION: &str = "1.0.0";
@@ -45,6 +46,10 @@ pub enum DomainEvent {
     FollowUpDeliveryAccepted(DeliveryFacts),
     /// The sender reported a failed attempt; `retryable` says whether another follows.
     FollowUpDeliveryFailed(DeliveryFacts),
+    /// A number joined the tenant's opt-out list.
+    OptOutAdded(OptOutFacts),
+    /// A number left the tenant's opt-out list.
+    OptOutRemoved(OptOutFacts),
 }
 
 /// The follow-up fields every follow-up event carries.
@@ -89,6 +94,8 @@ impl DomainEvent {
             Self::FollowUpFailed { .. } => "crm.followup.failed",
             Self::FollowUpDeliveryAccepted(_) => "crm.followup.delivery.accepted",
             Self::FollowUpDeliveryFailed(_) => "crm.followup.delivery.failed",
+            Self::OptOutAdded(_) => "crm.optout.added",
+            Self::OptOutRemoved(_) => "crm.optout.removed",
         }
     }
 
@@ -96,7 +103,9 @@ impl DomainEvent {
         match self {
             Self::CampaignCreated { .. }
             | Self::CampaignStateChanged { .. }
-            | Self::FollowUpScheduled(_) => EventStatus::Info,
+            | Self::FollowUpScheduled(_)
+            | Self::OptOutAdded(_)
+            | Self::OptOutRemoved(_) => EventStatus::Info,
             Self::FollowUpSent { .. } | Self::FollowUpDeliveryAccepted(_) => EventStatus::Completed,
             Self::FollowUpFailed { .. } | Self::FollowUpDeliveryFailed(_) => EventStatus::Failed,
         }
@@ -146,6 +155,11 @@ impl DomainEvent {
             Self::FollowUpDeliveryAccepted(facts) | Self::FollowUpDeliveryFailed(facts) => {
                 facts.payload()
             }
+            Self::OptOutAdded(facts) | Self::OptOutRemoved(facts) => json!({
+                "phone_e164": facts.phone_e164,
+                "reason": facts.reason,
+                "source": facts.source.as_str(),
+            }),
         }
     }
 }

@@ -14,7 +14,7 @@ use crm_domain::delivery::{
 use crm_domain::event::{DomainEvent, EventContext, EventEnvelope};
 use crm_domain::follow_up::{FailureReason, FollowUp, FollowUpStatus, NewFollowUp};
 use crm_domain::ids::{CampaignId, CorrelationId, EventId, FollowUpId, QueueItemId, TenantId};
-use crm_domain::opt_out::OptOut;
+use crm_domain::opt_out::{OptOut, OptOutSource};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::EventCursor;
 use crm_domain::timestamp::Timestamp;
@@ -27,7 +27,9 @@ use crate::drain::{
 };
 use crate::events::{FeedQuery, TraceQuery};
 use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser};
-use crate::store::{CampaignQuery, Created, FollowUpQuery, OptOutQuery, Store, StoreError};
+use crate::store::{
+    CampaignQuery, Created, FollowUpQuery, NewOptOut, OptOutQuery, Store, StoreError,
+};
 
 type Check = for<'a> fn(&'a dyn Store) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
@@ -126,6 +128,31 @@ pub fn envelope(
             trace_id: correlation_id.as_uuid().simple().to_string(),
             emitted_at: now,
         },
+    )
+}
+
+/// `opt_out` with its event, under a correlation id of its own.
+pub fn opting_out(opt_out: OptOut) -> NewOptOut {
+    let event = envelope(
+        &opt_out.added(OptOutSource::Api),
+        &opt_out.tenant_id,
+        CorrelationId::new(Uuid::new_v4()),
+        opt_out.created_at,
+    );
+    NewOptOut { opt_out, event }
+}
+
+/// The event of `phone` leaving `tenant_id`'s opt-out list, under `correlation_id`.
+pub fn opt_out_removal(
+    tenant_id: &TenantId,
+    phone: &str,
+    correlation_id: CorrelationId,
+) -> EventEnvelope {
+    envelope(
+        &crm_domain::opt_out::removed(phone, OptOutSource::Api),
+        tenant_id,
+        correlation_id,
+        at(0),
     )
 }
 
@@ -931,22 +958,22 @@ pub async fn each_due_follow_up_says_whether_its_recipient_opted_out(store: &dyn
     store.create_follow_up(&opted, &events).await.unwrap();
     let other = schedule(store, &tenant_id, None, at(1)).await;
     store
-        .add_opt_out(&OptOut {
+        .add_opt_out(&opting_out(OptOut {
             tenant_id: tenant_id.clone(),
             phone_e164: opted.phone_e164.clone(),
             reason: None,
             created_at: at(0),
-        })
+        }))
         .await
         .unwrap();
     // Another tenant's opt-out of the same number is theirs alone.
     store
-        .add_opt_out(&OptOut {
+        .add_opt_out(&opting_out(OptOut {
             tenant_id: tenant("tenant_b"),
             phone_e164: other.phone_e164.clone(),
             reason: None,
             created_at: at(0),
-        })
+        }))
         .await
         .unwrap();
     let dispatcher = SendAll::default();
@@ -1087,6 +1114,11 @@ pub async fn sending_policies_are_stored_per_tenant(store: &dyn Store) {
 
     assert_eq!(store.sending_policy(&a).await.unwrap(), Some(second));
     assert_eq!(store.sending_policy(&b).await.unwrap(), None);
+
+    assert!(store.remove_sending_policy(&a).await.unwrap());
+    assert_eq!(store.sending_policy(&a).await.unwrap(), None);
+    assert!(!store.remove_sending_policy(&a).await.unwrap(), "none left");
+    assert!(!store.remove_sending_policy(&b).await.unwrap());
 }
 
 pub async fn failed_and_skipped_decisions_are_stored_as_decided(store: &dyn Store) {
@@ -1568,11 +1600,21 @@ impl Acker for AckWith {
                     follow_up.correlation_id,
                     self.now,
                 )];
-                let opt_out = request.report.opt_out.then(|| OptOut {
-                    tenant_id: follow_up.tenant_id.clone(),
-                    phone_e164: follow_up.phone_e164.clone(),
-                    reason: Some("reported by the sender".into()),
-                    created_at: self.now,
+                let opt_out = request.report.opt_out.then(|| {
+                    let opt_out = OptOut {
+                        tenant_id: follow_up.tenant_id.clone(),
+                        phone_e164: follow_up.phone_e164.clone(),
+                        reason: Some("reported by the sender".into()),
+                        created_at: self.now,
+                    };
+                    // In the follow-up's correlation, as the service stores it.
+                    let event = envelope(
+                        &opt_out.added(OptOutSource::Ack),
+                        &follow_up.tenant_id,
+                        follow_up.correlation_id,
+                        self.now,
+                    );
+                    Box::new(NewOptOut { opt_out, event })
                 });
                 AckDecision::Apply {
                     entry: Box::new(entry),
@@ -1798,16 +1840,20 @@ pub async fn a_retryable_failure_makes_the_item_ready_after_its_backoff(store: &
 
 pub async fn an_ack_with_opt_out_adds_the_recipient_to_the_opt_out_list(store: &dyn Store) {
     let tenant_id = tenant("tenant_a");
-    let follow_up = sent(store, &tenant_id, 1).await.remove(0);
-    let leased = claim_at(store, 202_000, 1).await;
-    let opted_out = AckRequest {
-        report: report(false, false, true),
-        ..accepted(&leased[0])
-    };
-    store
-        .ack(&[opted_out], &AckWith { now: at(203_000) })
-        .await
-        .unwrap();
+    // Two follow-ups to one number: the second opt-out finds it on the list already.
+    let follow_ups = sent(store, &tenant_id, 2).await;
+    assert_eq!(follow_ups[0].phone_e164, follow_ups[1].phone_e164);
+    let leased = claim_at(store, 202_000, 2).await;
+    for lease in &leased {
+        let opted_out = AckRequest {
+            report: report(false, false, true),
+            ..accepted(lease)
+        };
+        store
+            .ack(&[opted_out], &AckWith { now: at(203_000) })
+            .await
+            .unwrap();
+    }
     let page = store
         .opt_outs(&OptOutQuery {
             tenant_id: tenant_id.clone(),
@@ -1821,8 +1867,23 @@ pub async fn an_ack_with_opt_out_adds_the_recipient_to_the_opt_out_list(store: &
             .iter()
             .map(|o| o.phone_e164.as_str())
             .collect::<Vec<_>>(),
-        [follow_up.phone_e164.as_str()]
+        [follow_ups[0].phone_e164.as_str()]
     );
+    let mut added = Vec::new();
+    for follow_up in &follow_ups {
+        added.extend(
+            events_of(store, follow_up.correlation_id)
+                .await
+                .into_iter()
+                .filter(|event| event.name == "crm.optout.added"),
+        );
+    }
+    assert_eq!(added.len(), 1, "one number added, one event: {added:?}");
+    assert_eq!(
+        added[0].payload["phone_e164"],
+        follow_ups[0].phone_e164.as_str()
+    );
+    assert_eq!(added[0].payload["source"], "ack");
 }
 
 pub async fn opt_outs_are_added_once_listed_by_number_and_removed(store: &dyn Store) {
@@ -1833,32 +1894,39 @@ pub async fn opt_outs_are_added_once_listed_by_number_and_removed(store: &dyn St
         reason: None,
         created_at: at(at_millis),
     };
-    let first = opt_out("+5511999990002", 0);
+    let first = opting_out(opt_out("+5511999990002", 0));
     assert_eq!(
         store.add_opt_out(&first).await.unwrap(),
-        Created::Created(first.clone())
+        Created::Created(first.opt_out.clone())
     );
+    let again = opting_out(opt_out("+5511999990002", 5));
     assert_eq!(
-        store
-            .add_opt_out(&opt_out("+5511999990002", 5))
-            .await
-            .unwrap(),
-        Created::Existing(first.clone()),
+        store.add_opt_out(&again).await.unwrap(),
+        Created::Existing(first.opt_out.clone()),
         "the first one is kept"
     );
+    assert_eq!(
+        events_of(store, first.event.correlation_id).await,
+        std::slice::from_ref(&first.event)
+    );
+    assert_eq!(
+        events_of(store, again.event.correlation_id).await,
+        [],
+        "a repeat that changes nothing stores nothing"
+    );
     store
-        .add_opt_out(&opt_out("+5511999990001", 1))
+        .add_opt_out(&opting_out(opt_out("+5511999990001", 1)))
         .await
         .unwrap();
     store
-        .add_opt_out(&opt_out("+5511999990003", 2))
+        .add_opt_out(&opting_out(opt_out("+5511999990003", 2)))
         .await
         .unwrap();
     let elsewhere = OptOut {
         tenant_id: tenant("tenant_b"),
         ..opt_out("+5511999990009", 3)
     };
-    store.add_opt_out(&elsewhere).await.unwrap();
+    store.add_opt_out(&opting_out(elsewhere)).await.unwrap();
     let query = |after: Option<&str>| OptOutQuery {
         tenant_id: tenant_id.clone(),
         after: after.map(str::to_owned),
@@ -1871,17 +1939,37 @@ pub async fn opt_outs_are_added_once_listed_by_number_and_removed(store: &dyn St
     let phones: Vec<_> = rest.items.iter().map(|o| o.phone_e164.as_str()).collect();
     assert_eq!(phones, ["+5511999990003"]);
     assert_eq!(rest.next, None);
+    let (removal, repeat) = (
+        CorrelationId::new(Uuid::new_v4()),
+        CorrelationId::new(Uuid::new_v4()),
+    );
     assert!(
         store
-            .remove_opt_out(&tenant_id, "+5511999990002")
+            .remove_opt_out(
+                &tenant_id,
+                "+5511999990002",
+                &opt_out_removal(&tenant_id, "+5511999990002", removal)
+            )
             .await
             .unwrap()
     );
     assert!(
         !store
-            .remove_opt_out(&tenant_id, "+5511999990002")
+            .remove_opt_out(
+                &tenant_id,
+                "+5511999990002",
+                &opt_out_removal(&tenant_id, "+5511999990002", repeat)
+            )
             .await
             .unwrap()
+    );
+    let removed = events_of(store, removal).await;
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].name, "crm.optout.removed");
+    assert_eq!(
+        events_of(store, repeat).await,
+        [],
+        "nothing removed, nothing stored"
     );
     assert_eq!(store.opt_outs(&query(None)).await.unwrap().items.len(), 2);
 }

@@ -30,5 +30,5 @@ pub use outbound::{
 };
 pub use store::{
     BoxError, CampaignQuery, CampaignStore, Created, Expired, FollowUpQuery, FollowUpStore,
-    OptOutPage, OptOutQuery, OptOutStore, PolicyStore, Store, StoreError,
+    NewOptOut, OptOutPage, OptOutQuery, OptOutStore, PolicyStore, Store, StoreError,
 };

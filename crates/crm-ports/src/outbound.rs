@@ -12,11 +12,10 @@ use crm_domain::delivery::{AckStatus, LeaseId, QueueEntry, Report};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::QueueItemId;
-use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
 use crm_domain::timestamp::Timestamp;
 
-use crate::store::StoreError;
+use crate::store::{NewOptOut, StoreError};
 
 /// What a claim does with one claimable item.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,12 +55,13 @@ pub struct AckRequest {
 /// What an ack does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AckDecision {
-    /// Save the entry, the follow-up and the events (and the opt-out, if any) together.
+    /// Save the entry, the follow-up and the events (and the opt-out, if any, with its
+    /// own event when the number is new to the list) together.
     Apply {
         entry: Box<QueueEntry>,
         follow_up: Box<FollowUp>,
         events: Vec<EventEnvelope>,
-        opt_out: Option<OptOut>,
+        opt_out: Option<Box<NewOptOut>>,
         status: AckStatus,
     },
     /// Write nothing and answer this.
@@ -127,8 +127,9 @@ pub struct AckBatch {
     /// The follow-ups that changed, each once, in their latest state.
     pub follow_ups: Vec<FollowUp>,
     pub events: Vec<EventEnvelope>,
-    /// New opt-outs, each number once.
-    pub opt_outs: Vec<OptOut>,
+    /// Opt-outs to add, each number once; a store writes one (and its event) only if the
+    /// number is not on the list yet.
+    pub opt_outs: Vec<NewOptOut>,
 }
 
 /// Decides a batch of acks in order, each seeing the ones before it (an item acked twice
@@ -176,11 +177,11 @@ pub fn decide_acks(
                 batch.events.extend(events);
                 if let Some(opt_out) = opt_out {
                     let seen = batch.opt_outs.iter().any(|known| {
-                        known.tenant_id == opt_out.tenant_id
-                            && known.phone_e164 == opt_out.phone_e164
+                        known.opt_out.tenant_id == opt_out.opt_out.tenant_id
+                            && known.opt_out.phone_e164 == opt_out.opt_out.phone_e164
                     });
                     if !seen {
-                        batch.opt_outs.push(opt_out);
+                        batch.opt_outs.push(*opt_out);
                     }
                 }
                 if !entries.contains_key(&entry.queue_item_id) {

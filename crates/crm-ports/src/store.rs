@@ -228,6 +228,21 @@ pub trait PolicyStore: Send + Sync {
         tenant_id: &TenantId,
         policy: &SendingPolicy,
     ) -> Result<(), StoreError>;
+
+    /// Removes the tenant's sending policy (the default applies again); `false` when it
+    /// had none.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn remove_sending_policy(&self, tenant_id: &TenantId) -> Result<bool, StoreError>;
+}
+
+/// An opt-out and the event that is stored with it when the number was not on the list
+/// (a number added twice stores one event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOptOut {
+    pub opt_out: OptOut,
+    pub event: EventEnvelope,
 }
 
 /// A page request over one tenant's opt-outs, in phone number order.
@@ -248,14 +263,15 @@ pub struct OptOutPage {
 
 #[async_trait]
 pub trait OptOutStore: Send + Sync {
-    /// Adds a tenant's opt-out, unless the number is opted out already: then returns the
-    /// stored one as `Existing` and writes nothing.
+    /// Adds a tenant's opt-out with its event, unless the number is opted out already:
+    /// then returns the stored one as `Existing` and writes nothing, event included.
     ///
     /// # Errors
     /// `Unavailable`.
-    async fn add_opt_out(&self, opt_out: &OptOut) -> Result<Created<OptOut>, StoreError>;
+    async fn add_opt_out(&self, added: &NewOptOut) -> Result<Created<OptOut>, StoreError>;
 
-    /// Removes a tenant's opt-out; `false` when there was none.
+    /// Removes a tenant's opt-out and stores `event` with the removal; `false` when there
+    /// was none, and then nothing is written.
     ///
     /// # Errors
     /// `Unavailable`.
@@ -263,6 +279,7 @@ pub trait OptOutStore: Send + Sync {
         &self,
         tenant_id: &TenantId,
         phone_e164: &str,
+        event: &EventEnvelope,
     ) -> Result<bool, StoreError>;
 
     /// One page of a tenant's opt-outs.

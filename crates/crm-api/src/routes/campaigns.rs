@@ -40,6 +40,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "The campaign to create.",
         }),
         reply: Reply {
+            status: 200,
             description: "`created`, or `idempotent` for a repeat.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::CampaignCommandResponse),
@@ -76,6 +77,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         ],
         body: None,
         reply: Reply {
+            status: 200,
             description: "One page of campaigns.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::CampaignList),
@@ -117,6 +119,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "The state to move to and its trigger.",
         }),
         reply: Reply {
+            status: 200,
             description: "`updated`, or `idempotent` when `to_state` is the current state.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::CampaignCommandResponse),
@@ -160,6 +163,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         ],
         body: None,
         reply: Reply {
+            status: 200,
             description: "The campaign and its counts.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::CampaignResponse),

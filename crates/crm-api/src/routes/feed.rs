@@ -65,6 +65,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     ],
     body: None,
     reply: Reply {
+        status: 200,
         description: "Events after the cursor, oldest first, and where to continue.",
         media_type: "application/json",
         schema: Schema::Contract(Contract::EventsFeed),

@@ -43,6 +43,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "The follow-up to schedule.",
         }),
         reply: Reply {
+            status: 200,
             description: "`created`, or `idempotent` for a repeat.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::FollowUpCommandResponse),
@@ -94,6 +95,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         ],
         body: None,
         reply: Reply {
+            status: 200,
             description: "One page of follow-ups.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::FollowUpList),
@@ -123,6 +125,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         parameters: &[FOLLOW_UP_ID, OWNER_PARAMETER],
         body: None,
         reply: Reply {
+            status: 200,
             description: "The follow-up.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::FollowUpResponse),
@@ -158,6 +161,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "The request envelope, with no inner object.",
         }),
         reply: Reply {
+            status: 200,
             description: "`updated`, or `idempotent` for a follow-up canceled already.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::FollowUpCommandResponse),

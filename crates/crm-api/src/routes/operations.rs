@@ -22,6 +22,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         body: None,
         reply: Reply {
+            status: 200,
             description: "The process is up.",
             media_type: "application/json",
             schema: Schema::Inline(|| {
@@ -48,6 +49,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         body: None,
         reply: Reply {
+            status: 200,
             description: "The store answered.",
             media_type: "application/json",
             schema: Schema::Inline(|| {
@@ -81,6 +83,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         body: None,
         reply: Reply {
+            status: 200,
             description: "The metrics, in the Prometheus text exposition format.",
             media_type: "text/plain",
             schema: Schema::Inline(|| json!({"type": "string"})),
@@ -101,6 +104,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         body: None,
         reply: Reply {
+            status: 200,
             description: "An OpenAPI 3.1 document.",
             media_type: "application/json",
             schema: Schema::Inline(|| {

@@ -4,6 +4,7 @@ use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::Crm;
 use crm_contracts::Contract;
+use crm_domain::ids::CorrelationId;
 use crm_domain::opt_out::OptOut;
 use crm_ports::{Created, OptOutQuery};
 use serde::Deserialize;
@@ -39,6 +40,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "The number, and why.",
         }),
         reply: Reply {
+            status: 200,
             description: "`created`, or `idempotent` for a number on the list already.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::OptOutCommandResponse),
@@ -68,6 +70,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         ],
         body: None,
         reply: Reply {
+            status: 200,
             description: "One page of opt-outs.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::OptOutList),
@@ -107,6 +110,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         ],
         body: None,
         reply: Reply {
+            status: 200,
             description: "Whether the number was on the list.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::OptOutRemoval),
@@ -132,6 +136,7 @@ struct Envelope {
 struct CreateRequest {
     request_id: Uuid,
     tenant_id: String,
+    correlation_id: Option<Uuid>,
     opt_out: OptOutFields,
 }
 
@@ -167,6 +172,7 @@ async fn add_opt_out(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse,
             tenant_id,
             request.opt_out.phone_e164,
             request.opt_out.reason,
+            request.correlation_id.map(CorrelationId::new),
         )
         .await?;
     let status = match created {

@@ -38,6 +38,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "Optional: an empty body means `limit` 10 and `lease_ms` 30000.",
         }),
         reply: Reply {
+            status: 200,
             description: "The items leased to this caller.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::OutboundClaimResponse),
@@ -56,9 +57,12 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         description: "Records the result of each leased item under its lease, with the \
             follow-up's `delivery` and its event (`crm.followup.delivery.accepted` or \
             `.failed`), atomically. A retryable failure with attempts left makes the item \
-            ready again after `backoff_ms × 2^(attempt-1)` (±10 %). Every ack is idempotent; \
-            an ack under a lease that expired and was claimed again is `lease_lost` and \
-            changes nothing. `opt_out: true` adds the recipient to the tenant's opt-out list.",
+            ready again after `backoff_ms × 2^(attempt-1)` (±10 %). Every ack is idempotent. \
+            The answers say what became of the report, not of the message: `acked` when it \
+            is recorded and the item done, accepted or failed for good; `lease_lost` when \
+            the lease is not the item's current one (it ran out and the item was claimed \
+            again, or it was never issued), and then nothing changes. `opt_out: true` adds \
+            the recipient to the tenant's opt-out list (`crm.optout.added`, once).",
         parameters: &[],
         body: Some(Body {
             contract: Contract::OutboundAckRequest,
@@ -66,6 +70,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "One result per leased item.",
         }),
         reply: Reply {
+            status: 200,
             description: "What became of each ack, in request order.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::OutboundAckResponse),

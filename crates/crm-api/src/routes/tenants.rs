@@ -34,6 +34,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         parameters: &[TENANT],
         body: None,
         reply: Reply {
+            status: 200,
             description: "The policy in force.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::SendingPolicyResponse),
@@ -61,6 +62,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             description: "The whole policy.",
         }),
         reply: Reply {
+            status: 200,
             description: "The policy now in force.",
             media_type: "application/json",
             schema: Schema::Contract(Contract::SendingPolicyResponse),
@@ -72,6 +74,28 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         )],
         uses_store: true,
         handler: |route| route.to(put_sending_policy),
+    },
+    Endpoint {
+        method: Method::DELETE,
+        path: "/internal/tenants/{tenant_id}/sending-policy",
+        access: Access::Internal,
+        operation_id: "delete_sending_policy",
+        tag: Tag::Tenants,
+        summary: "Return a tenant to the default sending policy",
+        description: "Removes the tenant's own policy, so that the service's default (the \
+            `--default-send-rate`, no quiet hours) applies again from every drain's next \
+            claim. A tenant without a policy of its own answers the same.",
+        parameters: &[TENANT],
+        body: None,
+        reply: Reply {
+            status: 204,
+            description: "The tenant is on the default policy.",
+            media_type: "application/json",
+            schema: Schema::NoBody,
+        },
+        errors: &[],
+        uses_store: true,
+        handler: |route| route.to(delete_sending_policy),
     },
 ];
 
@@ -107,6 +131,15 @@ fn reply(tenant_id: &TenantId, in_force: &PolicyInForce) -> HttpResponse {
 fn tenant_of(path: String) -> Result<TenantId, ApiError> {
     // The route matches only a non-empty segment.
     TenantId::parse(path).ok_or(ApiError::NotFound)
+}
+
+async fn delete_sending_policy(
+    crm: web::Data<Crm>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let tenant_id = tenant_of(path_param(&request, "tenant_id")?)?;
+    crm.remove_sending_policy(&tenant_id).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 async fn get_sending_policy(

@@ -69,6 +69,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     ],
     body: None,
     reply: Reply {
+        status: 200,
         description: "The events, oldest first.",
         media_type: "application/json",
         schema: Schema::Contract(Contract::TraceResponse),

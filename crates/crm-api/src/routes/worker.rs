@@ -31,6 +31,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
             false); a `limit` above 100 is served as 100.",
     }),
     reply: Reply {
+        status: 200,
         description: "What the drain did with each follow-up it took.",
         media_type: "application/json",
         schema: Schema::Contract(Contract::DrainResponse),

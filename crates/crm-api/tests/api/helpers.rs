@@ -412,6 +412,44 @@ impl TestApp {
             .await
     }
 
+    /// `DELETE` of the tenant's policy: `204` with no body.
+    pub async fn remove_sending_policy(&self, tenant: &str) -> u16 {
+        let path = format!("/internal/tenants/{tenant}/sending-policy");
+        let response = self
+            .client
+            .delete(self.url(&path))
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("a body");
+        assert!(body.is_empty(), "a removal answers with no body: {body:?}");
+        status
+    }
+
+    /// Every event of the feed of `tenant` whose name starts with `prefix`.
+    pub async fn feed_events(&self, tenant: &str, prefix: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("tenant_id", tenant),
+                ("name_prefix", prefix),
+                ("limit", "1000"),
+            ];
+            if let Some(cursor) = &after {
+                query.push(("after", cursor));
+            }
+            let page = self.feed(&query).await.ok();
+            let items = page["items"].as_array().expect("items").clone();
+            if items.is_empty() {
+                return events;
+            }
+            events.extend(items);
+            after = page["next_cursor"].as_str().map(str::to_owned);
+        }
+    }
+
     pub async fn add_opt_out(&self, tenant: &str, phone: &str) -> Reply {
         let body = json!({"request": {
             "request_id": new_id(), "tenant_id": tenant, "source_module": "mod-02-whatsapp-crm",

@@ -228,6 +228,54 @@ async fn a_due_follow_up_to_an_opted_out_number_fails_and_never_reaches_the_queu
 }
 
 #[tokio::test]
+async fn removing_a_policy_returns_the_tenant_to_the_default() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let default = app.sending_policy(&tenant).await.ok();
+    app.put_sending_policy(&tenant, &json!({"max_per_second": 5, "quiet_hours": null}))
+        .await
+        .ok();
+
+    assert_eq!(app.remove_sending_policy(&tenant).await, 204);
+    assert_eq!(app.sending_policy(&tenant).await.ok(), default);
+    assert_eq!(
+        app.remove_sending_policy(&tenant).await,
+        204,
+        "none left is no error"
+    );
+}
+
+#[tokio::test]
+async fn each_change_of_the_opt_out_list_reaches_the_feed_once() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    app.add_opt_out(&tenant, "+5511900000004").await.ok();
+    app.add_opt_out(&tenant, "+5511900000004").await.ok();
+    app.remove_opt_out(&tenant, "+5511900000004").await.ok();
+    app.remove_opt_out(&tenant, "+5511900000004").await.ok();
+
+    let events = app.feed_events(&tenant, "crm.optout.").await;
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|event| {
+            (
+                str_field(event, "/name"),
+                str_field(event, "/payload/phone_e164"),
+                str_field(event, "/payload/source"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("crm.optout.added", "+5511900000004", "api"),
+            ("crm.optout.removed", "+5511900000004", "api")
+        ]
+    );
+    assert_eq!(events[0]["payload"]["reason"], "asked by text");
+}
+
+#[tokio::test]
 async fn opt_outs_are_listed_per_tenant_and_removed_once() {
     let app = spawn_app().await;
     let (tenant, other) = (new_tenant(), new_tenant());
