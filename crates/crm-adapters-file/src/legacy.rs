@@ -114,6 +114,8 @@ struct LegacyFollowUp {
 /// A follow-up of the first release: it had no time zone and no delivery yet.
 fn follow_up(old: LegacyFollowUp) -> Result<FollowUp, String> {
     FollowUp::try_from(FollowUpRecord {
+        sender: None,
+        sent_at: None,
         followup_id: old.followup_id,
         tenant_id: old.tenant_id.into(),
         campaign_id: old.campaign_id,
@@ -312,7 +314,7 @@ fn outbound(item: &RawValue, seq: u64) -> Result<StoredOutbound, String> {
         serde_json::from_str(item.get()).map_err(|e| format!("outbound item: {e}"))?;
     Ok(StoredOutbound {
         seq,
-        entry: QueueEntry::new(&parsed, FollowUpId::new(context.context.context_id)),
+        entry: QueueEntry::new(&parsed, FollowUpId::new(context.context.context_id), None),
         json: item.to_owned(),
     })
 }

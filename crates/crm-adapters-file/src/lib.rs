@@ -30,6 +30,7 @@ mod compaction;
 mod compactor;
 mod frame;
 mod journal;
+mod ledger;
 mod legacy;
 mod manifest;
 mod node;

@@ -116,6 +116,12 @@ pub(crate) struct FollowUpRecord<'a> {
     pub correlation_id: Uuid,
     pub trace_id: Cow<'a, str>,
     pub time_zone: Option<Cow<'a, str>>,
+    /// Absent in records written before follow-ups had senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Cow<'a, str>>,
+    /// When a drain handed it over; absent before the ledger of sends existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<Timestamp>,
     pub delivery: Option<DeliveryRecord<'a>>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -181,6 +187,8 @@ impl<'a> From<&'a FollowUp> for FollowUpRecord<'a> {
             correlation_id: follow_up.correlation_id.as_uuid(),
             trace_id: Cow::Borrowed(&follow_up.trace_id),
             time_zone: follow_up.time_zone.as_deref().map(Cow::Borrowed),
+            sender: follow_up.sender.as_deref().map(Cow::Borrowed),
+            sent_at: follow_up.sent_at,
             delivery: follow_up.delivery.as_ref().map(DeliveryRecord::from),
             created_at: follow_up.created_at,
             updated_at: follow_up.updated_at,
@@ -214,6 +222,8 @@ impl TryFrom<FollowUpRecord<'_>> for FollowUp {
             correlation_id: CorrelationId::new(record.correlation_id),
             trace_id: record.trace_id.into_owned(),
             time_zone: record.time_zone.map(Cow::into_owned),
+            sender: record.sender.map(Cow::into_owned),
+            sent_at: record.sent_at,
             delivery: record.delivery.map(Delivery::try_from).transpose()?,
             created_at: record.created_at,
             updated_at: record.updated_at,
@@ -238,6 +248,9 @@ pub(crate) struct OutboundRecord<'a> {
     pub queue_item_id: Uuid,
     pub followup_id: Uuid,
     pub tenant_id: Cow<'a, str>,
+    /// The follow-up's sender; absent in records written before follow-ups had senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Cow<'a, str>>,
     pub max_attempts: u32,
     pub backoff_ms: u32,
     pub status: Cow<'a, str>,
@@ -259,6 +272,7 @@ impl<'a> OutboundRecord<'a> {
             queue_item_id: entry.queue_item_id.as_uuid(),
             followup_id: entry.followup_id.as_uuid(),
             tenant_id: Cow::Borrowed(entry.tenant_id.as_str()),
+            sender: entry.sender.as_deref().map(Cow::Borrowed),
             max_attempts: entry.retry_policy.max_attempts,
             backoff_ms: entry.retry_policy.backoff_ms,
             status: Cow::Borrowed(entry.status.as_str()),
@@ -302,6 +316,7 @@ impl<'a> OutboundRecord<'a> {
             queue_item_id: QueueItemId::new(self.queue_item_id),
             followup_id: FollowUpId::new(self.followup_id),
             tenant_id: tenant(&self.tenant_id)?,
+            sender: self.sender.as_deref().map(str::to_owned),
             retry_policy: RetryPolicy {
                 max_attempts: self.max_attempts,
                 backoff_ms: self.backoff_ms,
@@ -358,6 +373,15 @@ pub(crate) struct PolicyRecord<'a> {
     pub tenant_id: Cow<'a, str>,
     pub max_per_second: Option<u32>,
     pub quiet_hours: Option<QuietHoursRecord<'a>>,
+    // WhatsApp's own limits; absent in records written before they existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_second_per_sender: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_recipient_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_min_interval_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_daily_cap: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -378,6 +402,10 @@ impl<'a> PolicyRecord<'a> {
                 end: quiet.end.to_string(),
                 time_zone: Cow::Borrowed(quiet.time_zone.as_str()),
             }),
+            max_per_second_per_sender: policy.max_per_second_per_sender,
+            daily_recipient_limit: policy.daily_recipient_limit,
+            recipient_min_interval_ms: policy.recipient_min_interval_ms,
+            recipient_daily_cap: policy.recipient_daily_cap,
         }
     }
 
@@ -394,7 +422,16 @@ impl<'a> PolicyRecord<'a> {
                 .map_err(invalid)?,
             ),
         };
-        let policy = SendingPolicy::new(self.max_per_second, quiet_hours).map_err(invalid)?;
+        let policy = SendingPolicy {
+            max_per_second: self.max_per_second,
+            quiet_hours,
+            max_per_second_per_sender: self.max_per_second_per_sender,
+            daily_recipient_limit: self.daily_recipient_limit,
+            recipient_min_interval_ms: self.recipient_min_interval_ms,
+            recipient_daily_cap: self.recipient_daily_cap,
+        }
+        .checked()
+        .map_err(invalid)?;
         Ok((tenant(&self.tenant_id)?, policy))
     }
 }
@@ -506,6 +543,8 @@ mod tests {
             correlation_id: CorrelationId::new(Uuid::from_u128(4)),
             trace_id: "abcdef0123456789".into(),
             time_zone: Some("America/Sao_Paulo".into()),
+            sender: Some("pn-0001".into()),
+            sent_at: Some(at("2025-01-01T09:00:01.000Z")),
             delivery: Some(Delivery {
                 status: DeliveryStatus::Retrying,
                 attempts: 2,

@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use crm_domain::campaign::Campaign;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
-use crm_domain::timestamp::Timestamp;
 
 use crate::journal::Journal;
 use crate::manifest::Manifest;
@@ -49,14 +48,23 @@ impl Touch {
     }
 }
 
+/// What a drain holds until its change is decided: follow-ups no other drain may take,
+/// and limited tenants no other drain may claim from (their ledger entries join the
+/// image with the change).
+#[derive(Debug, Default)]
+pub(crate) struct Claims {
+    pub follow_ups: Vec<FollowUpId>,
+    pub tenants: Vec<TenantId>,
+}
+
 /// A change on its way to the disk.
 #[derive(Debug)]
 struct Pending {
     seq: u64,
     change: Change,
     keys: Vec<Touch>,
-    /// Follow-ups a drain claimed for this change; free again once it is decided.
-    claims: Vec<FollowUpId>,
+    /// Free again once it is decided.
+    claims: Claims,
 }
 
 /// Where a commit's line went: wait on it with `Journal::wait`.
@@ -87,10 +95,9 @@ pub(crate) struct Shared {
     pub epoch: u64,
     /// Follow-ups claimed by drains in progress; no other drain may take them.
     pub claimed: HashSet<FollowUpId>,
-    /// Follow-ups claimed for each paced tenant, with when: what its rate window has
-    /// used. Kept in memory only (one process owns the dir; a restart takes longer than
-    /// the window).
-    pub sends: HashMap<TenantId, VecDeque<(Timestamp, usize)>>,
+    /// Limited tenants a drain in progress claims from: no other drain takes their work
+    /// until its change is decided, so that each reads a ledger that holds every send.
+    pub limiting: HashSet<TenantId>,
     /// The journal generation new lines go to.
     pub generation: u64,
     /// Bytes sent to the journal since the last rotation.
@@ -117,7 +124,7 @@ impl Shared {
             pending: HashMap::new(),
             epoch: 0,
             claimed: HashSet::new(),
-            sends: HashMap::new(),
+            limiting: HashSet::new(),
             generation,
             generation_bytes: journal_bytes,
             manifest,
@@ -139,10 +146,9 @@ impl Shared {
             self.apply(pending);
         }
         if progress.epoch == self.epoch && progress.broken {
-            for pending in self.overlay.drain(..) {
-                for id in pending.claims {
-                    self.claimed.remove(&id);
-                }
+            let dropped: Vec<Pending> = self.overlay.drain(..).collect();
+            for pending in dropped {
+                self.release(pending.claims);
             }
             self.pending.clear();
             let image = self.state.image();
@@ -169,11 +175,19 @@ impl Shared {
                 self.pending.remove(&key);
             }
         }
-        for id in claims {
-            self.claimed.remove(&id);
-        }
+        self.release(claims);
         if self.snapshot.at == Some(seq) {
             self.snapshot.image = Some(self.state.image().clone());
+        }
+    }
+
+    /// Frees what a drain held.
+    pub fn release(&mut self, claims: Claims) {
+        for id in claims.follow_ups {
+            self.claimed.remove(&id);
+        }
+        for tenant_id in claims.tenants {
+            self.limiting.remove(&tenant_id);
         }
     }
 
@@ -200,7 +214,7 @@ impl Shared {
         journal: &Journal,
         mut change: Change,
         keys: Vec<Touch>,
-        claims: Vec<FollowUpId>,
+        claims: Claims,
         line: impl FnOnce(u64, &Change) -> Vec<u8>,
     ) -> Result<(Ticket, usize), crate::journal::JournalStopped> {
         for event in &mut change.events {

@@ -18,9 +18,14 @@ use crm_domain::opt_out::OptOut;
 use crm_domain::page::{Cursor, EventCursor, Page};
 use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{CampaignQuery, FollowUpQuery, Lane as PortLane, LaneState, Scan, bounded_page};
+use crm_ports::{
+    CampaignQuery, Candidate, DueEntry, FollowUpQuery, Lane as PortLane, LaneState, Scan,
+    bounded_page,
+};
 use serde_json::value::RawValue;
 use uuid::Uuid;
+
+use crate::ledger::Ledger;
 
 /// An event as stored: its place in commit order, what the queries filter on, and the
 /// envelope exactly as it was validated.
@@ -155,19 +160,23 @@ impl Indexes {
     }
 }
 
-/// The image and its indexes.
+/// The image, its indexes, and the ledger of sends derived from it.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     image: Image,
     indexes: Indexes,
+    ledger: Ledger,
 }
 
-/// What a drain may claim, and how many lanes and queue entries it looked at to find out.
-#[derive(Debug)]
-pub(crate) struct Due {
-    /// Each with its campaign's state and whether its recipient opted out.
-    pub follow_ups: Vec<(Arc<FollowUp>, Option<CampaignState>, bool)>,
-    pub examined: usize,
+/// A follow-up as the limits see it.
+fn candidate(follow_up: &FollowUp) -> Candidate {
+    Candidate {
+        followup_id: follow_up.followup_id,
+        tenant_id: follow_up.tenant_id.clone(),
+        schedule_at: follow_up.schedule_at,
+        sender: follow_up.sender.clone(),
+        phone_e164: follow_up.phone_e164.clone(),
+    }
 }
 
 impl State {
@@ -466,6 +475,7 @@ impl State {
                 .or_default()
                 .insert((follow_up.schedule_at.unix_millis(), id));
         }
+        self.ledger.record(&follow_up);
         self.image.follow_ups.insert(id, Arc::new(follow_up));
     }
 
@@ -637,48 +647,41 @@ impl State {
             .collect()
     }
 
-    /// Up to `limit` due follow-ups of the `open` lanes in drain order (tenants in turn,
-    /// none past its `caps`), with their campaign's state and whether their recipient
-    /// opted out; `skip` passes over single follow-ups (claimed by another drain, or with
-    /// a change on its way to the disk).
-    pub fn due(
+    /// The due follow-ups of the `open` lanes a claim looks at, as candidates for the
+    /// limits: the oldest `limit` of each lane (none past its tenant's `caps`), or the
+    /// oldest `deep_limit` for the lanes of `deep` tenants; `skip` passes over single
+    /// follow-ups (claimed by another drain, or with a change on its way to the disk).
+    /// Returns how many lanes and queue entries it looked at too.
+    pub fn candidates(
         &self,
         now: Timestamp,
         open: &[PortLane],
         caps: &HashMap<TenantId, usize>,
         limit: usize,
+        (deep, deep_limit): (&[TenantId], usize),
         skip: impl Fn(FollowUpId) -> bool,
-    ) -> Due {
+    ) -> (Vec<Candidate>, usize) {
         let now = now.unix_millis();
         let mut examined = 0;
         let mut candidates = Vec::new();
         for lane in open {
-            let Some(&tenant) = self.indexes.tenants.get(&lane.tenant_id) else {
-                continue;
-            };
-            let zone = lane
-                .time_zone
-                .as_deref()
-                .map_or(Some(0), |name| self.indexes.zones.get(name).copied());
-            let Some(zone) = zone else { continue };
-            let key = Lane {
-                tenant,
-                campaign: lane.campaign_id,
-                zone,
-            };
-            let Some(queue) = self.indexes.lanes.get(&key) else {
+            let Some(queue) = self.queue(lane) else {
                 continue;
             };
             // No tenant gets more than `limit` (or its cap), so no lane need offer more:
-            // its oldest are the only ones that can be taken.
-            let cap = caps
-                .get(&lane.tenant_id)
-                .copied()
-                .unwrap_or(limit)
-                .min(limit);
+            // its oldest are the only ones that can be taken; a deep tenant's limits may
+            // hold some of them, so it offers more.
+            let cap = if deep.contains(&lane.tenant_id) {
+                deep_limit
+            } else {
+                caps.get(&lane.tenant_id)
+                    .copied()
+                    .unwrap_or(limit)
+                    .min(limit)
+            };
             let mut taken = 0;
             examined += 1;
-            for &(at, id) in queue.iter().take_while(|(at, _)| *at <= now) {
+            for &(_, id) in queue.iter().take_while(|(at, _)| *at <= now) {
                 if taken >= cap {
                     break;
                 }
@@ -687,21 +690,24 @@ impl State {
                     continue;
                 }
                 if let Some(follow_up) = self.follow_up(id) {
-                    candidates.push((follow_up.clone(), at));
+                    candidates.push(candidate(follow_up));
                     taken += 1;
                 }
             }
         }
-        let ordered = crm_ports::drain::in_turns(
-            candidates,
-            |(follow_up, _)| &follow_up.tenant_id,
-            |(follow_up, _)| (follow_up.schedule_at, follow_up.followup_id),
-            caps,
-            limit,
-        );
-        let follow_ups = ordered
-            .into_iter()
-            .map(|(follow_up, _)| {
+        (candidates, examined)
+    }
+
+    /// The pending follow-ups of `ids` in that order, each with its campaign's state and
+    /// whether its recipient opted out.
+    pub fn to_claim(
+        &self,
+        ids: &[FollowUpId],
+    ) -> Vec<(Arc<FollowUp>, Option<CampaignState>, bool)> {
+        ids.iter()
+            .filter_map(|id| self.follow_up(*id))
+            .filter(|follow_up| follow_up.status == FollowUpStatus::Pending)
+            .map(|follow_up| {
                 let state = follow_up
                     .campaign_id
                     .and_then(|id| self.campaign(id))
@@ -709,13 +715,70 @@ impl State {
                 let opted_out = self
                     .opt_out(&follow_up.tenant_id, &follow_up.phone_e164)
                     .is_some();
-                (follow_up, state, opted_out)
+                (follow_up.clone(), state, opted_out)
             })
-            .collect();
-        Due {
-            follow_ups,
-            examined,
+            .collect()
+    }
+
+    /// The due follow-ups of `lanes`, each tenant's oldest first and at most `cap` of
+    /// them, with the tenants that had more.
+    pub fn due_in(
+        &self,
+        now: Timestamp,
+        lanes: &[PortLane],
+        cap: usize,
+    ) -> (Vec<DueEntry>, Vec<TenantId>) {
+        let now = now.unix_millis();
+        let mut by_tenant: BTreeMap<&TenantId, Vec<(Millis, FollowUpId, &PortLane)>> =
+            BTreeMap::new();
+        for lane in lanes {
+            let Some(queue) = self.queue(lane) else {
+                continue;
+            };
+            let due = by_tenant.entry(&lane.tenant_id).or_default();
+            due.extend(
+                queue
+                    .iter()
+                    .take_while(|(at, _)| *at <= now)
+                    .take(cap + 1)
+                    .map(|&(at, id)| (at, id, lane)),
+            );
         }
+        let mut entries = Vec::new();
+        let mut truncated = Vec::new();
+        for (tenant_id, mut due) in by_tenant {
+            due.sort_by_key(|(at, id, _)| (*at, *id));
+            if due.len() > cap {
+                due.truncate(cap);
+                truncated.push(tenant_id.clone());
+            }
+            entries.extend(due.into_iter().filter_map(|(_, id, lane)| {
+                Some(DueEntry {
+                    lane: lane.clone(),
+                    candidate: candidate(self.follow_up(id)?),
+                })
+            }));
+        }
+        (entries, truncated)
+    }
+
+    /// The ledger of sends.
+    pub fn ledger(&mut self) -> &mut Ledger {
+        &mut self.ledger
+    }
+
+    /// The pending follow-ups of one lane, by when they are due.
+    fn queue(&self, lane: &PortLane) -> Option<&BTreeSet<(Millis, FollowUpId)>> {
+        let tenant = *self.indexes.tenants.get(&lane.tenant_id)?;
+        let zone = match lane.time_zone.as_deref() {
+            None => 0,
+            Some(name) => *self.indexes.zones.get(name)?,
+        };
+        self.indexes.lanes.get(&Lane {
+            tenant,
+            campaign: lane.campaign_id,
+            zone,
+        })
     }
 
     /// How many follow-ups are due in lanes that are not held, counting no further than

@@ -19,10 +19,10 @@ use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     AckRequest, Acker, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher,
-    DrainOutcome, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
-    FollowUpQuery, FollowUpStore, LeasedItem, Leaser, NewOptOut, OptOutPage, OptOutQuery,
-    OptOutStore, OutboundQueue, PolicyStore, Store, StoreError, TraceQuery, decide_acks,
-    decide_claims,
+    DrainOutcome, DrainPlan, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
+    FollowUpQuery, FollowUpStore, LaneState, LeasedItem, Leaser, NewOptOut, OptOutPage,
+    OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore, Retention, SendingFacts, Store,
+    StoreError, TraceQuery, decide_acks, decide_claims,
 };
 use serde_json::value::RawValue;
 
@@ -34,7 +34,7 @@ use crate::records::{
     CampaignRecord, EntryRecord, EventRecord, FollowUpRecord, OptOutKeyRecord, OptOutRecord,
     OutboundRecord, PolicyRecord,
 };
-use crate::shared::{Shared, Ticket, Touch};
+use crate::shared::{Claims, Shared, Ticket, Touch};
 use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
 /// The embedded store. Cheap to clone; all clones share one data dir.
@@ -137,7 +137,7 @@ impl FileStore {
         shared: &mut Shared,
         change: Change,
         keys: Vec<Touch>,
-        claims: Vec<FollowUpId>,
+        claims: Claims,
     ) -> Result<Ticket, StoreError> {
         let (ticket, _) = shared
             .commit(&self.inner.journal, change, keys, claims, journal_line)
@@ -173,7 +173,7 @@ impl FileStore {
                 } else if let Some(found) = existing(&shared.state)? {
                     return Ok(Created::Existing(found));
                 } else {
-                    Ok(self.commit(&mut shared, change.clone(), keys.clone(), Vec::new())?)
+                    Ok(self.commit(&mut shared, change.clone(), keys.clone(), Claims::default())?)
                 }
             };
             match ticket {
@@ -219,9 +219,12 @@ impl FileStore {
                     None if claimed => Err(Wait::Claim),
                     None => match decide(&shared)? {
                         None => return Ok(false),
-                        Some(change) => {
-                            Ok(self.commit(&mut shared, change, keys.to_vec(), Vec::new())?)
-                        }
+                        Some(change) => Ok(self.commit(
+                            &mut shared,
+                            change,
+                            keys.to_vec(),
+                            Claims::default(),
+                        )?),
                     },
                 }
             };
@@ -327,18 +330,18 @@ fn repeated<'a, T: Clone>(
 
 /// Follow-ups a drain has claimed; the claim ends when they are handed to a commit, or
 /// when this is dropped (a drain cut short: its client hung up).
+/// What a drain holds while it decides; given back if it ends before its commit (an
+/// early return, or the drain's future dropped).
 struct Claim<'a> {
     store: &'a FileStore,
-    ids: Vec<FollowUpId>,
+    claims: Claims,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if !self.ids.is_empty() {
-            let mut shared = self.store.lock();
-            for id in self.ids.drain(..) {
-                shared.claimed.remove(&id);
-            }
+        let claims = std::mem::take(&mut self.claims);
+        if !claims.follow_ups.is_empty() || !claims.tenants.is_empty() {
+            self.store.lock().release(claims);
         }
         self.store.inner.claims_ended.notify_waiters();
     }
@@ -504,66 +507,68 @@ impl FollowUpStore for FileStore {
     ) -> Result<Vec<DrainOutcome>, StoreError> {
         // Plan and claim under the lock, decide outside it, commit under it again. A
         // claimed follow-up is invisible to every other drain until its decision is
-        // applied; a paced tenant's claims count against its window as they are made
-        // (so drains running at once never share an allowance), and at the commit only
-        // those sent stay counted.
-        let (claimed, reserved) = {
+        // applied; so is a limited tenant, whose ledger answers are then exact: every
+        // send of it is in the image before another drain looks.
+        let (claimed, mut claim) = {
             let mut shared = self.current();
             let shared = &mut *shared;
             let plan = dispatcher.plan(&shared.state.lanes());
-            let mut used = HashMap::new();
-            for (tenant, _) in &plan.paced {
-                let window = shared.sends.entry(tenant.clone()).or_default();
-                while window
-                    .front()
-                    .is_some_and(|(at, _)| plan.window_start.is_none_or(|start| *at <= start))
-                {
-                    window.pop_front();
-                }
-                used.insert(
-                    tenant.clone(),
-                    window.iter().map(|(_, count)| *count as u64).sum(),
-                );
-            }
-            let caps = plan.caps(&used);
-            let due = shared.state.due(now, &plan.open, &caps, limit, |id| {
-                shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
-            });
-            tracing::debug!(
-                claimed = due.follow_ups.len(),
-                examined = due.examined,
-                "drain claim"
-            );
-            let mut reserved = HashMap::new();
-            for (tenant, _) in &plan.paced {
-                let count = due
-                    .follow_ups
-                    .iter()
-                    .filter(|(follow_up, ..)| &follow_up.tenant_id == tenant)
-                    .count();
-                if count > 0 {
-                    shared
-                        .sends
-                        .entry(tenant.clone())
-                        .or_default()
-                        .push_back((now, count));
-                    reserved.insert(tenant.clone(), count);
+            let mut claims = Claims::default();
+            let mut usage = HashMap::new();
+            for limited in &plan.limited {
+                if shared.limiting.insert(limited.tenant_id.clone()) {
+                    claims.tenants.push(limited.tenant_id.clone());
+                    let answer = shared.state.ledger().usage(
+                        &limited.tenant_id,
+                        plan.windows,
+                        limited.needs,
+                    );
+                    usage.insert(limited.tenant_id.clone(), answer);
                 }
             }
-            for (follow_up, ..) in &due.follow_ups {
+            let caps = plan.caps(&usage);
+            let depth = limit.saturating_mul(CLAIM_DEPTH);
+            let (deep, deep_limit) = plan.deep(&claims.tenants, depth);
+            let (candidates, examined) =
+                shared
+                    .state
+                    .candidates(now, &plan.open, &caps, depth, (&deep, deep_limit), |id| {
+                        shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
+                    });
+            let recipients: HashMap<_, _> = plan
+                .recipients_to_ask(&candidates)
+                .into_iter()
+                .map(|(tenant_id, phone)| {
+                    let answer = shared
+                        .state
+                        .ledger()
+                        .recipient(&tenant_id, &phone, plan.windows);
+                    ((tenant_id, phone), answer)
+                })
+                .collect();
+            let admitted: Vec<FollowUpId> = plan
+                .take(candidates, &usage, &recipients, &caps, limit)
+                .into_iter()
+                .map(|candidate| candidate.followup_id)
+                .collect();
+            tracing::debug!(claimed = admitted.len(), examined, "drain claim");
+            let claimed = shared.state.to_claim(&admitted);
+            for (follow_up, ..) in &claimed {
                 shared.claimed.insert(follow_up.followup_id);
+                claims.follow_ups.push(follow_up.followup_id);
             }
-            (due.follow_ups, reserved)
-        };
-        let mut claim = Claim {
-            store: self,
-            ids: claimed.iter().map(|(f, ..)| f.followup_id).collect(),
+            (
+                claimed,
+                Claim {
+                    store: self,
+                    claims,
+                },
+            )
         };
 
         let mut change = Change::default();
         let mut keys = Vec::new();
         let mut outcomes = Vec::with_capacity(claimed.len());
-        let mut sent: HashMap<TenantId, usize> = HashMap::new();
         for (follow_up, campaign_state, recipient_opted_out) in claimed {
             let due = DueFollowUp {
                 follow_up: (*follow_up).clone(),
@@ -582,8 +587,7 @@ impl FollowUpStore for FileStore {
                 DispatchDecision::Skip { .. } => continue,
             };
             if let Some(item) = item {
-                *sent.entry(follow_up.tenant_id.clone()).or_default() += 1;
-                change.outbound.push(stored_outbound(&item));
+                change.outbound.push(stored_outbound(&item, &record));
             }
             change.events.extend(stored_events(&events));
             keys.push(Touch::FollowUp(follow_up.followup_id));
@@ -591,29 +595,62 @@ impl FollowUpStore for FileStore {
         }
         let ticket = {
             let mut shared = self.current();
-            // What was claimed but not sent gives its place in the window back.
-            for (tenant, claimed) in reserved {
-                let kept = sent.get(&tenant).copied().unwrap_or(0);
-                let window = shared.sends.entry(tenant).or_default();
-                if let Some(entry) = window
-                    .iter_mut()
-                    .rev()
-                    .find(|(at, count)| *at == now && *count == claimed)
-                {
-                    entry.1 = kept;
-                }
-            }
             if change.is_empty() {
                 return Ok(outcomes);
             }
             // The claims pass to the commit: they end once it is decided.
-            let claims = std::mem::take(&mut claim.ids);
+            let claims = std::mem::take(&mut claim.claims);
             self.commit(&mut shared, change, keys, claims)?
         };
         // Writes waiting for these follow-ups now find the commit on its way.
         self.inner.claims_ended.notify_waiters();
         self.durable(ticket).await?;
         Ok(outcomes)
+    }
+
+    async fn sending_facts(
+        &self,
+        tenant_id: Option<&TenantId>,
+        now: Timestamp,
+        cap: usize,
+        planner: &dyn Planner,
+    ) -> Result<(DrainPlan, SendingFacts), StoreError> {
+        let mut shared = self.current();
+        let lanes: Vec<LaneState> = shared
+            .state
+            .lanes()
+            .into_iter()
+            .filter(|state| tenant_id.is_none_or(|tenant| &state.lane.tenant_id == tenant))
+            .collect();
+        let plan = planner.plan(&lanes);
+        let all: Vec<_> = lanes.iter().map(|state| state.lane.clone()).collect();
+        let (due, truncated) = shared.state.due_in(now, &all, cap);
+        let mut facts = SendingFacts {
+            lanes,
+            due,
+            truncated,
+            ..SendingFacts::default()
+        };
+        let ledger = shared.state.ledger();
+        for limited in &plan.limited {
+            let usage = ledger.usage(&limited.tenant_id, plan.windows, limited.needs);
+            facts.usage.insert(limited.tenant_id.clone(), usage);
+            if let Some(at) = ledger.next_release_at(&limited.tenant_id) {
+                facts.next_release_at.insert(limited.tenant_id.clone(), at);
+            }
+        }
+        let asked = plan.recipients_to_ask(
+            &facts
+                .due
+                .iter()
+                .map(|due| due.candidate.clone())
+                .collect::<Vec<_>>(),
+        );
+        for (tenant, phone) in asked {
+            let usage = ledger.recipient(&tenant, &phone, plan.windows);
+            facts.recipients.insert((tenant, phone), usage);
+        }
+        Ok((plan, facts))
     }
 
     async fn count_due(&self, now: Timestamp, held: &[CampaignState]) -> Result<u64, StoreError> {
@@ -659,11 +696,15 @@ impl FollowUpStore for FileStore {
 /// `count_due` stops counting here: the gauge says "at least this many".
 pub const COUNT_DUE_CAP: usize = 10_000;
 
-fn stored_outbound(item: &OutboundItem) -> StoredOutbound {
+/// How many times a batch a claim looks at, so that follow-ups the limits hold do not
+/// leave the batch empty while others wait behind them.
+const CLAIM_DEPTH: usize = 4;
+
+fn stored_outbound(item: &OutboundItem, follow_up: &FollowUp) -> StoredOutbound {
     StoredOutbound {
         // Numbered at commit.
         seq: 0,
-        entry: QueueEntry::new(item, FollowUpId::new(item.context.context_id)),
+        entry: QueueEntry::new(item, follow_up.followup_id, follow_up.sender.clone()),
         json: serde_json::value::to_raw_value(item).expect("outbound items always serialize"),
     }
 }
@@ -796,7 +837,10 @@ impl OutboundQueue for FileStore {
                 events: stored_events(&batch.events),
                 ..Change::default()
             };
-            (self.commit(shared, change, keys, Vec::new())?, leased)
+            (
+                self.commit(shared, change, keys, Claims::default())?,
+                leased,
+            )
         };
         self.durable(ticket).await?;
         leased
@@ -884,7 +928,8 @@ impl OutboundQueue for FileStore {
                             opt_outs,
                             ..Change::default()
                         };
-                        let ticket = self.commit(&mut shared, change, touched, Vec::new())?;
+                        let ticket =
+                            self.commit(&mut shared, change, touched, Claims::default())?;
                         Ok((ticket, batch.statuses))
                     }
                 }
@@ -990,8 +1035,10 @@ impl Store for FileStore {
     }
 
     /// Retention happens when the store compacts: this asks for a compaction that leaves
-    /// out what is older than `cutoff`, and waits for it.
-    async fn expire(&self, cutoff: Timestamp, _batch: usize) -> Result<Expired, StoreError> {
+    /// out what is older than the records' cutoff, and waits for it. The ledger of sends
+    /// lives in memory and forgets what is older than its window by itself.
+    async fn expire(&self, retention: Retention, _batch: usize) -> Result<Expired, StoreError> {
+        let cutoff = retention.records_before;
         let before = {
             let mut shared = self.current();
             if !shared.state.has_expired(cutoff) {
@@ -1006,6 +1053,7 @@ impl Store for FileStore {
         Ok(Expired {
             events: after.events_removed - before.events_removed,
             outbound_items: after.items_removed - before.items_removed,
+            ledger_entries: 0,
         })
     }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crm_domain::follow_up::FollowUpStatus;
 use crm_ports::conformance::{SendAll, at, schedule, tenant};
-use crm_ports::{DispatchDecision, Dispatcher, DrainPlan, DueFollowUp, FollowUpStore, LaneState};
+use crm_ports::{
+    DispatchDecision, Dispatcher, DrainPlan, DueFollowUp, FollowUpStore, LaneState, Planner,
+};
 use support::open_quiet;
 
 /// Sends like `SendAll`, but says when it starts deciding and waits to be let go.
@@ -18,11 +20,13 @@ struct Held {
     go: Mutex<mpsc::Receiver<()>>,
 }
 
-impl Dispatcher for Held {
+impl Planner for Held {
     fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
         self.send.plan(lanes)
     }
+}
 
+impl Dispatcher for Held {
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
         self.deciding.lock().unwrap().send(()).unwrap();
         self.go

@@ -206,6 +206,7 @@ struct Columns {
     counts: [Vec<i64>; 6],
     events: EventColumns,
     owners: Vec<Uuid>,
+    senders: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -277,6 +278,7 @@ impl Columns {
             counts: std::array::from_fn(|index| counts.iter().map(|c| c[index]).collect()),
             events: EventColumns::new(&events)?,
             owners,
+            senders: follow_ups.iter().map(|f| f.sender.clone()).collect(),
         })
     }
 
@@ -307,6 +309,7 @@ impl Columns {
         params.extend(self.counts.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend(self.events.params());
         params.push(&self.owners);
+        params.push(&self.senders);
         params
     }
 }

@@ -9,14 +9,17 @@
 use std::collections::HashMap;
 
 use crm_domain::campaign::CampaignStats;
-use crm_domain::ids::{CampaignId, TenantId};
+use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::drain::stats_changes;
-use crm_ports::{DispatchDecision, Dispatcher, DrainOutcome, DueFollowUp, StoreError};
+use crm_ports::{
+    Candidate, DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, StoreError,
+};
 use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::ledger;
 use crate::read::fetch_limit;
 use crate::rows;
 use crate::sql;
@@ -37,51 +40,189 @@ pub(crate) async fn drain_due(
     dispatcher: &dyn Dispatcher,
 ) -> Result<Vec<DrainOutcome>, StoreError> {
     let batch = fetch_limit(limit).saturating_sub(1);
-    // Deep enough that a few drains running at once each fill their batch.
+    // Deep enough that a few drains running at once, and the follow-ups the limits hold,
+    // still leave each drain a batch to fill.
     let depth = batch.saturating_mul(CLAIM_DEPTH);
     let transaction = client.transaction().await.map_err(unavailable)?;
     let lanes = all(&transaction, sql::LANES, &[], rows::lane_state).await?;
     let plan = dispatcher.plan(&lanes);
-    // Paced tenants this drain holds: each takes from a tenant's window after the
-    // one before it committed. One held by another drain gets nothing from this
-    // one (waiting would make every drain queue behind the paced tenants).
-    let mut paced: Vec<&str> = Vec::new();
-    if !plan.paced.is_empty() {
-        let tenants: Vec<&str> = plan.paced.iter().map(|(t, _)| t.as_str()).collect();
-        let held = transaction
-            .query(sql::TRY_LOCK_TENANTS, &[&tenants])
-            .await
-            .map_err(unavailable)?
+    // Limited tenants this drain holds: each is claimed from after the drain before it
+    // committed, so the ledger holds every send. One held by another drain gets nothing
+    // from this one (waiting would make every drain queue behind the limited tenants).
+    let held = try_lock(&transaction, &plan).await?;
+    let usage = ledger::tenant_usage(&transaction, &plan, &held).await?;
+    let caps = plan.caps(&usage);
+    // Tenants whose limits hold single follow-ups are looked into deeper, on their own.
+    let (deep, deep_limit) = plan.deep(&held, usize::try_from(depth).unwrap_or(usize::MAX));
+    let mut shallow_caps = caps.clone();
+    shallow_caps.extend(deep.iter().map(|tenant| (tenant.clone(), 0)));
+    let mut candidates = candidates(&transaction, &plan, &shallow_caps, now, depth).await?;
+    candidates.extend(deep_candidates(&transaction, &plan, &deep, deep_limit, now).await?);
+    let recipients =
+        ledger::recipient_usage(&transaction, &plan, &plan.recipients_to_ask(&candidates)).await?;
+    let batch_size = usize::try_from(batch).unwrap_or(usize::MAX);
+    // Somewhat more than the batch: rows another drain holds are skipped at the lock.
+    let admitted: Vec<Uuid> = plan
+        .take(
+            candidates,
+            &usage,
+            &recipients,
+            &caps,
+            batch_size.saturating_mul(CLAIM_DEPTH as usize),
+        )
+        .into_iter()
+        .map(|candidate| candidate.followup_id.as_uuid())
+        .collect();
+    let locked: Vec<Uuid> = if admitted.is_empty() {
+        Vec::new()
+    } else {
+        query_rows(&transaction, sql::LOCK_CLAIMED, &[&admitted, &batch])
+            .await?
             .iter()
-            .map(|row| row.try_get::<_, String>(0))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)?;
-        paced = tenants
-            .into_iter()
-            .filter(|t| held.iter().any(|h| h == t))
-            .collect();
-    }
-    let mut used = HashMap::new();
-    if !paced.is_empty() {
-        let window_start = plan.window_start.map(|at| at.as_datetime());
-        for row in transaction
-            .query(sql::SENT_SINCE, &[&paced, &window_start])
-            .await
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()
             .map_err(unavailable)?
-        {
-            let tenant: String = row.try_get(0).map_err(unavailable)?;
-            let sent: i64 = row.try_get(1).map_err(unavailable)?;
-            used.insert(
-                TenantId::parse(tenant).ok_or_else(|| unavailable("an empty tenant"))?,
-                u64::try_from(sent).unwrap_or(0),
-            );
-        }
+    };
+    let claimed = if locked.is_empty() {
+        Vec::new()
+    } else {
+        query_rows(&transaction, sql::CLAIMED, &[&locked]).await?
+    };
+    let mut outcomes = Vec::with_capacity(claimed.len());
+    let mut decided = Decided::default();
+    for row in &claimed {
+        let campaign_state: Option<String> = row.try_get("campaign_state").map_err(unavailable)?;
+        let due = DueFollowUp {
+            follow_up: rows::follow_up(row).map_err(unavailable)?,
+            campaign_state: campaign_state
+                .map(|state| state.parse())
+                .transpose()
+                .map_err(unavailable)?,
+            recipient_opted_out: row.try_get("recipient_opted_out").map_err(unavailable)?,
+        };
+        let decision = dispatcher.decide(&due);
+        outcomes.push(decided.add(&due, decision)?);
     }
-    let mut caps = plan.caps(&used);
-    for (tenant, cap) in caps.iter_mut() {
-        if !paced.contains(&tenant.as_str()) {
-            *cap = 0;
+    // The whole batch is a few statements, committed with the claim or not at all,
+    // sent together (one round trip) and run by the server in the order written:
+    // prepared beforehand, each goes out when first polled, and a biased
+    // `try_join!` polls them in order. Every writer takes the event lock before it
+    // moves a campaign's counts or a budget, so none waits on the other in turn.
+    if !decided.ids.is_empty() {
+        for query in [
+            sql::RECORD_OUTCOMES,
+            sql::ENQUEUE_OUTBOUND,
+            sql::INSERT_EVENTS,
+            sql::ADD_STATS,
+            sql::SETTLE_BUDGETS,
+            sql::RECORD_SENDS,
+        ] {
+            prepared(&transaction, query).await?;
         }
+        let outcome_params = decided.outcome_params();
+        let outbound_params = decided.outbound_params();
+        let event_params = decided.events.params();
+        tokio::try_join!(
+            biased;
+            changed_rows_of(&transaction, sql::RECORD_OUTCOMES, &outcome_params),
+            changed_rows_of(&transaction, sql::ENQUEUE_OUTBOUND, &outbound_params),
+            changed_rows_of(&transaction, sql::INSERT_EVENTS, &event_params),
+            add_stats(&transaction, &decided.stats),
+            ledger::record(&transaction, &plan, &held, &decided.sends),
+        )?;
+    }
+    transaction.commit().await.map_err(unavailable)?;
+    Ok(outcomes)
+}
+
+/// Takes the lock of each limited tenant no other drain holds; returns those.
+async fn try_lock(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    plan: &DrainPlan,
+) -> Result<Vec<TenantId>, StoreError> {
+    if plan.limited.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenants: Vec<&str> = plan.limited.iter().map(|l| l.tenant_id.as_str()).collect();
+    query_rows(transaction, sql::TRY_LOCK_TENANTS, &[&tenants])
+        .await?
+        .iter()
+        .map(|row| {
+            let tenant: String = row.try_get(0).map_err(unavailable)?;
+            TenantId::parse(tenant).ok_or_else(|| unavailable("an empty tenant"))
+        })
+        .collect()
+}
+
+/// The candidates of the `deep` tenants at `now`: the oldest `each` of every one.
+async fn deep_candidates(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    plan: &DrainPlan,
+    deep: &[TenantId],
+    each: usize,
+    now: Timestamp,
+) -> Result<Vec<Candidate>, StoreError> {
+    let lanes = plan.lanes_of(deep);
+    if lanes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenants: Vec<&str> = lanes.iter().map(|l| l.tenant_id.as_str()).collect();
+    let campaigns: Vec<Uuid> = lanes
+        .iter()
+        .map(|l| l.campaign_id.map_or(Uuid::nil(), |id| id.as_uuid()))
+        .collect();
+    let zones: Vec<&str> = lanes
+        .iter()
+        .map(|l| l.time_zone.as_deref().unwrap_or(""))
+        .collect();
+    let per_lane = i64::try_from(each).unwrap_or(i64::MAX);
+    let params: [&(dyn ToSql + Sync); 5] =
+        [&tenants, &campaigns, &zones, &now.as_datetime(), &per_lane];
+    let mut found: Vec<Candidate> = query_rows(transaction, sql::DEEP_CANDIDATES, &params)
+        .await?
+        .iter()
+        .map(candidate)
+        .collect::<Result<_, _>>()?;
+    // Each tenant's oldest `each`, over all its lanes.
+    found.sort_by(|a, b| {
+        (&a.tenant_id, a.schedule_at, a.followup_id).cmp(&(
+            &b.tenant_id,
+            b.schedule_at,
+            b.followup_id,
+        ))
+    });
+    let mut kept: HashMap<TenantId, usize> = HashMap::new();
+    found.retain(|c| {
+        let seen = kept.entry(c.tenant_id.clone()).or_default();
+        *seen += 1;
+        *seen <= each
+    });
+    Ok(found)
+}
+
+/// A candidate from its row.
+fn candidate(row: &tokio_postgres::Row) -> Result<Candidate, StoreError> {
+    let tenant: String = row.try_get("tenant_id").map_err(unavailable)?;
+    let schedule_at: OffsetDateTime = row.try_get("schedule_at").map_err(unavailable)?;
+    Ok(Candidate {
+        followup_id: FollowUpId::new(row.try_get("followup_id").map_err(unavailable)?),
+        tenant_id: TenantId::parse(tenant).ok_or_else(|| unavailable("an empty tenant"))?,
+        schedule_at: Timestamp::from_datetime(schedule_at),
+        sender: row.try_get("sender").map_err(unavailable)?,
+        phone_e164: row.try_get("phone_e164").map_err(unavailable)?,
+    })
+}
+
+/// The plan's candidates at `now`, tenants in turn within `caps`, at most `depth`.
+async fn candidates(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    plan: &DrainPlan,
+    caps: &HashMap<TenantId, usize>,
+    now: Timestamp,
+    depth: i64,
+) -> Result<Vec<Candidate>, StoreError> {
+    if plan.open.is_empty() {
+        return Ok(Vec::new());
     }
     let lane_tenants: Vec<&str> = plan.open.iter().map(|l| l.tenant_id.as_str()).collect();
     let lane_campaigns: Vec<Uuid> = plan
@@ -99,7 +240,7 @@ pub(crate) async fn drain_due(
         .values()
         .map(|cap| i64::try_from(*cap).unwrap_or(i64::MAX))
         .collect();
-    let claim: [&(dyn ToSql + Sync); 8] = [
+    let params: [&(dyn ToSql + Sync); 7] = [
         &lane_tenants,
         &lane_campaigns,
         &lane_zones,
@@ -107,82 +248,12 @@ pub(crate) async fn drain_due(
         &cap_counts,
         &now.as_datetime(),
         &depth,
-        &batch,
     ];
-    let locked: Vec<Uuid> = query_rows(&transaction, sql::CLAIM_DUE, &claim)
+    query_rows(transaction, sql::CANDIDATES, &params)
         .await?
         .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()
-        .map_err(unavailable)?;
-    let claimed = if locked.is_empty() {
-        Vec::new()
-    } else {
-        query_rows(&transaction, sql::CLAIMED, &[&locked]).await?
-    };
-    let mut outcomes = Vec::with_capacity(claimed.len());
-    let mut decided = Decided::default();
-    let mut claims: HashMap<&str, i32> = HashMap::new();
-    for row in &claimed {
-        let campaign_state: Option<String> = row.try_get("campaign_state").map_err(unavailable)?;
-        let due = DueFollowUp {
-            follow_up: rows::follow_up(row).map_err(unavailable)?,
-            campaign_state: campaign_state
-                .map(|state| state.parse())
-                .transpose()
-                .map_err(unavailable)?,
-            recipient_opted_out: row.try_get("recipient_opted_out").map_err(unavailable)?,
-        };
-        let decision = dispatcher.decide(&due);
-        // A paced tenant's window counts what is sent.
-        if let DispatchDecision::Send { .. } = decision
-            && let Some(tenant) = paced
-                .iter()
-                .find(|t| **t == due.follow_up.tenant_id.as_str())
-        {
-            *claims.entry(tenant).or_default() += 1;
-        }
-        outcomes.push(decided.add(&due, decision)?);
-    }
-    // The whole batch is a few statements, committed with the claim or not at all,
-    // sent together (one round trip) and run by the server in the order written:
-    // prepared beforehand, each goes out when first polled, and a biased
-    // `try_join!` polls them in order. Every writer takes the event lock before it
-    // moves a campaign's counts, so none waits on the other in turn.
-    if !decided.ids.is_empty() {
-        for query in [
-            sql::RECORD_OUTCOMES,
-            sql::ENQUEUE_OUTBOUND,
-            sql::INSERT_EVENTS,
-            sql::ADD_STATS,
-        ] {
-            prepared(&transaction, query).await?;
-        }
-        let outcome_params = decided.outcome_params();
-        let outbound_params = decided.outbound_params();
-        let event_params = decided.events.params();
-        tokio::try_join!(
-            biased;
-            changed_rows_of(&transaction, sql::RECORD_OUTCOMES, &outcome_params),
-            changed_rows_of(&transaction, sql::ENQUEUE_OUTBOUND, &outbound_params),
-            changed_rows_of(&transaction, sql::INSERT_EVENTS, &event_params),
-            add_stats(&transaction, &decided.stats),
-        )?;
-    }
-    if !claims.is_empty() {
-        let tenants: Vec<&str> = claims.keys().copied().collect();
-        let counts: Vec<i32> = claims.values().copied().collect();
-        let at = vec![now.as_datetime(); tenants.len()];
-        let forget_before = plan.window_start.unwrap_or(now).as_datetime();
-        changed_rows_of(
-            &transaction,
-            sql::RECORD_SENDS,
-            &[&tenants, &at, &counts, &forget_before],
-        )
-        .await?;
-    }
-    transaction.commit().await.map_err(unavailable)?;
-    Ok(outcomes)
+        .map(candidate)
+        .collect()
 }
 
 /// A drain batch's decisions as the parallel arrays of its three write statements.
@@ -203,8 +274,12 @@ struct Decided {
     item_follow_ups: Vec<Uuid>,
     item_max_attempts: Vec<i32>,
     item_backoffs: Vec<i32>,
+    item_senders: Vec<Option<String>>,
+    sent_at: Vec<Option<OffsetDateTime>>,
     /// How the decided follow-ups move their campaigns' counts.
     stats: Vec<(CampaignId, CampaignStats)>,
+    /// The ledger's entries of the follow-ups marked sent.
+    sends: Vec<ledger::Send>,
 }
 
 impl Decided {
@@ -235,6 +310,17 @@ impl Decided {
         self.error_messages
             .push(follow_up.last_error_message.clone());
         self.updated_at.push(follow_up.updated_at.as_datetime());
+        self.sent_at
+            .push(follow_up.sent_at.map(|at| at.as_datetime()));
+        if let Some(sent_at) = follow_up.sent_at {
+            self.sends.push(ledger::Send {
+                tenant_id: follow_up.tenant_id.as_str().to_owned(),
+                sender: follow_up.sender.clone(),
+                phone_e164: follow_up.phone_e164.clone(),
+                sent_at: sent_at.as_datetime(),
+                followup_id: followup_id.as_uuid(),
+            });
+        }
         self.events.extend(&events)?;
         if let Some(item) = item {
             self.item_ids.push(item.queue_item_id.as_uuid());
@@ -249,11 +335,12 @@ impl Decided {
                 .push(i32::try_from(policy.max_attempts).map_err(unavailable)?);
             self.item_backoffs
                 .push(i32::try_from(policy.backoff_ms).map_err(unavailable)?);
+            self.item_senders.push(follow_up.sender.clone());
         }
         Ok(outcome)
     }
 
-    fn outcome_params(&self) -> [&(dyn ToSql + Sync); 6] {
+    fn outcome_params(&self) -> [&(dyn ToSql + Sync); 7] {
         [
             &self.ids,
             &self.statuses,
@@ -261,10 +348,11 @@ impl Decided {
             &self.error_codes,
             &self.error_messages,
             &self.updated_at,
+            &self.sent_at,
         ]
     }
 
-    fn outbound_params(&self) -> [&(dyn ToSql + Sync); 8] {
+    fn outbound_params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.item_ids,
             &self.item_tenants,
@@ -274,6 +362,7 @@ impl Decided {
             &self.item_follow_ups,
             &self.item_max_attempts,
             &self.item_backoffs,
+            &self.item_senders,
         ]
     }
 }

@@ -11,7 +11,10 @@ use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{FollowUpId, TenantId};
 use crm_domain::page::{Cursor, Page};
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{Created, Dispatcher, DrainOutcome, FollowUpQuery, FollowUpStore, StoreError};
+use crm_ports::{
+    Created, Dispatcher, DrainOutcome, DrainPlan, FollowUpQuery, FollowUpStore, Planner,
+    SendingFacts, StoreError,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
@@ -22,6 +25,7 @@ use crate::read::{Lookup, fetch_limit, keyset, page};
 use crate::rows;
 use crate::sql;
 use crate::statement::{all, changed_rows, query_value};
+use crate::status;
 use crate::store::unavailable;
 use crate::write::EventColumns;
 
@@ -162,6 +166,17 @@ impl FollowUpStore for PgStore {
             .chain([&tenant as &(dyn ToSql + Sync)])
             .collect();
         self.call(async |client| Ok(changed_rows(&*client, sql::SAVE_FOLLOW_UP, &all).await? == 1))
+            .await
+    }
+
+    async fn sending_facts(
+        &self,
+        tenant_id: Option<&TenantId>,
+        now: Timestamp,
+        cap: usize,
+        planner: &dyn Planner,
+    ) -> Result<(DrainPlan, SendingFacts), StoreError> {
+        self.call(async |client| status::sending_facts(client, tenant_id, now, cap, planner).await)
             .await
     }
 

@@ -1,4 +1,4 @@
-//! Sending policies: read and replace a tenant's rate and quiet hours.
+//! Sending policies: read, replace and remove a tenant's limits and quiet hours.
 //!
 //! Applying a policy (pacing, quiet hours) is the drain's (`drain.rs`) with the
 //! dispatcher's plan; this file only stores it.
@@ -41,22 +41,32 @@ impl PolicyStore for PgStore {
         tenant_id: &TenantId,
         policy: &SendingPolicy,
     ) -> Result<(), StoreError> {
-        let rate = policy
-            .max_per_second
-            .map(|rate| i32::try_from(rate).map_err(unavailable))
-            .transpose()?;
+        let limit = |value: Option<u32>| -> Result<Option<i32>, StoreError> {
+            value
+                .map(|value| i32::try_from(value).map_err(unavailable))
+                .transpose()
+        };
+        let rate = limit(policy.max_per_second)?;
+        let per_sender = limit(policy.max_per_second_per_sender)?;
+        let daily = limit(policy.daily_recipient_limit)?;
+        let interval = limit(policy.recipient_min_interval_ms)?;
+        let cap = limit(policy.recipient_daily_cap)?;
         let quiet = policy.quiet_hours.as_ref();
         let start = quiet.map(|q| q.start.to_string());
         let end = quiet.map(|q| q.end.to_string());
         let zone = quiet.map(|q| q.time_zone.as_str());
         let now = crm_domain::timestamp::Timestamp::from_datetime(OffsetDateTime::now_utc());
-        let params: [&(dyn ToSql + Sync); 6] = [
+        let params: [&(dyn ToSql + Sync); 10] = [
             &tenant_id.as_str(),
             &rate,
             &start,
             &end,
             &zone,
             &now.as_datetime(),
+            &per_sender,
+            &daily,
+            &interval,
+            &cap,
         ];
         self.call(async |client| {
             changed_rows_of(&*client, sql::PUT_POLICY, &params).await?;

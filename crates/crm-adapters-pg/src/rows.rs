@@ -102,6 +102,11 @@ pub fn follow_up(row: &Row) -> Result<FollowUp, RowError> {
         correlation_id: CorrelationId::new(row.try_get("correlation_id").map_err(get_err)?),
         trace_id: row.try_get("trace_id").map_err(get_err)?,
         time_zone: row.try_get("time_zone").map_err(get_err)?,
+        sender: row.try_get("sender").map_err(get_err)?,
+        sent_at: row
+            .try_get::<_, Option<OffsetDateTime>>("sent_at")
+            .map_err(get_err)?
+            .map(Timestamp::from_datetime),
         delivery: row
             .try_get::<_, Option<Value>>("delivery")
             .map_err(get_err)?
@@ -166,6 +171,7 @@ pub fn queue_entry(row: &Row) -> Result<QueueEntry, RowError> {
         queue_item_id: QueueItemId::new(row.try_get("queue_item_id").map_err(get_err)?),
         followup_id: FollowUpId::new(row.try_get("followup_id").map_err(get_err)?),
         tenant_id: tenant(row, TABLE)?,
+        sender: row.try_get("sender").map_err(get_err)?,
         retry_policy: RetryPolicy {
             max_attempts: count("max_attempts")?,
             backoff_ms: count("backoff_ms")?,
@@ -214,12 +220,16 @@ pub fn opt_out(row: &Row) -> Result<OptOut, RowError> {
     })
 }
 
-/// A sending policy from its columns (`max_per_second`, `quiet_start`, `quiet_end`,
-/// `quiet_time_zone`).
+/// A sending policy from its columns (`sql::POLICY_COLUMNS`).
 pub fn policy(row: &Row) -> Result<SendingPolicy, RowError> {
     const TABLE: &str = "crm_sending_policies";
     let get_err = |e: tokio_postgres::Error| bad(TABLE, e);
-    let rate: Option<i32> = row.try_get("max_per_second").map_err(get_err)?;
+    let limit = |column: &str| -> Result<Option<u32>, RowError> {
+        let value: Option<i32> = row.try_get(column).map_err(get_err)?;
+        value
+            .map(|value| u32::try_from(value).map_err(|e| bad(TABLE, e)))
+            .transpose()
+    };
     let start: Option<String> = row.try_get("quiet_start").map_err(get_err)?;
     let end: Option<String> = row.try_get("quiet_end").map_err(get_err)?;
     let zone: Option<String> = row.try_get("quiet_time_zone").map_err(get_err)?;
@@ -235,10 +245,16 @@ pub fn policy(row: &Row) -> Result<SendingPolicy, RowError> {
         ),
         _ => None,
     };
-    let rate = rate
-        .map(|rate| u32::try_from(rate).map_err(|e| bad(TABLE, e)))
-        .transpose()?;
-    SendingPolicy::new(rate, quiet_hours).map_err(invalid)
+    SendingPolicy {
+        max_per_second: limit("max_per_second")?,
+        quiet_hours,
+        max_per_second_per_sender: limit("max_per_second_per_sender")?,
+        daily_recipient_limit: limit("daily_recipient_limit")?,
+        recipient_min_interval_ms: limit("recipient_min_interval_ms")?,
+        recipient_daily_cap: limit("recipient_daily_cap")?,
+    }
+    .checked()
+    .map_err(invalid)
 }
 
 /// A lane of `sql::LANES`, with its campaign's state and its tenant's policy.

@@ -22,14 +22,24 @@ macro_rules! follow_up_columns {
         "f.followup_id, f.tenant_id, f.campaign_id, f.external_key, f.lead_id, \
          f.customer_id, f.phone_e164, f.message, f.schedule_at, f.channel, f.status, \
          f.provider_message_id, f.last_error_code, f.last_error_message, f.metadata_json, \
-         f.correlation_id, f.trace_id, f.time_zone, f.delivery, f.created_at, f.updated_at"
+         f.correlation_id, f.trace_id, f.time_zone, f.sender, f.sent_at, f.delivery, \
+         f.created_at, f.updated_at"
+    };
+}
+
+/// The columns of a sending policy, with `p.` in front.
+macro_rules! policy_columns {
+    () => {
+        "p.max_per_second, p.quiet_start, p.quiet_end, p.quiet_time_zone, \
+         p.max_per_second_per_sender, p.daily_recipient_limit, p.recipient_min_interval_ms, \
+         p.recipient_daily_cap"
     };
 }
 
 /// The columns of an outbound queue row's state (all but the item), with `q.` in front.
 macro_rules! queue_columns {
     () => {
-        "q.queue_item_id, q.followup_id, q.tenant_id, q.max_attempts, q.backoff_ms, \
+        "q.queue_item_id, q.followup_id, q.tenant_id, q.sender, q.max_attempts, q.backoff_ms, \
          q.status, q.attempt, q.available_at, q.lease_id, q.lease_expires_at, \
          q.last_ack_lease, q.last_ack_status, q.created_at, q.finished_at"
     };
@@ -163,19 +173,19 @@ pub const CREATE_FOLLOW_UPS: &str = concat!(
      $11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::uuid[], \
      $17::text[], $18::text[], $19::jsonb[], $20::timestamptz[], $21::timestamptz[], \
      $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[], \
-     $27::bigint[]) AS u(followup_id, tenant_id, campaign_id, external_key, lead_id, \
-     customer_id, phone_e164, message, schedule_at, channel, status, provider_message_id, \
-     last_error_code, last_error_message, metadata_json, correlation_id, trace_id, \
-     time_zone, delivery, created_at, updated_at, n_pending, n_sent, n_failed, n_accepted, \
-     n_retrying, n_delivery_failed)), \
+     $27::bigint[], $35::text[]) AS u(followup_id, tenant_id, campaign_id, external_key, \
+     lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
+     provider_message_id, last_error_code, last_error_message, metadata_json, correlation_id, \
+     trace_id, time_zone, delivery, created_at, updated_at, n_pending, n_sent, n_failed, \
+     n_accepted, n_retrying, n_delivery_failed, sender)), \
      changed AS (INSERT INTO crm_followups (followup_id, tenant_id, campaign_id, \
      external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
      provider_message_id, last_error_code, last_error_message, metadata_json, \
-     correlation_id, trace_id, time_zone, delivery, created_at, updated_at) \
+     correlation_id, trace_id, time_zone, delivery, created_at, updated_at, sender) \
      SELECT followup_id, tenant_id, campaign_id, external_key, lead_id, customer_id, \
      phone_e164, message, schedule_at, channel, status, provider_message_id, \
      last_error_code, last_error_message, metadata_json, correlation_id, trace_id, \
-     time_zone, delivery, created_at, updated_at FROM input \
+     time_zone, delivery, created_at, updated_at, sender FROM input \
      ON CONFLICT DO NOTHING RETURNING followup_id), ",
     ordered!("changed"),
     ", stats AS (INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, failed, \
@@ -268,18 +278,18 @@ macro_rules! lanes {
 pub const LANES: &str = concat!(
     lanes!(),
     "SELECT l.tenant_id, l.campaign, l.zone, c.state AS campaign_state, \
-     p.tenant_id IS NOT NULL AS has_policy, p.max_per_second, p.quiet_start, p.quiet_end, \
-     p.quiet_time_zone FROM lanes l LEFT JOIN crm_campaigns c ON c.campaign_id = l.campaign \
+     p.tenant_id IS NOT NULL AS has_policy, ",
+    policy_columns!(),
+    " FROM lanes l LEFT JOIN crm_campaigns c ON c.campaign_id = l.campaign \
      LEFT JOIN crm_sending_policies p ON p.tenant_id = l.tenant_id"
 );
 
-/// Claims due follow-ups (`$6` now) of the open lanes (`$1`..`$3`), tenants in turn,
-/// none past its cap (`$4` tenants, `$5` caps): at most `$8`, from the `$7` oldest of
-/// each lane (deeper than the batch, so that drains running at once each fill theirs).
-/// The window function picks candidates; the rows are then locked by id, in turn order,
-/// with `SKIP LOCKED` handing each to one drain only. Only the ids come back (`CLAIMED`
-/// reads the rows), so no more than the batch is read whole.
-pub const CLAIM_DUE: &str = concat!(
+/// The candidates of a claim: due follow-ups (`$6` now) of the open lanes (`$1`..`$3`),
+/// tenants in turn, none past its cap (`$4` tenants, `$5` caps), at most `$7` from the
+/// `$7` oldest of each lane (deeper than the batch, so that drains running at once, and
+/// follow-ups the limits hold, still leave a batch to fill), with what the limits look at.
+/// Nothing is locked: `LOCK_CLAIMED` takes the ones admitted.
+pub const CANDIDATES: &str = concat!(
     "WITH open_lanes AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) \
      AS l(tenant_id, campaign, zone)), \
      caps AS (SELECT * FROM unnest($4::text[], $5::bigint[]) AS c(tenant_id, cap)), \
@@ -291,13 +301,45 @@ pub const CLAIM_DUE: &str = concat!(
      ORDER BY f.schedule_at, f.followup_id LIMIT least($7, coalesce(c.cap, $7))) d), \
      ranked AS (SELECT due.*, row_number() OVER (PARTITION BY due.tenant_id \
      ORDER BY due.schedule_at, due.followup_id) AS turn FROM due), \
-     chosen AS (SELECT coalesce(array_agg(r.followup_id ORDER BY r.turn, r.schedule_at, \
-     r.followup_id), '{}') AS ids FROM (SELECT r.* FROM ranked r LEFT JOIN caps c \
-     ON c.tenant_id = r.tenant_id WHERE c.cap IS NULL OR r.turn <= c.cap \
-     ORDER BY r.turn, r.schedule_at, r.followup_id LIMIT $7) r) \
-     SELECT f.followup_id FROM chosen, crm_followups f \
-     WHERE f.followup_id = ANY(chosen.ids) AND f.status = 'pending' \
-     ORDER BY array_position(chosen.ids, f.followup_id) LIMIT $8 FOR UPDATE OF f SKIP LOCKED"
+     chosen AS (SELECT r.* FROM ranked r LEFT JOIN caps c ON c.tenant_id = r.tenant_id \
+     WHERE c.cap IS NULL OR r.turn <= c.cap \
+     ORDER BY r.turn, r.schedule_at, r.followup_id LIMIT $7) \
+     SELECT f.followup_id, f.tenant_id, f.schedule_at, f.sender, f.phone_e164 FROM chosen c \
+     JOIN crm_followups f ON f.followup_id = c.followup_id \
+     ORDER BY c.turn, c.schedule_at, c.followup_id"
+);
+
+/// The candidates of the tenants a claim looks deep into (`crm_ports::drain::DEEP_LOOK`):
+/// the due follow-ups (`$4` now) of their open lanes (`$1`..`$3`), at most `$5` of each
+/// lane, oldest first; each tenant's are cut to `$5` by the caller.
+pub const DEEP_CANDIDATES: &str = concat!(
+    "WITH lanes AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) \
+     AS l(tenant_id, campaign, zone)) \
+     SELECT d.* FROM lanes l CROSS JOIN LATERAL \
+     (SELECT f.followup_id, f.tenant_id, f.schedule_at, f.sender, f.phone_e164 \
+     FROM crm_followups f WHERE (",
+    lane!(),
+    ") = (l.tenant_id, l.campaign, l.zone) AND f.status = 'pending' AND f.schedule_at <= $4 \
+     ORDER BY f.schedule_at, f.followup_id LIMIT $5) d"
+);
+
+/// Locks the admitted candidates `$1` still pending, in that order, at most `$2`, with
+/// `SKIP LOCKED` handing each to one drain only; returns their ids (`CLAIMED` reads them).
+pub const LOCK_CLAIMED: &str = "SELECT f.followup_id FROM unnest($1::uuid[]) WITH ORDINALITY \
+    AS u(id, n) JOIN crm_followups f ON f.followup_id = u.id WHERE f.status = 'pending' \
+    ORDER BY u.n LIMIT $2 FOR UPDATE OF f SKIP LOCKED";
+
+/// The due follow-ups (`$4` now) of each lane (`$1`..`$3`), its oldest first, at most `$5`
+/// of each, with what the limits look at: what a sending status walks.
+pub const DUE_IN_LANES: &str = concat!(
+    "WITH lanes AS (SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]) \
+     AS l(tenant_id, campaign, zone)) \
+     SELECT d.*, l.campaign, l.zone FROM lanes l CROSS JOIN LATERAL \
+     (SELECT f.followup_id, f.tenant_id, f.sender, f.phone_e164, f.schedule_at \
+     FROM crm_followups f WHERE (",
+    lane!(),
+    ") = (l.tenant_id, l.campaign, l.zone) AND f.status = 'pending' AND f.schedule_at <= $4 \
+     ORDER BY f.schedule_at, f.followup_id LIMIT $5) d"
 );
 
 /// The claimed follow-ups (`$1`, in claim order) with their campaign's state and whether
@@ -325,21 +367,89 @@ pub const COUNT_DUE: &str = concat!(
      LIMIT $3) d LIMIT $3) capped"
 );
 
-/// Locks each paced tenant of `$1` that no other transaction holds, for the rest of the
-/// transaction, and returns those; never waits. A tenant's claims come from its rate
-/// window one drain at a time, and a drain that finds it taken serves the others meanwhile.
+/// Locks each limited tenant of `$1` that no other transaction holds, for the rest of the
+/// transaction, and returns those; never waits. A limited tenant's work is claimed by one
+/// drain at a time, so its ledger answers are exact; a drain that finds it taken serves
+/// the others meanwhile.
 pub const TRY_LOCK_TENANTS: &str = "SELECT t FROM unnest($1::text[]) AS t \
     WHERE pg_try_advisory_xact_lock(20261130, hashtext(current_schema() || ':' || t))";
 
-/// What each paced tenant (`$1`) claimed after `$2`.
-pub const SENT_SINCE: &str = "SELECT tenant_id, sum(claimed)::bigint FROM crm_send_log \
-    WHERE tenant_id = ANY($1) AND sent_at > $2 GROUP BY tenant_id";
+/// The ledger's sends of tenants `$1` after `$2`, per tenant and sender.
+pub const TENANT_SENDS: &str = "SELECT tenant_id, sender, count(*) FROM crm_send_ledger \
+    WHERE tenant_id = ANY($1) AND sent_at > $2 GROUP BY tenant_id, sender";
 
-/// Records claims of paced tenants (`$1` tenants, `$2` when, `$3` how many) and forgets
-/// those before `$4`, which no window reaches any more.
-pub const RECORD_SENDS: &str = "WITH forgotten AS (DELETE FROM crm_send_log \
-    WHERE tenant_id = ANY($1) AND sent_at <= $4) INSERT INTO crm_send_log \
-    SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::integer[])";
+/// Each budget of tenants `$1` settled at `$2` (a day ago): the running count brought
+/// forward to recipients whose last send is after `$2`, taking off those whose last send
+/// lies between its cutoff and `$2`; counted afresh from the ledger when the row is
+/// missing or its cutoff is older than `$3` (what the ledger may have deleted). A cutoff
+/// already past `$2` (another replica's clock) is kept.
+macro_rules! settled_budgets {
+    () => {
+        "t AS (SELECT * FROM unnest($1::text[]) AS t(tenant_id)), \
+         old AS (SELECT b.* FROM crm_send_budgets b JOIN t USING (tenant_id)), \
+         kept AS (SELECT o.tenant_id, o.cutoff, o.counted FROM old o WHERE o.cutoff >= $2), \
+         moved AS (SELECT o.tenant_id, $2::timestamptz AS cutoff, greatest(0, o.counted - \
+         (SELECT count(DISTINCT l.phone_e164) FROM crm_send_ledger l \
+         WHERE l.tenant_id = o.tenant_id AND l.sent_at > o.cutoff AND l.sent_at <= $2 \
+         AND NOT EXISTS (SELECT 1 FROM crm_send_ledger later WHERE later.tenant_id = o.tenant_id \
+         AND later.phone_e164 = l.phone_e164 AND later.sent_at > $2))) AS counted \
+         FROM old o WHERE o.cutoff < $2 AND o.cutoff >= $3), \
+         counted AS (SELECT t.tenant_id, $2::timestamptz AS cutoff, \
+         (SELECT count(DISTINCT l.phone_e164) FROM crm_send_ledger l \
+         WHERE l.tenant_id = t.tenant_id AND l.sent_at > $2) AS counted FROM t \
+         WHERE t.tenant_id NOT IN (SELECT tenant_id FROM kept UNION ALL SELECT tenant_id FROM moved)), \
+         budgets AS (SELECT * FROM kept UNION ALL SELECT * FROM moved UNION ALL SELECT * FROM counted)"
+    };
+}
+
+/// The day's distinct recipients of tenants `$1` (see `settled_budgets!`), read only.
+pub const BUDGETS: &str = concat!(
+    "WITH ",
+    settled_budgets!(),
+    " SELECT tenant_id, counted FROM budgets"
+);
+
+/// Keeps the budgets of tenants `$1` settled at `$2` (see `settled_budgets!`); run after
+/// the event lock, like every write to a budget, so none is counted twice.
+pub const SETTLE_BUDGETS: &str = concat!(
+    "WITH ",
+    settled_budgets!(),
+    " INSERT INTO crm_send_budgets AS b (tenant_id, cutoff, counted) \
+     SELECT tenant_id, cutoff, counted FROM budgets ORDER BY tenant_id \
+     ON CONFLICT (tenant_id) DO UPDATE SET cutoff = excluded.cutoff, counted = excluded.counted"
+);
+
+/// The ledger's history of recipients (`$1` tenants, `$2` phones) after `$3`: their last
+/// send and how many.
+pub const RECIPIENT_SENDS: &str = "SELECT l.tenant_id, l.phone_e164, max(l.sent_at), \
+    count(*) FROM crm_send_ledger l JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, \
+    phone_e164) ON l.tenant_id = r.tenant_id AND l.phone_e164 = r.phone_e164 \
+    WHERE l.sent_at > $3 GROUP BY l.tenant_id, l.phone_e164";
+
+/// When the first recipient counted in tenant `$1`'s day (after `$2`) stops counting: the
+/// earliest of their last sends.
+pub const NEXT_RELEASE: &str = "SELECT min(last) FROM (SELECT max(sent_at) AS last \
+    FROM crm_send_ledger WHERE tenant_id = $1 AND sent_at > $2 GROUP BY phone_e164) r";
+
+/// Adds a drain's sends to the ledger (parallel arrays: tenant, sender, phone, sent_at,
+/// follow-up) and counts, in each tenant's budget, the recipients it newly counts: those
+/// with no send after its cutoff yet. Run after the event lock, as every drain does, so
+/// two drains never count one recipient twice.
+pub const RECORD_SENDS: &str = "WITH sends AS (SELECT * FROM unnest($1::text[], $2::text[], \
+    $3::text[], $4::timestamptz[], $5::uuid[]) AS s(tenant_id, sender, phone_e164, sent_at, \
+    followup_id)), \
+    newly AS (SELECT s.tenant_id, count(DISTINCT s.phone_e164) AS n FROM sends s \
+    JOIN crm_send_budgets b ON b.tenant_id = s.tenant_id WHERE NOT EXISTS (SELECT 1 \
+    FROM crm_send_ledger l WHERE l.tenant_id = s.tenant_id AND l.phone_e164 = s.phone_e164 \
+    AND l.sent_at > b.cutoff) GROUP BY s.tenant_id), \
+    bumped AS (UPDATE crm_send_budgets b SET counted = b.counted + newly.n FROM newly \
+    WHERE b.tenant_id = newly.tenant_id) \
+    INSERT INTO crm_send_ledger (tenant_id, sender, phone_e164, sent_at, followup_id) \
+    SELECT * FROM sends";
+
+/// Retention of the ledger: entries sent before `$1`, at most `$2` of them.
+pub const EXPIRE_LEDGER: &str = "DELETE FROM crm_send_ledger WHERE ctid IN (SELECT ctid \
+    FROM crm_send_ledger WHERE sent_at < $1 LIMIT $2)";
 
 /// Adds changes (`$1` campaigns, `$2`..`$7` the six counts) to campaigns' counts.
 pub const ADD_STATS: &str = "INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, \
@@ -355,16 +465,26 @@ pub const ADD_STATS: &str = "INSERT INTO crm_campaign_stats AS s (campaign_id, p
 pub const CAMPAIGN_STATS: &str = "SELECT pending, sent, failed, delivery_accepted, \
     delivery_retrying, delivery_failed FROM crm_campaign_stats WHERE campaign_id = $1";
 
-pub const SELECT_POLICY: &str = "SELECT max_per_second, quiet_start, quiet_end, \
-    quiet_time_zone FROM crm_sending_policies WHERE tenant_id = $1";
+pub const SELECT_POLICY: &str = concat!(
+    "SELECT ",
+    policy_columns!(),
+    " FROM crm_sending_policies p WHERE p.tenant_id = $1"
+);
 
 pub const REMOVE_POLICY: &str = "DELETE FROM crm_sending_policies WHERE tenant_id = $1";
 
+/// Replaces a tenant's whole policy: every column, set or not.
 pub const PUT_POLICY: &str = "INSERT INTO crm_sending_policies (tenant_id, max_per_second, \
-    quiet_start, quiet_end, quiet_time_zone, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+    quiet_start, quiet_end, quiet_time_zone, updated_at, max_per_second_per_sender, \
+    daily_recipient_limit, recipient_min_interval_ms, recipient_daily_cap) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
     ON CONFLICT (tenant_id) DO UPDATE SET max_per_second = excluded.max_per_second, \
     quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end, \
-    quiet_time_zone = excluded.quiet_time_zone, updated_at = excluded.updated_at";
+    quiet_time_zone = excluded.quiet_time_zone, updated_at = excluded.updated_at, \
+    max_per_second_per_sender = excluded.max_per_second_per_sender, \
+    daily_recipient_limit = excluded.daily_recipient_limit, \
+    recipient_min_interval_ms = excluded.recipient_min_interval_ms, \
+    recipient_daily_cap = excluded.recipient_daily_cap";
 
 /// Saves a follow-up (`$1` id, then its changeable fields) if its status is still `$2`
 /// and it is tenant `$16`'s, with its events and the move of its campaign's counts (`$9`
@@ -382,13 +502,14 @@ pub const SAVE_FOLLOW_UP: &str = concat!(
 );
 
 /// The drain's decisions for a whole batch, as parallel arrays (id, status,
-/// provider_message_id, last_error_code, last_error_message, updated_at).
+/// provider_message_id, last_error_code, last_error_message, updated_at, sent_at).
 pub const RECORD_OUTCOMES: &str = "UPDATE crm_followups f SET status = o.status, \
     provider_message_id = o.provider_message_id, last_error_code = o.last_error_code, \
-    last_error_message = o.last_error_message, updated_at = o.updated_at \
+    last_error_message = o.last_error_message, updated_at = o.updated_at, \
+    sent_at = o.sent_at \
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-    $6::timestamptz[]) AS o(followup_id, status, provider_message_id, last_error_code, \
-    last_error_message, updated_at) \
+    $6::timestamptz[], $7::timestamptz[]) AS o(followup_id, status, provider_message_id, \
+    last_error_code, last_error_message, updated_at, sent_at) \
     WHERE f.followup_id = o.followup_id AND f.status = 'pending'";
 
 /// Deliveries recorded on follow-ups, as parallel arrays (id, delivery, updated_at).
@@ -406,13 +527,14 @@ pub const INSERT_EVENTS: &str = concat!(
 );
 
 /// New outbound items as parallel arrays (queue item id, tenant, idempotency key, item,
-/// created_at, follow-up id, max attempts, backoff): ready from their creation. The unique
-/// idempotency key refuses a second item for a follow-up.
+/// created_at, follow-up id, max attempts, backoff, sender): ready from their creation.
+/// The unique idempotency key refuses a second item for a follow-up.
 pub const ENQUEUE_OUTBOUND: &str = "INSERT INTO crm_outbound_queue (queue_item_id, tenant_id, \
-    idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms, available_at) \
-    SELECT u.*, u.created_at FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], \
-    $5::timestamptz[], $6::uuid[], $7::integer[], $8::integer[]) AS u(queue_item_id, \
-    tenant_id, idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms)";
+    idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms, sender, \
+    available_at) SELECT u.*, u.created_at FROM unnest($1::uuid[], $2::text[], $3::text[], \
+    $4::jsonb[], $5::timestamptz[], $6::uuid[], $7::integer[], $8::integer[], $9::text[]) \
+    AS u(queue_item_id, tenant_id, idempotency_key, item, created_at, followup_id, \
+    max_attempts, backoff_ms, sender)";
 
 /// Items a claim may take at `$1`, earliest available first, at most `$2`; each is locked
 /// for this claim and passed over by every other.

@@ -12,8 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crm_domain::timestamp::Timestamp;
-use crm_ports::{Expired, Store, StoreError};
+use crm_ports::{Expired, Retention, Store, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::NoTls;
@@ -302,9 +301,10 @@ impl Store for PgStore {
         .await
     }
 
-    async fn expire(&self, cutoff: Timestamp, batch: usize) -> Result<Expired, StoreError> {
+    async fn expire(&self, retention: Retention, batch: usize) -> Result<Expired, StoreError> {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-        let cutoff = cutoff.as_datetime();
+        let cutoff = retention.records_before.as_datetime();
+        let ledger_before = retention.ledger_before.as_datetime();
         // Two short statements, each its own transaction: no lock outlives one batch.
         let events: i64 = self
             .call(async |client| {
@@ -316,9 +316,15 @@ impl Store for PgStore {
                 changed_rows_of(&*client, sql::EXPIRE_ITEMS, &[&cutoff, &batch]).await
             })
             .await?;
+        let ledger_entries = self
+            .call(async |client| {
+                changed_rows_of(&*client, sql::EXPIRE_LEDGER, &[&ledger_before, &batch]).await
+            })
+            .await?;
         Ok(Expired {
             events: u64::try_from(events).unwrap_or(0),
             outbound_items: items,
+            ledger_entries,
         })
     }
 }

@@ -131,7 +131,7 @@ pub async fn claim_cost(
     let no_caps: (Vec<&str>, Vec<i64>) = (Vec::new(), Vec::new());
     let row = transaction
         .query_one(
-            &explain(crate::sql::CLAIM_DUE),
+            &explain(crate::sql::CANDIDATES),
             &[
                 &tenants,
                 &campaigns,
@@ -140,7 +140,6 @@ pub async fn claim_cost(
                 &no_caps.1,
                 &now.as_datetime(),
                 &(limit * 4),
-                &limit,
             ],
         )
         .await

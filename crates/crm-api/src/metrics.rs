@@ -84,11 +84,21 @@ pub fn record_request(method: &str, route: &str, status: u16, seconds: f64) {
     metrics::histogram!(HTTP_DURATION, &labels).record(seconds);
 }
 
-/// `GET /metrics`: the Prometheus text exposition, with the due gauge read fresh.
+/// `GET /metrics`: the Prometheus text exposition, with the due and held gauges read
+/// fresh.
 pub async fn render(crm: web::Data<Crm>) -> HttpResponse {
     match crm.count_due().await {
         Ok(due) => metrics::gauge!(crm_app::metrics::FOLLOW_UPS_DUE).set(due as f64),
         Err(error) => tracing::warn!(%error, "cannot count due follow-ups for /metrics"),
+    }
+    match crm.held_counts().await {
+        Ok(held) => {
+            for (reason, count) in held {
+                metrics::gauge!(crm_app::metrics::FOLLOW_UPS_HELD, "reason" => reason.as_str())
+                    .set(count as f64);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot count held follow-ups for /metrics"),
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

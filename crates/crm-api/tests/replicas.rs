@@ -1,7 +1,8 @@
 //! Two `crm-api` processes on one PostgreSQL schema, as replicas run in production:
 //! the event feed is exactly-once and in one order whichever replica a consumer reads
 //! while both commit, and the outbound queue never hands an item to two consumers at
-//! once, nor loses one whose consumer died holding its lease.
+//! once, nor loses one whose consumer died holding its lease; and a tenant's limits (its
+//! rate, its day's budget of recipients, a recipient's interval) hold while both drain.
 
 mod process;
 
@@ -433,26 +434,7 @@ async fn a_tenants_rate_holds_in_every_second_across_two_replicas_draining_at_on
             .await;
     }
 
-    // Four drain loops, two per replica, for three seconds.
-    let until = Instant::now() + Duration::from_secs(3);
-    let drains: Vec<_> = (0..4)
-        .map(|index| {
-            let client = replicas.client.clone();
-            let url = format!(
-                "{}/internal/worker/crm-followups/drain",
-                replicas.servers[index % 2].address
-            );
-            tokio::spawn(async move {
-                while Instant::now() < until {
-                    post(&client, &url, &json!({"limit": 100})).await;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-        })
-        .collect();
-    for drain in drains {
-        drain.await.expect("a drain loop");
-    }
+    drain_from_both(&replicas, 100, 3).await;
 
     let mut sent_at: Vec<time::OffsetDateTime> = follow_ups(&replicas, &tenant)
         .await
@@ -481,6 +463,100 @@ async fn a_tenants_rate_holds_in_every_second_across_two_replicas_draining_at_on
             "{in_window} sent in the second from {start}, the rate is {RATE}"
         );
     }
+}
+
+/// Four drain loops, two per replica, each drain of `limit`, for `seconds`.
+async fn drain_from_both(replicas: &Replicas, limit: usize, seconds: u64) {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let drains: Vec<_> = (0..4)
+        .map(|index| {
+            let client = replicas.client.clone();
+            let url = format!(
+                "{}/internal/worker/crm-followups/drain",
+                replicas.servers[index % 2].address
+            );
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    post(&client, &url, &json!({ "limit": limit })).await;
+                    // Large batches breathe between drains; small ones overlap all the time.
+                    if limit > 10 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for drain in drains {
+        drain.await.expect("a drain loop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_day_s_budget_and_a_recipients_interval_hold_across_two_replicas_draining_at_once() {
+    let Some(replicas) = start_replicas(
+        "the_day_s_budget_and_a_recipients_interval_hold_across_two_replicas_draining_at_once",
+    )
+    .await
+    else {
+        return;
+    };
+    const BUDGET: usize = 60;
+    let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    let policy = format!(
+        "{}/internal/tenants/{tenant}/sending-policy",
+        replicas.servers[1].address
+    );
+    let response = replicas
+        .client
+        .put(&policy)
+        .json(&json!({"max_per_second": null, "quiet_hours": null,
+                      "daily_recipient_limit": BUDGET, "recipient_min_interval_ms": 600_000}))
+        .send()
+        .await
+        .expect("the policy is set");
+    assert_eq!(response.status(), 200);
+    // 120 recipients, the first 80 of them twice: the budget holds half of them, the
+    // interval every second follow-up to one recipient.
+    for index in 0..200 {
+        let phone = format!("+55119{:08}", index % 120);
+        let mut body = follow_up_body(&tenant, &Uuid::new_v4().to_string(), PAST);
+        body["request"]["followup"]["phone_e164"] = json!(phone);
+        replicas.post(index % 2, "/v1/crm/followups", &body).await;
+    }
+
+    // Small batches, so that drains overlap many times while the budget runs out.
+    drain_from_both(&replicas, 3, 3).await;
+
+    let mut sends: HashMap<String, usize> = HashMap::new();
+    for follow_up in follow_ups(&replicas, &tenant).await {
+        if follow_up["status"] == "sent" {
+            let phone = follow_up["phone_e164"]
+                .as_str()
+                .expect("a phone")
+                .to_owned();
+            *sends.entry(phone).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        sends.len(),
+        BUDGET,
+        "distinct recipients sent to: {sends:?}"
+    );
+    let twice: Vec<_> = sends.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "sent twice within the interval: {twice:?}"
+    );
+    let status = get(
+        &replicas.client,
+        &format!(
+            "{}/internal/tenants/{tenant}/sending-status",
+            replicas.servers[0].address
+        ),
+    )
+    .await;
+    assert_eq!(status["daily_recipients"]["used"], BUDGET);
+    assert_eq!(status["due_pending"], 200 - BUDGET);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,8 +34,8 @@ const CAMPAIGN_FIELDS: [&str; 11] = [
     "updated_at",
 ];
 
-/// Follow-up fields of the Node.js service's records: the record's, without the two this
-/// service added (`time_zone`, `delivery`), plus the trace it kept with each.
+/// Follow-up fields of the Node.js service's records: the record's, without the three this
+/// service added (`time_zone`, `sender`, `delivery`), plus the trace it kept with each.
 const FOLLOW_UP_FIELDS: [&str; 19] = [
     "followup_id",
     "tenant_id",
@@ -261,6 +261,7 @@ impl RecordRules for LegacyRules {
         };
         record.insert("time_zone".to_owned(), Value::Null);
         record.insert("delivery".to_owned(), Value::Null);
+        record.insert("sender".to_owned(), Value::Null);
         let record = Value::Object(record);
         if let Err(contract) = check(&self.contracts, Contract::FollowUpRecord, &record) {
             problems.extend(contract);
@@ -298,6 +299,8 @@ impl RecordRules for LegacyRules {
             correlation_id,
             trace_id,
             time_zone: None,
+            sender: None,
+            sent_at: None,
             delivery: None,
             created_at,
             updated_at,

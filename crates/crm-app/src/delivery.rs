@@ -92,7 +92,7 @@ impl Acker for Ack<'_> {
                         Err(error) => return rejected(&entry, &error),
                     };
                     AckDecision::Apply {
-                        entry: Box::new(entry),
+                        entry,
                         follow_up,
                         events: vec![envelope],
                         opt_out,

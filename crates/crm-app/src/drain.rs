@@ -1,24 +1,25 @@
 //! The worker drain: hand due follow-ups to the outbound queue, exactly once.
 //!
 //! The store claims due follow-ups and commits each decision atomically with its claim;
-//! this module only decides. Per lane: a campaign that holds its follow-ups, quiet hours
-//! in the recipient's time zone, and the tenant's rate (its policy's, else the default).
+//! this module only decides. Per lane: a campaign that holds its follow-ups, and quiet
+//! hours in the recipient's time zone. Per tenant: whether its policy (or the default
+//! rate) limits it, and so must be counted exactly; the limits themselves are the
+//! domain's (`crm_domain::limits`), applied by the plan to what the store's ledger says.
 //! Per follow-up: gating (campaign, opt-out), then the outbound item against its
 //! contract, then the operator's `force_failure` switch.
 
 use crm_contracts::Contract;
 use std::collections::BTreeMap;
 
-use crm_domain::campaign::CampaignState;
 use crm_domain::event::DomainEvent;
 use crm_domain::follow_up::{self, AlreadyFinal, FailureReason, FollowUp, Gate};
 use crm_domain::ids::QueueItemId;
 use crm_domain::outbound::OutboundItem;
-use crm_domain::policy::{RATE_WINDOW_MILLIS, TimeZoneName};
+use crm_domain::policy::{SendingPolicy, TimeZoneName};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
-    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DrainStatus, DueFollowUp, LaneState,
-    SkipReason,
+    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DrainStatus, DueFollowUp, HoldReason,
+    LaneState, Limited, Planner, SkipReason,
 };
 use uuid::Uuid;
 
@@ -99,43 +100,13 @@ impl Crm {
     }
 }
 
-impl Dispatcher for Decide<'_> {
+impl Planner for Decide<'_> {
     fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
-        let mut plan = DrainPlan {
-            window_start: Timestamp::from_unix_millis(self.now.unix_millis() - RATE_WINDOW_MILLIS),
-            ..DrainPlan::default()
-        };
-        let mut paced = BTreeMap::new();
-        for lane in lanes {
-            if holds(lane.campaign_state) {
-                continue;
-            }
-            let policy = lane.policy.as_ref();
-            // A zone this service accepted at create; any other (none) means the policy's.
-            let zone = lane
-                .lane
-                .time_zone
-                .as_deref()
-                .and_then(|name| TimeZoneName::parse(name).ok());
-            let quiet = policy
-                .and_then(|policy| policy.quiet_hours.as_ref())
-                .is_some_and(|quiet| quiet.contains(zone.as_ref(), self.now));
-            if quiet {
-                continue;
-            }
-            let rate = match policy {
-                Some(policy) => policy.max_per_second,
-                None => self.crm.default_send_rate,
-            };
-            if let Some(rate) = rate {
-                paced.insert(lane.lane.tenant_id.clone(), rate);
-            }
-            plan.open.push(lane.lane.clone());
-        }
-        plan.paced = paced.into_iter().collect();
-        plan
+        self.crm.plan(lanes, self.now)
     }
+}
 
+impl Dispatcher for Decide<'_> {
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
         let follow_up = &due.follow_up;
         match follow_up::gate(due.campaign_state, due.recipient_opted_out) {
@@ -223,7 +194,72 @@ fn not_pending(final_state: AlreadyFinal) -> DispatchDecision {
     }
 }
 
-/// Whether a campaign in this state holds its follow-ups (they stay pending).
-fn holds(campaign_state: Option<CampaignState>) -> bool {
-    follow_up::gate(campaign_state, false) == Gate::Hold
+impl Crm {
+    /// The policy in force for a tenant that stores `own` (or none), and its rate.
+    pub(crate) fn policy_in_force(
+        &self,
+        own: Option<&SendingPolicy>,
+    ) -> (SendingPolicy, Option<u32>) {
+        match own {
+            Some(policy) => (policy.clone(), policy.max_per_second),
+            None => (
+                SendingPolicy {
+                    max_per_second: self.default_send_rate,
+                    ..SendingPolicy::default()
+                },
+                self.default_send_rate,
+            ),
+        }
+    }
+
+    /// Which of `lanes` a drain at `now` may take from, and which tenants it must count
+    /// exactly (and what to ask about them).
+    pub(crate) fn plan(&self, lanes: &[LaneState], now: Timestamp) -> DrainPlan {
+        let mut plan = DrainPlan::new(now);
+        let mut limited = BTreeMap::new();
+        for lane in lanes {
+            if lane_hold(lane, now).is_some() {
+                continue;
+            }
+            let tenant_id = &lane.lane.tenant_id;
+            if !limited.contains_key(tenant_id) {
+                let (policy, rate) = self.policy_in_force(lane.policy.as_ref());
+                let needs = policy.needs(rate);
+                if needs.any() {
+                    limited.insert(
+                        tenant_id.clone(),
+                        Limited {
+                            tenant_id: tenant_id.clone(),
+                            policy,
+                            rate,
+                            needs,
+                        },
+                    );
+                }
+            }
+            plan.open.push(lane.lane.clone());
+        }
+        plan.limited = limited.into_values().collect();
+        plan
+    }
+}
+
+/// What holds a whole lane at `now`: its campaign, or quiet hours in its recipients'
+/// time zone (the policy's when the lane names none). `None`: it is open.
+pub(crate) fn lane_hold(lane: &LaneState, now: Timestamp) -> Option<HoldReason> {
+    if follow_up::gate(lane.campaign_state, false) == Gate::Hold {
+        return Some(HoldReason::CampaignPaused);
+    }
+    // A zone this service accepted at create; any other (none) means the policy's.
+    let zone = lane
+        .lane
+        .time_zone
+        .as_deref()
+        .and_then(|name| TimeZoneName::parse(name).ok());
+    let quiet = lane
+        .policy
+        .as_ref()
+        .and_then(|policy| policy.quiet_hours.as_ref())
+        .is_some_and(|quiet| quiet.contains(zone.as_ref(), now));
+    quiet.then_some(HoldReason::QuietHours)
 }

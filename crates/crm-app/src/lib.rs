@@ -11,6 +11,7 @@ mod error;
 pub mod metrics;
 mod sending;
 mod service;
+mod status;
 pub mod worker;
 
 pub use delivery::{MAX_CLAIM_LIMIT, MAX_LEASE, MIN_LEASE};
@@ -21,3 +22,4 @@ pub use service::{
     AdvanceCampaign, CommandStatus, Crm, MAX_FEED_WAIT, Outcome, ScheduleFollowUp, StartCampaign,
     now,
 };
+pub use status::{METRICS_CAP, STATUS_CAP, SendingStatus};

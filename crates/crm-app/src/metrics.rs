@@ -14,6 +14,7 @@ pub const FOLLOW_UPS_SENT: &str = "crm_followups_sent_total";
 pub const FOLLOW_UPS_FAILED: &str = "crm_followups_failed_total";
 pub const FOLLOW_UPS_SKIPPED: &str = "crm_followups_skipped_total";
 pub const FOLLOW_UPS_DUE: &str = "crm_followups_due";
+pub const FOLLOW_UPS_HELD: &str = "crm_followups_held";
 pub const FEED_WAITING: &str = "crm_feed_waiting";
 pub const DRAIN_DURATION: &str = "crm_drain_duration_seconds";
 pub const DRAIN_BATCH: &str = "crm_drain_batch_size";
@@ -52,6 +53,11 @@ pub fn describe() {
     describe_gauge!(
         FOLLOW_UPS_DUE,
         "Follow-ups due and not held back, counted up to 10000 when scraped."
+    );
+    describe_gauge!(
+        FOLLOW_UPS_HELD,
+        "Due follow-ups left pending, by the first rule that holds each (the sending \
+         status of every tenant), counted up to 10000 per tenant when scraped."
     );
     describe_histogram!(DRAIN_DURATION, Unit::Seconds, "Time one drain call took.");
     describe_counter!(OUTBOUND_LEASED, "Outbound items leased to senders.");
@@ -95,6 +101,9 @@ pub fn describe() {
         metrics::counter!(FOLLOW_UPS_FAILED, "error_code" => reason.code()).absolute(0);
     }
     metrics::gauge!(FOLLOW_UPS_DUE).set(0.0);
+    for reason in crm_domain::limits::HoldReason::ALL {
+        metrics::gauge!(FOLLOW_UPS_HELD, "reason" => reason.as_str()).set(0.0);
+    }
     metrics::gauge!(FEED_WAITING).set(0.0);
     // Registering the handle makes the (empty) histogram part of the exposition.
     let _ = metrics::histogram!(DRAIN_DURATION);

@@ -103,15 +103,11 @@ impl Crm {
 
     #[tracing::instrument(name = "sending_policy", skip_all, fields(tenant_id = %tenant_id))]
     pub async fn sending_policy(&self, tenant_id: &TenantId) -> Result<PolicyInForce, AppError> {
-        Ok(match self.store.sending_policy(tenant_id).await? {
-            Some(policy) => PolicyInForce { policy, own: true },
-            None => PolicyInForce {
-                policy: SendingPolicy {
-                    max_per_second: self.default_send_rate,
-                    quiet_hours: None,
-                },
-                own: false,
-            },
+        let own = self.store.sending_policy(tenant_id).await?;
+        let (policy, _) = self.policy_in_force(own.as_ref());
+        Ok(PolicyInForce {
+            policy,
+            own: own.is_some(),
         })
     }
 

@@ -129,6 +129,8 @@ pub struct ScheduleFollowUp {
     pub metadata: Map<String, Value>,
     /// The recipient's IANA time zone; `None`: the tenant's.
     pub time_zone: Option<String>,
+    /// The business phone number that sends it; `None`: none named.
+    pub sender: Option<String>,
 }
 
 impl Crm {
@@ -298,6 +300,7 @@ impl Crm {
             correlation_id,
             trace_id: new_trace_id(),
             time_zone: command.time_zone,
+            sender: command.sender,
         };
         let now = now();
         let (follow_up, event) = FollowUp::schedule(new, now);

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crm_ports::DrainStatus;
+use crm_domain::limits::LEDGER_RETENTION_MILLIS;
+use crm_domain::timestamp::Timestamp;
+use crm_ports::{DrainStatus, Retention};
 use tokio::sync::watch;
 
 use crate::drain::{DrainCommand, MAX_DRAIN_LIMIT};
@@ -70,21 +72,28 @@ pub async fn retain(
         if *stop.borrow() {
             return;
         }
-        let cutoff = crate::service::now().as_datetime() - retention;
-        wait = match crm
-            .store()
-            .expire(
-                crm_domain::timestamp::Timestamp::from_datetime(cutoff),
-                RETENTION_BATCH,
-            )
-            .await
-        {
+        let now = crate::service::now();
+        let back = |by: Duration| Timestamp::from_datetime(now.as_datetime() - by);
+        let retention = Retention {
+            records_before: back(retention),
+            // The ledger keeps what the longest window of a limit looks back over, whatever
+            // the service keeps of its events.
+            ledger_before: back(Duration::from_millis(
+                LEDGER_RETENTION_MILLIS.unsigned_abs(),
+            )),
+        };
+        wait = match crm.store().expire(retention, RETENTION_BATCH).await {
             Ok(expired) => {
                 metrics::counter!(crate::metrics::EVENTS_EXPIRED).increment(expired.events);
                 metrics::counter!(crate::metrics::OUTBOUND_EXPIRED)
                     .increment(expired.outbound_items);
-                let full = expired.events >= RETENTION_BATCH as u64
-                    || expired.outbound_items >= RETENTION_BATCH as u64;
+                let full = [
+                    expired.events,
+                    expired.outbound_items,
+                    expired.ledger_entries,
+                ]
+                .into_iter()
+                .any(|count| count >= RETENTION_BATCH as u64);
                 if full {
                     // More is expired: go on after a breath.
                     Duration::from_millis(100).min(interval)

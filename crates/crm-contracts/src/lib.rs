@@ -79,6 +79,7 @@ contracts! {
     FollowUpCancel => "followup-cancel.request.schema.json",
     SendingPolicyRequest => "sending-policy.request.schema.json",
     SendingPolicyResponse => "sending-policy.response.schema.json",
+    SendingStatusResponse => "sending-status.response.schema.json",
     OptOutRecord => "opt-out.record.schema.json",
     OptOutCreate => "opt-out-create.request.schema.json",
     OptOutCommandResponse => "opt-out-command.response.schema.json",

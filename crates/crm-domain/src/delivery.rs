@@ -105,6 +105,8 @@ pub struct QueueEntry {
     pub queue_item_id: QueueItemId,
     pub followup_id: FollowUpId,
     pub tenant_id: TenantId,
+    /// The follow-up's sender, handed to the consumer with each lease.
+    pub sender: Option<String>,
     pub retry_policy: RetryPolicy,
     pub status: QueueStatus,
     /// How many times it was leased.
@@ -119,11 +121,12 @@ pub struct QueueEntry {
 
 impl QueueEntry {
     /// A new item, ready at once.
-    pub fn new(item: &OutboundItem, followup_id: FollowUpId) -> Self {
+    pub fn new(item: &OutboundItem, followup_id: FollowUpId, sender: Option<String>) -> Self {
         Self {
             queue_item_id: item.queue_item_id,
             followup_id,
             tenant_id: item.tenant_id.clone(),
+            sender,
             retry_policy: item.retry_policy,
             status: QueueStatus::Ready,
             attempt: 0,
@@ -288,7 +291,7 @@ impl Report {
 pub enum Acked {
     /// The report was recorded: the entry, its follow-up and the event to save together.
     Applied {
-        entry: QueueEntry,
+        entry: Box<QueueEntry>,
         follow_up: Box<FollowUp>,
         event: Box<DomainEvent>,
         status: AckStatus,
@@ -344,7 +347,7 @@ pub fn ack(
     next.last_ack = Some(LastAck { lease_id, status });
     let (follow_up, event) = record(follow_up, &next, report, delivery, now);
     Acked::Applied {
-        entry: next,
+        entry: Box::new(next),
         follow_up: Box::new(follow_up),
         event: Box::new(event),
         status,

@@ -86,6 +86,13 @@ pub struct FollowUp {
     pub trace_id: String,
     /// The recipient's IANA time zone, for quiet hours; `None`: the tenant's.
     pub time_zone: Option<String>,
+    /// The business phone number that sends it (such as Meta's phone number id); its own
+    /// rate applies to it. `None`: the tenant's senders share one rate.
+    pub sender: Option<String>,
+    /// When a drain handed it to the outbound queue: its entry in the ledger of sends
+    /// that WhatsApp's limits count. `None` until then (and for records sent before the
+    /// ledger existed).
+    pub sent_at: Option<Timestamp>,
     /// What the sender reported, once it has.
     pub delivery: Option<Delivery>,
     pub created_at: Timestamp,
@@ -110,6 +117,7 @@ pub struct NewFollowUp {
     pub correlation_id: CorrelationId,
     pub trace_id: String,
     pub time_zone: Option<String>,
+    pub sender: Option<String>,
 }
 
 /// Why a follow-up was marked failed. `code()` is the stable `last_error_code`.
@@ -242,6 +250,8 @@ impl FollowUp {
             correlation_id: new.correlation_id,
             trace_id: new.trace_id,
             time_zone: new.time_zone,
+            sender: new.sender,
+            sent_at: None,
             delivery: None,
             created_at: now,
             updated_at: now,
@@ -263,6 +273,7 @@ impl FollowUp {
     ) -> Result<(FollowUp, DomainEvent), AlreadyFinal> {
         let mut sent = self.moved(FollowUpStatus::Sent, now)?;
         sent.provider_message_id = Some(queue_item_id.to_string());
+        sent.sent_at = Some(now);
         let event = DomainEvent::FollowUpSent {
             facts: FollowUpFacts::from(&sent),
             provider_message_id: queue_item_id,

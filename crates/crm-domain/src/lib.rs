@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod event;
 pub mod follow_up;
 pub mod ids;
+pub mod limits;
 pub mod metadata;
 pub mod opt_out;
 pub mod outbound;

@@ -18,9 +18,28 @@ pub const RATE_WINDOW_MILLIS: i64 = 1_000;
 /// A tenant's policy. `None` fields: no limit of that kind.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SendingPolicy {
+    /// Follow-ups of the tenant marked sent in any one-second window.
     pub max_per_second: Option<u32>,
     pub quiet_hours: Option<QuietHours>,
+    /// Follow-ups of one sender (a business phone number) marked sent in any one-second
+    /// window; follow-ups without a sender share one budget.
+    pub max_per_second_per_sender: Option<u32>,
+    /// Distinct recipients sent to in any moving 24 hours (WhatsApp's messaging limit).
+    pub daily_recipient_limit: Option<u32>,
+    /// The least time between two follow-ups marked sent to one recipient (the pair rate).
+    pub recipient_min_interval_ms: Option<u32>,
+    /// Follow-ups marked sent to one recipient in any moving 24 hours, across campaigns.
+    pub recipient_daily_cap: Option<u32>,
 }
+
+/// The range of each numeric field, as the wire names it.
+const RANGES: [(&str, u32, u32); 5] = [
+    ("max_per_second", 1, MAX_RATE),
+    ("max_per_second_per_sender", 1, 1_000),
+    ("daily_recipient_limit", 1, 10_000_000),
+    ("recipient_min_interval_ms", 1, 86_400_000),
+    ("recipient_daily_cap", 1, 1_000),
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuietHours {
@@ -32,8 +51,12 @@ pub struct QuietHours {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("must be a whole number from 1 to {MAX_RATE}, or null for no limit")]
-    Rate,
+    #[error("{field} must be a whole number from {min} to {max}, or null for no limit")]
+    OutOfRange {
+        field: &'static str,
+        min: u32,
+        max: u32,
+    },
     #[error("{0:?} is not a time of day as HH:MM (00:00 to 23:59)")]
     TimeOfDay(String),
     #[error("{0:?} is not an IANA time zone name (such as America/Sao_Paulo)")]
@@ -42,19 +65,45 @@ pub enum PolicyError {
     EmptyWindow,
 }
 
+impl PolicyError {
+    /// The policy field the error is about, as the wire names it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::OutOfRange { field, .. } => field,
+            Self::TimeOfDay(_) | Self::TimeZone(_) | Self::EmptyWindow => "quiet_hours",
+        }
+    }
+}
+
 impl SendingPolicy {
-    /// A policy from its parts, each checked.
+    /// The policy, once every field is within its range.
+    pub fn checked(self) -> Result<Self, PolicyError> {
+        let values = [
+            self.max_per_second,
+            self.max_per_second_per_sender,
+            self.daily_recipient_limit,
+            self.recipient_min_interval_ms,
+            self.recipient_daily_cap,
+        ];
+        for ((field, min, max), value) in RANGES.into_iter().zip(values) {
+            if value.is_some_and(|value| !(min..=max).contains(&value)) {
+                return Err(PolicyError::OutOfRange { field, min, max });
+            }
+        }
+        Ok(self)
+    }
+
+    /// A policy with only a rate and quiet hours, checked.
     pub fn new(
         max_per_second: Option<u32>,
         quiet_hours: Option<QuietHours>,
     ) -> Result<Self, PolicyError> {
-        if max_per_second.is_some_and(|rate| rate == 0 || rate > MAX_RATE) {
-            return Err(PolicyError::Rate);
-        }
-        Ok(Self {
+        Self {
             max_per_second,
             quiet_hours,
-        })
+            ..Self::default()
+        }
+        .checked()
     }
 }
 

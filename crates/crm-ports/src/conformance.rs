@@ -17,18 +17,20 @@ use crm_domain::ids::{CampaignId, CorrelationId, EventId, FollowUpId, QueueItemI
 use crm_domain::opt_out::{OptOut, OptOutSource};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::EventCursor;
+use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 use serde_json::Map;
 use uuid::Uuid;
 
 use crate::LeasedItem;
 use crate::drain::{
-    DispatchDecision, Dispatcher, DrainPlan, DrainStatus, DueFollowUp, Lane, LaneState, SkipReason,
+    DispatchDecision, Dispatcher, DrainPlan, DrainStatus, DueFollowUp, Lane, LaneState, Limited,
+    Planner, SkipReason, UsageNeeds,
 };
 use crate::events::{FeedQuery, TraceQuery};
 use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser};
 use crate::store::{
-    CampaignQuery, Created, FollowUpQuery, NewOptOut, OptOutQuery, Store, StoreError,
+    CampaignQuery, Created, FollowUpQuery, NewOptOut, OptOutQuery, Retention, Store, StoreError,
 };
 
 type Check = for<'a> fn(&'a dyn Store) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -61,6 +63,12 @@ suite!(
     a_paused_campaign_holds_its_follow_ups_without_blocking_others,
     a_drain_takes_tenants_in_turns,
     a_paced_tenant_gets_no_more_than_its_allowance_across_drains,
+    the_ledger_answers_sends_by_tenant_sender_and_recipient_within_their_windows,
+    a_sender_rate_holds_each_sender_to_its_own_allowance,
+    the_daily_recipient_limit_counts_distinct_recipients_and_lets_counted_ones_through,
+    a_recipient_waits_its_interval_and_gets_no_more_than_its_daily_cap,
+    follow_ups_held_one_by_one_do_not_keep_those_behind_them_waiting,
+    sending_facts_list_due_work_in_drain_order_with_the_ledgers_answers,
     closed_lanes_are_passed_over_and_lanes_come_with_their_policy_and_time_zone,
     each_due_follow_up_says_whether_its_recipient_opted_out,
     campaign_counts_follow_every_change_of_its_follow_ups,
@@ -211,6 +219,7 @@ pub fn new_follow_up(
             correlation_id,
             trace_id: correlation_id.as_uuid().simple().to_string(),
             time_zone: None,
+            sender: None,
         },
         now,
     );
@@ -286,16 +295,17 @@ pub async fn move_campaign(
     moved
 }
 
-/// Sends every follow-up it is offered and remembers the order it saw them in. Its plan
-/// opens every lane but those of held campaigns and those it was told to close, and
-/// paces the tenants it was told to.
+/// Sends every follow-up it is offered, marked sent at its `now` (`at(SENT_AT)` unless
+/// told otherwise), and remembers the order it saw them in. Its plan opens every lane but
+/// those of held campaigns and those it was told to close, and limits the tenants it was
+/// told to.
 #[derive(Debug, Default)]
 pub struct SendAll {
     seen: Mutex<Vec<DueFollowUp>>,
     lanes: Mutex<Vec<LaneState>>,
     closed: Vec<Lane>,
-    paced: Vec<(TenantId, u32)>,
-    window_start: Option<Timestamp>,
+    limited: Vec<Limited>,
+    now: Option<Timestamp>,
 }
 
 impl SendAll {
@@ -305,11 +315,26 @@ impl SendAll {
         self
     }
 
-    /// Limits `tenant` to `rate` sends since `window_start`.
-    pub fn pacing(mut self, tenant: &TenantId, rate: u32, window_start: Timestamp) -> Self {
-        self.paced.push((tenant.clone(), rate));
-        self.window_start = Some(window_start);
+    /// Plans and sends at `now` (the drain's).
+    pub fn at_time(mut self, now: Timestamp) -> Self {
+        self.now = Some(now);
         self
+    }
+
+    /// Limits `tenant` by `policy`.
+    pub fn limiting(mut self, tenant: &TenantId, policy: SendingPolicy) -> Self {
+        let rate = policy.max_per_second;
+        self.limited.push(Limited {
+            tenant_id: tenant.clone(),
+            needs: policy.needs(rate),
+            policy,
+            rate,
+        });
+        self
+    }
+
+    fn now(&self) -> Timestamp {
+        self.now.unwrap_or_else(|| at(SENT_AT))
     }
 
     /// The lanes the store offered, sorted.
@@ -325,7 +350,7 @@ impl SendAll {
     }
 }
 
-impl Dispatcher for SendAll {
+impl Planner for SendAll {
     fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
         self.lanes.lock().unwrap().extend(lanes.iter().cloned());
         let held = crm_domain::follow_up::holding_states();
@@ -336,14 +361,16 @@ impl Dispatcher for SendAll {
                 .filter(|l| !self.closed.contains(&l.lane))
                 .map(|l| l.lane.clone())
                 .collect(),
-            paced: self.paced.clone(),
-            window_start: self.window_start,
+            limited: self.limited.clone(),
+            ..DrainPlan::new(self.now())
         }
     }
+}
 
+impl Dispatcher for SendAll {
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
         self.seen.lock().unwrap().push(due.clone());
-        let now = at(SENT_AT);
+        let now = self.now();
         let item_id = QueueItemId::new(Uuid::new_v4());
         let (follow_up, event) = due.follow_up.mark_sent(item_id, now).expect("pending");
         let item = OutboundItem::for_follow_up(&follow_up, item_id, now);
@@ -876,7 +903,12 @@ pub async fn a_paced_tenant_gets_no_more_than_its_allowance_across_drains(store:
         schedule(store, &free, None, at(offset)).await;
     }
     // A rate of 3 over the second before each drain.
-    let pacing = |now: i64| SendAll::default().pacing(&paced, 3, at(now - 1_000));
+    let policy = SendingPolicy::new(Some(3), None).unwrap();
+    let pacing = |now: i64| {
+        SendAll::default()
+            .at_time(at(now))
+            .limiting(&paced, policy.clone())
+    };
     let sent_to = |outcomes: &[crate::DrainOutcome], dispatcher: &SendAll, tenant: &TenantId| {
         assert!(outcomes.iter().all(|o| o.status == DrainStatus::Sent));
         dispatcher
@@ -904,6 +936,339 @@ pub async fn a_paced_tenant_gets_no_more_than_its_allowance_across_drains(store:
     let later = pacing(6_001);
     let outcomes = store.drain(at(6_001), 8, &later).await.unwrap();
     assert_eq!(sent_to(&outcomes, &later, &paced), 3, "a new window");
+}
+
+/// Stores a follow-up to `phone` from `sender`, due at `schedule_at`.
+pub async fn schedule_to(
+    store: &dyn Store,
+    tenant_id: &TenantId,
+    phone: &str,
+    sender: Option<&str>,
+    schedule_at: Timestamp,
+) -> FollowUp {
+    let (mut follow_up, events) = new_follow_up(tenant_id, None, None, schedule_at, at(0));
+    follow_up.phone_e164 = phone.to_owned();
+    follow_up.sender = sender.map(str::to_owned);
+    created(store, &follow_up, &events).await
+}
+
+/// Drains at `at(millis)` as `SendAll` limited by `policy` for `tenant_id`; returns the
+/// follow-ups sent, in order.
+async fn drain_limited(
+    store: &dyn Store,
+    tenant_id: &TenantId,
+    policy: &SendingPolicy,
+    millis: i64,
+) -> Vec<FollowUp> {
+    let dispatcher = SendAll::default()
+        .at_time(at(millis))
+        .limiting(tenant_id, policy.clone());
+    store.drain(at(millis), 100, &dispatcher).await.unwrap();
+    dispatcher
+        .seen()
+        .into_iter()
+        .map(|due| due.follow_up)
+        .collect()
+}
+
+/// Plans as a drain at `now` would, asking the ledger everything about one tenant.
+struct AskEverything {
+    tenant_id: TenantId,
+    now: Timestamp,
+}
+
+impl Planner for AskEverything {
+    fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
+        DrainPlan {
+            open: lanes.iter().map(|l| l.lane.clone()).collect(),
+            limited: vec![Limited {
+                tenant_id: self.tenant_id.clone(),
+                policy: SendingPolicy::default(),
+                rate: None,
+                needs: UsageNeeds {
+                    sends: true,
+                    recipients: true,
+                    recipient_history: true,
+                },
+            }],
+            ..DrainPlan::new(self.now)
+        }
+    }
+}
+
+async fn facts_at(
+    store: &dyn Store,
+    tenant_id: &TenantId,
+    millis: i64,
+) -> (DrainPlan, crate::drain::SendingFacts) {
+    let planner = AskEverything {
+        tenant_id: tenant_id.clone(),
+        now: at(millis),
+    };
+    store
+        .sending_facts(Some(tenant_id), at(millis), 1_000, &planner)
+        .await
+        .unwrap()
+}
+
+pub async fn the_ledger_answers_sends_by_tenant_sender_and_recipient_within_their_windows(
+    store: &dyn Store,
+) {
+    use crm_domain::limits::DAY_MILLIS;
+    let (tenant_id, other) = (tenant("tenant_a"), tenant("tenant_b"));
+    let unlimited = SendingPolicy::default();
+    schedule_to(store, &tenant_id, "+5511900000001", Some("pn-1"), at(0)).await;
+    schedule_to(store, &tenant_id, "+5511900000002", Some("pn-1"), at(1)).await;
+    schedule_to(store, &tenant_id, "+5511900000002", None, at(2)).await;
+    schedule_to(store, &other, "+5511900000009", None, at(3)).await;
+    assert_eq!(
+        drain_limited(store, &tenant_id, &unlimited, 10_000)
+            .await
+            .len(),
+        4
+    );
+    schedule_to(store, &tenant_id, "+5511900000003", Some("pn-2"), at(4)).await;
+    assert_eq!(
+        drain_limited(store, &tenant_id, &unlimited, 10_500)
+            .await
+            .len(),
+        1
+    );
+    // Pending work to +2, so that its history is asked for.
+    schedule_to(store, &tenant_id, "+5511900000002", None, at(5)).await;
+
+    let (_, facts) = facts_at(store, &tenant_id, 11_000).await;
+    let usage = &facts.usage[&tenant_id];
+    assert_eq!(usage.sends, 1, "only the send of the last second");
+    assert_eq!(usage.sender_sends.get(&Some("pn-2".to_owned())), Some(&1));
+    assert_eq!(usage.sender_sends.get(&Some("pn-1".to_owned())), None);
+    assert_eq!(usage.recipients, 3, "another tenant's recipient is its own");
+    let two = facts.recipients[&(tenant_id.clone(), "+5511900000002".to_owned())];
+    assert_eq!(two.sends, 2);
+    assert_eq!(two.last_sent_at, Some(at(10_000)));
+    assert_eq!(
+        facts.next_release_at.get(&tenant_id),
+        Some(&at(10_000 + DAY_MILLIS))
+    );
+
+    // A day later the first sends are out of every window; then the last one is too.
+    let (_, facts) = facts_at(store, &tenant_id, 10_001 + DAY_MILLIS).await;
+    assert_eq!(facts.usage[&tenant_id].recipients, 1);
+    assert_eq!(
+        facts
+            .recipients
+            .get(&(tenant_id.clone(), "+5511900000002".to_owned()))
+            .copied()
+            .unwrap_or_default(),
+        crm_domain::limits::RecipientUsage::default(),
+        "no send to +2 in this day"
+    );
+    let (_, facts) = facts_at(store, &tenant_id, 10_500 + 2 * DAY_MILLIS).await;
+    assert_eq!(facts.usage[&tenant_id].recipients, 0);
+    assert_eq!(facts.next_release_at.get(&tenant_id), None);
+}
+
+pub async fn a_sender_rate_holds_each_sender_to_its_own_allowance(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let policy = SendingPolicy {
+        max_per_second_per_sender: Some(2),
+        ..SendingPolicy::default()
+    };
+    for (offset, sender) in [Some("pn-1"), Some("pn-2")]
+        .into_iter()
+        .flat_map(|sender| [sender; 3])
+        .chain([None])
+        .enumerate()
+    {
+        let phone = format!("+55119000000{offset:02}");
+        schedule_to(store, &tenant_id, &phone, sender, at(offset as i64)).await;
+    }
+    let senders = |sent: &[FollowUp]| -> Vec<Option<String>> {
+        let mut senders: Vec<_> = sent.iter().map(|f| f.sender.clone()).collect();
+        senders.sort();
+        senders
+    };
+    let first = drain_limited(store, &tenant_id, &policy, 10_000).await;
+    assert_eq!(
+        senders(&first),
+        [
+            None,
+            Some("pn-1".into()),
+            Some("pn-1".into()),
+            Some("pn-2".into()),
+            Some("pn-2".into())
+        ]
+    );
+    assert!(
+        drain_limited(store, &tenant_id, &policy, 10_500)
+            .await
+            .is_empty()
+    );
+    let later = drain_limited(store, &tenant_id, &policy, 11_001).await;
+    assert_eq!(senders(&later), [Some("pn-1".into()), Some("pn-2".into())]);
+}
+
+pub async fn the_daily_recipient_limit_counts_distinct_recipients_and_lets_counted_ones_through(
+    store: &dyn Store,
+) {
+    use crm_domain::limits::DAY_MILLIS;
+    let tenant_id = tenant("tenant_a");
+    let policy = SendingPolicy {
+        daily_recipient_limit: Some(2),
+        ..SendingPolicy::default()
+    };
+    for (offset, phone) in ["+5511900000001", "+5511900000002", "+5511900000003"]
+        .into_iter()
+        .enumerate()
+    {
+        schedule_to(store, &tenant_id, phone, None, at(offset as i64)).await;
+    }
+    let phones =
+        |sent: Vec<FollowUp>| -> Vec<String> { sent.into_iter().map(|f| f.phone_e164).collect() };
+    assert_eq!(
+        phones(drain_limited(store, &tenant_id, &policy, 10_000).await),
+        ["+5511900000001", "+5511900000002"],
+        "+3 waits: the budget is spent"
+    );
+    schedule_to(store, &tenant_id, "+5511900000001", None, at(10)).await;
+    assert_eq!(
+        phones(drain_limited(store, &tenant_id, &policy, 20_000).await),
+        ["+5511900000001"],
+        "a recipient counted already goes out; +3 still waits"
+    );
+    assert_eq!(
+        phones(drain_limited(store, &tenant_id, &policy, 10_001 + DAY_MILLIS).await),
+        ["+5511900000003"],
+        "+2 left the day, so +3 takes its place"
+    );
+}
+
+pub async fn a_recipient_waits_its_interval_and_gets_no_more_than_its_daily_cap(store: &dyn Store) {
+    use crm_domain::limits::DAY_MILLIS;
+    let tenant_id = tenant("tenant_a");
+    let policy = SendingPolicy {
+        recipient_min_interval_ms: Some(6_000),
+        recipient_daily_cap: Some(2),
+        ..SendingPolicy::default()
+    };
+    for offset in 0..4 {
+        schedule_to(store, &tenant_id, "+5511900000001", None, at(offset)).await;
+    }
+    schedule_to(store, &tenant_id, "+5511900000002", None, at(9)).await;
+    let count =
+        |sent: Vec<FollowUp>, phone: &str| sent.iter().filter(|f| f.phone_e164 == phone).count();
+    let first = drain_limited(store, &tenant_id, &policy, 10_000).await;
+    assert_eq!(
+        count(first.clone(), "+5511900000001"),
+        1,
+        "one, then the interval"
+    );
+    assert_eq!(
+        count(first, "+5511900000002"),
+        1,
+        "another recipient is not held"
+    );
+    for (millis, sent, why) in [
+        (15_999, 0, "within the interval"),
+        (16_000, 1, "the interval passed"),
+        (30_000, 0, "the cap of two is reached"),
+        (10_001 + DAY_MILLIS, 1, "the first send left the day"),
+    ] {
+        let sent_now = drain_limited(store, &tenant_id, &policy, millis).await;
+        assert_eq!(count(sent_now, "+5511900000001"), sent, "{why}");
+    }
+}
+
+pub async fn follow_ups_held_one_by_one_do_not_keep_those_behind_them_waiting(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let policy = SendingPolicy {
+        recipient_min_interval_ms: Some(60_000),
+        ..SendingPolicy::default()
+    };
+    // Far more follow-ups to one recipient than a batch looks at, then one to another.
+    let mut bodies = Vec::new();
+    for offset in 0..300 {
+        let (mut follow_up, events) = new_follow_up(&tenant_id, None, None, at(offset), at(0));
+        follow_up.phone_e164 = "+5511900000001".to_owned();
+        bodies.push((follow_up, events));
+    }
+    for (follow_up, events) in &bodies {
+        created(store, follow_up, events).await;
+    }
+    let behind = schedule_to(store, &tenant_id, "+5511900000002", None, at(1_000)).await;
+    let dispatcher = SendAll::default()
+        .at_time(at(10_000))
+        .limiting(&tenant_id, policy.clone());
+    store.drain(at(10_000), 10, &dispatcher).await.unwrap();
+    let sent: Vec<FollowUpId> = dispatcher
+        .seen()
+        .iter()
+        .map(|due| due.follow_up.followup_id)
+        .collect();
+    assert_eq!(sent.len(), 2, "one to each recipient: {sent:?}");
+    assert!(
+        sent.contains(&behind.followup_id),
+        "the one behind goes too"
+    );
+}
+
+pub async fn sending_facts_list_due_work_in_drain_order_with_the_ledgers_answers(
+    store: &dyn Store,
+) {
+    let (tenant_id, other) = (tenant("tenant_a"), tenant("tenant_b"));
+    let campaign = create_campaign(store, &tenant_id, at(0)).await;
+    let later = schedule_to(store, &tenant_id, "+5511900000002", Some("pn-1"), at(20)).await;
+    let sooner = schedule(store, &tenant_id, Some(campaign.campaign_id), at(10)).await;
+    schedule(store, &tenant_id, None, at(5_000_000)).await;
+    schedule(store, &other, None, at(0)).await;
+
+    let planner = AskEverything {
+        tenant_id: tenant_id.clone(),
+        now: at(1_000),
+    };
+    let (plan, facts) = store
+        .sending_facts(Some(&tenant_id), at(1_000), 1, &planner)
+        .await
+        .unwrap();
+    assert_eq!(plan.limited.len(), 1);
+    let ids: Vec<FollowUpId> = facts.due.iter().map(|d| d.candidate.followup_id).collect();
+    assert_eq!(ids, [sooner.followup_id], "oldest first, at most the cap");
+    assert_eq!(facts.truncated, std::slice::from_ref(&tenant_id));
+    assert!(facts.lanes.iter().all(|l| l.lane.tenant_id == tenant_id));
+    assert_eq!(
+        facts.lanes.len(),
+        2,
+        "the campaign's lane and the one of none"
+    );
+
+    let (_, facts) = store
+        .sending_facts(Some(&tenant_id), at(1_000), 10, &planner)
+        .await
+        .unwrap();
+    let due: Vec<_> = facts
+        .due
+        .iter()
+        .map(|d| {
+            (
+                d.candidate.followup_id,
+                d.candidate.sender.clone(),
+                d.lane.campaign_id,
+            )
+        })
+        .collect();
+    assert_eq!(
+        due,
+        [
+            (sooner.followup_id, None, Some(campaign.campaign_id)),
+            (later.followup_id, Some("pn-1".to_owned()), None)
+        ]
+    );
+    assert!(facts.truncated.is_empty());
+    let (_, everyone) = store
+        .sending_facts(None, at(1_000), 10, &planner)
+        .await
+        .unwrap();
+    assert_eq!(everyone.due.len(), 3, "every tenant's due work");
 }
 
 pub async fn closed_lanes_are_passed_over_and_lanes_come_with_their_policy_and_time_zone(
@@ -1123,14 +1488,15 @@ pub async fn sending_policies_are_stored_per_tenant(store: &dyn Store) {
 
 pub async fn failed_and_skipped_decisions_are_stored_as_decided(store: &dyn Store) {
     struct FailFirstSkipRest(Mutex<bool>);
-    impl Dispatcher for FailFirstSkipRest {
+    impl Planner for FailFirstSkipRest {
         fn plan(&self, lanes: &[LaneState]) -> DrainPlan {
             DrainPlan {
                 open: lanes.iter().map(|l| l.lane.clone()).collect(),
-                ..DrainPlan::default()
+                ..DrainPlan::new(at(500))
             }
         }
-
+    }
+    impl Dispatcher for FailFirstSkipRest {
         fn decide(&self, due: &DueFollowUp) -> DispatchDecision {
             let mut failed_one = self.0.lock().unwrap();
             if *failed_one {
@@ -1478,7 +1844,16 @@ pub async fn retention_removes_old_events_and_finished_items_and_expires_old_cur
     let recent = create_campaign(store, &tenant_id, at(10_000_000)).await;
     assert!(feed_from(store, None).await.len() >= 6);
 
-    let expired = store.expire(at(5_000_000), 10_000).await.unwrap();
+    let expired = store
+        .expire(
+            Retention {
+                records_before: at(5_000_000),
+                ledger_before: at(0),
+            },
+            10_000,
+        )
+        .await
+        .unwrap();
     assert!(expired.events >= 5, "{expired:?}");
     assert_eq!(expired.outbound_items, 1, "{expired:?}");
     // What is left: the recent event; both follow-ups and the unfinished item.
@@ -1617,7 +1992,7 @@ impl Acker for AckWith {
                     Box::new(NewOptOut { opt_out, event })
                 });
                 AckDecision::Apply {
-                    entry: Box::new(entry),
+                    entry,
                     follow_up,
                     events,
                     opt_out,

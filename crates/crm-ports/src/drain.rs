@@ -3,11 +3,22 @@
 //! A store never decides a business rule. It lists the lanes that hold pending
 //! follow-ups (a lane: one tenant's follow-ups of one campaign, or of none, for one
 //! recipient time zone), each with what decides about it (the campaign's state, the
-//! tenant's sending policy); the [`Dispatcher`] says which lanes are open and which
-//! tenants are paced; the store then claims due follow-ups from the open lanes only
-//! (tenants in turn, never more than a paced tenant's allowance), asks the dispatcher
-//! about each, and commits every decision with its claim. Held work costs a drain one
-//! index descent per lane, however many follow-ups wait in it.
+//! tenant's sending policy); the [`Dispatcher`] plans which lanes are open and which
+//! tenants are *limited*: their sends are counted exactly, so one drain at a time takes
+//! their work. For those the store answers a few questions about its **ledger of
+//! sends** (every follow-up marked sent, by tenant, sender and recipient, appended in the
+//! commit that marks it sent, kept for `LEDGER_WINDOW_MILLIS`):
+//!
+//! - per tenant: the sends in the rate window, in all and per sender
+//!   ([`TenantUsage::sends`], [`TenantUsage::sender_sends`]), and the distinct recipients
+//!   of the day ([`TenantUsage::recipients`]), without reading the day's sends one by one;
+//! - per recipient of the work it is about to claim: the last send of the day and the
+//!   day's count ([`RecipientUsage`]).
+//!
+//! The plan turns the answers into caps ([`DrainPlan::caps`]) and admissions
+//! ([`DrainPlan::admit`]); the store claims what is admitted, asks the dispatcher about
+//! each, and commits every decision with its claim. Held work costs a drain one index
+//! descent per lane, however many follow-ups wait in it.
 
 use std::collections::HashMap;
 
@@ -15,8 +26,10 @@ use crm_domain::campaign::{CampaignState, CampaignStats};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, FollowUpId, TenantId};
+use crm_domain::limits::{Admission, Candidate as Admitted};
+pub use crm_domain::limits::{HoldReason, RecipientUsage, TenantUsage, UsageNeeds, Windows};
 use crm_domain::outbound::OutboundItem;
-use crm_domain::policy::{SendingPolicy, allowance};
+use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 
 /// Pending follow-ups of one tenant, one campaign (or none) and one recipient time zone
@@ -37,31 +50,260 @@ pub struct LaneState {
     pub policy: Option<SendingPolicy>,
 }
 
-/// What a drain may take: the open lanes, and the paced tenants with their rates.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A tenant whose sends are counted exactly at this claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limited {
+    pub tenant_id: TenantId,
+    /// The policy in force: the tenant's own, or the default.
+    pub policy: SendingPolicy,
+    /// Its rate per second: the policy's, or the service's default.
+    pub rate: Option<u32>,
+    /// What the store must answer about it.
+    pub needs: UsageNeeds,
+}
+
+/// What a drain may take: the open lanes, and the limited tenants.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DrainPlan {
     pub open: Vec<Lane>,
-    pub paced: Vec<(TenantId, u32)>,
-    /// Follow-ups a paced tenant had marked sent since this instant count against it.
-    pub window_start: Option<Timestamp>,
+    pub limited: Vec<Limited>,
+    /// The windows of the ledger's answers.
+    pub windows: Windows,
+    pub now: Timestamp,
+}
+
+/// A due follow-up a drain may claim, with what the limits look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub followup_id: FollowUpId,
+    pub tenant_id: TenantId,
+    pub schedule_at: Timestamp,
+    pub sender: Option<String>,
+    pub phone_e164: String,
+}
+
+/// How many due follow-ups a drain looks at in all for the tenants whose limits hold
+/// single follow-ups (a sender's rate, a recipient's budget, interval or cap): past
+/// held ones, so that those behind them are not kept waiting by them. A tenant held by
+/// nothing but its rate needs no more than the batch: its rate holds all or nothing.
+pub const DEEP_LOOK: usize = 4_000;
+
+impl Limited {
+    /// Whether its limits can hold one due follow-up and let the next go.
+    pub fn holds_singly(&self) -> bool {
+        self.needs.recipient_history || self.policy.max_per_second_per_sender.is_some()
+    }
 }
 
 impl DrainPlan {
-    /// How many follow-ups each paced tenant may still have claimed, given how many
-    /// `sent_since_window_start` reports (absent: none).
-    pub fn caps(
-        &self,
-        sent_since_window_start: &HashMap<TenantId, u64>,
-    ) -> HashMap<TenantId, usize> {
-        self.paced
+    /// A plan at `now` that opens nothing.
+    pub fn new(now: Timestamp) -> Self {
+        Self {
+            open: Vec::new(),
+            limited: Vec::new(),
+            windows: Windows::at(now),
+            now,
+        }
+    }
+
+    pub fn limited(&self, tenant_id: &TenantId) -> Option<&Limited> {
+        self.limited.iter().find(|l| &l.tenant_id == tenant_id)
+    }
+
+    /// Of the limited tenants `held`, those a claim looks deep into (see `DEEP_LOOK`),
+    /// and how many due follow-ups of each it looks at: at least `depth`.
+    pub fn deep(&self, held: &[TenantId], depth: usize) -> (Vec<TenantId>, usize) {
+        let deep: Vec<TenantId> = self
+            .limited
             .iter()
-            .map(|(tenant, rate)| {
-                let sent = sent_since_window_start.get(tenant).copied().unwrap_or(0);
-                let left = usize::try_from(allowance(*rate, sent)).unwrap_or(usize::MAX);
-                (tenant.clone(), left)
+            .filter(|l| held.contains(&l.tenant_id) && l.holds_singly())
+            .map(|l| l.tenant_id.clone())
+            .collect();
+        let each = (DEEP_LOOK / deep.len().max(1)).max(depth);
+        (deep, each)
+    }
+
+    /// The open lanes of `tenants`.
+    pub fn lanes_of(&self, tenants: &[TenantId]) -> Vec<Lane> {
+        self.open
+            .iter()
+            .filter(|lane| tenants.contains(&lane.tenant_id))
+            .cloned()
+            .collect()
+    }
+
+    /// How many follow-ups each limited tenant may still have claimed by its rate, given
+    /// the ledger's `usage` of the tenants this drain holds; a limited tenant without one
+    /// (another drain holds it) gets none. Tenants not limited take what comes.
+    pub fn caps(&self, usage: &HashMap<TenantId, TenantUsage>) -> HashMap<TenantId, usize> {
+        self.limited
+            .iter()
+            .map(|limited| {
+                let cap = match (usage.get(&limited.tenant_id), limited.rate) {
+                    (None, _) => 0,
+                    (Some(_), None) => usize::MAX,
+                    (Some(usage), Some(rate)) => {
+                        usize::try_from(u64::from(rate).saturating_sub(usage.sends))
+                            .unwrap_or(usize::MAX)
+                    }
+                };
+                (limited.tenant_id.clone(), cap)
             })
             .collect()
     }
+
+    /// The recipients whose ledger history the admission of `candidates` needs.
+    pub fn recipients_to_ask(&self, candidates: &[Candidate]) -> Vec<(TenantId, String)> {
+        let mut asked: Vec<(TenantId, String)> = candidates
+            .iter()
+            .filter(|c| {
+                self.limited(&c.tenant_id)
+                    .is_some_and(|l| l.needs.recipient_history)
+            })
+            .map(|c| (c.tenant_id.clone(), c.phone_e164.clone()))
+            .collect();
+        asked.sort();
+        asked.dedup();
+        asked
+    }
+
+    /// What a claim takes: of `candidates` (each tenant's in its own order), the ones its
+    /// limits admit, each counted before the next of its tenant is looked at; then tenants
+    /// in turn (see `in_turns`) within `caps`, at most `limit`. A limited tenant without
+    /// `usage` (another drain holds it) gets none.
+    pub fn take(
+        &self,
+        candidates: Vec<Candidate>,
+        usage: &HashMap<TenantId, TenantUsage>,
+        recipients: &HashMap<(TenantId, String), RecipientUsage>,
+        caps: &HashMap<TenantId, usize>,
+        limit: usize,
+    ) -> Vec<Candidate> {
+        let mut candidates = candidates;
+        candidates.sort_by_key(|c| (c.schedule_at, c.followup_id));
+        let admitted = self.admit(candidates, usage, recipients);
+        in_turns(
+            admitted,
+            |c| &c.tenant_id,
+            |c| (c.schedule_at, c.followup_id),
+            caps,
+            limit,
+        )
+    }
+
+    /// The candidates that may go now, in the order given, each admitted against its
+    /// tenant's limits and counted before the next of its tenant is looked at. A limited
+    /// tenant without `usage` (another drain holds it) gets none.
+    pub fn admit(
+        &self,
+        candidates: Vec<Candidate>,
+        usage: &HashMap<TenantId, TenantUsage>,
+        recipients: &HashMap<(TenantId, String), RecipientUsage>,
+    ) -> Vec<Candidate> {
+        let mut admissions: HashMap<TenantId, Option<Admission<'_>>> = HashMap::new();
+        candidates
+            .into_iter()
+            .filter(|candidate| {
+                let Some(limited) = self.limited(&candidate.tenant_id) else {
+                    return true;
+                };
+                let admission = admissions
+                    .entry(candidate.tenant_id.clone())
+                    .or_insert_with(|| {
+                        let usage = usage.get(&limited.tenant_id)?.clone();
+                        let history = recipients
+                            .iter()
+                            .filter(|((tenant, _), _)| tenant == &limited.tenant_id)
+                            .map(|((_, phone), usage)| (phone.clone(), *usage))
+                            .collect();
+                        Some(Admission::new(
+                            &limited.policy,
+                            limited.rate,
+                            usage,
+                            history,
+                            self.now,
+                        ))
+                    });
+                admission.as_mut().is_some_and(|admission| {
+                    admission
+                        .admit(Admitted {
+                            sender: candidate.sender.as_deref(),
+                            phone_e164: &candidate.phone_e164,
+                        })
+                        .is_ok()
+                })
+            })
+            .collect()
+    }
+}
+
+/// Why due follow-ups wait, from the facts a store read for a sending status.
+pub fn held_reasons(
+    plan: &DrainPlan,
+    facts: &SendingFacts,
+    lane_hold: impl Fn(&LaneState) -> Option<HoldReason>,
+) -> Vec<(TenantId, Option<HoldReason>)> {
+    let mut admissions: HashMap<TenantId, Admission<'_>> = HashMap::new();
+    let mut reasons = Vec::with_capacity(facts.due.len());
+    for due in &facts.due {
+        let tenant_id = &due.candidate.tenant_id;
+        let held_by_lane = facts
+            .lanes
+            .iter()
+            .find(|state| state.lane == due.lane)
+            .and_then(&lane_hold);
+        let reason = match (held_by_lane, plan.limited(tenant_id)) {
+            (Some(reason), _) => Some(reason),
+            (None, None) => None,
+            (None, Some(limited)) => {
+                let admission = admissions.entry(tenant_id.clone()).or_insert_with(|| {
+                    let history = facts
+                        .recipients
+                        .iter()
+                        .filter(|((tenant, _), _)| tenant == tenant_id)
+                        .map(|((_, phone), usage)| (phone.clone(), *usage))
+                        .collect();
+                    Admission::new(
+                        &limited.policy,
+                        limited.rate,
+                        facts.usage.get(tenant_id).cloned().unwrap_or_default(),
+                        history,
+                        plan.now,
+                    )
+                });
+                admission
+                    .admit(Admitted {
+                        sender: due.candidate.sender.as_deref(),
+                        phone_e164: &due.candidate.phone_e164,
+                    })
+                    .err()
+            }
+        };
+        reasons.push((tenant_id.clone(), reason));
+    }
+    reasons
+}
+
+/// What a store reads for the sending status of one tenant (or all): its lanes, its due
+/// pending follow-ups in the order a drain takes them (each tenant's oldest first, at
+/// most a cap of them per tenant), and the ledger's answers for its limited tenants.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SendingFacts {
+    pub lanes: Vec<LaneState>,
+    pub due: Vec<DueEntry>,
+    /// Whether a tenant had more due follow-ups than the cap.
+    pub truncated: Vec<TenantId>,
+    pub usage: HashMap<TenantId, TenantUsage>,
+    pub recipients: HashMap<(TenantId, String), RecipientUsage>,
+    /// When the next recipient counted in a limited tenant's day stops counting.
+    pub next_release_at: HashMap<TenantId, Timestamp>,
+}
+
+/// One due pending follow-up and its lane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueEntry {
+    pub lane: Lane,
+    pub candidate: Candidate,
 }
 
 /// A follow-up the drain claimed, with what the decision needs.
@@ -139,13 +381,17 @@ impl DispatchDecision {
     }
 }
 
-/// Decides the drain: which lanes are open, and the fate of each claimed follow-up.
-/// Called by the store while it holds the claim, so it must be quick and must not block.
-pub trait Dispatcher: Send + Sync {
+/// Plans a drain (or a sending status): which lanes are open, and which tenants must be
+/// counted exactly. Called by the store while it holds its locks, so it must be quick
+/// and must not block.
+pub trait Planner: Send + Sync {
     /// Of the lanes holding pending follow-ups, the ones a drain may take from now, and
-    /// the tenants whose rate limits it.
+    /// the tenants whose limits it must count exactly.
     fn plan(&self, lanes: &[LaneState]) -> DrainPlan;
+}
 
+/// Decides the drain: its plan, and the fate of each claimed follow-up.
+pub trait Dispatcher: Planner {
     fn decide(&self, due: &DueFollowUp) -> DispatchDecision;
 }
 

@@ -18,8 +18,9 @@ pub mod store;
 pub mod conformance;
 
 pub use drain::{
-    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DrainStatus, DueFollowUp, Lane,
-    LaneState, SkipReason,
+    Candidate, DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DrainStatus, DueEntry,
+    DueFollowUp, HoldReason, Lane, LaneState, Limited, Planner, RecipientUsage, SendingFacts,
+    SkipReason, TenantUsage, UsageNeeds, Windows,
 };
 pub use events::{
     EventEmitter, EventPage, FeedPage, FeedQuery, SCAN_BUDGET, Scan, TraceQuery, bounded_page,
@@ -30,5 +31,5 @@ pub use outbound::{
 };
 pub use store::{
     BoxError, CampaignQuery, CampaignStore, Created, Expired, FollowUpQuery, FollowUpStore,
-    NewOptOut, OptOutPage, OptOutQuery, OptOutStore, PolicyStore, Store, StoreError,
+    NewOptOut, OptOutPage, OptOutQuery, OptOutStore, PolicyStore, Retention, Store, StoreError,
 };

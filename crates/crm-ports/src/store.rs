@@ -10,7 +10,7 @@ use crm_domain::page::{Cursor, EventCursor, Page};
 use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 
-use crate::drain::{Dispatcher, DrainOutcome};
+use crate::drain::{Dispatcher, DrainOutcome, DrainPlan, Planner, SendingFacts};
 use crate::events::EventEmitter;
 use crate::outbound::OutboundQueue;
 
@@ -181,15 +181,17 @@ pub trait FollowUpStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// Claims up to `limit` due follow-ups (pending, `schedule_at <= now`) from the lanes
-    /// `dispatcher` opens, tenants in turn and never more than a paced tenant's
-    /// allowance (see `crate::drain`), asks `dispatcher` about each, and commits every
-    /// decision (record, events, outbound item, the campaign's counts, the paced
-    /// tenants' sends) atomically with its claim.
+    /// `dispatcher` opens, tenants in turn, within each limited tenant's caps and
+    /// admissions (see `crate::drain`), asks `dispatcher` about each, and commits every
+    /// decision (record, events, outbound item, the campaign's counts, the ledger entry
+    /// of each follow-up marked sent) atomically with its claim.
     ///
     /// Exactly once: a follow-up is offered to at most one concurrent drain, in this
     /// process or any other sharing the store, and once committed it is no longer due.
-    /// Follow-ups of a closed lane never take the place of due ones behind them, and a
-    /// paced tenant's allowance holds across every concurrent drain.
+    /// Follow-ups of a closed lane never take the place of due ones behind them. A
+    /// limited tenant is claimed from by one drain at a time (another drain holding it
+    /// takes nothing of it), and its ledger answers are exact at that claim, so its
+    /// limits hold across every concurrent drain.
     ///
     /// # Errors
     /// `Unavailable`; then nothing of this batch was committed and every claimed
@@ -206,6 +208,22 @@ pub trait FollowUpStore: Send + Sync {
     /// # Errors
     /// `Unavailable`.
     async fn count_due(&self, now: Timestamp, held: &[CampaignState]) -> Result<u64, StoreError>;
+
+    /// What the sending status of `tenant_id` (or of every tenant) is computed from, at
+    /// `now`: the lanes holding its pending follow-ups, its due ones in drain order (at
+    /// most `cap` per tenant), and, for the tenants `dispatcher`'s plan limits, the
+    /// ledger's answers (tenant usage, the history of each due recipient, the next
+    /// release of the day's budget). Reads only; returns `planner`'s plan too.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn sending_facts(
+        &self,
+        tenant_id: Option<&TenantId>,
+        now: Timestamp,
+        cap: usize,
+        planner: &dyn Planner,
+    ) -> Result<(DrainPlan, SendingFacts), StoreError>;
 }
 
 #[async_trait]
@@ -289,11 +307,20 @@ pub trait OptOutStore: Send + Sync {
     async fn opt_outs(&self, query: &OptOutQuery) -> Result<OptOutPage, StoreError>;
 }
 
+/// What one retention pass removes: events and finished outbound items by the service's
+/// retention, and the ledger's entries by the longest window a limit looks back over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub records_before: Timestamp,
+    pub ledger_before: Timestamp,
+}
+
 /// What one retention pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Expired {
     pub events: u64,
     pub outbound_items: u64,
+    pub ledger_entries: u64,
 }
 
 /// Everything a backend provides, as one object for the composition root.
@@ -310,14 +337,15 @@ pub trait Store:
     /// `Unavailable`.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Deletes events emitted before `cutoff`, and outbound items finished before it, at
-    /// most about `batch` of each per call (no long locks); returns how many went.
-    /// Campaigns, follow-ups and opt-outs are business records and are kept. A store may
-    /// do this work elsewhere (the file store does it when it compacts) and report 0.
+    /// Deletes events emitted before `retention.records_before`, outbound items finished
+    /// before it, and ledger entries sent before `retention.ledger_before`, at most about
+    /// `batch` of each per call (no long locks); returns how many went. Campaigns,
+    /// follow-ups and opt-outs are business records and are kept. A store may do this work
+    /// elsewhere (the file store does it when it compacts) and report 0.
     ///
     /// # Errors
     /// `Unavailable`.
-    async fn expire(&self, cutoff: Timestamp, batch: usize) -> Result<Expired, StoreError>;
+    async fn expire(&self, retention: Retention, batch: usize) -> Result<Expired, StoreError>;
 
     /// Called once at graceful shutdown, after the last request: leave the storage in
     /// its tidiest form (the file store folds its journal into the snapshots). Every

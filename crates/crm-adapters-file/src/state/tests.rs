@@ -44,6 +44,8 @@ fn follow_up(tenant: &str, campaign_id: Option<CampaignId>, schedule_at: Timesta
         correlation_id: CorrelationId::new(Uuid::new_v4()),
         trace_id: "abcdefgh".into(),
         time_zone: None,
+        sender: None,
+        sent_at: None,
         delivery: None,
         created_at: at(0),
         updated_at: at(0),
@@ -68,25 +70,39 @@ fn a_drain_looks_at_the_same_few_entries_however_many_follow_ups_a_paused_campai
             at(index % 50),
         ));
     }
-    let after = due(&state, at(10_000), 100, &held);
-    assert_eq!(after.follow_ups.len(), 3);
+    let (after, examined) = due(&state, at(10_000), 100, &held);
+    assert_eq!(after.len(), 3);
     assert!(
-        after.examined <= before.examined + 1,
-        "examined {} entries with the paused campaign, {} without",
-        after.examined,
-        before.examined
+        examined <= before.1 + 1,
+        "examined {examined} entries with the paused campaign, {} without",
+        before.1
     );
 }
 
-/// What a drain of `limit` at `now` may claim, with the lanes of `held` campaigns closed.
-fn due(state: &State, now: Timestamp, limit: usize, held: &[CampaignState]) -> Due {
+/// What a drain of `limit` at `now` may claim, with the lanes of `held` campaigns closed,
+/// and how many entries it looked at.
+fn due(
+    state: &State,
+    now: Timestamp,
+    limit: usize,
+    held: &[CampaignState],
+) -> (Vec<crm_ports::Candidate>, usize) {
     let open: Vec<_> = state
         .lanes()
         .into_iter()
         .filter(|lane| !lane.campaign_state.is_some_and(|s| held.contains(&s)))
         .map(|lane| lane.lane)
         .collect();
-    state.due(now, &open, &HashMap::new(), limit, |_| false)
+    let (candidates, examined) =
+        state.candidates(now, &open, &HashMap::new(), limit, (&[], 0), |_| false);
+    let ordered = crm_ports::drain::in_turns(
+        candidates,
+        |c| &c.tenant_id,
+        |c| (c.schedule_at, c.followup_id),
+        &HashMap::new(),
+        limit,
+    );
+    (ordered, examined)
 }
 
 #[test]
@@ -100,8 +116,8 @@ fn due_follow_ups_come_tenants_in_turn_and_oldest_first_within_a_turn() {
     for follow_up in [&third, &first, &second] {
         state.put_follow_up(follow_up.clone());
     }
-    let due = due(&state, at(10), 10, &[]);
-    let ids: Vec<_> = due.follow_ups.iter().map(|(f, ..)| f.followup_id).collect();
+    let (due, _) = due(&state, at(10), 10, &[]);
+    let ids: Vec<_> = due.iter().map(|c| c.followup_id).collect();
     assert_eq!(
         ids,
         vec![first.followup_id, third.followup_id, second.followup_id]

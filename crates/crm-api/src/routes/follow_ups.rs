@@ -219,6 +219,7 @@ struct FollowUpFields {
     #[serde(default)]
     metadata: Map<String, Value>,
     time_zone: Option<String>,
+    sender: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +253,7 @@ struct FollowUpView<'a> {
     last_error_message: &'a Option<String>,
     metadata: &'a Map<String, Value>,
     time_zone: &'a Option<String>,
+    sender: &'a Option<String>,
     delivery: Option<DeliveryView<'a>>,
     created_at: Timestamp,
     updated_at: Timestamp,
@@ -298,6 +300,7 @@ impl<'a> From<&'a FollowUp> for FollowUpView<'a> {
             last_error_message: &follow_up.last_error_message,
             metadata: &follow_up.metadata,
             time_zone: &follow_up.time_zone,
+            sender: &follow_up.sender,
             delivery: follow_up.delivery.as_ref().map(DeliveryView::from),
             created_at: follow_up.created_at,
             updated_at: follow_up.updated_at,
@@ -331,6 +334,7 @@ async fn create_follow_up(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResp
                 })
             })
             .transpose()?,
+        sender: fields.sender,
     };
     let outcome = crm.schedule_follow_up(command).await?;
     Ok(follow_up_reply(request.request_id, &outcome))

@@ -121,6 +121,7 @@ async fn claim_outbound_items(
                 "lease_id": lease.lease_id.to_string(),
                 "lease_expires_at": lease.expires_at,
                 "attempt": leased.entry.attempt,
+                "sender": leased.entry.sender,
                 "item": leased.item,
             })
         })

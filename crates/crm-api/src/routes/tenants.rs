@@ -50,11 +50,16 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         operation_id: "put_sending_policy",
         tag: Tag::Tenants,
         summary: "Set a tenant's sending policy",
-        description: "Replaces the tenant's policy; every drain of every replica applies it \
-            from its next claim. `max_per_second`: no more follow-ups marked sent in any \
-            one-second window (null: no limit). `quiet_hours`: a local time window in which \
-            due follow-ups stay pending, in each follow-up's own `time_zone` or else the \
-            policy's (null: none).",
+        description: "Replaces the tenant's whole policy (a limit left out is none); every \
+            drain of every replica applies it from its next claim, and held follow-ups stay \
+            pending until it allows them. `max_per_second`: follow-ups marked sent in any \
+            one-second window. `max_per_second_per_sender`: the same for each sender. \
+            `daily_recipient_limit`: distinct recipients in any moving 24 hours (a \
+            recipient counted already goes out free). `recipient_min_interval_ms`: the \
+            least time between two sends to one recipient. `recipient_daily_cap`: sends to \
+            one recipient in any moving 24 hours. `quiet_hours`: a local time window in \
+            which due follow-ups stay pending, in each follow-up's own `time_zone` or else \
+            the policy's. null: no limit of that kind.",
         parameters: &[TENANT],
         body: Some(Body {
             contract: Contract::SendingPolicyRequest,
@@ -69,11 +74,37 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         },
         errors: &[Failure::new(
             Code::ValidationError,
-            "the body breaks its contract, names a time zone the built-in database does not \
-             know, or has quiet hours that start when they end",
+            "the body breaks its contract (a limit out of its range is named by its pointer), \
+             names a time zone the built-in database does not know, or has quiet hours that \
+             start when they end",
         )],
         uses_store: true,
         handler: |route| route.to(put_sending_policy),
+    },
+    Endpoint {
+        method: Method::GET,
+        path: "/internal/tenants/{tenant_id}/sending-status",
+        access: Access::Internal,
+        operation_id: "get_sending_status",
+        tag: Tag::Tenants,
+        summary: "Why a tenant's work waits",
+        description: "The tenant's due pending follow-ups counted by the first rule that holds \
+            each (`campaign_paused`, `quiet_hours`, `rate`, `sender_rate`, \
+            `daily_recipient_limit`, `recipient_interval`, `recipient_daily_cap`), the \
+            day's budget of distinct recipients (`used`, `limit`, `next_release_at`) and \
+            the policy in force: what a drain would do now, exact at the moment it is read \
+            (over the oldest 100000 due follow-ups).",
+        parameters: &[TENANT],
+        body: None,
+        reply: Reply {
+            status: 200,
+            description: "The tenant's sending status.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::SendingStatusResponse),
+        },
+        errors: &[],
+        uses_store: true,
+        handler: |route| route.to(get_sending_status),
     },
     Endpoint {
         method: Method::DELETE,
@@ -103,6 +134,10 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
 struct PolicyBody {
     max_per_second: Option<u32>,
     quiet_hours: Option<QuietHoursBody>,
+    max_per_second_per_sender: Option<u32>,
+    daily_recipient_limit: Option<u32>,
+    recipient_min_interval_ms: Option<u32>,
+    recipient_daily_cap: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -113,19 +148,57 @@ struct QuietHoursBody {
 }
 
 fn reply(tenant_id: &TenantId, in_force: &PolicyInForce) -> HttpResponse {
-    let quiet = in_force.policy.quiet_hours.as_ref().map(|quiet| {
+    HttpResponse::Ok().json(policy_view(tenant_id, in_force))
+}
+
+/// The policy in force as the wire shows it.
+fn policy_view(tenant_id: &TenantId, in_force: &PolicyInForce) -> serde_json::Value {
+    let policy = &in_force.policy;
+    let quiet = policy.quiet_hours.as_ref().map(|quiet| {
         json!({
             "start": quiet.start.to_string(),
             "end": quiet.end.to_string(),
             "time_zone": quiet.time_zone.as_str(),
         })
     });
-    HttpResponse::Ok().json(json!({
+    json!({
         "tenant_id": tenant_id,
-        "max_per_second": in_force.policy.max_per_second,
+        "max_per_second": policy.max_per_second,
         "quiet_hours": quiet,
+        "max_per_second_per_sender": policy.max_per_second_per_sender,
+        "daily_recipient_limit": policy.daily_recipient_limit,
+        "recipient_min_interval_ms": policy.recipient_min_interval_ms,
+        "recipient_daily_cap": policy.recipient_daily_cap,
         "source": if in_force.own { "tenant" } else { "default" },
-    }))
+    })
+}
+
+async fn get_sending_status(
+    crm: web::Data<Crm>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let tenant_id = tenant_of(path_param(&request, "tenant_id")?)?;
+    let status = crm.sending_status(&tenant_id).await?;
+    let held: serde_json::Map<String, serde_json::Value> = status
+        .held
+        .iter()
+        .map(|(reason, count)| (reason.as_str().to_owned(), json!(count)))
+        .collect();
+    let mut body = json!({
+        "tenant_id": tenant_id,
+        "due_pending": status.due_pending,
+        "held": held,
+        "daily_recipients": {
+            "used": status.recipients_used,
+            "limit": status.recipient_limit,
+            "next_release_at": status.next_release_at,
+        },
+        "policy": policy_view(&tenant_id, &status.policy),
+    });
+    if status.truncated {
+        body["truncated"] = json!(true);
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 fn tenant_of(path: String) -> Result<TenantId, ApiError> {
@@ -177,8 +250,16 @@ async fn put_sending_policy(
             .map_err(at("/quiet_hours"))
         })
         .transpose()?;
-    let policy = SendingPolicy::new(body.max_per_second, quiet_hours)
-        .map_err(|error: PolicyError| ApiError::violation("/max_per_second", error.to_string()))?;
+    let policy = SendingPolicy {
+        max_per_second: body.max_per_second,
+        quiet_hours,
+        max_per_second_per_sender: body.max_per_second_per_sender,
+        daily_recipient_limit: body.daily_recipient_limit,
+        recipient_min_interval_ms: body.recipient_min_interval_ms,
+        recipient_daily_cap: body.recipient_daily_cap,
+    }
+    .checked()
+    .map_err(|error| ApiError::violation(&format!("/{}", error.field()), error.to_string()))?;
     let in_force = crm.set_sending_policy(&tenant_id, policy).await?;
     Ok(reply(&tenant_id, &in_force))
 }

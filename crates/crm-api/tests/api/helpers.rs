@@ -412,6 +412,11 @@ impl TestApp {
             .await
     }
 
+    pub async fn sending_status(&self, tenant: &str) -> Reply {
+        let path = format!("/internal/tenants/{tenant}/sending-status");
+        self.get(&path, &[], Contract::SendingStatusResponse).await
+    }
+
     /// `DELETE` of the tenant's policy: `204` with no body.
     pub async fn remove_sending_policy(&self, tenant: &str) -> u16 {
         let path = format!("/internal/tenants/{tenant}/sending-policy");

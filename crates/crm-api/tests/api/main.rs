@@ -12,6 +12,7 @@ mod follow_ups;
 mod health;
 mod helpers;
 mod hostile_queries;
+mod limits;
 mod ops;
 mod outbound;
 mod regressions;

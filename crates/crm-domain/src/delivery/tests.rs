@@ -27,13 +27,14 @@ fn sent() -> (FollowUp, QueueEntry) {
             correlation_id: CorrelationId::new(Uuid::from_u128(9)),
             trace_id: "trace-0001".into(),
             time_zone: None,
+            sender: None,
         },
         at(0),
     );
     let item_id = QueueItemId::new(Uuid::from_u128(7));
     let (follow_up, _) = follow_up.mark_sent(item_id, at(10)).unwrap();
     let item = OutboundItem::for_follow_up(&follow_up, item_id, at(10));
-    let entry = QueueEntry::new(&item, follow_up.followup_id);
+    let entry = QueueEntry::new(&item, follow_up.followup_id, follow_up.sender.clone());
     (follow_up, entry)
 }
 
@@ -66,7 +67,7 @@ fn applied(outcome: Acked) -> (QueueEntry, FollowUp, DomainEvent, AckStatus) {
             follow_up,
             event,
             status,
-        } => (entry, *follow_up, *event, status),
+        } => (*entry, *follow_up, *event, status),
         Acked::Unchanged(status) => panic!("expected a change, got {status:?}"),
     }
 }

@@ -26,6 +26,7 @@ fn pending(campaign_id: Option<u128>) -> FollowUp {
             correlation_id: CorrelationId::new(Uuid::from_u128(9)),
             trace_id: "trace-0001".into(),
             time_zone: None,
+            sender: None,
         },
         at("2024-12-31T00:00:00.000Z"),
     );

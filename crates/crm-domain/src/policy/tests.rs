@@ -44,11 +44,51 @@ fn rates_run_from_one_to_the_maximum() {
     assert!(SendingPolicy::new(Some(1), None).is_ok());
     assert!(SendingPolicy::new(Some(MAX_RATE), None).is_ok());
     assert!(SendingPolicy::new(None, None).is_ok());
-    assert_eq!(SendingPolicy::new(Some(0), None), Err(PolicyError::Rate));
-    assert_eq!(
-        SendingPolicy::new(Some(MAX_RATE + 1), None),
-        Err(PolicyError::Rate)
-    );
+    let rate = PolicyError::OutOfRange {
+        field: "max_per_second",
+        min: 1,
+        max: MAX_RATE,
+    };
+    assert_eq!(SendingPolicy::new(Some(0), None), Err(rate.clone()));
+    assert_eq!(SendingPolicy::new(Some(MAX_RATE + 1), None), Err(rate));
+}
+
+#[test]
+fn every_limit_is_refused_out_of_its_range_naming_its_field() {
+    type Case = (&'static str, u32, u32, fn(u32) -> SendingPolicy);
+    let cases: [Case; 4] = [
+        ("max_per_second_per_sender", 1, 1_000, |value| {
+            SendingPolicy {
+                max_per_second_per_sender: Some(value),
+                ..SendingPolicy::default()
+            }
+        }),
+        ("daily_recipient_limit", 1, 10_000_000, |value| {
+            SendingPolicy {
+                daily_recipient_limit: Some(value),
+                ..SendingPolicy::default()
+            }
+        }),
+        ("recipient_min_interval_ms", 1, 86_400_000, |value| {
+            SendingPolicy {
+                recipient_min_interval_ms: Some(value),
+                ..SendingPolicy::default()
+            }
+        }),
+        ("recipient_daily_cap", 1, 1_000, |value| SendingPolicy {
+            recipient_daily_cap: Some(value),
+            ..SendingPolicy::default()
+        }),
+    ];
+    for (field, min, max, policy) in cases {
+        assert!(policy(min).checked().is_ok(), "{field} {min}");
+        assert!(policy(max).checked().is_ok(), "{field} {max}");
+        for bad in [min - 1, max + 1] {
+            let error = policy(bad).checked().unwrap_err();
+            assert_eq!(error.field(), field);
+            assert_eq!(error, PolicyError::OutOfRange { field, min, max });
+        }
+    }
 }
 
 #[test]
