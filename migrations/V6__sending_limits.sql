@@ -25,10 +25,13 @@ CREATE TABLE crm_send_ledger (
     sent_at     timestamptz NOT NULL,
     followup_id uuid NOT NULL
 );
-CREATE INDEX crm_send_ledger_tenant_sent ON crm_send_ledger (tenant_id, sent_at) INCLUDE (sender);
+CREATE INDEX crm_send_ledger_tenant_sent ON crm_send_ledger (tenant_id, sent_at)
+    INCLUDE (sender, phone_e164);
 CREATE INDEX crm_send_ledger_recipient ON crm_send_ledger (tenant_id, phone_e164, sent_at);
--- Rows arrive in time order: a block range index finds the expired ones for retention.
-CREATE INDEX crm_send_ledger_sent ON crm_send_ledger USING brin (sent_at);
+-- Retention finds the expired sends by time. A btree, not a block range index: the
+-- windows a claim moves over (the sends of the last moments) may be read from it too, and
+-- a block range index would hand them over with every other send of its blocks.
+CREATE INDEX crm_send_ledger_sent ON crm_send_ledger (sent_at);
 
 -- The distinct recipients of a tenant whose last send is after `cutoff`: a running
 -- count, so that the day's budget is read without reading the day's sends. Every drain
@@ -40,6 +43,22 @@ CREATE TABLE crm_send_budgets (
     tenant_id text PRIMARY KEY,
     cutoff    timestamptz NOT NULL,
     counted   bigint NOT NULL
+);
+
+-- The sends of each tenant's rate window, per sender ('' for none): the ledger's sends
+-- after `since`, a running count moved along with the window, so that a claim reads a few
+-- rows instead of a second of sends. A drain that needs the rate moves `since` up to a
+-- second ago and takes off the sends it passes; every drain adds its sends after the event
+-- lock. A tenant gets its rows the first time its rate is needed.
+CREATE TABLE crm_send_windows (
+    tenant_id text PRIMARY KEY,
+    since     timestamptz NOT NULL
+);
+CREATE TABLE crm_send_rates (
+    tenant_id text NOT NULL,
+    sender    text NOT NULL,
+    sends     bigint NOT NULL,
+    PRIMARY KEY (tenant_id, sender)
 );
 
 -- The follow-ups sent in the last day, as well as can be told (when they were last

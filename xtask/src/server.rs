@@ -58,6 +58,36 @@ impl Server {
         Ok(kib * 1024)
     }
 
+    /// CPU time the process has used (user and system), from `/proc`, in clock ticks.
+    pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name, which may hold spaces: utime and stime are the
+        // 12th and 13th of them.
+        let rest = stat.rsplit_once(')').context("a /proc stat line")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |n: usize| -> anyhow::Result<u64> {
+            Ok(fields.get(n).context("a /proc stat field")?.parse()?)
+        };
+        Ok(tick(11)? + tick(12)?)
+    }
+
+    /// Waits until the process has been idle (under 5 % of a core) for a second, at most
+    /// `limit`: background work a load left behind (a file store's compaction) is done.
+    /// How long it waited.
+    pub async fn settle(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let started = std::time::Instant::now();
+        let mut quiet = 0;
+        let mut last = self.cpu_ticks()?;
+        while quiet < 2 && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = self.cpu_ticks()?;
+            // 100 ticks a second: 5 % of a core over half a second is 2.5 ticks.
+            quiet = if now - last <= 2 { quiet + 1 } else { 0 };
+            last = now;
+        }
+        Ok(started.elapsed())
+    }
+
     /// SIGTERM, then waits for the exit; how long the graceful stop took.
     pub fn stop(mut self) -> anyhow::Result<Duration> {
         let started = Instant::now();

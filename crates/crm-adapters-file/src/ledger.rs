@@ -4,8 +4,11 @@
 //! It is derived from the follow-ups' `sent_at`, so it has no file of its own: loading
 //! the follow-ups rebuilds it, and every change that marks one sent adds its entry. A
 //! tenant's entries older than the window are dropped as its sends move on and as
-//! answers are asked, so it holds at most a day of sends. It answers the questions of
-//! `crm_ports::drain` and decides nothing: the limits are the domain's.
+//! answers are asked, so it holds at most a day of sends. No answer reads the day's sends
+//! one by one: the day's distinct recipients are the number of recipients held, a
+//! recipient's history is its own entries, and the rate window's counts move with the
+//! window. It answers the questions of `crm_ports::drain` and decides nothing: the limits
+//! are the domain's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,6 +34,45 @@ struct TenantLedger {
     recipients: HashMap<Arc<str>, BTreeSet<(Millis, FollowUpId)>>,
     /// Senders, shared by their entries.
     senders: HashMap<Arc<str>, ()>,
+    /// The sends from a moment on, counted per sender: the rate window's answer, kept as
+    /// the window moves instead of counted again at every claim.
+    recent: Recent,
+}
+
+/// Counts of the sends at or after `from`.
+#[derive(Debug)]
+struct Recent {
+    from: Millis,
+    by_sender: HashMap<Option<Arc<str>>, u64>,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            from: Millis::MIN,
+            by_sender: HashMap::new(),
+        }
+    }
+}
+
+impl Recent {
+    fn add(&mut self, at: Millis, entry: &Entry) {
+        if at >= self.from {
+            *self.by_sender.entry(entry.sender.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, at: Millis, entry: &Entry) {
+        if at < self.from {
+            return;
+        }
+        if let Some(count) = self.by_sender.get_mut(&entry.sender) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_sender.remove(&entry.sender);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -75,7 +117,9 @@ impl Ledger {
             .entry(phone.clone())
             .or_default()
             .insert(key);
-        tenant.sends.insert(key, Entry { sender, phone });
+        let entry = Entry { sender, phone };
+        tenant.recent.add(at, &entry);
+        tenant.sends.insert(key, entry);
         // A tenant's sends come in time order: what is a window older than this one is
         // out of every window to come.
         tenant.forget_before(at - LEDGER_WINDOW_MILLIS);
@@ -94,17 +138,13 @@ impl Ledger {
         };
         tenant.forget_before(windows.day_start.unix_millis() + 1);
         if needs.sends {
-            let start = (
-                windows.rate_start.unix_millis() + 1,
-                FollowUpId::new(uuid::Uuid::nil()),
-            );
-            for entry in tenant.sends.range(start..).map(|(_, entry)| entry) {
-                usage.sends += 1;
-                *usage
-                    .sender_sends
-                    .entry(entry.sender.as_deref().map(str::to_owned))
-                    .or_default() += 1;
-            }
+            let recent = tenant.recent_from(windows.rate_start.unix_millis() + 1);
+            usage.sends = recent.by_sender.values().sum();
+            usage.sender_sends = recent
+                .by_sender
+                .iter()
+                .map(|(sender, sends)| (sender.as_deref().map(str::to_owned), *sends))
+                .collect();
         }
         if needs.recipients {
             usage.recipients = tenant.recipients.len() as u64;
@@ -148,6 +188,29 @@ impl Ledger {
 }
 
 impl TenantLedger {
+    /// The counts of the sends at or after `from`: moved on from the last ones by the
+    /// sends in between (the window only moves forward, but a clock set back counts
+    /// again from the sends themselves).
+    fn recent_from(&mut self, from: Millis) -> &Recent {
+        let start = |at: Millis| (at, FollowUpId::new(uuid::Uuid::nil()));
+        if from < self.recent.from {
+            let mut recent = Recent {
+                from,
+                by_sender: HashMap::new(),
+            };
+            for (key, entry) in self.sends.range(start(from)..) {
+                recent.add(key.0, entry);
+            }
+            self.recent = recent;
+        } else if from > self.recent.from {
+            for (key, entry) in self.sends.range(start(self.recent.from)..start(from)) {
+                self.recent.remove(key.0, entry);
+            }
+            self.recent.from = from;
+        }
+        &self.recent
+    }
+
     /// Drops every send before `cutoff`.
     fn forget_before(&mut self, cutoff: Millis) {
         while let Some(entry) = self.sends.first_entry() {
@@ -155,6 +218,7 @@ impl TenantLedger {
                 break;
             }
             let (key, entry) = entry.remove_entry();
+            self.recent.remove(key.0, &entry);
             if let Some(sends) = self.recipients.get_mut(&entry.phone) {
                 sends.remove(&key);
                 if sends.is_empty() {
@@ -241,6 +305,44 @@ mod tests {
             ledger.next_release_at(&tenant).unwrap().unix_millis(),
             NOW - 500 + LEDGER_WINDOW_MILLIS
         );
+    }
+
+    #[test]
+    fn the_rate_window_s_counts_follow_it_forward_and_back_as_a_recount_would() {
+        let mut ledger = Ledger::default();
+        let tenant = TenantId::parse("t").unwrap();
+        let mut sent_at = Vec::new();
+        // Sends every 70 ms from two senders and none; asked every 130 ms, and now and
+        // then from a clock set back.
+        for step in 0..400i64 {
+            let at = NOW + step * 70;
+            let sender = ["a", "b", ""][(step % 3) as usize];
+            let sender = (!sender.is_empty()).then_some(sender);
+            ledger.record(&sent("t", &format!("+{step}"), sender, at));
+            sent_at.push((at, sender));
+            let asked = if step % 17 == 0 { at - 2_500 } else { at + 130 };
+            let windows = Windows::at(Timestamp::from_unix_millis(asked).unwrap());
+            let usage = ledger.usage(&tenant, windows, ALL);
+            let counted = |of: Option<Option<&str>>| {
+                sent_at
+                    .iter()
+                    .filter(|(at, _)| *at > windows.rate_start.unix_millis())
+                    .filter(|(_, sender)| of.is_none_or(|of| of == *sender))
+                    .count() as u64
+            };
+            assert_eq!(usage.sends, counted(None), "step {step}");
+            for sender in [Some("a"), Some("b"), None] {
+                assert_eq!(
+                    usage
+                        .sender_sends
+                        .get(&sender.map(str::to_owned))
+                        .copied()
+                        .unwrap_or(0),
+                    counted(Some(sender)),
+                    "step {step}, sender {sender:?}"
+                );
+            }
+        }
     }
 
     #[test]

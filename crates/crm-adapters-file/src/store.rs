@@ -18,9 +18,9 @@ use crm_domain::page::Page;
 use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
-    AckRequest, Acker, CampaignQuery, CampaignStore, Created, DispatchDecision, Dispatcher,
-    DrainOutcome, DrainPlan, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage, FeedQuery,
-    FollowUpQuery, FollowUpStore, LaneState, LeasedItem, Leaser, NewOptOut, OptOutPage,
+    AckRequest, Acker, CampaignQuery, CampaignStore, Candidate, Created, DispatchDecision,
+    Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage,
+    FeedQuery, FollowUpQuery, FollowUpStore, LaneState, LeasedItem, Leaser, NewOptOut, OptOutPage,
     OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore, Retention, SendingFacts, Store,
     StoreError, TraceQuery, decide_acks, decide_claims,
 };
@@ -526,28 +526,23 @@ impl FollowUpStore for FileStore {
                     usage.insert(limited.tenant_id.clone(), answer);
                 }
             }
-            let caps = plan.caps(&usage);
+            let caps = plan.caps(&usage, limit);
             let depth = limit.saturating_mul(CLAIM_DEPTH);
-            let (deep, deep_limit) = plan.deep(&claims.tenants, depth);
-            let (candidates, examined) =
-                shared
-                    .state
-                    .candidates(now, &plan.open, &caps, depth, (&deep, deep_limit), |id| {
-                        shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
-                    });
-            let recipients: HashMap<_, _> = plan
-                .recipients_to_ask(&candidates)
-                .into_iter()
-                .map(|(tenant_id, phone)| {
-                    let answer = shared
-                        .state
-                        .ledger()
-                        .recipient(&tenant_id, &phone, plan.windows);
-                    ((tenant_id, phone), answer)
-                })
-                .collect();
-            let admitted: Vec<FollowUpId> = plan
-                .take(candidates, &usage, &recipients, &caps, limit)
+            let (mut candidates, mut examined) =
+                claimable(shared, now, &plan.open, &caps, depth, (&[], 0));
+            let recipients = recipient_usage(shared, &plan, &candidates);
+            let mut take = plan.take(candidates.clone(), &usage, &recipients, &caps, limit);
+            if let Some((deep, each)) = take.look_deeper {
+                candidates.retain(|c| !deep.contains(&c.tenant_id));
+                let lanes = plan.lanes_of(&deep);
+                let (more, looked) = claimable(shared, now, &lanes, &caps, depth, (&deep, each));
+                candidates.extend(more);
+                examined += looked;
+                let recipients = recipient_usage(shared, &plan, &candidates);
+                take = plan.take(candidates, &usage, &recipients, &caps, limit);
+            }
+            let admitted: Vec<FollowUpId> = take
+                .claim
                 .into_iter()
                 .map(|candidate| candidate.followup_id)
                 .collect();
@@ -699,6 +694,42 @@ pub const COUNT_DUE_CAP: usize = 10_000;
 /// How many times a batch a claim looks at, so that follow-ups the limits hold do not
 /// leave the batch empty while others wait behind them.
 const CLAIM_DEPTH: usize = 4;
+
+/// The due follow-ups of `lanes` a drain may claim (see `State::candidates`): none that
+/// another drain claimed or a change on its way to the journal touches.
+fn claimable(
+    shared: &Shared,
+    now: Timestamp,
+    lanes: &[crm_ports::Lane],
+    caps: &HashMap<TenantId, usize>,
+    depth: usize,
+    deep: (&[TenantId], usize),
+) -> (Vec<Candidate>, usize) {
+    shared
+        .state
+        .candidates(now, lanes, caps, depth, deep, |id| {
+            shared.claimed.contains(&id) || shared.is_pending(&Touch::FollowUp(id))
+        })
+}
+
+/// The ledger's answer for each recipient whose history the admission of `candidates`
+/// needs.
+fn recipient_usage(
+    shared: &mut Shared,
+    plan: &DrainPlan,
+    candidates: &[Candidate],
+) -> HashMap<(TenantId, String), crm_ports::RecipientUsage> {
+    plan.recipients_to_ask(candidates)
+        .into_iter()
+        .map(|(tenant_id, phone)| {
+            let answer = shared
+                .state
+                .ledger()
+                .recipient(&tenant_id, &phone, plan.windows);
+            ((tenant_id, phone), answer)
+        })
+        .collect()
+}
 
 fn stored_outbound(item: &OutboundItem, follow_up: &FollowUp) -> StoredOutbound {
     StoredOutbound {

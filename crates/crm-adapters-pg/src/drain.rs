@@ -51,25 +51,23 @@ pub(crate) async fn drain_due(
     // from this one (waiting would make every drain queue behind the limited tenants).
     let held = try_lock(&transaction, &plan).await?;
     let usage = ledger::tenant_usage(&transaction, &plan, &held).await?;
-    let caps = plan.caps(&usage);
-    // Tenants whose limits hold single follow-ups are looked into deeper, on their own.
-    let (deep, deep_limit) = plan.deep(&held, usize::try_from(depth).unwrap_or(usize::MAX));
-    let mut shallow_caps = caps.clone();
-    shallow_caps.extend(deep.iter().map(|tenant| (tenant.clone(), 0)));
-    let mut candidates = candidates(&transaction, &plan, &shallow_caps, now, depth).await?;
-    candidates.extend(deep_candidates(&transaction, &plan, &deep, deep_limit, now).await?);
-    let recipients =
+    let caps = plan.caps(&usage, usize::try_from(batch).unwrap_or(usize::MAX));
+    let mut candidates = candidates(&transaction, &plan, &caps, now, depth).await?;
+    let mut recipients =
         ledger::recipient_usage(&transaction, &plan, &plan.recipients_to_ask(&candidates)).await?;
-    let batch_size = usize::try_from(batch).unwrap_or(usize::MAX);
     // Somewhat more than the batch: rows another drain holds are skipped at the lock.
-    let admitted: Vec<Uuid> = plan
-        .take(
-            candidates,
-            &usage,
-            &recipients,
-            &caps,
-            batch_size.saturating_mul(CLAIM_DEPTH as usize),
-        )
+    let take_limit = usize::try_from(depth).unwrap_or(usize::MAX);
+    let mut take = plan.take(candidates.clone(), &usage, &recipients, &caps, take_limit);
+    if let Some((deep, each)) = take.look_deeper {
+        candidates.retain(|c| !deep.contains(&c.tenant_id));
+        candidates.extend(deep_candidates(&transaction, &plan, &deep, each, now).await?);
+        let mut unasked = plan.recipients_to_ask(&candidates);
+        unasked.retain(|key| !recipients.contains_key(key));
+        recipients.extend(ledger::recipient_usage(&transaction, &plan, &unasked).await?);
+        take = plan.take(candidates, &usage, &recipients, &caps, take_limit);
+    }
+    let admitted: Vec<Uuid> = take
+        .claim
         .into_iter()
         .map(|candidate| candidate.followup_id.as_uuid())
         .collect();

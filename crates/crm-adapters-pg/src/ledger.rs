@@ -1,11 +1,12 @@
 //! The ledger of sends in PostgreSQL: what a drain appends (`crm_send_ledger`, one row per
-//! follow-up marked sent), the running count of each tenant's distinct recipients of the
-//! day (`crm_send_budgets`), and the answers `crm_ports::drain` asks of them.
+//! follow-up marked sent), the running counts of each tenant's distinct recipients of the
+//! day (`crm_send_budgets`) and of its sends in the rate window per sender
+//! (`crm_send_windows`, `crm_send_rates`), and the answers `crm_ports::drain` asks of them.
 //!
 //! Every question is an index range bounded by a window or by the recipients asked
 //! about: no answer reads the day's sends one by one. Budgets are written only after the
 //! event lock (see `sql::RECORD_SENDS`, `sql::SETTLE_BUDGETS`), like campaign counts, so
-//! writers never wait on each other in turn. What the answers allow is the domain's.
+//! writers never wait on each other in turn; rates likewise (`sql::SETTLE_RATES`). What the answers allow is the domain's.
 
 use std::collections::HashMap;
 
@@ -39,10 +40,11 @@ pub(crate) async fn tenant_usage(
             .map(|l| l.tenant_id.as_str())
             .collect()
     };
+    let (_, horizon) = budget_bounds(plan);
     let sends = asking(|l| l.needs.sends);
     if !sends.is_empty() {
         let since = plan.windows.rate_start.as_datetime();
-        for row in query_rows(client, sql::TENANT_SENDS, &[&sends, &since]).await? {
+        for row in query_rows(client, sql::TENANT_SENDS, &[&sends, &since, &horizon]).await? {
             let tenant = tenant_of(row.try_get(0).map_err(unavailable)?)?;
             let sender: Option<String> = row.try_get(1).map_err(unavailable)?;
             let count = count_of(row.try_get(2).map_err(unavailable)?);
@@ -53,7 +55,7 @@ pub(crate) async fn tenant_usage(
     }
     let budgets = asking(|l| l.needs.recipients);
     if !budgets.is_empty() {
-        let (day_start, horizon) = budget_bounds(plan);
+        let day_start = plan.windows.day_start.as_datetime();
         for row in query_rows(client, sql::BUDGETS, &[&budgets, &day_start, &horizon]).await? {
             let tenant = tenant_of(row.try_get(0).map_err(unavailable)?)?;
             usage.entry(tenant).or_default().recipients =
@@ -126,21 +128,29 @@ pub(crate) async fn record(
     held: &[TenantId],
     sends: &[Send],
 ) -> Result<(), StoreError> {
-    let budgets: Vec<&str> = plan
-        .limited
-        .iter()
-        .filter(|l| l.needs.recipients && held.contains(&l.tenant_id))
-        .map(|l| l.tenant_id.as_str())
-        .collect();
+    let held_needing = |need: fn(&crm_ports::Limited) -> bool| -> Vec<&str> {
+        plan.limited
+            .iter()
+            .filter(|l| need(l) && held.contains(&l.tenant_id))
+            .map(|l| l.tenant_id.as_str())
+            .collect()
+    };
+    // Settled first, so that the sends below count against today's cutoff and this
+    // second's window.
+    let (day_start, horizon) = budget_bounds(plan);
+    let budgets = held_needing(|l| l.needs.recipients);
     if !budgets.is_empty() {
-        // Settled first, so that the sends below count against the cutoff of today.
-        let (day_start, horizon) = budget_bounds(plan);
         changed_rows_of(
             transaction,
             sql::SETTLE_BUDGETS,
             &[&budgets, &day_start, &horizon],
         )
         .await?;
+    }
+    let rates = held_needing(|l| l.needs.sends);
+    if !rates.is_empty() {
+        let since = plan.windows.rate_start.as_datetime();
+        changed_rows_of(transaction, sql::SETTLE_RATES, &[&rates, &since, &horizon]).await?;
     }
     if sends.is_empty() {
         return Ok(());

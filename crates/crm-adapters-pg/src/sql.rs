@@ -374,9 +374,50 @@ pub const COUNT_DUE: &str = concat!(
 pub const TRY_LOCK_TENANTS: &str = "SELECT t FROM unnest($1::text[]) AS t \
     WHERE pg_try_advisory_xact_lock(20261130, hashtext(current_schema() || ':' || t))";
 
-/// The ledger's sends of tenants `$1` after `$2`, per tenant and sender.
-pub const TENANT_SENDS: &str = "SELECT tenant_id, sender, count(*) FROM crm_send_ledger \
-    WHERE tenant_id = ANY($1) AND sent_at > $2 GROUP BY tenant_id, sender";
+/// The rate windows of tenants `$1` moved to `$2` (a second ago): each running count
+/// (`crm_send_rates`) less the sends between its window's start and `$2`; counted afresh
+/// from the ledger when the window is missing, starts after `$2` (another replica's clock)
+/// or before `$3` (what the ledger may have deleted). Per tenant and sender ('' for none).
+macro_rules! moved_rates {
+    () => {
+        "t AS (SELECT * FROM unnest($1::text[]) AS t(tenant_id)), \
+         w AS (SELECT w.tenant_id, w.since FROM crm_send_windows w JOIN t USING (tenant_id) \
+         WHERE w.since <= $2 AND w.since >= $3), \
+         counted AS (SELECT r.tenant_id, r.sender, r.sends FROM crm_send_rates r \
+         JOIN w USING (tenant_id) \
+         UNION ALL SELECT l.tenant_id, coalesce(l.sender, ''), -1 FROM w \
+         JOIN crm_send_ledger l ON l.tenant_id = w.tenant_id AND l.sent_at > w.since \
+         AND l.sent_at <= $2 \
+         UNION ALL SELECT l.tenant_id, coalesce(l.sender, ''), 1 FROM t \
+         JOIN crm_send_ledger l ON l.tenant_id = t.tenant_id AND l.sent_at > $2 \
+         WHERE t.tenant_id NOT IN (SELECT tenant_id FROM w)), \
+         rates AS (SELECT tenant_id COLLATE \"C\" AS tenant_id, sender COLLATE \"C\" AS sender, \
+         sum(sends)::bigint AS sends FROM counted GROUP BY 1, 2)"
+    };
+}
+
+/// The sends of tenants `$1` after `$2` (see `moved_rates!`), per tenant and sender, read
+/// only.
+pub const TENANT_SENDS: &str = concat!(
+    "WITH ",
+    moved_rates!(),
+    " SELECT tenant_id, nullif(sender, ''), sends FROM rates WHERE sends > 0"
+);
+
+/// Keeps the rate windows of tenants `$1` moved to `$2` (see `moved_rates!`); run after the
+/// event lock, like every write to a rate, so none is counted twice.
+pub const SETTLE_RATES: &str = concat!(
+    "WITH ",
+    moved_rates!(),
+    ", gone AS (DELETE FROM crm_send_rates r USING t WHERE r.tenant_id = t.tenant_id \
+     AND NOT EXISTS (SELECT 1 FROM rates x WHERE x.tenant_id = r.tenant_id \
+     AND x.sender = r.sender AND x.sends > 0)), \
+     kept AS (INSERT INTO crm_send_rates AS r (tenant_id, sender, sends) \
+     SELECT tenant_id, sender, sends FROM rates WHERE sends > 0 ORDER BY 1, 2 \
+     ON CONFLICT (tenant_id, sender) DO UPDATE SET sends = excluded.sends) \
+     INSERT INTO crm_send_windows AS w (tenant_id, since) SELECT tenant_id, $2 FROM t \
+     ORDER BY 1 ON CONFLICT (tenant_id) DO UPDATE SET since = excluded.since"
+);
 
 /// Each budget of tenants `$1` settled at `$2` (a day ago): the running count brought
 /// forward to recipients whose last send is after `$2`, taking off those whose last send
@@ -389,13 +430,14 @@ macro_rules! settled_budgets {
          old AS (SELECT b.* FROM crm_send_budgets b JOIN t USING (tenant_id)), \
          kept AS (SELECT o.tenant_id, o.cutoff, o.counted FROM old o WHERE o.cutoff >= $2), \
          moved AS (SELECT o.tenant_id, $2::timestamptz AS cutoff, greatest(0, o.counted - \
-         (SELECT count(DISTINCT l.phone_e164) FROM crm_send_ledger l \
+         (SELECT count(DISTINCT l.phone_e164 COLLATE \"C\") FROM crm_send_ledger l LEFT JOIN LATERAL \
+         (SELECT 1 AS seen FROM crm_send_ledger later WHERE later.tenant_id = l.tenant_id \
+         AND later.phone_e164 = l.phone_e164 AND later.sent_at > $2 LIMIT 1) again ON true \
          WHERE l.tenant_id = o.tenant_id AND l.sent_at > o.cutoff AND l.sent_at <= $2 \
-         AND NOT EXISTS (SELECT 1 FROM crm_send_ledger later WHERE later.tenant_id = o.tenant_id \
-         AND later.phone_e164 = l.phone_e164 AND later.sent_at > $2))) AS counted \
+         AND again.seen IS NULL)) AS counted \
          FROM old o WHERE o.cutoff < $2 AND o.cutoff >= $3), \
          counted AS (SELECT t.tenant_id, $2::timestamptz AS cutoff, \
-         (SELECT count(DISTINCT l.phone_e164) FROM crm_send_ledger l \
+         (SELECT count(DISTINCT l.phone_e164 COLLATE \"C\") FROM crm_send_ledger l \
          WHERE l.tenant_id = t.tenant_id AND l.sent_at > $2) AS counted FROM t \
          WHERE t.tenant_id NOT IN (SELECT tenant_id FROM kept UNION ALL SELECT tenant_id FROM moved)), \
          budgets AS (SELECT * FROM kept UNION ALL SELECT * FROM moved UNION ALL SELECT * FROM counted)"
@@ -421,29 +463,43 @@ pub const SETTLE_BUDGETS: &str = concat!(
 
 /// The ledger's history of recipients (`$1` tenants, `$2` phones) after `$3`: their last
 /// send and how many.
-pub const RECIPIENT_SENDS: &str = "SELECT l.tenant_id, l.phone_e164, max(l.sent_at), \
-    count(*) FROM crm_send_ledger l JOIN unnest($1::text[], $2::text[]) AS r(tenant_id, \
-    phone_e164) ON l.tenant_id = r.tenant_id AND l.phone_e164 = r.phone_e164 \
-    WHERE l.sent_at > $3 GROUP BY l.tenant_id, l.phone_e164";
+/// One index range per recipient (a lateral subquery), whatever the statistics say.
+pub const RECIPIENT_SENDS: &str = "SELECT r.tenant_id, r.phone_e164, h.last, h.sends \
+    FROM unnest($1::text[], $2::text[]) AS r(tenant_id, phone_e164) CROSS JOIN LATERAL \
+    (SELECT max(l.sent_at) AS last, count(*) AS sends FROM crm_send_ledger l \
+    WHERE l.tenant_id = r.tenant_id AND l.phone_e164 = r.phone_e164 AND l.sent_at > $3) h \
+    WHERE h.sends > 0";
 
 /// When the first recipient counted in tenant `$1`'s day (after `$2`) stops counting: the
-/// earliest of their last sends.
-pub const NEXT_RELEASE: &str = "SELECT min(last) FROM (SELECT max(sent_at) AS last \
-    FROM crm_send_ledger WHERE tenant_id = $1 AND sent_at > $2 GROUP BY phone_e164) r";
+/// earliest of their last sends, the first send of the day, in time order, that no later
+/// send to its recipient follows (most recipients get one message, so it is found after
+/// a few).
+pub const NEXT_RELEASE: &str = "SELECT l.sent_at FROM crm_send_ledger l LEFT JOIN LATERAL \
+    (SELECT 1 AS seen FROM crm_send_ledger later WHERE later.tenant_id = l.tenant_id \
+    AND later.phone_e164 = l.phone_e164 AND later.sent_at > l.sent_at LIMIT 1) again ON true \
+    WHERE l.tenant_id = $1 AND l.sent_at > $2 AND again.seen IS NULL \
+    ORDER BY l.sent_at LIMIT 1";
 
 /// Adds a drain's sends to the ledger (parallel arrays: tenant, sender, phone, sent_at,
-/// follow-up) and counts, in each tenant's budget, the recipients it newly counts: those
-/// with no send after its cutoff yet. Run after the event lock, as every drain does, so
-/// two drains never count one recipient twice.
+/// follow-up), counts, in each tenant's budget, the recipients it newly counts: those
+/// with no send after its cutoff yet (one index probe each), and adds them to each
+/// tenant's rate window they fall in. Run after the event lock, as
+/// every drain does, so two drains never count one recipient twice.
 pub const RECORD_SENDS: &str = "WITH sends AS (SELECT * FROM unnest($1::text[], $2::text[], \
     $3::text[], $4::timestamptz[], $5::uuid[]) AS s(tenant_id, sender, phone_e164, sent_at, \
     followup_id)), \
-    newly AS (SELECT s.tenant_id, count(DISTINCT s.phone_e164) AS n FROM sends s \
-    JOIN crm_send_budgets b ON b.tenant_id = s.tenant_id WHERE NOT EXISTS (SELECT 1 \
+    newly AS (SELECT s.tenant_id, count(DISTINCT s.phone_e164 COLLATE \"C\") AS n FROM sends s \
+    JOIN crm_send_budgets b ON b.tenant_id = s.tenant_id LEFT JOIN LATERAL (SELECT 1 AS seen \
     FROM crm_send_ledger l WHERE l.tenant_id = s.tenant_id AND l.phone_e164 = s.phone_e164 \
-    AND l.sent_at > b.cutoff) GROUP BY s.tenant_id), \
+    AND l.sent_at > b.cutoff LIMIT 1) earlier ON true WHERE earlier.seen IS NULL \
+    GROUP BY s.tenant_id), \
     bumped AS (UPDATE crm_send_budgets b SET counted = b.counted + newly.n FROM newly \
-    WHERE b.tenant_id = newly.tenant_id) \
+    WHERE b.tenant_id = newly.tenant_id), \
+    rated AS (INSERT INTO crm_send_rates AS r (tenant_id, sender, sends) \
+    SELECT s.tenant_id, coalesce(s.sender, ''), count(*) FROM sends s \
+    JOIN crm_send_windows w ON w.tenant_id = s.tenant_id AND s.sent_at > w.since \
+    GROUP BY 1, 2 ORDER BY 1, 2 \
+    ON CONFLICT (tenant_id, sender) DO UPDATE SET sends = r.sends + excluded.sends) \
     INSERT INTO crm_send_ledger (tenant_id, sender, phone_e164, sent_at, followup_id) \
     SELECT * FROM sends";
 

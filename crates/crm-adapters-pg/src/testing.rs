@@ -202,3 +202,73 @@ pub async fn list_plans(
     }
     plans
 }
+
+/// The plans (`EXPLAIN (ANALYZE, BUFFERS)`, JSON) of what a claim asks the ledger of `tenant` at
+/// `now` and writes to it, for `phones` (the recipients of its batch), and of the status
+/// route's `next_release_at`. The writes are rolled back.
+pub async fn ledger_plans(
+    options: &PgOptions,
+    tenant: &str,
+    phones: &[String],
+    now: time::OffsetDateTime,
+) -> Vec<(&'static str, serde_json::Value)> {
+    use crate::sql;
+    use tokio_postgres::types::ToSql;
+    let client = connect(options).await;
+    let second_ago = now - time::Duration::seconds(1);
+    let day_start = now - time::Duration::milliseconds(crm_domain::limits::DAY_MILLIS);
+    let horizon = now - time::Duration::milliseconds(crm_domain::limits::LEDGER_RETENTION_MILLIS);
+    let tenants = vec![tenant; phones.len()];
+    let senders: Vec<Option<&str>> = vec![Some("sender-0"); phones.len()];
+    let at = vec![now; phones.len()];
+    let ids: Vec<uuid::Uuid> = phones.iter().map(|_| uuid::Uuid::new_v4()).collect();
+    let one = vec![tenant];
+    let variants: [(&'static str, &'static str, Vec<&(dyn ToSql + Sync)>); 7] = [
+        (
+            "rate window",
+            sql::TENANT_SENDS,
+            vec![&one, &second_ago, &horizon],
+        ),
+        (
+            "rate window settled",
+            sql::SETTLE_RATES,
+            vec![&one, &second_ago, &horizon],
+        ),
+        (
+            "recipients of a batch",
+            sql::RECIPIENT_SENDS,
+            vec![&tenants, &phones, &day_start],
+        ),
+        (
+            "budget read",
+            sql::BUDGETS,
+            vec![&one, &day_start, &horizon],
+        ),
+        (
+            "budget settled",
+            sql::SETTLE_BUDGETS,
+            vec![&one, &day_start, &horizon],
+        ),
+        (
+            "sends recorded",
+            sql::RECORD_SENDS,
+            vec![&tenants, &senders, &phones, &at, &ids],
+        ),
+        ("next release", sql::NEXT_RELEASE, vec![&tenant, &day_start]),
+    ];
+    let mut plans = Vec::new();
+    for (name, query, params) in variants {
+        client.batch_execute("BEGIN").await.expect("a transaction");
+        let row = client
+            .query_one(
+                &format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}"),
+                &params,
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{name} explains: {error}"));
+        client.batch_execute("ROLLBACK").await.expect("a rollback");
+        let plan: serde_json::Value = row.get(0);
+        plans.push((name, plan[0]["Plan"].clone()));
+    }
+    plans
+}

@@ -20,7 +20,7 @@ const CONTRACTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contract
 
 /// Component name and contract file, written out here so that a renamed component or file
 /// fails this test rather than silently following the code.
-const COMPONENTS: [(&str, &str); 30] = [
+const COMPONENTS: [(&str, &str); 31] = [
     ("CampaignCreate", "campaign-create.request.schema.json"),
     (
         "CampaignStateUpdate",
@@ -69,10 +69,14 @@ const COMPONENTS: [(&str, &str); 30] = [
     ),
     ("OptOutList", "opt-out-list.response.schema.json"),
     ("OptOutRemoval", "opt-out-removal.response.schema.json"),
+    (
+        "SendingStatusResponse",
+        "sending-status.response.schema.json",
+    ),
 ];
 
 /// Every route of the service: method, path, operationId, and the error statuses it can give.
-const OPERATIONS: [(&str, &str, &str, &[u16]); 23] = [
+const OPERATIONS: [(&str, &str, &str, &[u16]); 24] = [
     (
         "post",
         "/v1/crm/campaigns",
@@ -182,6 +186,12 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 23] = [
         &[400, 401, 410, 500, 503],
     ),
     (
+        "get",
+        "/internal/tenants/{tenant_id}/sending-status",
+        "get_sending_status",
+        &[400, 401, 500, 503],
+    ),
+    (
         "delete",
         "/internal/tenants/{tenant_id}/sending-policy",
         "delete_sending_policy",
@@ -195,7 +205,7 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 23] = [
 
 /// The operations whose bodies are JSON contracts (not the one with no body, nor the
 /// operations endpoints).
-const CONTRACT_OPERATIONS: usize = 18;
+const CONTRACT_OPERATIONS: usize = 19;
 
 const HTTP_METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -361,6 +371,7 @@ fn followup_record() -> Value {
         "last_error_message": null,
         "metadata": {},
         "time_zone": null,
+        "sender": null,
         "delivery": null,
         "created_at": "2025-01-01T08:00:00.000Z",
         "updated_at": "2025-01-01T08:00:00.000Z"

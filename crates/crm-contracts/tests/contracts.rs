@@ -94,6 +94,7 @@ fn followup_record() -> Value {
         "last_error_message": "forced failure",
         "metadata": {"invoice": 42},
         "time_zone": "America/Sao_Paulo",
+        "sender": "5511900000001",
         "delivery": null,
         "created_at": "2025-01-01T08:00:00.000Z",
         "updated_at": "2025-01-01T09:00:01.250Z"

@@ -82,11 +82,21 @@ pub struct Candidate {
     pub phone_e164: String,
 }
 
-/// How many due follow-ups a drain looks at in all for the tenants whose limits hold
-/// single follow-ups (a sender's rate, a recipient's budget, interval or cap): past
-/// held ones, so that those behind them are not kept waiting by them. A tenant held by
-/// nothing but its rate needs no more than the batch: its rate holds all or nothing.
+/// How many due follow-ups a second look takes in all from the tenants whose limits held
+/// single follow-ups of the first (a sender's rate, a recipient's budget, interval or
+/// cap): past the held ones, so that those behind them are not kept waiting by them. A
+/// tenant held by nothing but its rate needs no second look: its rate holds all or
+/// nothing.
 pub const DEEP_LOOK: usize = 4_000;
+
+/// What a claim takes from the candidates of one look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    pub claim: Vec<Candidate>,
+    /// When the claim fell short because limits held single follow-ups: the tenants to
+    /// look deeper into, and how many due follow-ups of each.
+    pub look_deeper: Option<(Vec<TenantId>, usize)>,
+}
 
 impl Limited {
     /// Whether its limits can hold one due follow-up and let the next go.
@@ -110,19 +120,6 @@ impl DrainPlan {
         self.limited.iter().find(|l| &l.tenant_id == tenant_id)
     }
 
-    /// Of the limited tenants `held`, those a claim looks deep into (see `DEEP_LOOK`),
-    /// and how many due follow-ups of each it looks at: at least `depth`.
-    pub fn deep(&self, held: &[TenantId], depth: usize) -> (Vec<TenantId>, usize) {
-        let deep: Vec<TenantId> = self
-            .limited
-            .iter()
-            .filter(|l| held.contains(&l.tenant_id) && l.holds_singly())
-            .map(|l| l.tenant_id.clone())
-            .collect();
-        let each = (DEEP_LOOK / deep.len().max(1)).max(depth);
-        (deep, each)
-    }
-
     /// The open lanes of `tenants`.
     pub fn lanes_of(&self, tenants: &[TenantId]) -> Vec<Lane> {
         self.open
@@ -132,19 +129,26 @@ impl DrainPlan {
             .collect()
     }
 
-    /// How many follow-ups each limited tenant may still have claimed by its rate, given
-    /// the ledger's `usage` of the tenants this drain holds; a limited tenant without one
-    /// (another drain holds it) gets none. Tenants not limited take what comes.
-    pub fn caps(&self, usage: &HashMap<TenantId, TenantUsage>) -> HashMap<TenantId, usize> {
+    /// How many follow-ups each limited tenant may have claimed by this drain: what its
+    /// rate still allows, given the ledger's `usage` of the tenants this drain holds, and
+    /// no more than a `batch` (one drain at a time claims a limited tenant, so none of its
+    /// follow-ups is skipped at the lock); a limited tenant without `usage` (another drain
+    /// holds it) gets none. Tenants not limited take what comes.
+    pub fn caps(
+        &self,
+        usage: &HashMap<TenantId, TenantUsage>,
+        batch: usize,
+    ) -> HashMap<TenantId, usize> {
         self.limited
             .iter()
             .map(|limited| {
                 let cap = match (usage.get(&limited.tenant_id), limited.rate) {
                     (None, _) => 0,
-                    (Some(_), None) => usize::MAX,
+                    (Some(_), None) => batch,
                     (Some(usage), Some(rate)) => {
                         usize::try_from(u64::from(rate).saturating_sub(usage.sends))
                             .unwrap_or(usize::MAX)
+                            .min(batch)
                     }
                 };
                 (limited.tenant_id.clone(), cap)
@@ -171,6 +175,11 @@ impl DrainPlan {
     /// limits admit, each counted before the next of its tenant is looked at; then tenants
     /// in turn (see `in_turns`) within `caps`, at most `limit`. A limited tenant without
     /// `usage` (another drain holds it) gets none.
+    ///
+    /// A store looks at a few times the batch first; when the claim is short of `limit`
+    /// and limits held single follow-ups, it looks at the `look_deeper` tenants again,
+    /// `DEEP_LOOK` of them in all, and takes from that look instead. Work no limit holds
+    /// costs no second look.
     pub fn take(
         &self,
         candidates: Vec<Candidate>,
@@ -178,17 +187,53 @@ impl DrainPlan {
         recipients: &HashMap<(TenantId, String), RecipientUsage>,
         caps: &HashMap<TenantId, usize>,
         limit: usize,
-    ) -> Vec<Candidate> {
+    ) -> Take {
         let mut candidates = candidates;
         candidates.sort_by_key(|c| (c.schedule_at, c.followup_id));
+        let mut offered: HashMap<TenantId, usize> = HashMap::new();
+        for candidate in &candidates {
+            *offered.entry(candidate.tenant_id.clone()).or_default() += 1;
+        }
         let admitted = self.admit(candidates, usage, recipients);
-        in_turns(
+        let claim = in_turns(
             admitted,
             |c| &c.tenant_id,
             |c| (c.schedule_at, c.followup_id),
             caps,
             limit,
-        )
+        );
+        let look_deeper = if claim.len() < limit {
+            self.second_look(&claim, &offered, usage, caps, limit)
+        } else {
+            None
+        };
+        Take { claim, look_deeper }
+    }
+
+    /// The tenants of a short `claim` a second look goes deeper into: those this drain
+    /// holds whose limits hold single follow-ups and held some of the ones `offered`
+    /// (their rate did not cap them); and how many due follow-ups of each it looks at.
+    fn second_look(
+        &self,
+        claim: &[Candidate],
+        offered: &HashMap<TenantId, usize>,
+        usage: &HashMap<TenantId, TenantUsage>,
+        caps: &HashMap<TenantId, usize>,
+        limit: usize,
+    ) -> Option<(Vec<TenantId>, usize)> {
+        let deep: Vec<TenantId> = self
+            .limited
+            .iter()
+            .filter(|l| usage.contains_key(&l.tenant_id) && l.holds_singly())
+            .filter(|l| {
+                let taken = claim.iter().filter(|c| c.tenant_id == l.tenant_id).count();
+                let cap = caps.get(&l.tenant_id).copied().unwrap_or(usize::MAX);
+                taken < offered.get(&l.tenant_id).copied().unwrap_or(0) && taken < cap
+            })
+            .map(|l| l.tenant_id.clone())
+            .collect();
+        let each = (DEEP_LOOK / deep.len().max(1)).max(limit);
+        (!deep.is_empty()).then_some((deep, each))
     }
 
     /// The candidates that may go now, in the order given, each admitted against its

@@ -20,7 +20,7 @@ pub mod conformance;
 pub use drain::{
     Candidate, DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DrainStatus, DueEntry,
     DueFollowUp, HoldReason, Lane, LaneState, Limited, Planner, RecipientUsage, SendingFacts,
-    SkipReason, TenantUsage, UsageNeeds, Windows,
+    SkipReason, Take, TenantUsage, UsageNeeds, Windows,
 };
 pub use events::{
     EventEmitter, EventPage, FeedPage, FeedQuery, SCAN_BUDGET, Scan, TraceQuery, bounded_page,

@@ -11,11 +11,14 @@
 //!   follow-ups have been created, drained, acknowledged and passed retention;
 //! - `policy`: paced tenants beside an unlimited one, a small tenant behind a big one,
 //!   and the drain's latency with a million follow-ups held.
+//! - `limits`: the drain's rate with every limit of SPEC §10 set but none binding, beside
+//!   none set, and a drain's latency with a thousand and a million sends in the ledger.
 //!
 //! Every scenario prints `RESULT {json}` lines. Numbers come from this machine only;
 //! compare runs made on the same one.
 
 mod api;
+mod limits;
 mod pipeline;
 mod policy;
 mod table;
@@ -43,7 +46,10 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         "queue" => pipeline::queue(&flags).await,
         "footprint" => pipeline::footprint(&flags).await,
         "policy" => policy::policy(&flags).await,
-        other => bail!("unknown scenario {other:?} (table, api, feed, queue, footprint or policy)"),
+        "limits" => limits::limits(&flags).await,
+        other => bail!(
+            "unknown scenario {other:?} (table, api, feed, queue, footprint, policy or limits)"
+        ),
     }
 }
 
@@ -349,10 +355,16 @@ pub async fn create_with(
 
 /// Drains with four concurrent loops until nothing is due; returns how many were sent.
 pub async fn drain_all(base: &str) -> anyhow::Result<(u64, Duration)> {
+    drain_all_with(base, 4).await
+}
+
+/// Drains with `loops` concurrent loops (limit 100) until nothing is due; returns how
+/// many were sent and how long it took.
+pub async fn drain_all_with(base: &str, loops: usize) -> anyhow::Result<(u64, Duration)> {
     let client = reqwest::Client::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..loops {
         let (client, url) = (
             client.clone(),
             format!("{base}/internal/worker/crm-followups/drain"),

@@ -32,7 +32,7 @@ fn body(tenant: &'static str, campaign: Option<Uuid>) -> Body {
     })
 }
 
-async fn seed(base: &str, count: u64, body: Body) -> anyhow::Result<()> {
+pub(super) async fn seed(base: &str, count: u64, body: Body) -> anyhow::Result<()> {
     if count == 0 {
         return Ok(());
     }
@@ -41,7 +41,7 @@ async fn seed(base: &str, count: u64, body: Body) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+pub(super) async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let response = request.send().await?;
     let status = response.status();
     let body: Value = response.json().await?;
@@ -49,7 +49,7 @@ async fn send(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-async fn set_policy(base: &str, tenant: &str, policy: Value) -> anyhow::Result<()> {
+pub(super) async fn set_policy(base: &str, tenant: &str, policy: Value) -> anyhow::Result<()> {
     let url = format!("{base}/internal/tenants/{tenant}/sending-policy");
     send(reqwest::Client::new().put(url).json(&policy)).await?;
     Ok(())
