@@ -18,11 +18,11 @@ use crm_domain::page::Page;
 use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
-    AckRequest, Acker, CampaignQuery, CampaignStore, Candidate, Created, DispatchDecision,
-    Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, EventEmitter, EventPage, Expired, FeedPage,
-    FeedQuery, FollowUpQuery, FollowUpStore, LaneState, LeasedItem, Leaser, NewOptOut, OptOutPage,
-    OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore, Retention, SendingFacts, Store,
-    StoreError, TraceQuery, decide_acks, decide_claims,
+    AckRequest, Acker, CampaignQuery, CampaignStore, Candidate, CreateResult, Created,
+    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, EventEmitter, EventPage,
+    Expired, FeedPage, FeedQuery, FollowUpQuery, FollowUpStore, LaneState, LeasedItem, Leaser,
+    NewOptOut, OptOutPage, OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore,
+    Retention, Scheduled, SendingFacts, Store, StoreError, TraceQuery, decide_acks, decide_claims,
 };
 use serde_json::value::RawValue;
 
@@ -328,6 +328,48 @@ fn repeated<'a, T: Clone>(
     }
 }
 
+/// Decides creates one after the other as if each came alone: an item finds what the
+/// state holds and what the items before it create. Returns each item's answer and the
+/// change that stores the created ones.
+fn decide_creates(state: &State, items: &[Scheduled]) -> (Vec<CreateResult>, Change) {
+    let mut change = Change::default();
+    // The items created so far, by id and by tenant key.
+    let mut by_id: HashMap<FollowUpId, &FollowUp> = HashMap::new();
+    let mut by_key: HashMap<(&TenantId, &str), &FollowUp> = HashMap::new();
+    let results = items
+        .iter()
+        .map(|Scheduled { follow_up, events }| {
+            let id = follow_up.followup_id;
+            let found = repeated(
+                state
+                    .follow_up(id)
+                    .map(Arc::as_ref)
+                    .or_else(|| by_id.get(&id).copied()),
+                |found| &found.tenant_id,
+                &follow_up.tenant_id,
+                id.as_uuid(),
+                || {
+                    let key = follow_up.external_key.as_deref()?;
+                    state
+                        .follow_up_by_key(&follow_up.tenant_id, key)
+                        .or_else(|| by_key.get(&(&follow_up.tenant_id, key)).copied())
+                },
+            )?;
+            if let Some(found) = found {
+                return Ok(Created::Existing(found));
+            }
+            by_id.insert(id, follow_up);
+            if let Some(key) = &follow_up.external_key {
+                by_key.insert((&follow_up.tenant_id, key), follow_up);
+            }
+            change.follow_ups.push(follow_up.clone());
+            change.events.extend(stored_events(events));
+            Ok(Created::Created(follow_up.clone()))
+        })
+        .collect();
+    (results, change)
+}
+
 /// Follow-ups a drain has claimed; the claim ends when they are handed to a commit, or
 /// when this is dropped (a drain cut short: its client hung up).
 /// What a drain holds while it decides; given back if it ends before its commit (an
@@ -470,29 +512,42 @@ impl PolicyStore for FileStore {
 
 #[async_trait]
 impl FollowUpStore for FileStore {
-    async fn create_follow_up(
+    async fn create_follow_ups(
         &self,
-        follow_up: &FollowUp,
-        events: &[EventEnvelope],
-    ) -> Result<Created<FollowUp>, StoreError> {
-        let change = Change {
-            follow_ups: vec![follow_up.clone()],
-            events: stored_events(events),
-            ..Change::default()
-        };
-        self.create(follow_up, change, Touch::of_follow_up(follow_up), |state| {
-            repeated(
-                state.follow_up(follow_up.followup_id).map(Arc::as_ref),
-                |found| &found.tenant_id,
-                &follow_up.tenant_id,
-                follow_up.followup_id.as_uuid(),
-                || {
-                    let key = follow_up.external_key.as_deref()?;
-                    state.follow_up_by_key(&follow_up.tenant_id, key)
-                },
-            )
-        })
-        .await
+        items: &[Scheduled],
+    ) -> Result<Vec<CreateResult>, StoreError> {
+        let keys: Vec<Touch> = items
+            .iter()
+            .flat_map(|item| Touch::of_follow_up(&item.follow_up))
+            .collect();
+        loop {
+            let ticket = {
+                let mut shared = self.current();
+                match shared.conflict(&keys) {
+                    Some(conflict) => Err(conflict),
+                    None => {
+                        let (results, change) = decide_creates(&shared.state, items);
+                        if change.is_empty() {
+                            return Ok(results);
+                        }
+                        Ok((
+                            self.commit(&mut shared, change, keys.clone(), Claims::default())?,
+                            results,
+                        ))
+                    }
+                }
+            };
+            match ticket {
+                Ok((ticket, results)) => {
+                    self.durable(ticket).await?;
+                    return Ok(results);
+                }
+                // Decided either way, the other write changes what these find.
+                Err(conflict) => {
+                    let _ = self.durable(conflict).await;
+                }
+            }
+        }
     }
 
     async fn list_follow_ups(&self, query: &FollowUpQuery) -> Result<Page<FollowUp>, StoreError> {

@@ -28,12 +28,14 @@ use crate::sql;
 use crate::store::{bounded, unavailable};
 use crate::write::EventColumns;
 
-/// The most creates one statement carries.
-const MAX_BATCH: usize = 256;
+/// The most creates one statement carries: a bulk create of the most items the API
+/// takes at once goes in one statement when it comes alone.
+pub(crate) const MAX_BATCH: usize = 1_000;
 
-/// The most creates that may wait for a batch; past it a create is refused at once
-/// (`503`) rather than queued behind a database that is not keeping up.
-pub(crate) const MAX_WAITING: usize = 4_096;
+/// The most creates that may wait for a batch (a few bulk creates' worth); past it a
+/// create is refused at once (`503`) rather than queued behind a database that is not
+/// keeping up.
+pub(crate) const MAX_WAITING: usize = 16_384;
 
 /// One create waiting for its batch; the answer is whether its row went in.
 pub(crate) struct CreateJob {

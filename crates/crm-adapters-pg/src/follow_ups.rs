@@ -12,8 +12,8 @@ use crm_domain::ids::{FollowUpId, TenantId};
 use crm_domain::page::{Cursor, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
-    Created, Dispatcher, DrainOutcome, DrainPlan, FollowUpQuery, FollowUpStore, Planner,
-    SendingFacts, StoreError,
+    CreateResult, Created, Dispatcher, DrainOutcome, DrainPlan, FollowUpQuery, FollowUpStore,
+    Planner, Scheduled, SendingFacts, StoreError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -31,45 +31,84 @@ use crate::write::EventColumns;
 
 #[async_trait]
 impl FollowUpStore for PgStore {
-    async fn create_follow_up(
+    async fn create_follow_ups(
         &self,
-        follow_up: &FollowUp,
-        events: &[EventEnvelope],
-    ) -> Result<Created<FollowUp>, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || unavailable("the create batcher stopped");
-        self.creates()
-            .try_send(CreateJob {
-                follow_up: follow_up.clone(),
-                events: events.to_vec(),
-                reply,
-            })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => unavailable(format!(
-                    "{} creates are already waiting for the database",
-                    batch::MAX_WAITING
-                )),
-                mpsc::error::TrySendError::Closed(_) => stopped(),
-            })?;
-        // The batch before this one may still be committing: two bounds at most.
-        let inserted = tokio::time::timeout(self.timeout() * 2, answer)
-            .await
-            .map_err(|_| self.timed_out())?
-            .map_err(|_| stopped())??;
-        if inserted {
-            return Ok(Created::Created(follow_up.clone()));
+        items: &[Scheduled],
+    ) -> Result<Vec<CreateResult>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
+        let stopped = || unavailable("the create batcher stopped");
+        // Room for every item at once, or none: a create is never half queued.
+        let permits =
+            self.creates()
+                .try_reserve_many(items.len())
+                .map_err(|error| match error {
+                    mpsc::error::TrySendError::Full(()) => unavailable(format!(
+                        "{} creates are already waiting for the database",
+                        batch::MAX_WAITING
+                    )),
+                    mpsc::error::TrySendError::Closed(()) => stopped(),
+                })?;
+        let answers: Vec<_> = permits
+            .zip(items)
+            .map(|(permit, item)| {
+                let (reply, answer) = oneshot::channel();
+                permit.send(CreateJob {
+                    follow_up: item.follow_up.clone(),
+                    events: item.events.clone(),
+                    reply,
+                });
+                answer
+            })
+            .collect();
+        // The batch before these may still be committing, and these may take more than
+        // one statement: a bound for each, and one more.
+        let statements = items.len().div_ceil(batch::MAX_BATCH) + 1;
+        let bound = self.timeout() * u32::try_from(statements).unwrap_or(u32::MAX);
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut inserted = Vec::with_capacity(items.len());
+        for answer in answers {
+            let went_in = tokio::time::timeout_at(deadline, answer)
+                .await
+                .map_err(|_| self.timed_out())?
+                .map_err(|_| stopped())??;
+            inserted.push(went_in);
+        }
+        if inserted.iter().all(|&went_in| went_in) {
+            return Ok(items
+                .iter()
+                .map(|item| Ok(Created::Created(item.follow_up.clone())))
+                .collect());
+        }
+        // What holds the id or key of each row that did not go in: an earlier create,
+        // perhaps an item before it in `items`.
         let lookup = Lookup {
             by_id: sql::SELECT_FOLLOW_UP_BY_ID,
             by_key: sql::SELECT_FOLLOW_UP_BY_KEY,
             map: rows::follow_up,
             tenant_of: |found: &FollowUp| &found.tenant_id,
         };
-        let id = follow_up.followup_id.as_uuid();
         self.call(async |client| {
-            lookup
-                .repeated(&*client, id, &follow_up.tenant_id, &follow_up.external_key)
-                .await
+            let mut results = Vec::with_capacity(items.len());
+            for (item, went_in) in items.iter().zip(&inserted) {
+                let follow_up = &item.follow_up;
+                if *went_in {
+                    results.push(Ok(Created::Created(follow_up.clone())));
+                    continue;
+                }
+                let id = follow_up.followup_id.as_uuid();
+                match lookup
+                    .repeated(&*client, id, &follow_up.tenant_id, &follow_up.external_key)
+                    .await
+                {
+                    Err(StoreError::Unavailable(error)) => {
+                        return Err(StoreError::Unavailable(error));
+                    }
+                    other => results.push(other),
+                }
+            }
+            Ok(results)
         })
         .await
     }

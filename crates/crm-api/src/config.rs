@@ -99,6 +99,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "CRM_BODY_LIMIT", default_value_t = 65_536)]
     pub body_limit: usize,
 
+    /// Largest accepted body of a bulk create (POST /v1/crm/followups/batch), in bytes.
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_BATCH_BODY_LIMIT",
+        default_value_t = 4_194_304
+    )]
+    pub batch_body_limit: usize,
+
     /// Drain due follow-ups every N milliseconds in this process (0: off).
     #[arg(
         long,
@@ -276,6 +285,7 @@ pub struct Settings {
     pub bind: String,
     pub store: StoreKind,
     pub body_limit: usize,
+    pub batch_body_limit: usize,
     /// `None`: the built-in workflows file.
     pub workflows: Option<PathBuf>,
     pub api_token: Option<Secret>,
@@ -297,6 +307,7 @@ impl Settings {
             bind: "127.0.0.1:0".to_owned(),
             store,
             body_limit: 65_536,
+            batch_body_limit: 4_194_304,
             workflows: None,
             api_token: None,
             internal_token: None,
@@ -315,8 +326,8 @@ impl Settings {
 pub enum ConfigError {
     #[error("--backend postgres needs --database-url (or CRM_DATABASE_URL / DATABASE_URL)")]
     MissingDatabaseUrl,
-    #[error("--body-limit must be at least 1 byte")]
-    ZeroBodyLimit,
+    #[error("{0} must be at least 1 byte")]
+    ZeroBodyLimit(&'static str),
     #[error("{0} is empty; give a token or leave it unset")]
     EmptyToken(&'static str),
     #[error("--retention-hours must be a number of hours above zero, not {0}")]
@@ -347,8 +358,13 @@ impl Cli {
                 startup_wait: Duration::from_millis(self.pg_startup_wait_ms),
             }),
         };
-        if self.body_limit == 0 {
-            return Err(ConfigError::ZeroBodyLimit);
+        for (flag, bytes) in [
+            ("--body-limit", self.body_limit),
+            ("--batch-body-limit", self.batch_body_limit),
+        ] {
+            if bytes == 0 {
+                return Err(ConfigError::ZeroBodyLimit(flag));
+            }
         }
         let retention = Duration::try_from_secs_f64(self.retention_hours * 3600.0)
             .ok()
@@ -377,6 +393,7 @@ impl Cli {
             bind: self.bind,
             store,
             body_limit: self.body_limit,
+            batch_body_limit: self.batch_body_limit,
             workflows: self.workflows,
             api_token: self.api_token,
             internal_token: self.internal_token,

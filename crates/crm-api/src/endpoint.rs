@@ -49,8 +49,36 @@ pub enum Schema {
     NoBody,
 }
 
+/// Which configured limit a request body is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodySize {
+    /// `--body-limit`, 64 KiB by default.
+    #[default]
+    Standard,
+    /// `--batch-body-limit`, 4 MiB by default: a bulk create.
+    Batch,
+}
+
+impl BodySize {
+    /// The `413` of a body over this limit.
+    fn too_large(self) -> Failure {
+        match self {
+            BodySize::Standard => {
+                Failure::new(Code::PayloadTooLarge, Code::PayloadTooLarge.meaning())
+            }
+            BodySize::Batch => Failure {
+                code: Code::PayloadTooLarge,
+                when: "the body is over the configured limit of this route \
+                    (`--batch-body-limit`, 4 MiB by default)",
+                details: Some(|| serde_json::json!({"limit_bytes": 4_194_304})),
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Body {
+    pub size: BodySize,
     pub contract: Contract,
     pub required: bool,
     pub description: &'static str,
@@ -185,7 +213,7 @@ impl Endpoint {
                 details: failure.details,
             })
             .collect();
-        if self.body.is_some() {
+        if let Some(body) = &self.body {
             failures.insert(
                 0,
                 Failure::new(Code::InvalidJson, Code::InvalidJson.meaning()),
@@ -202,10 +230,7 @@ impl Endpoint {
                 Code::RequestTimeout,
                 Code::RequestTimeout.meaning(),
             ));
-            failures.push(Failure::new(
-                Code::PayloadTooLarge,
-                Code::PayloadTooLarge.meaning(),
-            ));
+            failures.push(body.size.too_large());
         }
         failures.push(query_violation(
             "the query string names a parameter this route does not declare, or a query or \

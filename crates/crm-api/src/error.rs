@@ -229,6 +229,35 @@ impl ApiError {
         Self::invalid_query(parameter, message)
     }
 
+    /// The same error with each violation's pointer under `from` moved under `to`: an
+    /// item of a bulk request judged as if it were the body of a single one.
+    pub fn rebased(self, from: &str, to: &str) -> Self {
+        match self {
+            Self::Validation(violations) => Self::Validation(
+                violations
+                    .into_iter()
+                    .map(|violation| match violation.pointer.strip_prefix(from) {
+                        Some(rest) if rest.is_empty() || rest.starts_with('/') => Violation {
+                            pointer: format!("{to}{rest}"),
+                            message: violation.message,
+                        },
+                        _ => violation,
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    /// The body of this error's reply: its word, and its details when it has some.
+    pub fn body(&self) -> Value {
+        let mut body = json!({ "error": self.code().word() });
+        if let Some(details) = self.details() {
+            body["details"] = details;
+        }
+        body
+    }
+
     /// One violation of the body contract found after schema validation (a value the
     /// schema accepts but the service cannot represent).
     pub fn violation(pointer: &str, message: impl Into<String>) -> Self {
@@ -275,11 +304,7 @@ impl ResponseError for ApiError {
         if let Self::StorageUnavailable(source) | Self::Internal(source) = self {
             tracing::error!(error = %ErrorChain(source), code = code.word(), "request failed");
         }
-        let mut body = json!({ "error": code.word() });
-        if let Some(details) = self.details() {
-            body["details"] = details;
-        }
-        HttpResponse::build(code.status()).json(body)
+        HttpResponse::build(code.status()).json(self.body())
     }
 }
 

@@ -2,24 +2,37 @@
 //! and query strings as name/value pairs.
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use crm_contracts::{Contract, Contracts};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::endpoint::BodySize;
 use crate::error::ApiError;
 use crate::json::{self, JsonError};
 
-/// The largest body a route accepts (`--body-limit`), and how long a client may take to
-/// send it (`--request-timeout-ms`).
+/// The largest body a route accepts (`--body-limit`, and `--batch-body-limit` for the
+/// routes that declare `BodySize::Batch`), and how long a client may take to send it
+/// (`--request-timeout-ms`).
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit {
     pub bytes: usize,
+    pub batch_bytes: usize,
     pub timeout: std::time::Duration,
 }
 
-/// A request body read up to the configured limit. Bodies over it are refused as soon
-/// as the limit is passed, without buffering the rest.
+impl BodyLimit {
+    fn of(&self, size: BodySize) -> usize {
+        match size {
+            BodySize::Standard => self.bytes,
+            BodySize::Batch => self.batch_bytes,
+        }
+    }
+}
+
+/// A request body read up to the limit its endpoint declares (`routes::admit` marks the
+/// request with it). Bodies over it are refused as soon as the limit is passed, without
+/// buffering the rest.
 pub struct RawBody(pub web::Bytes);
 
 impl FromRequest for RawBody {
@@ -27,10 +40,15 @@ impl FromRequest for RawBody {
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let size = request
+            .extensions()
+            .get::<BodySize>()
+            .copied()
+            .unwrap_or_default();
         let (limit, timeout) = request
             .app_data::<web::Data<BodyLimit>>()
             .map_or((65_536, std::time::Duration::from_secs(10)), |limit| {
-                (limit.bytes, limit.timeout)
+                (limit.of(size), limit.timeout)
             });
         let json_or_none = request
             .headers()
@@ -87,8 +105,15 @@ pub fn contract_body<T: DeserializeOwned>(
     body: &[u8],
     empty: Option<Value>,
 ) -> Result<T, ApiError> {
-    let json: Value = match (body.iter().all(u8::is_ascii_whitespace), empty) {
-        (true, Some(default)) => default,
+    let json = json_body(body, empty)?;
+    judge(contracts, contract, json, "")
+}
+
+/// Parses a body as JSON, strictly (no repeated keys, no numbers past what the service
+/// can hold). `empty` is the document an empty body stands for, if one is allowed.
+pub fn json_body(body: &[u8], empty: Option<Value>) -> Result<Value, ApiError> {
+    match (body.iter().all(u8::is_ascii_whitespace), empty) {
+        (true, Some(default)) => Ok(default),
         _ => json::parse(body).map_err(|error| match error {
             JsonError::Syntax(_) | JsonError::DuplicateKey { .. } => {
                 ApiError::InvalidJson(error.to_string())
@@ -96,19 +121,35 @@ pub fn contract_body<T: DeserializeOwned>(
             JsonError::NumberOutOfRange { ref pointer, .. } => {
                 ApiError::violation(pointer, error.to_string())
             }
-        })?,
-    };
+        }),
+    }
+}
+
+/// Checks a document against `contract` and deserializes it. `at` is the document's own
+/// pointer in the body (`""` for the body itself), which every violation starts with.
+pub fn judge<T: DeserializeOwned>(
+    contracts: &Contracts,
+    contract: Contract,
+    json: Value,
+    at: &str,
+) -> Result<T, ApiError> {
     contracts
         .validate(contract, &json)
-        .map_err(ApiError::Validation)?;
-    if let Some(pointer) = nul_character(&json, String::new()) {
+        .map_err(|violations| ApiError::Validation(violations).rebased("", at))?;
+    typed(json, at)
+}
+
+/// Deserializes a document its contract has passed, refusing text with a NUL character
+/// (which PostgreSQL cannot store). `at` as in `judge`.
+pub fn typed<T: DeserializeOwned>(json: Value, at: &str) -> Result<T, ApiError> {
+    if let Some(pointer) = nul_character(&json, at.to_owned()) {
         return Err(ApiError::violation(
             &pointer,
             "text must not contain the U+0000 character",
         ));
     }
     // The contract is stricter than the types, so a document that passed it always fits.
-    serde_json::from_value(json).map_err(|error| ApiError::violation("", error.to_string()))
+    serde_json::from_value(json).map_err(|error| ApiError::violation(at, error.to_string()))
 }
 
 /// Reads a number the contract has already proven to be a whole number, in any of the

@@ -74,6 +74,7 @@ impl Application {
         let shared = web::Data::new(crm.clone());
         let body_limit = web::Data::new(BodyLimit {
             bytes: settings.body_limit,
+            batch_bytes: settings.batch_body_limit,
             timeout: settings.request_timeout,
         });
         let tokens = web::Data::new(Tokens {
@@ -191,6 +192,7 @@ fn log_start(settings: &Settings, address: &str) {
         api_token = settings.api_token.is_some(),
         internal_token = settings.internal_token.is_some(),
         body_limit = settings.body_limit,
+        batch_body_limit = settings.batch_body_limit,
         request_timeout_ms = settings.request_timeout.as_millis() as u64,
         default_send_rate = settings.default_send_rate,
         worker_interval_ms = settings

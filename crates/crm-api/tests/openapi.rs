@@ -20,7 +20,7 @@ const CONTRACTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contract
 
 /// Component name and contract file, written out here so that a renamed component or file
 /// fails this test rather than silently following the code.
-const COMPONENTS: [(&str, &str); 31] = [
+const COMPONENTS: [(&str, &str); 34] = [
     ("CampaignCreate", "campaign-create.request.schema.json"),
     (
         "CampaignStateUpdate",
@@ -33,6 +33,12 @@ const COMPONENTS: [(&str, &str); 31] = [
     ),
     ("CampaignList", "campaign-list.response.schema.json"),
     ("FollowUpCreate", "followup-create.request.schema.json"),
+    ("FollowUpFields", "followup.fields.schema.json"),
+    ("FollowUpBatchRequest", "followup-batch.request.schema.json"),
+    (
+        "FollowUpBatchResponse",
+        "followup-batch.response.schema.json",
+    ),
     ("FollowUpRecord", "followup.record.schema.json"),
     (
         "FollowUpCommandResponse",
@@ -76,7 +82,7 @@ const COMPONENTS: [(&str, &str); 31] = [
 ];
 
 /// Every route of the service: method, path, operationId, and the error statuses it can give.
-const OPERATIONS: [(&str, &str, &str, &[u16]); 24] = [
+const OPERATIONS: [(&str, &str, &str, &[u16]); 25] = [
     (
         "post",
         "/v1/crm/campaigns",
@@ -100,6 +106,12 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 24] = [
         "/v1/crm/followups",
         "create_follow_up",
         &[400, 401, 408, 409, 413, 500, 503],
+    ),
+    (
+        "post",
+        "/v1/crm/followups/batch",
+        "create_follow_ups",
+        &[400, 401, 408, 413, 500, 503],
     ),
     (
         "get",
@@ -205,7 +217,7 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 24] = [
 
 /// The operations whose bodies are JSON contracts (not the one with no body, nor the
 /// operations endpoints).
-const CONTRACT_OPERATIONS: usize = 19;
+const CONTRACT_OPERATIONS: usize = 20;
 
 const HTTP_METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -599,6 +611,7 @@ fn every_request_body_and_200_body_of_the_json_endpoints_references_a_component(
         "create_campaign",
         "advance_campaign",
         "create_follow_up",
+        "create_follow_ups",
         "cancel_follow_up",
         "add_opt_out",
         "put_sending_policy",

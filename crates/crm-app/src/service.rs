@@ -1,5 +1,6 @@
 //! Create, transition, schedule, list and trace.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crm_contracts::{Contract, Contracts};
@@ -12,8 +13,8 @@ use crm_domain::page::{MAX_LIMIT, Page};
 use crm_domain::timestamp::Timestamp;
 use crm_domain::workflow::Workflow;
 use crm_ports::{
-    CampaignQuery, Created, EventPage, FeedPage, FeedQuery, FollowUpQuery, Store, StoreError,
-    TraceQuery,
+    CampaignQuery, Created, EventPage, FeedPage, FeedQuery, FollowUpQuery, Scheduled, Store,
+    StoreError, TraceQuery,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -262,22 +263,92 @@ impl Crm {
         }))
     }
 
-    #[tracing::instrument(name = "schedule_follow_up", skip_all, fields(tenant_id = %command.tenant_id))]
+    /// Schedules one follow-up: `schedule_follow_ups` of one.
     pub async fn schedule_follow_up(
         &self,
         command: ScheduleFollowUp,
     ) -> Result<Outcome<FollowUp>, AppError> {
+        let mut outcomes = self.schedule_follow_ups(vec![command]).await?;
+        outcomes.pop().unwrap_or_else(|| {
+            Err(AppError::Unavailable(StoreError::unavailable(
+                "no outcome for the follow-up",
+            )))
+        })
+    }
+
+    /// Schedules follow-ups, each exactly as if it came alone and in this order: the same
+    /// checks, record and event, idempotent the same way. One that fails a check is that
+    /// command's error and stops none of the others; every one created is durable when
+    /// this returns. Returns one outcome per command, in order.
+    ///
+    /// # Errors
+    /// `Unavailable`: the outcome of every command is unknown, and scheduling them again
+    /// is safe.
+    #[tracing::instrument(name = "schedule_follow_ups", skip_all, fields(count = commands.len()))]
+    pub async fn schedule_follow_ups(
+        &self,
+        commands: Vec<ScheduleFollowUp>,
+    ) -> Result<Vec<Result<Outcome<FollowUp>, AppError>>, AppError> {
+        let now = now();
+        let mut campaigns = KnownCampaigns::default();
+        let mut checked = Vec::with_capacity(commands.len());
+        for command in commands {
+            match self.prepare_follow_up(command, now, &mut campaigns).await {
+                Err(error @ (AppError::Unavailable(_) | AppError::Internal { .. })) => {
+                    return Err(error);
+                }
+                other => checked.push(other),
+            }
+        }
+        // The ones that passed go to the store together; each keeps its place.
+        let mut items = Vec::with_capacity(checked.len());
+        let checked: Vec<Result<&'static str, AppError>> = checked
+            .into_iter()
+            .map(|item| {
+                item.map(|(item, event_name)| {
+                    items.push(item);
+                    event_name
+                })
+            })
+            .collect();
+        let mut stored = self.store.create_follow_ups(&items).await?.into_iter();
+        let outcomes: Vec<Result<Outcome<FollowUp>, AppError>> = checked
+            .into_iter()
+            .map(|event_name| {
+                let event_name = event_name?;
+                let created = stored.next().unwrap_or_else(|| {
+                    Err(StoreError::unavailable("the store answered fewer items"))
+                })?;
+                // An idempotent repeat answers with the stored follow-up's own
+                // correlation, the one its events are traced under.
+                let correlation_id = created.record().correlation_id;
+                Ok(created_outcome(created, correlation_id, event_name))
+            })
+            .collect();
+        let created = outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, Ok(o) if o.status == CommandStatus::Created))
+            .count();
+        metrics::counter!(names::FOLLOW_UPS_SCHEDULED).increment(created as u64);
+        Ok(outcomes)
+    }
+
+    /// Checks one command and builds its record and event; the campaigns it names are
+    /// looked up once per call of `schedule_follow_ups`.
+    async fn prepare_follow_up(
+        &self,
+        command: ScheduleFollowUp,
+        now: Timestamp,
+        campaigns: &mut KnownCampaigns,
+    ) -> Result<(Scheduled, &'static str), AppError> {
         metadata::check(&command.metadata).map_err(|error| AppError::MetadataTooLarge {
             of: MetadataOf::FollowUp,
             error,
         })?;
         if let Some(campaign_id) = command.campaign_id {
-            // Campaigns are never deleted, so a campaign seen here still exists when the
-            // follow-up is written.
-            self.store
-                .campaign(&command.tenant_id, campaign_id)
-                .await?
-                .ok_or(AppError::CampaignNotFound)?;
+            campaigns
+                .check(&*self.store, &command.tenant_id, campaign_id)
+                .await?;
         }
         let correlation_id = command.correlation_id.unwrap_or_else(new_correlation_id);
         let new = NewFollowUp {
@@ -302,23 +373,9 @@ impl Crm {
             time_zone: command.time_zone,
             sender: command.sender,
         };
-        let now = now();
         let (follow_up, event) = FollowUp::schedule(new, now);
-        let events = [self.envelope(
-            &event,
-            &follow_up.tenant_id,
-            correlation_id,
-            &follow_up.trace_id,
-            now,
-        )?];
-        let created = self.store.create_follow_up(&follow_up, &events).await?;
-        if let Created::Created(_) = created {
-            metrics::counter!(names::FOLLOW_UPS_SCHEDULED).increment(1);
-        }
-        // An idempotent repeat answers with the stored follow-up's own correlation, the
-        // one its events are traced under.
-        let correlation_id = created.record().correlation_id;
-        Ok(created_outcome(created, correlation_id, event.name()))
+        let events = vec![self.follow_up_envelope(&follow_up, &event, now)?];
+        Ok((Scheduled { follow_up, events }, event.name()))
     }
 
     /// One page; a limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
@@ -433,6 +490,36 @@ impl Crm {
                 violations,
             })?;
         Ok(envelope)
+    }
+}
+
+/// Whether the campaigns named by the commands of one call belong to their tenants,
+/// each looked up once. Campaigns are never deleted, so one seen here still exists when
+/// the follow-ups naming it are written.
+#[derive(Default)]
+struct KnownCampaigns(HashMap<(TenantId, CampaignId), bool>);
+
+impl KnownCampaigns {
+    async fn check(
+        &mut self,
+        store: &dyn Store,
+        tenant_id: &TenantId,
+        campaign_id: CampaignId,
+    ) -> Result<(), AppError> {
+        let key = (tenant_id.clone(), campaign_id);
+        let found = match self.0.get(&key) {
+            Some(&found) => found,
+            None => {
+                let found = store.campaign(tenant_id, campaign_id).await?.is_some();
+                self.0.insert(key, found);
+                found
+            }
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(AppError::CampaignNotFound)
+        }
     }
 }
 

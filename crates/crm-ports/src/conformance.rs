@@ -30,7 +30,8 @@ use crate::drain::{
 use crate::events::{FeedQuery, TraceQuery};
 use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser};
 use crate::store::{
-    CampaignQuery, Created, FollowUpQuery, NewOptOut, OptOutQuery, Retention, Store, StoreError,
+    CampaignQuery, CreateResult, Created, FollowUpQuery, NewOptOut, OptOutQuery, Retention,
+    Scheduled, Store, StoreError,
 };
 
 type Check = for<'a> fn(&'a dyn Store) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -55,6 +56,8 @@ suite!(
     campaigns_filter_by_state,
     a_repeated_follow_up_is_existing_by_id_and_by_external_key,
     a_follow_up_id_of_another_tenant_is_an_id_conflict,
+    created_together_follow_ups_are_each_what_a_create_alone_would_be,
+    follow_ups_created_together_are_all_stored_with_their_events_and_counts,
     follow_ups_list_per_tenant_and_filter_by_status_and_campaign,
     follow_ups_page_through_many_records,
     drain_claims_due_follow_ups_oldest_schedule_first,
@@ -682,6 +685,158 @@ pub async fn a_follow_up_id_of_another_tenant_is_an_id_conflict(store: &dyn Stor
         "{outcome:?}"
     );
     assert!(all_follow_ups(store, &tenant("tenant_b")).await.is_empty());
+}
+
+pub async fn created_together_follow_ups_are_each_what_a_create_alone_would_be(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let stored_before = schedule(store, &tenant_id, None, at(0)).await;
+    let foreign = schedule(store, &tenant("tenant_b"), None, at(0)).await;
+    let item = |key: Option<&str>| {
+        let (follow_up, events) = new_follow_up(&tenant_id, None, key, at(0), at(1));
+        Scheduled { follow_up, events }
+    };
+    let first = item(Some("batch-key"));
+    let mut same_id = item(None);
+    same_id.follow_up.followup_id = first.follow_up.followup_id;
+    let same_key = item(Some("batch-key"));
+    let mut repeat = item(None);
+    repeat.follow_up.followup_id = stored_before.followup_id;
+    let mut intruder = item(None);
+    intruder.follow_up.followup_id = foreign.followup_id;
+    let last = item(None);
+    let items = [
+        first.clone(),
+        same_id.clone(),
+        same_key.clone(),
+        repeat.clone(),
+        intruder.clone(),
+        last.clone(),
+    ];
+
+    let results = store.create_follow_ups(&items).await.unwrap();
+
+    assert_eq!(results.len(), items.len());
+    assert_eq!(
+        results[0].as_ref().ok(),
+        Some(&Created::Created(first.follow_up.clone()))
+    );
+    assert_eq!(
+        results[1].as_ref().ok(),
+        Some(&Created::Existing(first.follow_up.clone()))
+    );
+    assert_eq!(
+        results[2].as_ref().ok(),
+        Some(&Created::Existing(first.follow_up.clone()))
+    );
+    assert_eq!(
+        results[3].as_ref().ok(),
+        Some(&Created::Existing(stored_before.clone()))
+    );
+    assert!(
+        matches!(results[4], Err(StoreError::IdConflict { .. })),
+        "{:?}",
+        results[4]
+    );
+    assert_eq!(
+        results[5].as_ref().ok(),
+        Some(&Created::Created(last.follow_up.clone()))
+    );
+    let mut stored = all_follow_ups(store, &tenant_id).await;
+    stored.sort_by_key(|f| f.followup_id.as_uuid());
+    let mut expected = vec![
+        stored_before,
+        first.follow_up.clone(),
+        last.follow_up.clone(),
+    ];
+    expected.sort_by_key(|f| f.followup_id.as_uuid());
+    assert_eq!(stored, expected);
+    for repeated in [&same_id, &same_key, &repeat, &intruder] {
+        assert!(
+            events_of(store, repeated.events[0].correlation_id)
+                .await
+                .is_empty(),
+            "a follow-up that was not created emits nothing"
+        );
+    }
+    assert_eq!(
+        all_follow_ups(store, &tenant("tenant_b")).await,
+        vec![foreign]
+    );
+    assert!(store.create_follow_ups(&[]).await.unwrap().is_empty());
+}
+
+pub async fn follow_ups_created_together_are_all_stored_with_their_events_and_counts(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    let campaign = create_campaign(store, &tenant_id, at(0)).await;
+    // More than one statement's or one journal line's worth, in any store.
+    let items: Vec<Scheduled> = (0..2_500)
+        .map(|n| {
+            let key = format!("bulk-{n}");
+            let (follow_up, events) = new_follow_up(
+                &tenant_id,
+                Some(campaign.campaign_id),
+                Some(&key),
+                at(n),
+                at(1),
+            );
+            Scheduled { follow_up, events }
+        })
+        .collect();
+
+    // Whether every item was answered `outcome` with its own follow-up.
+    let all_answered = |results: Vec<CreateResult>, outcome: fn(FollowUp) -> Created<FollowUp>| {
+        results
+            .iter()
+            .zip(&items)
+            .all(|(result, item)| result.as_ref().ok() == Some(&outcome(item.follow_up.clone())))
+    };
+
+    let results = store.create_follow_ups(&items).await.unwrap();
+
+    assert!(all_answered(results, Created::Created));
+    let mut listed = 0;
+    let mut after = None;
+    loop {
+        let query = FollowUpQuery {
+            tenant_id: tenant_id.clone(),
+            status: None,
+            campaign_id: None,
+            after,
+            limit: 1000,
+        };
+        let page = store.list_follow_ups(&query).await.unwrap();
+        listed += page.items.len();
+        match page.next_cursor {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(listed, items.len());
+    assert_eq!(
+        store.campaign_stats(campaign.campaign_id).await.unwrap(),
+        CampaignStats {
+            pending: 2_500,
+            ..CampaignStats::default()
+        }
+    );
+    for item in [&items[0], &items[1_234], &items[2_499]] {
+        assert_eq!(
+            events_of(store, item.events[0].correlation_id).await,
+            item.events
+        );
+    }
+    let again = store.create_follow_ups(&items).await.unwrap();
+    assert!(all_answered(again, Created::Existing));
+    assert_eq!(
+        store
+            .campaign_stats(campaign.campaign_id)
+            .await
+            .unwrap()
+            .pending,
+        2_500
+    );
 }
 
 pub async fn follow_ups_list_per_tenant_and_filter_by_status_and_campaign(store: &dyn Store) {

@@ -30,6 +30,7 @@ pub use outbound::{
     OutboundQueue, decide_acks, decide_claims,
 };
 pub use store::{
-    BoxError, CampaignQuery, CampaignStore, Created, Expired, FollowUpQuery, FollowUpStore,
-    NewOptOut, OptOutPage, OptOutQuery, OptOutStore, PolicyStore, Retention, Store, StoreError,
+    BoxError, CampaignQuery, CampaignStore, CreateResult, Created, Expired, FollowUpQuery,
+    FollowUpStore, NewOptOut, OptOutPage, OptOutQuery, OptOutStore, PolicyStore, Retention,
+    Scheduled, Store, StoreError,
 };

@@ -138,11 +138,34 @@ pub trait CampaignStore: Send + Sync {
     async fn campaign_stats(&self, campaign_id: CampaignId) -> Result<CampaignStats, StoreError>;
 }
 
+/// A new follow-up and the events of its creation, as a create hands them to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scheduled {
+    pub follow_up: FollowUp,
+    pub events: Vec<EventEnvelope>,
+}
+
+/// What a create answers for one follow-up: `Created` or `Existing`, or `IdConflict`
+/// when its id belongs to another tenant.
+pub type CreateResult = Result<Created<FollowUp>, StoreError>;
+
 #[async_trait]
 pub trait FollowUpStore: Send + Sync {
-    /// Stores a new follow-up with its events, unless the tenant already has one with the
-    /// same id or `external_key` (then `Existing`, nothing written). The caller has
-    /// checked that the campaign it names belongs to the tenant.
+    /// Stores new follow-ups with their events, each as if created alone, one after the
+    /// other in order: one whose tenant already has a follow-up with the same id or
+    /// `external_key` (stored before, or an earlier item of these) is `Existing` and
+    /// writes nothing. Answers one result per item, in order; each `Created` item (record,
+    /// events, campaign counts) is durable when this returns, and an item is never half
+    /// written. The caller has checked that the campaigns they name belong to the tenant.
+    ///
+    /// # Errors
+    /// `Unavailable`: the outcome of every item is unknown (some may be stored), and
+    /// creating the same items again is safe. An item's own error is `IdConflict`, when
+    /// its id belongs to another tenant.
+    async fn create_follow_ups(&self, items: &[Scheduled])
+    -> Result<Vec<CreateResult>, StoreError>;
+
+    /// One follow-up: `create_follow_ups` of one item.
     ///
     /// # Errors
     /// `IdConflict` when the id belongs to another tenant; `Unavailable`.
@@ -150,7 +173,16 @@ pub trait FollowUpStore: Send + Sync {
         &self,
         follow_up: &FollowUp,
         events: &[EventEnvelope],
-    ) -> Result<Created<FollowUp>, StoreError>;
+    ) -> CreateResult {
+        let item = Scheduled {
+            follow_up: follow_up.clone(),
+            events: events.to_vec(),
+        };
+        self.create_follow_ups(std::slice::from_ref(&item))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::unavailable("the store answered no item")))
+    }
 
     /// One page of the tenant's follow-ups.
     ///

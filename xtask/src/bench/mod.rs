@@ -14,10 +14,15 @@
 //! - `limits`: the drain's rate with every limit of SPEC §10 set but none binding, beside
 //!   none set, and a drain's latency with a thousand and a million sends in the ledger.
 //!
+//! - `bulk`: bulk creates (batches of 1,000 from 4 clients) beside single creates and,
+//!   on PostgreSQL, pgbench's single-row INSERT rate; resident memory per follow-up
+//!   stored either way (see `bulk.rs`).
+//!
 //! Every scenario prints `RESULT {json}` lines. Numbers come from this machine only;
 //! compare runs made on the same one.
 
 mod api;
+mod bulk;
 mod limits;
 mod pipeline;
 mod policy;
@@ -47,8 +52,10 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         "footprint" => pipeline::footprint(&flags).await,
         "policy" => policy::policy(&flags).await,
         "limits" => limits::limits(&flags).await,
+        "bulk" => bulk::bulk(&flags).await,
         other => bail!(
-            "unknown scenario {other:?} (table, api, feed, queue, footprint, policy or limits)"
+            "unknown scenario {other:?} (table, api, feed, queue, footprint, policy, limits \
+             or bulk)"
         ),
     }
 }

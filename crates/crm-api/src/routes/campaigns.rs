@@ -17,7 +17,8 @@ use super::{
     list_reply, page_params, record_id, tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
-    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
+    Access, Body, BodySize, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag,
+    query_violation,
 };
 use crate::error::{ApiError, Code};
 use crate::extract::{RawBody, contract_body, param, query_pairs};
@@ -35,6 +36,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             `idempotent` with the stored record unchanged and emits nothing.",
         parameters: &[],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::CampaignCreate,
             required: true,
             description: "The campaign to create.",
@@ -114,6 +116,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             schema: |_| serde_json::json!({"type": "string"}),
         }],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::CampaignStateUpdate,
             required: true,
             description: "The state to move to and its trigger.",

@@ -2,7 +2,7 @@
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
-use crm_app::{Crm, ScheduleFollowUp};
+use crm_app::{CommandStatus, Crm, ScheduleFollowUp};
 use crm_contracts::Contract;
 use crm_domain::delivery::Delivery;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
@@ -19,10 +19,11 @@ use super::{
     list_reply, page_params, record_id, tenant, tenant_param, timestamp,
 };
 use crate::endpoint::{
-    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
+    Access, Body, BodySize, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag,
+    query_violation,
 };
 use crate::error::{ApiError, Code};
-use crate::extract::{RawBody, contract_body, param, query_pairs};
+use crate::extract::{RawBody, contract_body, json_body, judge, param, query_pairs, typed};
 
 pub(super) static ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -38,6 +39,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             unchanged and emits nothing.",
         parameters: &[],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::FollowUpCreate,
             required: true,
             description: "The follow-up to schedule.",
@@ -60,6 +62,40 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
         ],
         uses_store: true,
         handler: |route| route.to(create_follow_up),
+    },
+    // Before `/v1/crm/followups/{followup_id}`, whose path would match it.
+    Endpoint {
+        method: Method::POST,
+        path: "/v1/crm/followups/batch",
+        access: Access::Api,
+        operation_id: "create_follow_ups",
+        tag: Tag::FollowUps,
+        summary: "Schedule up to 1,000 follow-ups at once",
+        description: "Each item is what a single create of it would be: the same checks, \
+            record and `crm.followup.scheduled` event (in the request's correlation, or its \
+            own), idempotent the same way (an item repeating an earlier one of the batch is \
+            `idempotent` too). An item that fails is `rejected` with the error body a \
+            single create would answer, and stops none of the others. Results come in \
+            request order; every `created` item is durable before the reply. A `503` \
+            leaves the outcome of every item unknown: the same batch sent again answers \
+            `idempotent` for what went in.",
+        parameters: &[],
+        body: Some(Body {
+            size: BodySize::Batch,
+            contract: Contract::FollowUpBatchRequest,
+            required: true,
+            description: "The follow-ups to schedule, 1 to 1,000, each as the `followup` of \
+                a single create.",
+        }),
+        reply: Reply {
+            status: 200,
+            description: "One result per item: `created`, `idempotent` or `rejected`.",
+            media_type: "application/json",
+            schema: Schema::Contract(Contract::FollowUpBatchResponse),
+        },
+        errors: &[],
+        uses_store: true,
+        handler: |route| route.to(create_follow_ups),
     },
     Endpoint {
         method: Method::GET,
@@ -156,6 +192,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             time either sends it first (then the cancel is refused) or finds it canceled.",
         parameters: &[FOLLOW_UP_ID],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::FollowUpCancel,
             required: true,
             description: "The request envelope, with no inner object.",
@@ -202,6 +239,19 @@ struct CreateRequest {
     tenant_id: String,
     correlation_id: Option<Uuid>,
     followup: FollowUpFields,
+}
+
+#[derive(Deserialize)]
+struct BatchEnvelope {
+    request: BatchRequest,
+}
+
+/// The envelope of a bulk create; its items are judged one by one.
+#[derive(Deserialize)]
+struct BatchRequest {
+    request_id: Uuid,
+    tenant_id: String,
+    correlation_id: Option<Uuid>,
 }
 
 #[derive(Deserialize)]
@@ -311,18 +361,116 @@ impl<'a> From<&'a FollowUp> for FollowUpView<'a> {
 async fn create_follow_up(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
     let Envelope { request } =
         contract_body(crm.contracts(), Contract::FollowUpCreate, &body.0, None)?;
-    let fields = request.followup;
-    let command = ScheduleFollowUp {
-        correlation_id: request.correlation_id.map(CorrelationId::new),
+    let command = schedule(
+        request.followup,
+        tenant(request.tenant_id, "/request/tenant_id")?,
+        request.correlation_id,
+        SINGLE,
+    )?;
+    let outcome = crm.schedule_follow_up(command).await?;
+    Ok(follow_up_reply(request.request_id, &outcome))
+}
+
+/// Where the follow-up of a single create sits in its body.
+const SINGLE: &str = "/request/followup";
+
+/// A bulk create: the envelope is judged first and, broken, creates nothing; then each
+/// item as the follow-up of a single create, where a broken one is that item's
+/// rejection, with the error body (and pointers into this body) a single create of it
+/// would answer.
+async fn create_follow_ups(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResponse, ApiError> {
+    let contracts = crm.contracts();
+    let mut json = json_body(&body.0, None)?;
+    contracts
+        .validate(Contract::FollowUpBatchRequest, &json)
+        .map_err(ApiError::Validation)?;
+    let items = match json["request"]["followups"].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    };
+    let BatchEnvelope { request } = typed(json, "")?;
+    let tenant_id = tenant(request.tenant_id, "/request/tenant_id")?;
+    let checked: Vec<Result<ScheduleFollowUp, ApiError>> = items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let at = format!("/request/followups/{index}");
+            let fields = judge(contracts, Contract::FollowUpFields, item, &at)?;
+            schedule(fields, tenant_id.clone(), request.correlation_id, &at)
+        })
+        .collect();
+    // The items that passed go to the use case together; each keeps its place.
+    let mut commands = Vec::with_capacity(checked.len());
+    let checked: Vec<Result<(), ApiError>> = checked
+        .into_iter()
+        .map(|item| item.map(|command| commands.push(command)))
+        .collect();
+    let mut outcomes = crm.schedule_follow_ups(commands).await?.into_iter();
+    let (mut created_count, mut idempotent_count, mut rejected_count) = (0, 0, 0);
+    let results: Vec<Value> = checked
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let outcome = item.and_then(|()| {
+                let outcome = outcomes.next().ok_or_else(|| {
+                    ApiError::Internal(crm_app::AppError::Unavailable(
+                        crm_ports::StoreError::unavailable("no outcome for an item"),
+                    ))
+                })?;
+                outcome.map_err(|error| {
+                    ApiError::from(error).rebased(SINGLE, &format!("/request/followups/{index}"))
+                })
+            });
+            match outcome {
+                Ok(outcome) => {
+                    if outcome.status == CommandStatus::Created {
+                        created_count += 1;
+                    } else {
+                        idempotent_count += 1;
+                    }
+                    json!({
+                        "index": index,
+                        "status": outcome.status.as_str(),
+                        "followup": FollowUpView::from(&outcome.record),
+                    })
+                }
+                Err(error) => {
+                    rejected_count += 1;
+                    json!({"index": index, "status": "rejected", "error": error.body()})
+                }
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "response": {
+            "request_id": request.request_id,
+            "results": results,
+            "created_count": created_count,
+            "idempotent_count": idempotent_count,
+            "rejected_count": rejected_count,
+        }
+    })))
+}
+
+/// The command of one follow-up to create, checked beyond its contract: `at` is where
+/// the follow-up sits in the body, for the pointers of what is wrong with it.
+fn schedule(
+    fields: FollowUpFields,
+    tenant_id: TenantId,
+    correlation_id: Option<Uuid>,
+    at: &str,
+) -> Result<ScheduleFollowUp, ApiError> {
+    Ok(ScheduleFollowUp {
+        correlation_id: correlation_id.map(CorrelationId::new),
         followup_id: fields.followup_id.map(FollowUpId::new),
-        tenant_id: tenant(request.tenant_id, "/request/tenant_id")?,
+        tenant_id,
         campaign_id: fields.campaign_id.map(CampaignId::new),
         external_key: fields.external_key,
         lead_id: fields.lead_id,
         customer_id: fields.customer_id,
         phone_e164: fields.phone_e164,
         message: fields.message,
-        schedule_at: timestamp(&fields.schedule_at, "/request/followup/schedule_at")?,
+        schedule_at: timestamp(&fields.schedule_at, &format!("{at}/schedule_at"))?,
         channel: fields.channel,
         status: fields.status,
         metadata: fields.metadata,
@@ -330,14 +478,12 @@ async fn create_follow_up(crm: web::Data<Crm>, body: RawBody) -> Result<HttpResp
             .time_zone
             .map(|name| {
                 TimeZoneName::parse(&name).map(|_| name).map_err(|error| {
-                    ApiError::violation("/request/followup/time_zone", error.to_string())
+                    ApiError::violation(&format!("{at}/time_zone"), error.to_string())
                 })
             })
             .transpose()?,
         sender: fields.sender,
-    };
-    let outcome = crm.schedule_follow_up(command).await?;
-    Ok(follow_up_reply(request.request_id, &outcome))
+    })
 }
 
 /// The reply of a follow-up command.

@@ -15,7 +15,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use crm_domain::ids::{CorrelationId, TenantId};
 use crm_domain::page::{CURSOR_PATTERN, Cursor, DEFAULT_LIMIT, MAX_LIMIT};
 use crm_domain::timestamp::Timestamp;
@@ -93,6 +93,9 @@ async fn admit(
     // Every endpoint of a path shares its access (a test checks it).
     let access = served.first().map_or(Access::Open, |e| e.access);
     let endpoint = served.into_iter().find(|e| e.method == *request.method());
+    if let Some(body) = endpoint.and_then(|endpoint| endpoint.body.as_ref()) {
+        request.extensions_mut().insert(body.size);
+    }
     let admitted = auth::check(access, &request).and_then(|()| match endpoint {
         Some(endpoint) => known_parameters(endpoint, &request),
         // A method the path does not serve: `405` says so.

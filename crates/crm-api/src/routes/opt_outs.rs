@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::{LIMIT_PARAMETER, TENANT_PARAMETER, limit_param, tenant, tenant_param};
 use crate::endpoint::{
-    Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag, query_violation,
+    Access, Body, BodySize, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag,
+    query_violation,
 };
 use crate::error::{ApiError, Code};
 use crate::extract::{RawBody, contract_body, param, path_param, query_pairs};
@@ -35,6 +36,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             unchanged).",
         parameters: &[],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::OptOutCreate,
             required: true,
             description: "The number, and why.",

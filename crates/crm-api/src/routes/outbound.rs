@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::endpoint::{Access, Body, Endpoint, Reply, Schema, Tag};
+use crate::endpoint::{Access, Body, BodySize, Endpoint, Reply, Schema, Tag};
 use crate::error::ApiError;
 use crate::extract::{RawBody, contract_body, whole_number};
 
@@ -33,6 +33,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             `LEASE_EXPIRED`).",
         parameters: &[],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::OutboundClaimRequest,
             required: false,
             description: "Optional: an empty body means `limit` 10 and `lease_ms` 30000.",
@@ -65,6 +66,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             the recipient to the tenant's opt-out list (`crm.optout.added`, once).",
         parameters: &[],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::OutboundAckRequest,
             required: true,
             description: "One result per leased item.",

@@ -9,7 +9,9 @@ use crm_domain::policy::{PolicyError, QuietHours, SendingPolicy, TimeOfDay, Time
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::endpoint::{Access, Body, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag};
+use crate::endpoint::{
+    Access, Body, BodySize, Endpoint, Failure, Location, Parameter, Reply, Schema, Tag,
+};
 use crate::error::{ApiError, Code};
 use crate::extract::{RawBody, contract_body, path_param};
 
@@ -62,6 +64,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             the policy's. null: no limit of that kind.",
         parameters: &[TENANT],
         body: Some(Body {
+            size: BodySize::Standard,
             contract: Contract::SendingPolicyRequest,
             required: true,
             description: "The whole policy.",

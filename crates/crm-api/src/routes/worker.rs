@@ -8,7 +8,7 @@ use crm_ports::DrainStatus;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::endpoint::{Access, Body, Endpoint, Reply, Schema, Tag};
+use crate::endpoint::{Access, Body, BodySize, Endpoint, Reply, Schema, Tag};
 use crate::error::ApiError;
 use crate::extract::{RawBody, contract_body, optional_whole_number};
 
@@ -25,6 +25,7 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
         Follow-ups of a paused campaign wait; an outage leaves them pending.",
     parameters: &[],
     body: Some(Body {
+        size: BodySize::Standard,
         contract: Contract::DrainRequest,
         required: false,
         description: "Optional: an empty body means the defaults (`limit` 10, `force_failure` \

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 pub const CAMPAIGNS: &str = "/v1/crm/campaigns";
 pub const FOLLOW_UPS: &str = "/v1/crm/followups";
+pub const FOLLOW_UPS_BATCH: &str = "/v1/crm/followups/batch";
 pub const DRAIN: &str = "/internal/worker/crm-followups/drain";
 pub const TRACE: &str = "/internal/orchestration/trace";
 pub const FEED: &str = "/internal/orchestration/events";
@@ -336,6 +337,11 @@ impl TestApp {
 
     pub async fn create_follow_up(&self, body: &Value) -> Reply {
         self.post_json(FOLLOW_UPS, body, Contract::FollowUpCommandResponse)
+            .await
+    }
+
+    pub async fn create_follow_ups(&self, body: &Value) -> Reply {
+        self.post_json(FOLLOW_UPS_BATCH, body, Contract::FollowUpBatchResponse)
             .await
     }
 

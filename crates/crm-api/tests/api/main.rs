@@ -5,6 +5,7 @@
 //! `CRM_TEST_DATABASE_URL` is set, and on a store adopted from the Node.js service when
 //! `CRM_TEST_ADOPTED` is set (see `helpers::TestStore::new`).
 
+mod batch;
 mod campaigns;
 mod errors;
 mod feed;
