@@ -183,7 +183,7 @@ async fn insert(
 }
 
 /// A batch as the parallel arrays of `sql::CREATE_FOLLOW_UPS`.
-struct Columns {
+pub(crate) struct Columns {
     ids: Vec<Uuid>,
     tenants: Vec<String>,
     campaigns: Vec<Option<Uuid>>,
@@ -212,7 +212,7 @@ struct Columns {
 }
 
 impl Columns {
-    fn new(batch: &[CreateJob]) -> Result<Self, StoreError> {
+    pub(crate) fn new(batch: &[CreateJob]) -> Result<Self, StoreError> {
         let follow_ups: Vec<&FollowUp> = batch.iter().map(|job| &job.follow_up).collect();
         let counts: Vec<[i64; 6]> = follow_ups
             .iter()
@@ -284,7 +284,7 @@ impl Columns {
         })
     }
 
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &self.ids,
             &self.tenants,

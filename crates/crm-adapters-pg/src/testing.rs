@@ -272,3 +272,37 @@ pub async fn ledger_plans(
     }
     plans
 }
+
+/// The plan (`EXPLAIN (ANALYZE, FORMAT JSON)`) of the group commit's insert of `items`
+/// (each follow-up with its events) as a generic plan, the one PostgreSQL settles on for
+/// the batcher's cached statement, blind to the arrays' lengths. Rolled back.
+pub async fn create_plan(options: &PgOptions, items: &[crm_ports::Scheduled]) -> serde_json::Value {
+    use crate::batch::{Columns, CreateJob};
+    let jobs: Vec<CreateJob> = items
+        .iter()
+        .map(|item| CreateJob {
+            follow_up: item.follow_up.clone(),
+            events: item.events.clone(),
+            reply: tokio::sync::oneshot::channel().0,
+        })
+        .collect();
+    let columns = Columns::new(&jobs).expect("columns of valid follow-ups");
+    let client = connect(options).await;
+    client
+        .batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
+        .expect("a transaction");
+    let row = client
+        .query_one(
+            &format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+                crate::sql::CREATE_FOLLOW_UPS
+            ),
+            &columns.params(),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("the create explains: {error}"));
+    client.batch_execute("ROLLBACK").await.expect("a rollback");
+    let plan: serde_json::Value = row.get(0);
+    plan[0]["Plan"].clone()
+}

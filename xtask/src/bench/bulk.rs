@@ -117,7 +117,7 @@ async fn footprint(options: &Options, binary: &std::path::Path) -> anyhow::Resul
         if load.failures > 0 {
             bail!("{} single creates failed", load.failures);
         }
-        settled_growth(server, empty)
+        settled_growth(server, empty).await
     })
     .await?;
     let batched = on_fresh_store(options, binary, async |server| {
@@ -126,7 +126,7 @@ async fn footprint(options: &Options, binary: &std::path::Path) -> anyhow::Resul
         if load.failures > 0 {
             bail!("{} batches failed", load.failures);
         }
-        settled_growth(server, empty)
+        settled_growth(server, empty).await
     })
     .await?;
     let per = |bytes: u64| bytes as f64 / options.stored as f64;
@@ -139,10 +139,10 @@ async fn footprint(options: &Options, binary: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
-/// What the process grew by since `empty`, once a compaction of what was written has had
-/// time to finish.
-fn settled_growth(server: &Server, empty: u64) -> anyhow::Result<u64> {
-    std::thread::sleep(Duration::from_secs(3));
+/// What the process grew by since `empty`, once it has gone quiet (the compaction of
+/// what was written finished).
+async fn settled_growth(server: &Server, empty: u64) -> anyhow::Result<u64> {
+    server.settle(Duration::from_secs(60)).await?;
     Ok(server.resident_bytes()?.saturating_sub(empty))
 }
 
