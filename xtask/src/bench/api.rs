@@ -23,7 +23,8 @@ struct Options {
     clients: usize,
     seconds: u64,
     drain: u64,
-    /// A wrk Lua script (the team's load scripts); when given, wrk measures the creates.
+    /// A wrk Lua script (such as `xtask/wrk/create.lua`); when given, wrk measures the
+    /// creates from outside this process.
     wrk_script: Option<String>,
 }
 

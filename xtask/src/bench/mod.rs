@@ -165,6 +165,29 @@ impl Target {
         Server::start(binary, &args).await
     }
 
+    /// Lets the database catch up with a load as autovacuum would in time (dead rows
+    /// removed, statistics taken), so that what is measured next is the steady cost and
+    /// not the clean-up of the load. The file store's own clean-up, a compaction, is
+    /// waited for with `Server::settle`.
+    pub async fn settle_database(&self) -> anyhow::Result<()> {
+        if let Target::Postgres { url, schema } = self {
+            let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let tables = db
+                .query(
+                    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+                     WHERE schemaname = $1",
+                    &[schema],
+                )
+                .await?;
+            for table in tables {
+                let name: String = table.get(0);
+                db.batch_execute(&format!("VACUUM ANALYZE {name}")).await?;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn remove(&self) -> anyhow::Result<()> {
         match self {
             Target::File(dir) => {
