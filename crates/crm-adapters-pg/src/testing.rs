@@ -306,3 +306,13 @@ pub async fn create_plan(options: &PgOptions, items: &[crm_ports::Scheduled]) ->
     let plan: serde_json::Value = row.get(0);
     plan[0]["Plan"].clone()
 }
+
+/// Every node of an `EXPLAIN (FORMAT JSON)` plan, with its subplans (InitPlan, SubPlan,
+/// CTEs), depth first.
+pub fn plan_nodes(plan: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut found = vec![plan];
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        found.extend(plan_nodes(child));
+    }
+    found
+}

@@ -2,22 +2,12 @@
 //! many that is: no node of its plan handles more than a few rows per follow-up, even as
 //! the generic plan that cannot see how many the arrays hold.
 
-use crm_adapters_pg::testing::{create_plan, database_url, drop_schema, fresh_store};
+use crm_adapters_pg::testing::{create_plan, database_url, drop_schema, fresh_store, plan_nodes};
 use crm_ports::Scheduled;
 use crm_ports::conformance::{at, new_follow_up, tenant};
-use serde_json::Value;
 
 /// Follow-ups in the batch: the most one statement carries.
 const BATCH: u64 = 1_000;
-
-/// Every node of a plan, with its subplans (InitPlan, SubPlan, CTEs), depth first.
-fn nodes(plan: &Value) -> Vec<&Value> {
-    let mut found = vec![plan];
-    for child in plan["Plans"].as_array().into_iter().flatten() {
-        found.extend(nodes(child));
-    }
-    found
-}
 
 #[tokio::test]
 async fn a_batch_of_a_thousand_creates_handles_a_few_rows_per_follow_up_in_every_node() {
@@ -36,7 +26,7 @@ async fn a_batch_of_a_thousand_creates_handles_a_few_rows_per_follow_up_in_every
 
     let plan = create_plan(&options, &items).await;
 
-    for node in nodes(&plan) {
+    for node in plan_nodes(&plan) {
         let loops = node["Actual Loops"].as_u64().unwrap_or(1);
         let handled = node["Actual Rows"].as_u64().unwrap_or(0) * loops;
         let kind = node["Node Type"].as_str().unwrap_or_default();

@@ -5,8 +5,9 @@
 //! planner's statistics are fresh or were taken when the ledger was small.
 
 use crm_adapters_pg::PgOptions;
-use crm_adapters_pg::testing::{connect, database_url, drop_schema, fresh_store, ledger_plans};
-use serde_json::Value;
+use crm_adapters_pg::testing::{
+    connect, database_url, drop_schema, fresh_store, ledger_plans, plan_nodes,
+};
 
 /// The most ledger rows a node may read: a batch's recipients and a second of sends,
 /// with room to spare, far below the day's 300,000.
@@ -76,15 +77,6 @@ async fn seeded(url: &str, stale: bool) -> PgOptions {
     options
 }
 
-/// Every node of a plan, with its subplans (InitPlan, SubPlan, CTEs), depth first.
-fn nodes(plan: &Value) -> Vec<&Value> {
-    let mut found = vec![plan];
-    for child in plan["Plans"].as_array().into_iter().flatten() {
-        found.extend(nodes(child));
-    }
-    found
-}
-
 async fn assert_bounded(options: &PgOptions) {
     // A batch of 100: 50 recipients counted today and 50 new ones.
     let mut phones: Vec<String> = connect(options)
@@ -109,7 +101,7 @@ async fn assert_bounded(options: &PgOptions) {
     .await;
     assert_eq!(plans.len(), 7);
     for (question, plan) in plans {
-        for node in nodes(&plan) {
+        for node in plan_nodes(&plan) {
             // A node that never ran is a branch this claim did not take: counting a
             // budget afresh, once, when a tenant's first needs it.
             let loops = node["Actual Loops"].as_u64().unwrap_or(1);

@@ -2,19 +2,11 @@
 //! sort, no sequential scan, and no node that reads and throws away more than a page of
 //! rows, with tens of thousands of rows of the tenant and of others around.
 
-use crm_adapters_pg::testing::{connect, database_url, drop_schema, fresh_store, list_plans};
-use serde_json::Value;
+use crm_adapters_pg::testing::{
+    connect, database_url, drop_schema, fresh_store, list_plans, plan_nodes,
+};
 
 const PAGE: i64 = 101;
-
-/// Every node of a plan, depth first.
-fn nodes(plan: &Value) -> Vec<&Value> {
-    let mut found = vec![plan];
-    for child in plan["Plans"].as_array().into_iter().flatten() {
-        found.extend(nodes(child));
-    }
-    found
-}
 
 #[tokio::test]
 async fn every_list_filter_reads_one_page_of_rows_in_index_order() {
@@ -57,7 +49,7 @@ async fn every_list_filter_reads_one_page_of_rows_in_index_order() {
             returned > 0 && returned <= PAGE as u64,
             "{variant}: {returned} rows"
         );
-        for node in nodes(&plan) {
+        for node in plan_nodes(&plan) {
             let kind = node["Node Type"].as_str().unwrap_or_default();
             assert!(
                 !kind.contains("Sort") && kind != "Seq Scan",

@@ -8,7 +8,7 @@ mod process;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crm_adapters_pg::testing::{database_url, fresh_schema};
 use process::{Database, FUTURE, Server, client};
@@ -18,8 +18,11 @@ use uuid::Uuid;
 
 const WRITERS: usize = 4;
 const ITEMS_PER_BATCH: usize = 250;
-/// How long the writers run before the kill.
-const LOAD_FOR: Duration = Duration::from_millis(1_500);
+/// Batches answered before the kill: every writer has had some go through, and each
+/// has one on its way.
+const ANSWERED_BEFORE_KILL: usize = 2 * WRITERS;
+/// The most the writers may take to get there; a bound, not a wait.
+const LOAD_DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_store_batches_cut_by_kill_9_are_whole_or_absent_and_complete_when_sent_again() {
@@ -62,6 +65,7 @@ async fn kill_during_batches_then_resend(data_dir: &Path, logs: &Path, flags: &[
     let campaign_id = create_campaign(&client, &server, &tenant).await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
+    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..WRITERS {
         writers.spawn(send_until_gone(
@@ -70,17 +74,20 @@ async fn kill_during_batches_then_resend(data_dir: &Path, logs: &Path, flags: &[
             tenant.clone(),
             campaign_id.clone(),
             Arc::clone(&sent),
+            answered.clone(),
         ));
     }
-    let started = Instant::now();
-    while started.elapsed() < LOAD_FOR || sent.lock().unwrap().answered.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no batch answered within a minute:\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let loaded = tokio::time::timeout(LOAD_DEADLINE, async {
+        for _ in 0..ANSWERED_BEFORE_KILL {
+            answers.recv().await;
+        }
+    })
+    .await;
+    assert!(
+        loaded.is_ok(),
+        "{ANSWERED_BEFORE_KILL} batches not answered within {LOAD_DEADLINE:?}:\n{}",
+        server.log_text()
+    );
     server.kill();
     for outcome in tokio::time::timeout(Duration::from_secs(30), writers.join_all())
         .await
@@ -288,6 +295,7 @@ async fn send_until_gone(
     tenant: String,
     campaign_id: String,
     sent: Arc<Mutex<Sent>>,
+    answered: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> Result<(), String> {
     loop {
         let batch = new_batch(&tenant, &campaign_id);
@@ -297,6 +305,7 @@ async fn send_until_gone(
                     return Err(format!("a new item was not created: {result}"));
                 }
                 sent.lock().unwrap().answered.push(batch);
+                let _ = answered.send(());
             }
             Err(_) => {
                 sent.lock().unwrap().cut.push(batch);

@@ -414,6 +414,34 @@ pub async fn events_of(store: &dyn Store, correlation_id: CorrelationId) -> Vec<
     }
 }
 
+/// Every follow-up of the tenant, through its pages of `limit`, in list order.
+pub async fn paged_follow_ups(
+    store: &dyn Store,
+    tenant_id: &TenantId,
+    limit: usize,
+) -> Vec<FollowUp> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let query = FollowUpQuery {
+            tenant_id: tenant_id.clone(),
+            status: None,
+            campaign_id: None,
+            after,
+            limit,
+        };
+        let page = store
+            .list_follow_ups(&query)
+            .await
+            .expect("list_follow_ups");
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) => after = Some(cursor),
+            None => return all,
+        }
+    }
+}
+
 /// The tenant's first thousand follow-ups.
 pub async fn all_follow_ups(store: &dyn Store, tenant_id: &TenantId) -> Vec<FollowUp> {
     let query = FollowUpQuery {
@@ -796,24 +824,10 @@ pub async fn follow_ups_created_together_are_all_stored_with_their_events_and_co
     let results = store.create_follow_ups(&items).await.unwrap();
 
     assert!(all_answered(results, Created::Created));
-    let mut listed = 0;
-    let mut after = None;
-    loop {
-        let query = FollowUpQuery {
-            tenant_id: tenant_id.clone(),
-            status: None,
-            campaign_id: None,
-            after,
-            limit: 1000,
-        };
-        let page = store.list_follow_ups(&query).await.unwrap();
-        listed += page.items.len();
-        match page.next_cursor {
-            Some(cursor) => after = Some(cursor),
-            None => break,
-        }
-    }
-    assert_eq!(listed, items.len());
+    assert_eq!(
+        paged_follow_ups(store, &tenant_id, 1000).await.len(),
+        items.len()
+    );
     assert_eq!(
         store.campaign_stats(campaign.campaign_id).await.unwrap(),
         CampaignStats {
@@ -895,23 +909,11 @@ pub async fn follow_ups_page_through_many_records(store: &dyn Store) {
         let (follow_up, events) = new_follow_up(&tenant_id, None, None, at(0), at(index / 4));
         store.create_follow_up(&follow_up, &events).await.unwrap();
     }
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let query = FollowUpQuery {
-            tenant_id: tenant_id.clone(),
-            status: None,
-            campaign_id: None,
-            after,
-            limit: 4,
-        };
-        let page = store.list_follow_ups(&query).await.unwrap();
-        seen.extend(page.items.iter().map(|f| (f.created_at, f.followup_id)));
-        match page.next_cursor {
-            Some(cursor) => after = Some(cursor),
-            None => break,
-        }
-    }
+    let seen: Vec<_> = paged_follow_ups(store, &tenant_id, 4)
+        .await
+        .iter()
+        .map(|f| (f.created_at, f.followup_id))
+        .collect();
     let mut sorted = seen.clone();
     sorted.sort();
     sorted.dedup();
