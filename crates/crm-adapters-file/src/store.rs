@@ -22,7 +22,8 @@ use crm_ports::{
     DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, EventEmitter, EventPage,
     Expired, FeedPage, FeedQuery, FollowUpQuery, FollowUpStore, LaneState, LeasedItem, Leaser,
     NewOptOut, OptOutPage, OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore,
-    Retention, Scheduled, SendingFacts, Store, StoreError, TraceQuery, decide_acks, decide_claims,
+    Retention, Scheduled, SendingFacts, Store, StoreError, TraceQuery, campaigns_to_hold,
+    decide_acks, decide_claims,
 };
 use serde_json::value::RawValue;
 
@@ -945,13 +946,26 @@ impl OutboundQueue for FileStore {
         acks: &[AckRequest],
         acker: &dyn Acker,
     ) -> Result<Vec<AckStatus>, StoreError> {
-        let keys: Vec<Touch> = acks
+        let items: Vec<Touch> = acks
             .iter()
             .map(|ack| Touch::QueueItem(ack.queue_item_id))
             .collect();
         loop {
             let decided = {
                 let mut shared = self.current();
+                // The campaigns these acks may pause are decided on too: no change to
+                // one of them may be on its way.
+                let held = campaigns_to_hold(
+                    acks,
+                    acker,
+                    |id| shared.state.outbound_item(id).map(|s| s.entry.followup_id),
+                    |id| shared.state.follow_up(id).and_then(|f| f.campaign_id),
+                );
+                let keys: Vec<Touch> = items
+                    .iter()
+                    .cloned()
+                    .chain(held.into_iter().map(Touch::Campaign))
+                    .collect();
                 match shared.conflict(&keys) {
                     Some(conflict) => Err(conflict),
                     None => {
@@ -961,6 +975,7 @@ impl OutboundQueue for FileStore {
                             acker,
                             |id| state.outbound_item(id).map(|stored| stored.entry.clone()),
                             |id| state.follow_up(id).map(|follow_up| (**follow_up).clone()),
+                            |id| state.campaign(id).map(|campaign| (**campaign).clone()),
                         );
                         if batch.entries.is_empty() {
                             return Ok(batch.statuses);
@@ -975,6 +990,12 @@ impl OutboundQueue for FileStore {
                                 .follow_ups
                                 .iter()
                                 .map(|f| Touch::FollowUp(f.followup_id)),
+                        );
+                        touched.extend(
+                            batch
+                                .campaigns
+                                .iter()
+                                .map(|c| Touch::Campaign(c.campaign_id)),
                         );
                         // A number on the list already stays as it is, and its event is
                         // not stored again.
@@ -1010,6 +1031,7 @@ impl OutboundQueue for FileStore {
                                 })
                                 .collect(),
                             follow_ups: batch.follow_ups,
+                            campaigns: batch.campaigns,
                             events: stored_events(&events),
                             opt_outs,
                             ..Change::default()

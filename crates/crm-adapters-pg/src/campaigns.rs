@@ -10,6 +10,7 @@ use crm_domain::event::EventEnvelope;
 use crm_domain::ids::{CampaignId, TenantId};
 use crm_domain::page::{Cursor, Page};
 use crm_ports::{CampaignQuery, CampaignStore, Created, StoreError};
+use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
@@ -90,37 +91,14 @@ impl CampaignStore for PgStore {
         changed: &Campaign,
         events: &[EventEnvelope],
     ) -> Result<(), StoreError> {
-        let params = campaign_params(changed)?;
-        let events = EventColumns::new(events)?;
-        let scheduled_at = changed.scheduled_at.map(|t| t.as_datetime());
-        let updated_at = changed.updated_at.as_datetime();
-        let record: [&(dyn ToSql + Sync); 11] = [
-            &params.id,
-            &changed.tenant_id.as_str(),
-            &changed.external_key,
-            &changed.name,
-            &changed.channel,
-            &changed.audience_segment,
-            &changed.state.as_str(),
-            &scheduled_at,
-            &params.metadata,
-            &params.revision,
-            &updated_at,
-        ];
-        let all: Vec<_> = record.into_iter().chain(events.params()).collect();
+        let id = changed.campaign_id.as_uuid();
         self.call(async |client| {
-            if changed_rows(&*client, sql::UPDATE_CAMPAIGN, &all).await? == 1 {
+            if save_campaign(&*client, changed, events).await? {
                 return Ok(());
             }
             // Nothing changed: another writer moved the revision, or the tenant has no
             // such campaign.
-            let current = one(
-                &*client,
-                sql::SELECT_CAMPAIGN_BY_ID,
-                &[&params.id],
-                rows::campaign,
-            )
-            .await?;
+            let current = one(&*client, sql::SELECT_CAMPAIGN_BY_ID, &[&id], rows::campaign).await?;
             Err(match current {
                 Some(current) if current.tenant_id == changed.tenant_id => StoreError::Stale {
                     campaign_id: changed.campaign_id,
@@ -169,6 +147,34 @@ impl CampaignStore for PgStore {
             .await?;
         Ok(found.into_iter().next().unwrap_or_default())
     }
+}
+
+/// Saves `changed` with its events on `client` if the tenant's stored campaign still has
+/// the revision before `changed.revision`; whether it did.
+pub(crate) async fn save_campaign(
+    client: &impl GenericClient,
+    changed: &Campaign,
+    events: &[EventEnvelope],
+) -> Result<bool, StoreError> {
+    let params = campaign_params(changed)?;
+    let events = EventColumns::new(events)?;
+    let scheduled_at = changed.scheduled_at.map(|t| t.as_datetime());
+    let updated_at = changed.updated_at.as_datetime();
+    let record: [&(dyn ToSql + Sync); 11] = [
+        &params.id,
+        &changed.tenant_id.as_str(),
+        &changed.external_key,
+        &changed.name,
+        &changed.channel,
+        &changed.audience_segment,
+        &changed.state.as_str(),
+        &scheduled_at,
+        &params.metadata,
+        &params.revision,
+        &updated_at,
+    ];
+    let all: Vec<_> = record.into_iter().chain(events.params()).collect();
+    Ok(changed_rows(client, sql::UPDATE_CAMPAIGN, &all).await? == 1)
 }
 
 fn campaign_params(campaign: &Campaign) -> Result<CampaignParams, StoreError> {

@@ -8,16 +8,17 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use crm_domain::campaign::Campaign;
 use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::{FollowUpId, QueueItemId};
+use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::timestamp::Timestamp;
 use crm_ports::drain::stats_changes;
 use crm_ports::{
-    AckRequest, Acker, LeasedItem, Leaser, NewOptOut, OutboundQueue, StoreError, decide_acks,
-    decide_claims,
+    AckRequest, Acker, LeasedItem, Leaser, NewOptOut, OutboundQueue, StoreError, campaigns_to_hold,
+    decide_acks, decide_claims,
 };
 use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
@@ -25,6 +26,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::PgStore;
+use crate::campaigns::save_campaign;
 use crate::read::fetch_limit;
 use crate::rows;
 use crate::sql;
@@ -121,12 +123,39 @@ impl OutboundQueue for PgStore {
                 .map_err(unavailable)?;
             let owners: Vec<FollowUpId> = entries.values().map(|e| e.followup_id).collect();
             let follow_ups = follow_ups_by_id(&transaction, &owners).await?;
+            // The campaigns these acks may pause stay locked until the commit, so a pause
+            // is decided once across replicas (usually there are none).
+            let held: Vec<Uuid> = campaigns_to_hold(
+                acks,
+                acker,
+                |id| entries.get(&id).map(|entry| entry.followup_id),
+                |id| follow_ups.get(&id).and_then(|f| f.campaign_id),
+            )
+            .iter()
+            .map(CampaignId::as_uuid)
+            .collect();
+            let campaigns: HashMap<CampaignId, Campaign> = if held.is_empty() {
+                HashMap::new()
+            } else {
+                all(&transaction, sql::LOCK_CAMPAIGNS, &[&held], rows::campaign)
+                    .await?
+                    .into_iter()
+                    .map(|campaign| (campaign.campaign_id, campaign))
+                    .collect()
+            };
             let batch = decide_acks(
                 acks,
                 acker,
                 |id| entries.get(&id).cloned(),
                 |id| follow_ups.get(&id).cloned(),
+                |id| campaigns.get(&id).cloned(),
             );
+            for paused in &batch.campaigns {
+                // Held since it was read: its revision cannot have moved.
+                if !save_campaign(&transaction, paused, &[]).await? {
+                    return Err(unavailable("a locked campaign changed under its lock"));
+                }
+            }
             write_deliveries(
                 &transaction,
                 &batch.entries,

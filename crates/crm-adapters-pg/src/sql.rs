@@ -127,6 +127,13 @@ pub const SELECT_CAMPAIGN_BY_ID: &str = concat!(
     " FROM crm_campaigns WHERE campaign_id = $1"
 );
 
+/// Campaigns an ack may pause, locked in id order (the order every such ack takes).
+pub const LOCK_CAMPAIGNS: &str = concat!(
+    "SELECT ",
+    campaign_columns!(),
+    " FROM crm_campaigns WHERE campaign_id = ANY($1) ORDER BY campaign_id FOR NO KEY UPDATE"
+);
+
 pub const SELECT_CAMPAIGN_BY_KEY: &str = concat!(
     "SELECT ",
     campaign_columns!(),

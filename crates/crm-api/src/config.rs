@@ -163,6 +163,11 @@ pub struct Cli {
     /// Workflows file to use instead of the built-in copy of workflows/workflows.json.
     #[arg(long, global = true, env = "CRM_WORKFLOWS")]
     pub workflows: Option<PathBuf>,
+
+    /// Table of provider answers (what each error code of an ack means) to use instead of
+    /// the built-in copy of workflows/provider-answers.json.
+    #[arg(long, global = true, env = "CRM_PROVIDER_ANSWERS")]
+    pub provider_answers: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
@@ -288,6 +293,8 @@ pub struct Settings {
     pub batch_body_limit: usize,
     /// `None`: the built-in workflows file.
     pub workflows: Option<PathBuf>,
+    /// `None`: the built-in table of provider answers.
+    pub provider_answers: Option<PathBuf>,
     pub api_token: Option<Secret>,
     pub internal_token: Option<Secret>,
     pub worker_interval: Option<Duration>,
@@ -309,6 +316,7 @@ impl Settings {
             body_limit: 65_536,
             batch_body_limit: 4_194_304,
             workflows: None,
+            provider_answers: None,
             api_token: None,
             internal_token: None,
             worker_interval: None,
@@ -395,6 +403,7 @@ impl Cli {
             body_limit: self.body_limit,
             batch_body_limit: self.batch_body_limit,
             workflows: self.workflows,
+            provider_answers: self.provider_answers,
             api_token: self.api_token,
             internal_token: self.internal_token,
             worker_interval: (self.worker_interval_ms > 0)

@@ -25,10 +25,11 @@ pub const JSON_SCHEMA_DIALECT: &str = "https://json-schema.org/draft/2020-12/sch
 
 const COMPONENT_SCHEMAS: &str = "#/components/schemas/";
 
-/// The component name of a contract (its [`Contract`] name); `None` for the workflows
-/// file, which is configuration and never crosses the wire.
+/// The component name of a contract (its [`Contract`] name); `None` for the data files
+/// (workflows, the table of provider answers), which are configuration and never cross
+/// the wire.
 pub fn component_name(contract: Contract) -> Option<&'static str> {
-    (contract != Contract::Workflows).then(|| contract.name())
+    (!matches!(contract, Contract::Workflows | Contract::ProviderAnswers)).then(|| contract.name())
 }
 
 /// Builds the whole document; cheap enough to build once at start-up and serve as is.

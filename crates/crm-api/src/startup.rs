@@ -12,7 +12,8 @@ use crm_adapters_file::{FileStore, FileStoreOptions};
 use crm_adapters_pg::{PgError, PgOptions, PgStore};
 use crm_app::Crm;
 use crm_app::adoption::LegacyRules;
-use crm_contracts::{Contract, Contracts, WORKFLOWS_JSON};
+use crm_contracts::{Contract, Contracts, PROVIDER_ANSWERS_JSON, WORKFLOWS_JSON};
+use crm_domain::answers::ProviderAnswers;
 use crm_domain::campaign::CAMPAIGN_WORKFLOW;
 use crm_domain::workflow::{Workflow, WorkflowSet};
 use crm_ports::Store;
@@ -49,6 +50,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let contracts = Arc::new(Contracts::load().context("built-in contracts do not load")?);
         let workflow = load_workflow(&settings, &contracts)?;
+        let answers = load_answers(&settings, &contracts)?;
         let address = resolve(&settings.bind)
             .with_context(|| format!("cannot use --bind {}", settings.bind))?;
         if !address.ip().is_loopback()
@@ -66,7 +68,7 @@ impl Application {
         let signals = StopSignals::install().context("cannot listen for SIGTERM")?;
         metrics::handle();
         let openapi = web::Data::new(OpenApiDocument(openapi::document(&contracts).to_string()));
-        let crm = Crm::new(store, contracts, Arc::new(workflow))
+        let crm = Crm::new(store, contracts, Arc::new(workflow), Arc::new(answers))
             .with_default_send_rate(settings.default_send_rate);
         let listener =
             TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
@@ -231,28 +233,46 @@ async fn not_found() -> HttpResponse {
     Code::NotFound.response()
 }
 
-fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<Workflow> {
-    let (origin, text) = match &settings.workflows {
+/// A data file the service is driven by (workflows, the table of answers): the
+/// operator's copy at `path` or the built-in `text`, JSON that meets `contract`.
+/// Returns where it came from, for messages, and its text.
+fn read_data_file(
+    what: &str,
+    path: Option<&std::path::Path>,
+    built_in: (&str, &str),
+    contract: Contract,
+    contracts: &Contracts,
+) -> anyhow::Result<(String, String)> {
+    let (origin, text) = match path {
         Some(path) => (
             path.display().to_string(),
             std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read workflows file {}", path.display()))?,
+                .with_context(|| format!("cannot read {what} file {}", path.display()))?,
         ),
-        None => (
-            "built-in workflows.json".to_owned(),
-            WORKFLOWS_JSON.to_owned(),
-        ),
+        None => (format!("built-in {}", built_in.0), built_in.1.to_owned()),
     };
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("workflows file {origin} is not JSON"))?;
-    if let Err(violations) = contracts.validate(Contract::Workflows, &json) {
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{what} file {origin} is not JSON"))?;
+    if let Err(violations) = contracts.validate(contract, &json) {
         let first = &violations[0];
         bail!(
-            "workflows file {origin} breaks contracts/workflows.schema.json at {:?}: {}",
+            "{what} file {origin} breaks contracts/{} at {:?}: {}",
+            contract.file_name(),
             first.pointer,
             first.message
         );
     }
+    Ok((origin, text))
+}
+
+fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<Workflow> {
+    let (origin, text) = read_data_file(
+        "workflows",
+        settings.workflows.as_deref(),
+        ("workflows.json", WORKFLOWS_JSON),
+        Contract::Workflows,
+        contracts,
+    )?;
     let set =
         WorkflowSet::parse(&text).with_context(|| format!("workflows file {origin} is refused"))?;
     let workflow = set
@@ -261,6 +281,19 @@ fn load_workflow(settings: &Settings, contracts: &Contracts) -> anyhow::Result<W
     crm_domain::campaign::check_workflow(workflow)
         .with_context(|| format!("workflows file {origin} cannot drive campaigns"))?;
     Ok(workflow.clone())
+}
+
+/// The table of provider answers; a bad table stops start-up naming its file.
+fn load_answers(settings: &Settings, contracts: &Contracts) -> anyhow::Result<ProviderAnswers> {
+    let (origin, text) = read_data_file(
+        "provider answers",
+        settings.provider_answers.as_deref(),
+        ("provider-answers.json", PROVIDER_ANSWERS_JSON),
+        Contract::ProviderAnswers,
+        contracts,
+    )?;
+    ProviderAnswers::parse(&text)
+        .with_context(|| format!("provider answers file {origin} is refused"))
 }
 
 async fn open_store(settings: &Settings, rules: LegacyRules) -> anyhow::Result<Arc<dyn Store>> {

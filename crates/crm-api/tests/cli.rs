@@ -164,7 +164,34 @@ fn bad_values_stop_start_up_with_a_non_zero_exit_naming_the_problem() {
     std::fs::write(&bad_workflows, r#"{"version": "1", "module": "m", "workflows": {"campaign": {"states": ["draft"], "transitions": [{"from": "draft", "to": "gone", "trigger": "go"}]}}}"#).unwrap();
     let odd_workflows = dir.path().join("odd-workflows.json");
     std::fs::write(&odd_workflows, r#"{"version": "1", "module": "m", "workflows": {"campaign": {"states": ["draft", "archived"], "transitions": [{"from": "draft", "to": "archived", "trigger": "archive"}]}}}"#).unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let twice_listed = dir.path().join("answers-twice.json");
+    std::fs::write(&twice_listed, r#"{"version": "1", "provider": "p", "answers": [{"codes": ["131048"], "action": "finish"}, {"codes": ["131048"], "action": "opt_out"}]}"#).unwrap();
+    let off_contract = dir.path().join("answers-off-contract.json");
+    std::fs::write(
+        &off_contract,
+        r#"{"version": "1", "provider": "p", "answers": [{"codes": ["1"], "action": "explode"}]}"#,
+    )
+    .unwrap();
+    let answers = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+    let (twice_listed, off_contract) = (answers(&twice_listed), answers(&off_contract));
+    let cases: [(&[&str], &str); 9] = [
+        (
+            &["--provider-answers", &twice_listed, "--data-dir", data_dir],
+            "answers-twice.json",
+        ),
+        (
+            &["--provider-answers", &off_contract, "--data-dir", data_dir],
+            "provider-answers.schema.json",
+        ),
+        (
+            &[
+                "--provider-answers",
+                "/nonexistent/answers.json",
+                "--data-dir",
+                data_dir,
+            ],
+            "/nonexistent/answers.json",
+        ),
         (&["--backend", "mongo"], "mongo"),
         (
             &["--bind", "not-an-address", "--data-dir", data_dir],

@@ -429,7 +429,7 @@ fn the_document_names_the_service_and_the_crate_version() {
 }
 
 #[test]
-fn every_contract_but_the_workflows_file_is_a_component_named_after_its_variant() {
+fn every_contract_but_the_data_files_is_a_component_named_after_its_variant() {
     for &contract in Contract::ALL {
         let expected = COMPONENTS
             .iter()

@@ -1,16 +1,22 @@
 //! The sender's side of the outbound queue: leases and acknowledgements.
 //!
-//! The rules (attempts, backoff, idempotent acks, lease expiry) are the domain's; this
-//! module draws the ids, the clock and the jitter they need, wraps the events in their
-//! envelopes (checked against the event contract), and hands the store what to save.
+//! The rules (attempts, backoff, idempotent acks, lease expiry, the table of provider
+//! answers, the automatic pause) are the domain's; this module draws the ids, the clock
+//! and the jitter they need, looks up the table's action and the tenant policy an action
+//! needs, wraps the events in their envelopes (checked against the event contract), and
+//! hands the store what to save.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crm_domain::delivery::{self, AckStatus, Acked, Claimed, LeaseId, QueueEntry};
+use crm_domain::answers::Action;
+use crm_domain::campaign::{self, Campaign, PauseCause};
+use crm_domain::delivery::{self, AckStatus, Claimed, LeaseId, QueueEntry, Rules};
+use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
-use crm_domain::opt_out::{OptOut, OptOutSource};
+use crm_domain::ids::TenantId;
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{AckDecision, AckRequest, Acker, LeaseDecision, LeasedItem, Leaser, NewOptOut};
+use crm_ports::{AckDecision, AckRequest, Acker, LeaseDecision, LeasedItem, Leaser, ack_decision};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -22,8 +28,6 @@ pub const MAX_CLAIM_LIMIT: usize = 100;
 /// Leases last at least this long and at most `MAX_LEASE`.
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
 pub const MAX_LEASE: Duration = Duration::from_secs(600);
-/// The reason recorded with an opt-out a sender reported.
-const REPORTED_OPT_OUT: &str = "reported by the sender";
 
 struct Lease<'a> {
     crm: &'a Crm,
@@ -60,72 +64,77 @@ impl Leaser for Lease<'_> {
 struct Ack<'a> {
     crm: &'a Crm,
     now: Timestamp,
+    /// The pair interval of each tenant whose acks carry a code that needs it.
+    recipient_intervals: HashMap<TenantId, Option<u32>>,
+}
+
+impl Ack<'_> {
+    fn action(&self, request: &AckRequest) -> Option<Action> {
+        self.crm
+            .answers
+            .action(request.report.error_code.as_deref())
+    }
 }
 
 impl Acker for Ack<'_> {
     fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision {
         // ±10 % of the backoff, so that retries of one outage do not come back together.
         let jitter = (Uuid::new_v4().as_u128() % 2_001) as f64 / 1_000.0 - 1.0;
-        match delivery::ack(
+        let rules = Rules {
+            action: self.action(request),
+            recipient_interval_ms: self
+                .recipient_intervals
+                .get(&entry.tenant_id)
+                .copied()
+                .flatten(),
+        };
+        let acked = delivery::ack(
             entry,
             follow_up,
             request.lease_id,
             &request.report,
+            rules,
             self.now,
             jitter,
-        ) {
-            Acked::Unchanged(status) => AckDecision::Unchanged(status),
-            Acked::Applied {
-                entry,
-                follow_up,
-                event,
-                status,
-            } => match self.crm.follow_up_envelope(&follow_up, &event, self.now) {
-                Ok(envelope) => {
-                    let opt_out = match request
-                        .report
-                        .opt_out
-                        .then(|| self.opt_out(&follow_up).map(Box::new))
-                        .transpose()
-                    {
-                        Ok(opt_out) => opt_out,
-                        Err(error) => return rejected(&entry, &error),
-                    };
-                    AckDecision::Apply {
-                        entry,
-                        follow_up,
-                        events: vec![envelope],
-                        opt_out,
-                        status,
-                    }
-                }
-                Err(error) => rejected(&entry, &error),
-            },
+        );
+        let wrap = |follow_up: &FollowUp, event: &_| {
+            self.crm.follow_up_envelope(follow_up, event, self.now)
+        };
+        ack_decision(acked, self.now, wrap).unwrap_or_else(|error| {
+            // Nothing is written without its events; the sender's repeat can land later.
+            tracing::error!(queue_item_id = %entry.queue_item_id, %error, "delivery event rejected");
+            AckDecision::Unchanged(AckStatus::LeaseLost)
+        })
+    }
+
+    fn may_pause(&self, request: &AckRequest) -> bool {
+        !request.report.accepted && self.action(request) == Some(Action::PauseCampaign)
+    }
+
+    fn pause(
+        &self,
+        campaign: &Campaign,
+        follow_up: &FollowUp,
+        cause: &PauseCause,
+    ) -> Option<(Campaign, EventEnvelope)> {
+        let (paused, event) = campaign::auto_pause(campaign, cause, &self.crm.workflow, self.now)?;
+        // In the correlation of the follow-up whose answer paused it.
+        match self.crm.follow_up_envelope(follow_up, &event, self.now) {
+            Ok(envelope) => {
+                tracing::warn!(
+                    campaign_id = %paused.campaign_id,
+                    followup_id = %follow_up.followup_id,
+                    ?cause,
+                    "campaign paused automatically"
+                );
+                Some((paused, envelope))
+            }
+            Err(error) => {
+                tracing::error!(campaign_id = %campaign.campaign_id, %error, "pause event rejected");
+                None
+            }
         }
     }
-}
-
-impl Ack<'_> {
-    /// The recipient's opt-out a sender reported, with its event in the follow-up's
-    /// correlation and trace.
-    fn opt_out(&self, follow_up: &FollowUp) -> Result<NewOptOut, AppError> {
-        let opt_out = OptOut {
-            tenant_id: follow_up.tenant_id.clone(),
-            phone_e164: follow_up.phone_e164.clone(),
-            reason: Some(REPORTED_OPT_OUT.to_owned()),
-            created_at: self.now,
-        };
-        let event =
-            self.crm
-                .follow_up_envelope(follow_up, &opt_out.added(OptOutSource::Ack), self.now)?;
-        Ok(NewOptOut { opt_out, event })
-    }
-}
-
-/// Nothing is written without its events; the sender's repeat can land later.
-fn rejected(entry: &QueueEntry, error: &AppError) -> AckDecision {
-    tracing::error!(queue_item_id = %entry.queue_item_id, %error, "delivery event rejected");
-    AckDecision::Unchanged(AckStatus::LeaseLost)
 }
 
 impl Crm {
@@ -159,11 +168,40 @@ impl Crm {
         let acker = Ack {
             crm: self,
             now: now(),
+            recipient_intervals: self.recipient_intervals(acks).await?,
         };
         let statuses = self.store.ack(acks, &acker).await?;
         for status in &statuses {
             metrics::counter!(names::OUTBOUND_ACKS, "status" => status.as_str()).increment(1);
         }
         Ok(statuses)
+    }
+
+    /// The pair interval of the tenants whose acks carry a code whose delay depends on it
+    /// (usually none, and then nothing is read).
+    async fn recipient_intervals(
+        &self,
+        acks: &[AckRequest],
+    ) -> Result<HashMap<TenantId, Option<u32>>, AppError> {
+        let mut intervals = HashMap::new();
+        for ack in acks {
+            let needs_policy = self
+                .answers
+                .action(ack.report.error_code.as_deref())
+                .is_some_and(|action| action.needs_policy());
+            if !needs_policy || ack.report.accepted {
+                continue;
+            }
+            let Some(entry) = self.store.queue_entry(ack.queue_item_id).await? else {
+                continue;
+            };
+            if intervals.contains_key(&entry.tenant_id) {
+                continue;
+            }
+            let policy = self.store.sending_policy(&entry.tenant_id).await?;
+            let interval = policy.and_then(|policy| policy.recipient_min_interval_ms);
+            intervals.insert(entry.tenant_id, interval);
+        }
+        Ok(intervals)
     }
 }

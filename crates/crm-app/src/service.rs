@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crm_contracts::{Contract, Contracts};
+use crm_domain::answers::ProviderAnswers;
 use crm_domain::campaign::{self, Advance, Advanced, Campaign, CampaignState, NewCampaign};
 use crm_domain::event::{DomainEvent, EventContext, EventEnvelope};
 use crm_domain::follow_up::{FollowUp, FollowUpStatus, NewFollowUp};
@@ -43,7 +44,9 @@ pub struct Crm {
     pub(crate) contracts: Arc<Contracts>,
     /// The rate of tenants without a policy of their own.
     pub(crate) default_send_rate: Option<u32>,
-    workflow: Arc<Workflow>,
+    pub(crate) workflow: Arc<Workflow>,
+    /// What the provider's error codes mean (the table of answers).
+    pub(crate) answers: Arc<ProviderAnswers>,
     /// Set once the service is stopping: waiting feed reads answer at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -135,11 +138,17 @@ pub struct ScheduleFollowUp {
 }
 
 impl Crm {
-    pub fn new(store: Arc<dyn Store>, contracts: Arc<Contracts>, workflow: Arc<Workflow>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        contracts: Arc<Contracts>,
+        workflow: Arc<Workflow>,
+        answers: Arc<ProviderAnswers>,
+    ) -> Self {
         Self {
             store,
             contracts,
             workflow,
+            answers,
             default_send_rate: None,
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
@@ -236,8 +245,7 @@ impl Crm {
                 [self.envelope(&event, &moved.tenant_id, correlation_id, &trace_id, now)?];
             match self.store.update_campaign(&moved, &events).await {
                 Ok(()) => {
-                    // The contract carries a reason code but no record field or event
-                    // payload does; the log keeps it.
+                    // The event's payload carries the reason code too.
                     tracing::info!(
                         campaign_id = %moved.campaign_id,
                         from = %current.state,

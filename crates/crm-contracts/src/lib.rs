@@ -18,6 +18,10 @@ use serde_json::Value;
 /// The built-in copy of `workflows/workflows.json`, used unless an operator points at another file.
 pub const WORKFLOWS_JSON: &str = include_str!("../../../workflows/workflows.json");
 
+/// The built-in copy of `workflows/provider-answers.json`, the table of what a provider's
+/// error codes mean, used unless an operator points at another file.
+pub const PROVIDER_ANSWERS_JSON: &str = include_str!("../../../workflows/provider-answers.json");
+
 const EVENT_CATALOG_FILE: &str = "event-catalog.json";
 const EVENT_CATALOG_JSON: &str = include_str!("../../../contracts/event-catalog.json");
 
@@ -77,6 +81,7 @@ contracts! {
     OutboundQueueItem => "outbound-queue.schema.json",
     EventEnvelope => "orchestration-event.schema.json",
     Workflows => "workflows.schema.json",
+    ProviderAnswers => "provider-answers.schema.json",
     CampaignResponse => "campaign.response.schema.json",
     FollowUpResponse => "followup.response.schema.json",
     FollowUpCancel => "followup-cancel.request.schema.json",

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
-use crm_contracts::{Contract, Contracts, Violation, WORKFLOWS_JSON};
+use crm_contracts::{Contract, Contracts, PROVIDER_ANSWERS_JSON, Violation, WORKFLOWS_JSON};
 use serde_json::{Value, json};
 
 static CONTRACTS: LazyLock<Contracts> =
@@ -145,7 +145,8 @@ fn event(name: &str) -> Value {
         ),
         "crm.campaign.state.changed" => (
             "info",
-            json!({"campaign_id": CAMPAIGN_ID, "from_state": "draft", "to_state": "scheduled"}),
+            json!({"campaign_id": CAMPAIGN_ID, "from_state": "draft", "to_state": "scheduled",
+                   "reason_code": null}),
         ),
         "crm.followup.scheduled" => ("info", scheduled.clone()),
         "crm.followup.sent" => (
@@ -166,7 +167,14 @@ fn event(name: &str) -> Value {
             "failed",
             json!({"followup_id": FOLLOWUP_ID, "campaign_id": CAMPAIGN_ID,
                    "queue_item_id": "c56a4180-65aa-42ec-a945-5fd21dec0538", "attempt": 2,
-                   "provider_message_id": null, "error_code": "131026", "retryable": true}),
+                   "provider_message_id": null, "error_code": "131026", "retryable": false}),
+        ),
+        "crm.followup.delivery.retrying" => (
+            "info",
+            json!({"followup_id": FOLLOWUP_ID, "campaign_id": CAMPAIGN_ID,
+                   "queue_item_id": "c56a4180-65aa-42ec-a945-5fd21dec0538", "attempt": 1,
+                   "provider_message_id": null, "error_code": "130429", "retryable": true,
+                   "retry_at": "2025-01-01T09:00:01.000Z"}),
         ),
         "crm.optout.added" => (
             "info",
@@ -282,6 +290,49 @@ fn each_catalog_entry_status_is_the_one_the_event_schema_demands() {
 fn the_built_in_workflows_file_matches_its_schema() {
     let workflows: Value = serde_json::from_str(WORKFLOWS_JSON).expect("workflows.json is json");
     assert_valid(Contract::Workflows, &workflows);
+}
+
+#[test]
+fn the_built_in_table_of_answers_matches_its_schema_and_the_spec_codes() {
+    let table: Value = serde_json::from_str(PROVIDER_ANSWERS_JSON).expect("answers are json");
+    assert_valid(Contract::ProviderAnswers, &table);
+    let action_of = |code: &str| {
+        table["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|answer| {
+                answer["codes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c == code)
+            })
+            .map(|answer| answer["action"].as_str().unwrap().to_owned())
+    };
+    for (code, action) in [
+        ("131048", "pause_campaign"),
+        ("132015", "pause_campaign"),
+        ("132016", "pause_campaign"),
+        ("131050", "opt_out"),
+        ("131026", "finish"),
+        ("130403", "finish"),
+        ("131049", "retry"),
+        ("131056", "retry"),
+        ("130429", "retry"),
+    ] {
+        assert_eq!(action_of(code).as_deref(), Some(action), "{code}");
+    }
+}
+
+#[test]
+fn a_table_of_answers_with_a_delay_on_a_final_action_breaks_the_schema() {
+    let table = json!({"version": "1", "provider": "p", "answers": [
+        {"codes": ["1"], "action": "finish", "not_before": {"ms": 5}}]});
+    assert!(!rejected_at(Contract::ProviderAnswers, &table).is_empty());
+    let both = json!({"version": "1", "provider": "p", "answers": [
+        {"codes": ["1"], "action": "retry", "not_before": {"ms": 5, "growth": 2}}]});
+    assert!(!rejected_at(Contract::ProviderAnswers, &both).is_empty());
 }
 
 #[test]

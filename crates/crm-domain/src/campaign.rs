@@ -203,9 +203,73 @@ pub fn advance(
                 campaign_id: campaign.campaign_id,
                 from_state: from,
                 to_state: to,
+                reason_code: command.reason_code,
             };
             Ok(Advanced::Moved(Box::new(moved), event))
         }
+    }
+}
+
+/// The reason code of a pause the service decided itself.
+pub const AUTO_PAUSE: &str = "auto_pause";
+
+/// Why the service pauses a running campaign.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PauseCause {
+    /// A sender reported a code that the table of answers says pauses the campaign.
+    ErrorCode {
+        error_code: String,
+        followup_id: crate::ids::FollowUpId,
+    },
+}
+
+impl PauseCause {
+    /// What `metadata.auto_pause` records.
+    fn note(&self, now: Timestamp) -> Value {
+        match self {
+            Self::ErrorCode {
+                error_code,
+                followup_id,
+            } => serde_json::json!({
+                "cause": "error_code",
+                "error_code": error_code,
+                "followup_id": followup_id,
+                "at": now,
+            }),
+        }
+    }
+}
+
+/// Pauses a running campaign through the workflow, exactly as a PATCH to `paused` with
+/// reason code `auto_pause` would, noting the cause in `metadata.auto_pause`. `None` when
+/// there is nothing to do: the campaign is not running (already paused, or finished), or
+/// the workflow has no way from `running` to `paused`. A note that would make the
+/// metadata too large is left out; the pause itself is never refused for it.
+pub fn auto_pause(
+    campaign: &Campaign,
+    cause: &PauseCause,
+    workflow: &Workflow,
+    now: Timestamp,
+) -> Option<(Campaign, DomainEvent)> {
+    let (from, to) = (CampaignState::Running, CampaignState::Paused);
+    if campaign.state != from {
+        return None;
+    }
+    let trigger = workflow.trigger_for(from.as_str(), to.as_str())?.to_owned();
+    let command = |metadata| Advance {
+        to_state: to,
+        trigger: Some(trigger.clone()),
+        reason_code: Some(AUTO_PAUSE.to_owned()),
+        metadata,
+    };
+    let note = Map::from_iter([("auto_pause".to_owned(), cause.note(now))]);
+    let decided = match advance(campaign, command(Some(note)), workflow, now) {
+        Err(AdvanceError::MetadataTooLarge(_)) => advance(campaign, command(None), workflow, now),
+        other => other,
+    };
+    match decided {
+        Ok(Advanced::Moved(moved, event)) => Some((*moved, event)),
+        Ok(Advanced::Unchanged) | Err(_) => None,
     }
 }
 

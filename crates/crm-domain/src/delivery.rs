@@ -6,20 +6,27 @@
 //! dying is not handed out forever. An acknowledgement under the current lease records
 //! the outcome on the follow-up (`delivery`) with its event; a retryable failure with
 //! attempts left makes the item ready again after an exponential backoff. Acks are
-//! idempotent: repeating one changes nothing and answers the same.
+//! idempotent: repeating one changes nothing and answers the same. A failed attempt whose
+//! code the table of answers lists does what the table says (`crate::answers`): pause the
+//! campaign, opt the recipient out, finish, or retry no sooner than a given delay.
 
 use std::fmt;
 
 use serde_json::Value;
 
+use crate::answers::Action;
+use crate::campaign::PauseCause;
 use crate::event::{DomainEvent, FollowUpFacts};
 use crate::follow_up::FollowUp;
 use crate::ids::{FollowUpId, QueueItemId, TenantId};
+use crate::opt_out::OptOutSource;
 use crate::outbound::{OutboundItem, RetryPolicy};
 use crate::timestamp::Timestamp;
 
 /// The error code of a delivery whose last lease ran out with no attempts left.
 pub const LEASE_EXPIRED: &str = "LEASE_EXPIRED";
+/// The reason recorded with an opt-out a sender reported (`opt_out: true`).
+pub const REPORTED_OPT_OUT: &str = "reported by the sender";
 
 /// Identifies one lease of one outbound item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -151,6 +158,14 @@ impl QueueEntry {
 
     fn attempts_left(&self) -> bool {
         self.attempt < self.retry_policy.max_attempts
+    }
+
+    /// The backoff after this attempt: `backoff_ms × 2^(attempt-1)`, spread by `jitter`
+    /// (in `[-1, 1]`) over ±10 %.
+    fn backoff_ms(&self, jitter: f64) -> u64 {
+        let exponent = self.attempt.saturating_sub(1).min(30);
+        let backoff = f64::from(self.retry_policy.backoff_ms) * f64::from(1u32 << exponent);
+        (backoff * (1.0 + 0.1 * jitter.clamp(-1.0, 1.0))).max(0.0) as u64
     }
 }
 
@@ -286,15 +301,41 @@ impl Report {
     }
 }
 
+/// What the caller looked up for a report: the table's action for its error code, and
+/// the tenant's pair interval (needed only when that action's delay depends on it).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rules {
+    pub action: Option<Action>,
+    pub recipient_interval_ms: Option<u32>,
+}
+
+/// A recipient to add to the tenant's opt-out list, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptOutRequest {
+    pub reason: String,
+    pub source: OptOutSource,
+}
+
+/// What an applied acknowledgement asks beyond its own records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Consequences {
+    /// Pause the follow-up's campaign (if it is running) in the same commit.
+    pub pause: Option<PauseCause>,
+    /// Add the recipient to the tenant's opt-out list in the same commit.
+    pub opt_out: Option<OptOutRequest>,
+}
+
 /// What an acknowledgement did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acked {
-    /// The report was recorded: the entry, its follow-up and the event to save together.
+    /// The report was recorded: the entry, its follow-up and the event to save together,
+    /// with what else it causes.
     Applied {
         entry: Box<QueueEntry>,
         follow_up: Box<FollowUp>,
         event: Box<DomainEvent>,
         status: AckStatus,
+        consequences: Consequences,
     },
     /// Nothing to write: a repeat of an applied ack, or a lease that is not the item's.
     Unchanged(AckStatus),
@@ -302,11 +343,17 @@ pub enum Acked {
 
 /// Applies a report made under `lease_id`. `jitter` in `[-1, 1]` spreads retries by up to
 /// ±10 % of their backoff (the caller draws it; the domain has no randomness).
+///
+/// A failure whose code `rules.action` covers does what the table says: pause, opt-out
+/// and finish end the item whatever `retryable` says; a retry happens while attempts
+/// remain, no sooner than both the backoff and the table's delay. Other failures retry
+/// when `retryable` and attempts remain.
 pub fn ack(
     entry: &QueueEntry,
     follow_up: &FollowUp,
     lease_id: LeaseId,
     report: &Report,
+    rules: Rules,
     now: Timestamp,
     jitter: f64,
 ) -> Acked {
@@ -320,16 +367,26 @@ pub fn ack(
     if !current {
         return Acked::Unchanged(AckStatus::LeaseLost);
     }
+    let action = if report.accepted { None } else { rules.action };
+    let retry_in_ms = match action {
+        _ if !entry.attempts_left() => None,
+        None => (!report.accepted && report.retryable).then(|| entry.backoff_ms(jitter)),
+        Some(Action::Retry(not_before)) => Some(
+            entry
+                .backoff_ms(jitter)
+                .max(not_before.delay_ms(entry.attempt, rules.recipient_interval_ms)),
+        ),
+        Some(Action::PauseCampaign | Action::OptOut | Action::Finish) => None,
+    };
     let mut next = entry.clone();
     next.lease = None;
-    let retry = !report.accepted && report.retryable && entry.attempts_left();
-    let (status, delivery) = if retry {
-        let exponent = entry.attempt.saturating_sub(1).min(30);
-        let backoff = f64::from(entry.retry_policy.backoff_ms) * f64::from(1u32 << exponent);
-        let delay = (backoff * (1.0 + 0.1 * jitter.clamp(-1.0, 1.0))).max(0.0);
-        let ready_at = Timestamp::from_unix_millis(now.unix_millis().saturating_add(delay as i64))
-            .unwrap_or(Timestamp::MAX)
-            .min(Timestamp::MAX);
+    let (status, delivery) = if let Some(delay) = retry_in_ms {
+        let ready_at = Timestamp::from_unix_millis(
+            now.unix_millis()
+                .saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)),
+        )
+        .unwrap_or(Timestamp::MAX)
+        .min(Timestamp::MAX);
         next.status = QueueStatus::Ready;
         next.available_at = Some(ready_at);
         (AckStatus::RetryScheduled, DeliveryStatus::Retrying)
@@ -345,13 +402,39 @@ pub fn ack(
         (AckStatus::Acked, delivery)
     };
     next.last_ack = Some(LastAck { lease_id, status });
+    let consequences = consequences(follow_up, report, action);
     let (follow_up, event) = record(follow_up, &next, report, delivery, now);
     Acked::Applied {
         entry: Box::new(next),
         follow_up: Box::new(follow_up),
         event: Box::new(event),
         status,
+        consequences,
     }
+}
+
+/// The pause and the opt-out a report causes: the table's, or the sender's own `opt_out`.
+fn consequences(follow_up: &FollowUp, report: &Report, action: Option<Action>) -> Consequences {
+    let code = report.error_code.clone().unwrap_or_default();
+    let pause =
+        (action == Some(Action::PauseCampaign) && follow_up.campaign_id.is_some()).then(|| {
+            PauseCause::ErrorCode {
+                error_code: code.clone(),
+                followup_id: follow_up.followup_id,
+            }
+        });
+    let opt_out = if action == Some(Action::OptOut) {
+        Some(OptOutRequest {
+            reason: format!("provider:{code}"),
+            source: OptOutSource::Provider,
+        })
+    } else {
+        report.opt_out.then(|| OptOutRequest {
+            reason: REPORTED_OPT_OUT.to_owned(),
+            source: OptOutSource::Ack,
+        })
+    };
+    Consequences { pause, opt_out }
 }
 
 /// The follow-up with its delivery recorded, and the event that says so.
@@ -381,9 +464,12 @@ fn record(
     };
     let event = match status {
         DeliveryStatus::Accepted => DomainEvent::FollowUpDeliveryAccepted(facts),
-        DeliveryStatus::Retrying | DeliveryStatus::Failed => {
-            DomainEvent::FollowUpDeliveryFailed(facts)
-        }
+        DeliveryStatus::Failed => DomainEvent::FollowUpDeliveryFailed(facts),
+        // A retried entry is ready again at `available_at`.
+        DeliveryStatus::Retrying => DomainEvent::FollowUpDeliveryRetrying {
+            facts,
+            retry_at: entry.available_at.unwrap_or(now),
+        },
     };
     (recorded, event)
 }

@@ -31,6 +31,8 @@ pub enum DomainEvent {
         campaign_id: CampaignId,
         from_state: CampaignState,
         to_state: CampaignState,
+        /// The PATCH's reason code, or `auto_pause` when the service paused it.
+        reason_code: Option<String>,
     },
     FollowUpScheduled(FollowUpFacts),
     FollowUpSent {
@@ -44,8 +46,13 @@ pub enum DomainEvent {
     },
     /// The sender reported the message delivered to the provider.
     FollowUpDeliveryAccepted(DeliveryFacts),
-    /// The sender reported a failed attempt; `retryable` says whether another follows.
+    /// The delivery failed for good (stored once per outbound item).
     FollowUpDeliveryFailed(DeliveryFacts),
+    /// The sender reported a failed attempt that will be tried again at `retry_at`.
+    FollowUpDeliveryRetrying {
+        facts: DeliveryFacts,
+        retry_at: Timestamp,
+    },
     /// A number joined the tenant's opt-out list.
     OptOutAdded(OptOutFacts),
     /// A number left the tenant's opt-out list.
@@ -94,6 +101,7 @@ impl DomainEvent {
             Self::FollowUpFailed { .. } => "crm.followup.failed",
             Self::FollowUpDeliveryAccepted(_) => "crm.followup.delivery.accepted",
             Self::FollowUpDeliveryFailed(_) => "crm.followup.delivery.failed",
+            Self::FollowUpDeliveryRetrying { .. } => "crm.followup.delivery.retrying",
             Self::OptOutAdded(_) => "crm.optout.added",
             Self::OptOutRemoved(_) => "crm.optout.removed",
         }
@@ -104,6 +112,7 @@ impl DomainEvent {
             Self::CampaignCreated { .. }
             | Self::CampaignStateChanged { .. }
             | Self::FollowUpScheduled(_)
+            | Self::FollowUpDeliveryRetrying { .. }
             | Self::OptOutAdded(_)
             | Self::OptOutRemoved(_) => EventStatus::Info,
             Self::FollowUpSent { .. } | Self::FollowUpDeliveryAccepted(_) => EventStatus::Completed,
@@ -128,10 +137,12 @@ impl DomainEvent {
                 campaign_id,
                 from_state,
                 to_state,
+                reason_code,
             } => json!({
                 "campaign_id": campaign_id,
                 "from_state": from_state,
                 "to_state": to_state,
+                "reason_code": reason_code,
             }),
             Self::FollowUpScheduled(facts) => facts.payload(),
             Self::FollowUpSent {
@@ -154,6 +165,11 @@ impl DomainEvent {
             }
             Self::FollowUpDeliveryAccepted(facts) | Self::FollowUpDeliveryFailed(facts) => {
                 facts.payload()
+            }
+            Self::FollowUpDeliveryRetrying { facts, retry_at } => {
+                let mut payload = facts.payload();
+                payload["retry_at"] = json!(retry_at);
+                payload
             }
             Self::OptOutAdded(facts) | Self::OptOutRemoved(facts) => json!({
                 "phone_e164": facts.phone_e164,

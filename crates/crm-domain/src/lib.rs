@@ -6,6 +6,7 @@
 //! runtime; identifiers and timestamps come in as arguments, so other modules can reuse
 //! it and every rule is unit-testable.
 
+pub mod answers;
 pub mod campaign;
 pub mod delivery;
 pub mod event;

@@ -7,9 +7,10 @@
 use std::future::Future;
 use std::sync::Mutex;
 
-use crm_domain::campaign::{Campaign, CampaignState, CampaignStats, NewCampaign};
+use crm_domain::answers::{Action, ProviderAnswers};
+use crm_domain::campaign::{Campaign, CampaignState, CampaignStats, NewCampaign, PauseCause};
 use crm_domain::delivery::{
-    self, AckStatus, Acked, Claimed, DeliveryStatus, LeaseId, QueueEntry, Report,
+    self, AckStatus, Claimed, DeliveryStatus, LeaseId, QueueEntry, Report, Rules,
 };
 use crm_domain::event::{DomainEvent, EventContext, EventEnvelope};
 use crm_domain::follow_up::{FailureReason, FollowUp, FollowUpStatus, NewFollowUp};
@@ -19,6 +20,7 @@ use crm_domain::outbound::OutboundItem;
 use crm_domain::page::EventCursor;
 use crm_domain::policy::SendingPolicy;
 use crm_domain::timestamp::Timestamp;
+use crm_domain::workflow::{Workflow, WorkflowSet};
 use serde_json::Map;
 use uuid::Uuid;
 
@@ -28,7 +30,7 @@ use crate::drain::{
     Planner, SkipReason, UsageNeeds,
 };
 use crate::events::{FeedQuery, TraceQuery};
-use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser};
+use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser, ack_decision};
 use crate::store::{
     CampaignQuery, CreateResult, Created, FollowUpQuery, NewOptOut, OptOutQuery, Retention,
     Scheduled, Store, StoreError,
@@ -91,6 +93,11 @@ suite!(
     an_ack_under_a_lease_claimed_again_is_lease_lost_and_an_unknown_item_not_found,
     a_retryable_failure_makes_the_item_ready_after_its_backoff,
     an_ack_with_opt_out_adds_the_recipient_to_the_opt_out_list,
+    a_pausing_code_pauses_the_running_campaign_once_in_the_acks_commit,
+    a_pausing_code_leaves_a_campaign_that_is_not_running_alone,
+    an_opt_out_code_adds_the_recipient_with_the_code_as_the_reason,
+    a_finishing_code_ends_the_item_whatever_retryable_says,
+    a_code_that_retries_tomorrow_holds_the_item_a_day,
     opt_outs_are_added_once_listed_by_number_and_removed,
 );
 
@@ -284,6 +291,7 @@ pub async fn move_campaign(
         campaign_id: campaign.campaign_id,
         from_state: campaign.state,
         to_state: to,
+        reason_code: None,
     };
     let events = vec![envelope(
         &event,
@@ -555,6 +563,7 @@ pub async fn an_update_saves_the_change_with_its_event(store: &dyn Store) {
         campaign_id: campaign.campaign_id,
         from_state: campaign.state,
         to_state: moved.state,
+        reason_code: None,
     };
     let events = vec![envelope(
         &event,
@@ -584,6 +593,7 @@ pub async fn an_update_decided_on_a_stale_copy_is_refused(store: &dyn Store) {
         campaign_id: campaign.campaign_id,
         from_state: campaign.state,
         to_state: loser.state,
+        reason_code: None,
     };
     let events = vec![envelope(
         &event,
@@ -2104,60 +2114,89 @@ impl Leaser for LeaseAt {
     }
 }
 
-/// Applies acks with the domain's rules at `now`, without jitter.
+/// Applies acks with the domain's rules at `now`, without jitter, with the table of
+/// answers of SPEC §10 and the campaign workflow of `workflows.json`.
 #[derive(Debug)]
 pub struct AckWith {
     pub now: Timestamp,
 }
 
+/// The table of SPEC §10, inline so that these checks do not move with the data file.
+const ANSWERS_JSON: &str = r#"{"version": "1", "provider": "whatsapp", "answers": [
+  {"codes": ["131048", "132015", "132016"], "action": "pause_campaign"},
+  {"codes": ["131050"], "action": "opt_out"},
+  {"codes": ["131026", "130403"], "action": "finish"},
+  {"codes": ["131049"], "action": "retry", "not_before": {"ms": 86400000}},
+  {"codes": ["131056"], "action": "retry",
+   "not_before": {"recipient_interval_default_ms": 6000, "growth": 4}},
+  {"codes": ["130429"], "action": "retry"}]}"#;
+
+const CAMPAIGN_WORKFLOW_JSON: &str = r#"{"version": "1", "module": "conformance",
+  "workflows": {"campaign": {
+  "states": ["draft", "scheduled", "running", "paused", "completed", "canceled", "failed"],
+  "transitions": [{"from": "running", "to": "paused", "trigger": "pause_campaign"},
+                  {"from": "paused", "to": "running", "trigger": "resume_campaign"}]}}}"#;
+
+static ANSWERS: std::sync::LazyLock<ProviderAnswers> =
+    std::sync::LazyLock::new(|| ProviderAnswers::parse(ANSWERS_JSON).expect("the table parses"));
+
+static CAMPAIGN_WORKFLOW: std::sync::LazyLock<Workflow> = std::sync::LazyLock::new(|| {
+    WorkflowSet::parse(CAMPAIGN_WORKFLOW_JSON)
+        .expect("the workflow parses")
+        .workflow(crm_domain::campaign::CAMPAIGN_WORKFLOW)
+        .expect("it has the campaign workflow")
+        .clone()
+});
+
 impl Acker for AckWith {
     fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision {
-        match delivery::ack(
+        let rules = Rules {
+            action: ANSWERS.action(request.report.error_code.as_deref()),
+            recipient_interval_ms: None,
+        };
+        let acked = delivery::ack(
             entry,
             follow_up,
             request.lease_id,
             &request.report,
+            rules,
             self.now,
             0.0,
-        ) {
-            Acked::Applied {
-                entry,
-                follow_up,
+        );
+        // In the follow-up's correlation, as the service stores them.
+        let wrap = |follow_up: &FollowUp, event: &DomainEvent| {
+            Ok::<_, std::convert::Infallible>(envelope(
                 event,
-                status,
-            } => {
-                let events = vec![envelope(
-                    &event,
-                    &follow_up.tenant_id,
-                    follow_up.correlation_id,
-                    self.now,
-                )];
-                let opt_out = request.report.opt_out.then(|| {
-                    let opt_out = OptOut {
-                        tenant_id: follow_up.tenant_id.clone(),
-                        phone_e164: follow_up.phone_e164.clone(),
-                        reason: Some("reported by the sender".into()),
-                        created_at: self.now,
-                    };
-                    // In the follow-up's correlation, as the service stores it.
-                    let event = envelope(
-                        &opt_out.added(OptOutSource::Ack),
-                        &follow_up.tenant_id,
-                        follow_up.correlation_id,
-                        self.now,
-                    );
-                    Box::new(NewOptOut { opt_out, event })
-                });
-                AckDecision::Apply {
-                    entry,
-                    follow_up,
-                    events,
-                    opt_out,
-                    status,
-                }
-            }
-            Acked::Unchanged(status) => AckDecision::Unchanged(status),
+                &follow_up.tenant_id,
+                follow_up.correlation_id,
+                self.now,
+            ))
+        };
+        match ack_decision(acked, self.now, wrap) {
+            Ok(decision) => decision,
+            Err(never) => match never {},
         }
+    }
+
+    fn may_pause(&self, request: &AckRequest) -> bool {
+        ANSWERS.action(request.report.error_code.as_deref()) == Some(Action::PauseCampaign)
+    }
+
+    fn pause(
+        &self,
+        campaign: &Campaign,
+        follow_up: &FollowUp,
+        cause: &PauseCause,
+    ) -> Option<(Campaign, EventEnvelope)> {
+        let (paused, event) =
+            crm_domain::campaign::auto_pause(campaign, cause, &CAMPAIGN_WORKFLOW, self.now)?;
+        let event = envelope(
+            &event,
+            &paused.tenant_id,
+            follow_up.correlation_id,
+            self.now,
+        );
+        Some((paused, event))
     }
 }
 
@@ -2362,12 +2401,19 @@ pub async fn a_retryable_failure_makes_the_item_ready_after_its_backoff(store: &
         .unwrap();
     assert_eq!(statuses, [AckStatus::RetryScheduled]);
     let stored = all_follow_ups(store, &tenant_id).await.remove(0);
-    assert_eq!(stored.delivery.unwrap().status, DeliveryStatus::Retrying);
+    assert_eq!(
+        stored.delivery.as_ref().map(|d| d.status),
+        Some(DeliveryStatus::Retrying)
+    );
     // backoff_ms 500 × 2^0 after the ack.
     assert!(claim_at(store, 203_499, 1).await.is_empty());
     let retried = claim_at(store, 203_500, 1).await;
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].entry.attempt, 2);
+    // A transient failure is `retrying`, never `failed`: one `failed` per item at most.
+    let delivery = events_named(store, &stored, "crm.followup.delivery.").await;
+    assert_eq!(delivery.len(), 1);
+    assert_eq!(delivery[0].name, "crm.followup.delivery.retrying");
 }
 
 pub async fn an_ack_with_opt_out_adds_the_recipient_to_the_opt_out_list(store: &dyn Store) {
@@ -2416,6 +2462,186 @@ pub async fn an_ack_with_opt_out_adds_the_recipient_to_the_opt_out_list(store: &
         follow_ups[0].phone_e164.as_str()
     );
     assert_eq!(added[0].payload["source"], "ack");
+}
+
+/// A running campaign of `tenant_id` with `count` follow-ups handed out, each leased.
+async fn leased_in_running_campaign(
+    store: &dyn Store,
+    tenant_id: &TenantId,
+    count: usize,
+) -> (Campaign, Vec<FollowUp>, Vec<LeasedItem>) {
+    let campaign = create_campaign(store, tenant_id, at(0)).await;
+    let campaign = move_campaign(store, &campaign, CampaignState::Running, at(1)).await;
+    let mut follow_ups = Vec::new();
+    for _ in 0..count {
+        follow_ups.push(schedule(store, tenant_id, Some(campaign.campaign_id), at(0)).await);
+    }
+    store
+        .drain(at(1_000), count, &SendAll::default())
+        .await
+        .unwrap();
+    let leased = claim_at(store, 202_000, count).await;
+    assert_eq!(leased.len(), count);
+    (campaign, follow_ups, leased)
+}
+
+/// An ack of `leased` reporting a failure with `code`.
+fn failed_with(leased: &LeasedItem, code: &str, retryable: bool) -> AckRequest {
+    AckRequest {
+        report: Report {
+            error_code: Some(code.to_owned()),
+            ..report(false, retryable, false)
+        },
+        ..accepted(leased)
+    }
+}
+
+/// One follow-up of a running campaign of `tenant_a`, leased and answered with a failure
+/// carrying `code` at 203 s: the follow-up and the ack's status.
+async fn answered(store: &dyn Store, code: &str, retryable: bool) -> (FollowUp, AckStatus) {
+    let tenant_id = tenant("tenant_a");
+    let (_, mut follow_ups, leased) = leased_in_running_campaign(store, &tenant_id, 1).await;
+    let statuses = store
+        .ack(
+            &[failed_with(&leased[0], code, retryable)],
+            &AckWith { now: at(203_000) },
+        )
+        .await
+        .unwrap();
+    (follow_ups.remove(0), statuses[0])
+}
+
+/// The events under `follow_up`'s correlation whose names start with `prefix`.
+async fn events_named(store: &dyn Store, follow_up: &FollowUp, prefix: &str) -> Vec<EventEnvelope> {
+    events_of(store, follow_up.correlation_id)
+        .await
+        .into_iter()
+        .filter(|event| event.name.starts_with(prefix))
+        .collect()
+}
+
+/// The campaign's state changes stored under the correlations of `follow_ups`.
+async fn state_changes(store: &dyn Store, follow_ups: &[FollowUp]) -> Vec<EventEnvelope> {
+    let mut changes = Vec::new();
+    for follow_up in follow_ups {
+        changes.extend(events_named(store, follow_up, "crm.campaign.state.changed").await);
+    }
+    changes
+}
+
+pub async fn a_pausing_code_pauses_the_running_campaign_once_in_the_acks_commit(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let (campaign, follow_ups, leased) = leased_in_running_campaign(store, &tenant_id, 3).await;
+    // Two pausing answers in one batch, a third in the next: one pause.
+    let acker = AckWith { now: at(203_000) };
+    let statuses = store
+        .ack(
+            &[
+                failed_with(&leased[0], "131048", true),
+                failed_with(&leased[1], "132015", false),
+            ],
+            &acker,
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::Acked, AckStatus::Acked]);
+    let statuses = store
+        .ack(&[failed_with(&leased[2], "132016", true)], &acker)
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::Acked]);
+    let paused = store
+        .campaign(&tenant_id, campaign.campaign_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(paused.state, CampaignState::Paused);
+    assert_eq!(paused.revision, campaign.revision + 1);
+    assert_eq!(paused.metadata["auto_pause"]["cause"], "error_code");
+    assert_eq!(paused.metadata["auto_pause"]["error_code"], "131048");
+    let changes = state_changes(store, &follow_ups).await;
+    assert_eq!(changes.len(), 1, "one pause, one event: {changes:?}");
+    assert_eq!(changes[0].payload["from_state"], "running");
+    assert_eq!(changes[0].payload["to_state"], "paused");
+    assert_eq!(changes[0].payload["reason_code"], "auto_pause");
+    // Every item is done, failed for good, with no retry: a pausing code ends it.
+    for follow_up in all_follow_ups(store, &tenant_id).await {
+        assert_eq!(follow_up.delivery.unwrap().status, DeliveryStatus::Failed);
+    }
+    let stats = store.campaign_stats(campaign.campaign_id).await.unwrap();
+    assert_eq!((stats.delivery_failed, stats.delivery_retrying), (3, 0));
+    assert!(claim_at(store, 900_000, 10).await.is_empty());
+}
+
+pub async fn a_pausing_code_leaves_a_campaign_that_is_not_running_alone(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let (campaign, follow_ups, leased) = leased_in_running_campaign(store, &tenant_id, 1).await;
+    let stopped = move_campaign(store, &campaign, CampaignState::Paused, at(2)).await;
+    let stopped = move_campaign(store, &stopped, CampaignState::Canceled, at(3)).await;
+    let statuses = store
+        .ack(
+            &[failed_with(&leased[0], "131048", true)],
+            &AckWith { now: at(203_000) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::Acked]);
+    let stored = store
+        .campaign(&tenant_id, campaign.campaign_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, stopped);
+    assert_eq!(state_changes(store, &follow_ups).await, []);
+}
+
+pub async fn an_opt_out_code_adds_the_recipient_with_the_code_as_the_reason(store: &dyn Store) {
+    let (follow_up, status) = answered(store, "131050", true).await;
+    assert_eq!(status, AckStatus::Acked);
+    let page = store
+        .opt_outs(&OptOutQuery {
+            tenant_id: follow_up.tenant_id.clone(),
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].phone_e164, follow_up.phone_e164);
+    assert_eq!(page.items[0].reason.as_deref(), Some("provider:131050"));
+    let added = events_named(store, &follow_up, "crm.optout.added").await;
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0].payload["source"], "provider");
+    assert_eq!(added[0].payload["reason"], "provider:131050");
+    assert!(
+        claim_at(store, 900_000, 10).await.is_empty(),
+        "done, not retried"
+    );
+}
+
+pub async fn a_finishing_code_ends_the_item_whatever_retryable_says(store: &dyn Store) {
+    let (follow_up, status) = answered(store, "131026", true).await;
+    assert_eq!(status, AckStatus::Acked);
+    let delivery = events_named(store, &follow_up, "crm.followup.delivery.").await;
+    assert_eq!(delivery.len(), 1);
+    assert_eq!(delivery[0].name, "crm.followup.delivery.failed");
+    assert!(claim_at(store, 900_000, 10).await.is_empty());
+}
+
+pub async fn a_code_that_retries_tomorrow_holds_the_item_a_day(store: &dyn Store) {
+    // The sender says "not retryable"; the table says "tomorrow".
+    let (follow_up, status) = answered(store, "131049", false).await;
+    assert_eq!(status, AckStatus::RetryScheduled);
+    let day = 86_400_000;
+    assert!(claim_at(store, 203_000 + day - 1, 1).await.is_empty());
+    let retrying = events_named(store, &follow_up, "crm.followup.delivery.").await;
+    assert_eq!(retrying.len(), 1, "{retrying:?}");
+    assert_eq!(retrying[0].name, "crm.followup.delivery.retrying");
+    assert_eq!(
+        retrying[0].payload["retry_at"],
+        serde_json::json!(at(203_000 + day))
+    );
+    assert_eq!(claim_at(store, 203_000 + day, 1).await.len(), 1);
 }
 
 pub async fn opt_outs_are_added_once_listed_by_number_and_removed(store: &dyn Store) {

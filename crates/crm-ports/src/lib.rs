@@ -27,7 +27,7 @@ pub use events::{
 };
 pub use outbound::{
     AckBatch, AckDecision, AckRequest, Acker, ClaimBatch, LeaseDecision, LeasedItem, Leaser,
-    OutboundQueue, decide_acks, decide_claims,
+    OutboundQueue, ack_decision, campaigns_to_hold, decide_acks, decide_claims,
 };
 pub use store::{
     BoxError, CampaignQuery, CampaignStore, CreateResult, Created, Expired, FollowUpQuery,

@@ -4,14 +4,20 @@
 //! Items are enqueued by the store in the same unit as the follow-up's status change
 //! (`FollowUpStore::drain`), which is what makes the hand-off exactly-once. A claim
 //! leases items to one consumer at a time; an ack records the result on the follow-up
-//! with its event, atomically. The rules (attempts, backoff, idempotent acks) are the
-//! domain's, asked through `Leaser` and `Acker` while the store holds the items.
+//! with its event, atomically, and with what it causes: an opt-out, or the pause of the
+//! follow-up's campaign. The rules (attempts, backoff, idempotent acks, the table of
+//! provider answers) are the domain's, asked through `Leaser` and `Acker` while the store
+//! holds the items (and the campaigns an ack may pause).
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use crm_domain::delivery::{AckStatus, LeaseId, QueueEntry, Report};
-use crm_domain::event::EventEnvelope;
+use crm_domain::campaign::{Campaign, PauseCause};
+use crm_domain::delivery::{AckStatus, Acked, LeaseId, QueueEntry, Report};
+use crm_domain::event::{DomainEvent, EventEnvelope};
 use crm_domain::follow_up::FollowUp;
-use crm_domain::ids::QueueItemId;
+use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId};
+use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
 use crm_domain::timestamp::Timestamp;
 
@@ -56,21 +62,82 @@ pub struct AckRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AckDecision {
     /// Save the entry, the follow-up and the events (and the opt-out, if any, with its
-    /// own event when the number is new to the list) together.
+    /// own event when the number is new to the list) together; pause the follow-up's
+    /// campaign for `pause`, if it is running, in the same commit.
     Apply {
         entry: Box<QueueEntry>,
         follow_up: Box<FollowUp>,
         events: Vec<EventEnvelope>,
         opt_out: Option<Box<NewOptOut>>,
+        pause: Option<PauseCause>,
         status: AckStatus,
     },
     /// Write nothing and answer this.
     Unchanged(AckStatus),
 }
 
-/// Decides each ack; called while the store holds the item and its follow-up.
+/// Decides each ack; called while the store holds the item, its follow-up and, for an
+/// ack that `may_pause`, the follow-up's campaign.
 pub trait Acker: Send + Sync {
     fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision;
+
+    /// Whether this ack's report could pause its follow-up's campaign, so the store must
+    /// hold that campaign while deciding (most acks cannot, and cost no campaign read).
+    fn may_pause(&self, request: &AckRequest) -> bool;
+
+    /// The campaign paused for `cause`, with its event; `None` when there is nothing to
+    /// do (the campaign is not running).
+    fn pause(
+        &self,
+        campaign: &Campaign,
+        follow_up: &FollowUp,
+        cause: &PauseCause,
+    ) -> Option<(Campaign, EventEnvelope)>;
+}
+
+/// Turns the domain's answer to an ack into what a store saves: the event wrapped by
+/// `wrap`, the opt-out asked for with its `crm.optout.added` event (both in the
+/// follow-up's correlation), the pause passed on. Every `Acker` builds its decision here.
+///
+/// # Errors
+/// What `wrap` returns (an event its caller refuses); then nothing is to be written.
+pub fn ack_decision<E>(
+    acked: Acked,
+    now: crm_domain::timestamp::Timestamp,
+    wrap: impl Fn(&FollowUp, &DomainEvent) -> Result<EventEnvelope, E>,
+) -> Result<AckDecision, E> {
+    let (entry, follow_up, event, status, consequences) = match acked {
+        Acked::Unchanged(status) => return Ok(AckDecision::Unchanged(status)),
+        Acked::Applied {
+            entry,
+            follow_up,
+            event,
+            status,
+            consequences,
+        } => (entry, follow_up, event, status, consequences),
+    };
+    let events = vec![wrap(&follow_up, &event)?];
+    let opt_out = match consequences.opt_out {
+        None => None,
+        Some(request) => {
+            let opt_out = OptOut {
+                tenant_id: follow_up.tenant_id.clone(),
+                phone_e164: follow_up.phone_e164.clone(),
+                reason: Some(request.reason),
+                created_at: now,
+            };
+            let event = wrap(&follow_up, &opt_out.added(request.source))?;
+            Some(Box::new(NewOptOut { opt_out, event }))
+        }
+    };
+    Ok(AckDecision::Apply {
+        entry,
+        follow_up,
+        events,
+        opt_out,
+        pause: consequences.pause,
+        status,
+    })
 }
 
 #[async_trait]
@@ -126,26 +193,51 @@ pub struct AckBatch {
     pub entries: Vec<QueueEntry>,
     /// The follow-ups that changed, each once, in their latest state.
     pub follow_ups: Vec<FollowUp>,
+    /// The campaigns paused, each once; a store saves each only if its stored revision
+    /// is still the one before.
+    pub campaigns: Vec<Campaign>,
     pub events: Vec<EventEnvelope>,
     /// Opt-outs to add, each number once; a store writes one (and its event) only if the
     /// number is not on the list yet.
     pub opt_outs: Vec<NewOptOut>,
 }
 
+/// The campaigns a store must hold (lock, or keep from changing) while it decides these
+/// acks: those of the follow-ups whose acks `may_pause`, in id order (the order every
+/// store locks them in). Usually none.
+pub fn campaigns_to_hold(
+    acks: &[AckRequest],
+    acker: &dyn Acker,
+    entry: impl Fn(QueueItemId) -> Option<FollowUpId>,
+    campaign_of: impl Fn(FollowUpId) -> Option<CampaignId>,
+) -> Vec<CampaignId> {
+    let mut held: Vec<CampaignId> = acks
+        .iter()
+        .filter(|ack| acker.may_pause(ack))
+        .filter_map(|ack| campaign_of(entry(ack.queue_item_id)?))
+        .collect();
+    held.sort_by_key(CampaignId::as_uuid);
+    held.dedup();
+    held
+}
+
 /// Decides a batch of acks in order, each seeing the ones before it (an item acked twice
-/// in one batch answers the same twice), from the entries and follow-ups the store holds
-/// (`entry` and `follow_up` look them up). Every store applies acks through this, so the
-/// sequencing rule lives here once.
+/// in one batch answers the same twice; a campaign paused by one ack is not paused again
+/// by the next), from the entries, follow-ups and campaigns the store holds (`entry`,
+/// `follow_up` and `campaign` look them up; `campaign` is asked only about those of
+/// `campaigns_to_hold`). Every store applies acks through this, so the sequencing rule
+/// lives here once.
 pub fn decide_acks(
     acks: &[AckRequest],
     acker: &dyn Acker,
     entry: impl Fn(QueueItemId) -> Option<QueueEntry>,
-    follow_up: impl Fn(crm_domain::ids::FollowUpId) -> Option<FollowUp>,
+    follow_up: impl Fn(FollowUpId) -> Option<FollowUp>,
+    campaign: impl Fn(CampaignId) -> Option<Campaign>,
 ) -> AckBatch {
-    use std::collections::HashMap;
     let mut batch = AckBatch::default();
     let mut entries: HashMap<QueueItemId, QueueEntry> = HashMap::new();
-    let mut follow_ups: HashMap<crm_domain::ids::FollowUpId, FollowUp> = HashMap::new();
+    let mut follow_ups: HashMap<FollowUpId, FollowUp> = HashMap::new();
+    let mut campaigns: HashMap<CampaignId, Campaign> = HashMap::new();
     let mut order = Vec::new();
     for ack in acks {
         let Some(current) = entries
@@ -171,6 +263,7 @@ pub fn decide_acks(
                 follow_up,
                 events,
                 opt_out,
+                pause,
                 status,
             } => {
                 batch.statuses.push(status);
@@ -182,6 +275,18 @@ pub fn decide_acks(
                     });
                     if !seen {
                         batch.opt_outs.push(*opt_out);
+                    }
+                }
+                if let (Some(cause), Some(campaign_id)) = (pause, follow_up.campaign_id) {
+                    let current = campaigns
+                        .get(&campaign_id)
+                        .cloned()
+                        .or_else(|| campaign(campaign_id));
+                    if let Some((paused, event)) =
+                        current.and_then(|current| acker.pause(&current, &follow_up, &cause))
+                    {
+                        batch.events.push(event);
+                        campaigns.insert(campaign_id, paused);
                     }
                 }
                 if !entries.contains_key(&entry.queue_item_id) {
@@ -197,6 +302,7 @@ pub fn decide_acks(
         .filter_map(|id| entries.remove(&id))
         .collect();
     batch.follow_ups = follow_ups.into_values().collect();
+    batch.campaigns = campaigns.into_values().collect();
     batch
 }
 
@@ -215,7 +321,7 @@ pub struct ClaimBatch {
 /// Asks `leaser` about each claimable entry (with its follow-up), in order.
 pub fn decide_claims<'a, F: std::ops::Deref<Target = FollowUp>>(
     claimable: impl IntoIterator<Item = &'a QueueEntry>,
-    follow_up_of: impl Fn(crm_domain::ids::FollowUpId) -> Option<F>,
+    follow_up_of: impl Fn(FollowUpId) -> Option<F>,
     leaser: &dyn Leaser,
 ) -> ClaimBatch {
     let mut batch = ClaimBatch::default();

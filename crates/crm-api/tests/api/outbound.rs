@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, eventually, follow_up_body, names, new_id, new_tenant, spawn_app, str_field, with,
+    TestApp, advance_body, eventually, follow_up_body, names, new_id, new_tenant, spawn_app,
+    str_field, with,
 };
 
 /// One follow-up of a fresh tenant, drained into the queue: `(tenant, followup_id,
@@ -133,7 +134,8 @@ async fn an_accepted_ack_records_the_delivery_and_its_event_once() {
 async fn a_retryable_failure_comes_back_with_the_next_attempt_until_attempts_run_out() {
     let app = spawn_app().await;
     let (tenant, followup_id, correlation_id) = queued(&app).await;
-    let failure = json!({"result": "failed", "error_code": "131048", "retryable": true});
+    // The provider's throughput code: the table retries it with the item's backoff.
+    let failure = json!({"result": "failed", "error_code": "130429", "retryable": true});
 
     let first = claim_when_ready(&app).await;
     assert_eq!(
@@ -150,7 +152,7 @@ async fn a_retryable_failure_comes_back_with_the_next_attempt_until_attempts_run
     assert_eq!(ack(&app, &ack_of(&third, failure)).await, ["acked"]);
 
     assert_eq!(retrying["delivery"]["status"], "retrying");
-    assert_eq!(retrying["delivery"]["error_code"], "131048");
+    assert_eq!(retrying["delivery"]["error_code"], "130429");
     let attempts: Vec<&Value> = [&first, &second, &third]
         .iter()
         .map(|leased| &leased["attempt"])
@@ -172,13 +174,18 @@ async fn a_retryable_failure_comes_back_with_the_next_attempt_until_attempts_run
             (&json!(2), &json!(true)),
             (&json!(3), &json!(false))
         ],
-        "one delivery.failed event per attempt, retryable while attempts are left"
+        "one delivery event per attempt, retryable while attempts are left"
     );
-    assert!(
-        names(&events[2..])
-            .iter()
-            .all(|name| *name == "crm.followup.delivery.failed")
+    assert_eq!(
+        names(&events[2..]),
+        [
+            "crm.followup.delivery.retrying",
+            "crm.followup.delivery.retrying",
+            "crm.followup.delivery.failed"
+        ],
+        "one delivery.failed per item: transient failures are retrying"
     );
+    assert!(events[2]["payload"]["retry_at"].is_string());
 }
 
 #[tokio::test]
@@ -331,4 +338,119 @@ async fn concurrent_consumers_never_hold_the_same_item() {
     assert_eq!(distinct.len(), ids.len(), "an item leased twice");
     assert_eq!(ids.len(), 40, "every item leased once");
     assert!(ids.iter().all(|id| Uuid::parse_str(id).is_ok()));
+}
+
+/// A running campaign of a fresh tenant with one follow-up drained into the queue and
+/// leased: `(campaign, followup_id, leased)`.
+async fn leased_in_running_campaign(app: &TestApp) -> (Value, String, Value) {
+    let tenant = new_tenant();
+    let campaign = app.seed_campaign(&tenant, "scheduled").await;
+    let campaign = app
+        .move_campaign(&campaign, "running", "start_window_open")
+        .await;
+    let body = with(
+        follow_up_body(&tenant),
+        "/request/followup/campaign_id",
+        campaign["campaign_id"].clone(),
+    );
+    let response = app.seed_follow_up(&body).await;
+    let report = app.drain(&json!({})).await.ok();
+    assert_eq!(report["succeeded_count"], 1, "{report}");
+    let leased = claim_when_ready(app).await;
+    let followup_id = str_field(&response, "/followup/followup_id").to_owned();
+    (campaign, followup_id, leased)
+}
+
+#[tokio::test]
+async fn a_spam_rate_answer_pauses_the_running_campaign_as_a_patch_would() {
+    let app = spawn_app().await;
+    let (campaign, followup_id, leased) = leased_in_running_campaign(&app).await;
+    let tenant = str_field(&campaign, "/tenant_id");
+    let campaign_id = str_field(&campaign, "/campaign_id");
+
+    let answer = json!({"result": "failed", "error_code": "131048", "retryable": true});
+    assert_eq!(ack(&app, &ack_of(&leased, answer)).await, ["acked"]);
+
+    let reply = app.get_campaign(campaign_id, tenant).await.ok();
+    let paused = &reply["campaign"];
+    assert_eq!(paused["state"], "paused");
+    assert_eq!(
+        paused["metadata"]["owner"], "tests",
+        "merged, as a PATCH merges"
+    );
+    let note = &paused["metadata"]["auto_pause"];
+    assert_eq!(note["cause"], "error_code");
+    assert_eq!(note["error_code"], "131048");
+    assert_eq!(note["followup_id"], followup_id.as_str());
+    assert_eq!(reply["stats"]["delivery"]["failed"], 1);
+    let changes = app.feed_events(tenant, "crm.campaign.state.changed").await;
+    let reasons: Vec<(&Value, &Value)> = changes
+        .iter()
+        .map(|event| {
+            (
+                &event["payload"]["to_state"],
+                &event["payload"]["reason_code"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (&json!("running"), &Value::Null),
+            (&json!("paused"), &json!("auto_pause"))
+        ]
+    );
+    // Nothing is retried, and a person resumes the campaign as usual.
+    assert_eq!(claim(&app, json!({})).await, Vec::<Value>::new());
+    let resumed = app
+        .move_campaign(paused, "running", "resume_campaign")
+        .await;
+    assert_eq!(resumed["state"], "running");
+}
+
+#[tokio::test]
+async fn a_patch_reason_code_travels_in_its_state_changed_event() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let campaign = app.seed_campaign(&tenant, "draft").await;
+    let body = with(
+        advance_body(&tenant, "scheduled", "schedule_campaign"),
+        "/request/changes/reason_code",
+        json!("ops_request"),
+    );
+    app.advance_campaign(str_field(&campaign, "/campaign_id"), &body)
+        .await
+        .ok();
+    let changes = app.feed_events(&tenant, "crm.campaign.state.changed").await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0]["payload"]["reason_code"], "ops_request");
+}
+
+#[tokio::test]
+async fn a_marketing_opt_out_answer_puts_the_recipient_on_the_list_once() {
+    let app = spawn_app().await;
+    let (campaign, _, leased) = leased_in_running_campaign(&app).await;
+    let tenant = str_field(&campaign, "/tenant_id");
+
+    let answer = json!({"result": "failed", "error_code": "131050", "retryable": true});
+    assert_eq!(ack(&app, &ack_of(&leased, answer)).await, ["acked"]);
+
+    let list = app.opt_outs(&[("tenant_id", tenant)]).await.ok();
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["phone_e164"], "+5511999990001");
+    assert_eq!(items[0]["reason"], "provider:131050");
+    let added = app.feed_events(tenant, "crm.optout.added").await;
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0]["payload"]["source"], "provider");
+    let campaign_now = app
+        .get_campaign(str_field(&campaign, "/campaign_id"), tenant)
+        .await
+        .ok();
+    assert_eq!(campaign_now["campaign"]["state"], "running", "not paused");
+    assert_eq!(
+        claim(&app, json!({})).await,
+        Vec::<Value>::new(),
+        "not retried"
+    );
 }

@@ -203,7 +203,8 @@ fn a_move_bumps_the_revision_and_time_merges_metadata_and_emits_the_change() {
     assert_eq!(event.name(), "crm.campaign.state.changed");
     assert_eq!(
         event.payload(),
-        json!({"campaign_id": campaign.campaign_id, "from_state": "draft", "to_state": "scheduled"})
+        json!({"campaign_id": campaign.campaign_id, "from_state": "draft", "to_state": "scheduled",
+               "reason_code": "ops_request"})
     );
 }
 
@@ -281,4 +282,56 @@ fn a_merge_that_would_make_the_metadata_too_large_is_refused() {
         matches!(outcome, Err(AdvanceError::MetadataTooLarge(_))),
         "{outcome:?}"
     );
+}
+
+fn spam_limit() -> PauseCause {
+    PauseCause::ErrorCode {
+        error_code: "131048".into(),
+        followup_id: crate::ids::FollowUpId::new(uuid::Uuid::from_u128(7)),
+    }
+}
+
+#[test]
+fn an_automatic_pause_moves_a_running_campaign_as_a_patch_would_and_notes_the_cause() {
+    let campaign = campaign_in(CampaignState::Running);
+    let now = at("2025-01-02T00:00:00.000Z");
+    let (paused, event) = auto_pause(&campaign, &spam_limit(), &workflow(), now).unwrap();
+    assert_eq!(paused.state, CampaignState::Paused);
+    assert_eq!(paused.revision, campaign.revision + 1);
+    assert_eq!(paused.metadata["auto_pause"]["cause"], "error_code");
+    assert_eq!(paused.metadata["auto_pause"]["error_code"], "131048");
+    assert_eq!(
+        event,
+        DomainEvent::CampaignStateChanged {
+            campaign_id: campaign.campaign_id,
+            from_state: CampaignState::Running,
+            to_state: CampaignState::Paused,
+            reason_code: Some(AUTO_PAUSE.into()),
+        }
+    );
+}
+
+#[test]
+fn an_automatic_pause_leaves_a_campaign_that_is_not_running_alone() {
+    for state in CampaignState::ALL
+        .into_iter()
+        .filter(|state| *state != CampaignState::Running)
+    {
+        let campaign = campaign_in(state);
+        let now = at("2025-01-02T00:00:00.000Z");
+        assert_eq!(auto_pause(&campaign, &spam_limit(), &workflow(), now), None);
+    }
+}
+
+#[test]
+fn an_automatic_pause_without_room_for_its_note_still_pauses() {
+    let mut campaign = campaign_in(CampaignState::Running);
+    let room = crate::metadata::MAX_METADATA_BYTES - 64;
+    campaign
+        .metadata
+        .insert("big".into(), json!("x".repeat(room)));
+    let now = at("2025-01-02T00:00:00.000Z");
+    let (paused, _) = auto_pause(&campaign, &spam_limit(), &workflow(), now).unwrap();
+    assert_eq!(paused.state, CampaignState::Paused);
+    assert!(!paused.metadata.contains_key("auto_pause"));
 }
