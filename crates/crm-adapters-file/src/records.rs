@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use crm_domain::campaign::Campaign;
 use crm_domain::delivery::{
     AckStatus, Delivery, DeliveryStatus, LastAck, Lease, LeaseId, QueueEntry, QueueStatus,
+    ReceiptTimes,
 };
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
@@ -136,6 +137,13 @@ pub(crate) struct DeliveryRecord<'a> {
     pub provider_message_id: Option<Cow<'a, str>>,
     pub error_code: Option<Cow<'a, str>>,
     pub updated_at: Timestamp,
+    /// The times the provider's receipts reported; absent until one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<Timestamp>,
 }
 
 impl<'a> From<&'a Delivery> for DeliveryRecord<'a> {
@@ -146,6 +154,9 @@ impl<'a> From<&'a Delivery> for DeliveryRecord<'a> {
             provider_message_id: delivery.provider_message_id.as_deref().map(Cow::Borrowed),
             error_code: delivery.error_code.as_deref().map(Cow::Borrowed),
             updated_at: delivery.updated_at,
+            delivered_at: delivery.receipts.delivered_at,
+            read_at: delivery.receipts.read_at,
+            failed_at: delivery.receipts.failed_at,
         }
     }
 }
@@ -162,6 +173,11 @@ impl TryFrom<DeliveryRecord<'_>> for Delivery {
             provider_message_id: record.provider_message_id.map(Cow::into_owned),
             error_code: record.error_code.map(Cow::into_owned),
             updated_at: record.updated_at,
+            receipts: ReceiptTimes {
+                delivered_at: record.delivered_at,
+                read_at: record.read_at,
+                failed_at: record.failed_at,
+            },
         })
     }
 }
@@ -546,11 +562,16 @@ mod tests {
             sender: Some("pn-0001".into()),
             sent_at: Some(at("2025-01-01T09:00:01.000Z")),
             delivery: Some(Delivery {
-                status: DeliveryStatus::Retrying,
+                status: DeliveryStatus::Read,
                 attempts: 2,
-                provider_message_id: None,
-                error_code: Some("PROVIDER_DOWN".into()),
+                provider_message_id: Some("wamid.HBgM".into()),
+                error_code: None,
                 updated_at: at("2025-01-01T09:00:01.000Z"),
+                receipts: ReceiptTimes {
+                    delivered_at: Some(at("2025-01-01T09:00:02.000Z")),
+                    read_at: Some(at("2025-01-01T09:00:03.000Z")),
+                    failed_at: None,
+                },
             }),
             created_at: at("2025-01-01T08:00:00.000Z"),
             updated_at: at("2025-01-01T09:00:00.001Z"),

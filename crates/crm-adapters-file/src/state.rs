@@ -135,6 +135,9 @@ struct Indexes {
     /// Outbound items done, by when they finished (for retention).
     finished: BTreeSet<(Millis, u64)>,
     item_seq: HashMap<QueueItemId, u64>,
+    /// The follow-ups whose delivery recorded each provider message id (one, unless a
+    /// sender reported one id twice).
+    provider_messages: HashMap<String, Vec<FollowUpId>>,
 }
 
 impl Indexes {
@@ -146,6 +149,31 @@ impl Indexes {
         self.tenants.insert(tenant_id.clone(), next);
         self.tenant_ids.push(tenant_id.clone());
         next
+    }
+
+    /// Moves `follow_up` in the provider message index from where `old` had it.
+    fn index_provider_message(&mut self, old: Option<&FollowUp>, follow_up: &FollowUp) {
+        let message_id = |f: &FollowUp| {
+            f.delivery
+                .as_ref()
+                .and_then(|delivery| delivery.provider_message_id.clone())
+        };
+        let (before, after) = (old.and_then(message_id), message_id(follow_up));
+        if before == after {
+            return;
+        }
+        let id = follow_up.followup_id;
+        if let Some(before) = before
+            && let Some(ids) = self.provider_messages.get_mut(&before)
+        {
+            ids.retain(|known| *known != id);
+            if ids.is_empty() {
+                self.provider_messages.remove(&before);
+            }
+        }
+        if let Some(after) = after {
+            self.provider_messages.entry(after).or_default().push(id);
+        }
     }
 
     fn zone(&mut self, time_zone: Option<&str>) -> ZoneKey {
@@ -406,6 +434,8 @@ impl State {
             zone: self.indexes.zone(follow_up.time_zone.as_deref()),
         };
         let old = self.image.follow_ups.get(&id).cloned();
+        self.indexes
+            .index_provider_message(old.as_deref(), &follow_up);
         if let Some(campaign) = follow_up.campaign_id {
             let change = CampaignStats::change(old.as_deref(), &follow_up);
             self.indexes
@@ -511,6 +541,18 @@ impl State {
 
     pub fn campaign(&self, id: CampaignId) -> Option<&Arc<Campaign>> {
         self.image.campaigns.get(&id)
+    }
+
+    /// The follow-ups whose delivery recorded `provider_message_id`.
+    pub fn follow_ups_by_provider_message(&self, provider_message_id: &str) -> Vec<FollowUp> {
+        self.indexes
+            .provider_messages
+            .get(provider_message_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.image.follow_ups.get(id))
+            .map(|follow_up| (**follow_up).clone())
+            .collect()
     }
 
     pub fn follow_up(&self, id: FollowUpId) -> Option<&Arc<FollowUp>> {

@@ -16,14 +16,15 @@ use crm_domain::outbound::OutboundItem;
 use crm_domain::page::EventCursor;
 use crm_domain::page::Page;
 use crm_domain::policy::SendingPolicy;
+use crm_domain::receipt::{Receipt, ReceiptAnswer};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     AckRequest, Acker, CampaignQuery, CampaignStore, Candidate, CreateResult, Created,
-    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, EventEmitter, EventPage,
-    Expired, FeedPage, FeedQuery, FollowUpQuery, FollowUpStore, LaneState, LeasedItem, Leaser,
-    NewOptOut, OptOutPage, OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore,
-    Retention, Scheduled, SendingFacts, Store, StoreError, TraceQuery, campaigns_to_hold,
-    decide_acks, decide_claims,
+    DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, Effects, EventEmitter,
+    EventPage, Expired, FeedPage, FeedQuery, FollowUpQuery, FollowUpStore, LaneState, LeasedItem,
+    Leaser, NewOptOut, OptOutPage, OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore,
+    ReceiptApplier, Retention, Scheduled, SendingFacts, Store, StoreError, TraceQuery, ack_holds,
+    decide_acks, decide_claims, decide_receipts, receipt_holds,
 };
 use serde_json::value::RawValue;
 
@@ -39,6 +40,14 @@ use crate::shared::{Claims, Shared, Ticket, Touch};
 use crate::state::{Change, State, StoredEvent, StoredOutbound};
 
 /// The embedded store. Cheap to clone; all clones share one data dir.
+/// What one look at the store decided (see `FileStore::decide_settled`).
+enum Look<T> {
+    /// A change to what it reads is on its way to the disk: look again after it.
+    Wait(Ticket),
+    /// Decided: the answer, and the change to wait for first, if it made one.
+    Decided(Option<Ticket>, T),
+}
+
 #[derive(Debug, Clone)]
 pub struct FileStore {
     pub(crate) inner: Arc<Inner>,
@@ -133,6 +142,84 @@ impl FileStore {
     }
 
     /// Sends `change` to the journal; the caller then waits on the ticket.
+    /// Decides a batch (acks, receipts) once nothing it reads has a change on its way to
+    /// the disk: `look` either names such a change to wait for, or decides (committing
+    /// what it changed, whose ticket it returns); answers once that is durable.
+    async fn decide_settled<T>(
+        &self,
+        look: impl Fn(&mut Shared) -> Result<Look<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        loop {
+            let looked = look(&mut self.current())?;
+            match looked {
+                Look::Decided(ticket, answer) => {
+                    if let Some(ticket) = ticket {
+                        self.durable(ticket).await?;
+                    }
+                    return Ok(answer);
+                }
+                // Another change to what this reads is on its way: decide after it.
+                Look::Wait(conflict) => {
+                    let _ = self.durable(conflict).await;
+                }
+            }
+        }
+    }
+
+    /// Commits what a batch of acks or receipts decided, with the queue entries it moved:
+    /// follow-ups, paused campaigns, events, and the opt-outs of numbers not on the list
+    /// yet (a number on it already stays as it is, and its event is not stored again).
+    fn commit_effects(
+        &self,
+        shared: &mut Shared,
+        effects: Effects,
+        outbound: Vec<StoredOutbound>,
+    ) -> Result<Ticket, StoreError> {
+        let mut touched: Vec<Touch> = outbound
+            .iter()
+            .map(|stored| Touch::QueueItem(stored.entry.queue_item_id))
+            .chain(
+                effects
+                    .follow_ups
+                    .iter()
+                    .map(|f| Touch::FollowUp(f.followup_id)),
+            )
+            .chain(
+                effects
+                    .campaigns
+                    .iter()
+                    .map(|c| Touch::Campaign(c.campaign_id)),
+            )
+            .collect();
+        let mut events = effects.events;
+        let opt_outs: Vec<OptOut> = effects
+            .opt_outs
+            .into_iter()
+            .filter(|new| {
+                let o = &new.opt_out;
+                shared.state.opt_out(&o.tenant_id, &o.phone_e164).is_none()
+            })
+            .map(|new| {
+                events.push(new.event);
+                new.opt_out
+            })
+            .collect();
+        touched.extend(
+            opt_outs
+                .iter()
+                .map(|o| Touch::OptOut(o.tenant_id.clone(), o.phone_e164.clone())),
+        );
+        let change = Change {
+            outbound,
+            follow_ups: effects.follow_ups,
+            campaigns: effects.campaigns,
+            events: stored_events(&events),
+            opt_outs,
+            ..Change::default()
+        };
+        self.commit(shared, change, touched, Claims::default())
+    }
+
     fn commit(
         &self,
         shared: &mut Shared,
@@ -946,113 +1033,80 @@ impl OutboundQueue for FileStore {
         acks: &[AckRequest],
         acker: &dyn Acker,
     ) -> Result<Vec<AckStatus>, StoreError> {
-        let items: Vec<Touch> = acks
-            .iter()
-            .map(|ack| Touch::QueueItem(ack.queue_item_id))
-            .collect();
-        loop {
-            let decided = {
-                let mut shared = self.current();
-                // The campaigns these acks may pause are decided on too: no change to
-                // one of them may be on its way.
-                let held = campaigns_to_hold(
-                    acks,
-                    acker,
-                    |id| shared.state.outbound_item(id).map(|s| s.entry.followup_id),
-                    |id| shared.state.follow_up(id).and_then(|f| f.campaign_id),
-                );
-                let keys: Vec<Touch> = items
-                    .iter()
-                    .cloned()
-                    .chain(held.into_iter().map(Touch::Campaign))
-                    .collect();
-                match shared.conflict(&keys) {
-                    Some(conflict) => Err(conflict),
-                    None => {
-                        let state = &shared.state;
-                        let batch = decide_acks(
-                            acks,
-                            acker,
-                            |id| state.outbound_item(id).map(|stored| stored.entry.clone()),
-                            |id| state.follow_up(id).map(|follow_up| (**follow_up).clone()),
-                            |id| state.campaign(id).map(|campaign| (**campaign).clone()),
-                        );
-                        if batch.entries.is_empty() {
-                            return Ok(batch.statuses);
-                        }
-                        let mut touched: Vec<Touch> = batch
-                            .entries
-                            .iter()
-                            .map(|entry| Touch::QueueItem(entry.queue_item_id))
-                            .collect();
-                        touched.extend(
-                            batch
-                                .follow_ups
-                                .iter()
-                                .map(|f| Touch::FollowUp(f.followup_id)),
-                        );
-                        touched.extend(
-                            batch
-                                .campaigns
-                                .iter()
-                                .map(|c| Touch::Campaign(c.campaign_id)),
-                        );
-                        // A number on the list already stays as it is, and its event is
-                        // not stored again.
-                        let mut events = batch.events;
-                        let opt_outs: Vec<OptOut> = batch
-                            .opt_outs
-                            .into_iter()
-                            .filter(|new| {
-                                let o = &new.opt_out;
-                                state.opt_out(&o.tenant_id, &o.phone_e164).is_none()
-                            })
-                            .map(|new| {
-                                events.push(new.event);
-                                new.opt_out
-                            })
-                            .collect();
-                        touched.extend(
-                            opt_outs
-                                .iter()
-                                .map(|o| Touch::OptOut(o.tenant_id.clone(), o.phone_e164.clone())),
-                        );
-                        let change = Change {
-                            outbound: batch
-                                .entries
-                                .into_iter()
-                                .filter_map(|entry| {
-                                    let stored = state.outbound_item(entry.queue_item_id)?;
-                                    Some(StoredOutbound {
-                                        seq: stored.seq,
-                                        entry,
-                                        json: stored.json.clone(),
-                                    })
-                                })
-                                .collect(),
-                            follow_ups: batch.follow_ups,
-                            campaigns: batch.campaigns,
-                            events: stored_events(&events),
-                            opt_outs,
-                            ..Change::default()
-                        };
-                        let ticket =
-                            self.commit(&mut shared, change, touched, Claims::default())?;
-                        Ok((ticket, batch.statuses))
-                    }
-                }
-            };
-            match decided {
-                Ok((ticket, statuses)) => {
-                    self.durable(ticket).await?;
-                    return Ok(statuses);
-                }
-                // Another change to one of these items is on its way: decide after it.
-                Err(conflict) => {
-                    let _ = self.durable(conflict).await;
-                }
+        self.decide_settled(|shared| {
+            // The campaigns these acks may pause are decided on too.
+            let held = ack_holds(acks, acker, |id| {
+                let item = shared.state.outbound_item(id)?;
+                shared.state.follow_up(item.entry.followup_id)?.campaign_id
+            });
+            let keys: Vec<Touch> = acks
+                .iter()
+                .map(|ack| Touch::QueueItem(ack.queue_item_id))
+                .chain(held.into_iter().map(Touch::Campaign))
+                .collect();
+            if let Some(conflict) = shared.conflict(&keys) {
+                return Ok(Look::Wait(conflict));
             }
-        }
+            let state = &shared.state;
+            let batch = decide_acks(
+                acks,
+                acker,
+                |id| state.outbound_item(id).map(|stored| stored.entry.clone()),
+                |id| state.follow_up(id).map(|follow_up| (**follow_up).clone()),
+                |id| state.campaign(id).map(|campaign| (**campaign).clone()),
+            );
+            if batch.entries.is_empty() {
+                return Ok(Look::Decided(None, batch.statuses));
+            }
+            let outbound: Vec<StoredOutbound> = batch
+                .entries
+                .into_iter()
+                .filter_map(|entry| {
+                    let stored = state.outbound_item(entry.queue_item_id)?;
+                    Some(StoredOutbound {
+                        seq: stored.seq,
+                        entry,
+                        json: stored.json.clone(),
+                    })
+                })
+                .collect();
+            let ticket = self.commit_effects(shared, batch.effects, outbound)?;
+            Ok(Look::Decided(Some(ticket), batch.statuses))
+        })
+        .await
+    }
+
+    async fn apply_receipts(
+        &self,
+        receipts: &[Receipt],
+        applier: &dyn ReceiptApplier,
+    ) -> Result<Vec<ReceiptAnswer>, StoreError> {
+        self.decide_settled(|shared| {
+            let candidates = |id: &str| shared.state.follow_ups_by_provider_message(id);
+            // The follow-ups the receipts are about, and the campaigns they may pause.
+            let held = receipt_holds(receipts, applier, candidates);
+            let keys: Vec<Touch> = receipts
+                .iter()
+                .flat_map(|receipt| candidates(&receipt.provider_message_id))
+                .map(|follow_up| Touch::FollowUp(follow_up.followup_id))
+                .chain(held.into_iter().map(Touch::Campaign))
+                .collect();
+            if let Some(conflict) = shared.conflict(&keys) {
+                return Ok(Look::Wait(conflict));
+            }
+            let batch = decide_receipts(receipts, applier, candidates, |id| {
+                shared
+                    .state
+                    .campaign(id)
+                    .map(|campaign| (**campaign).clone())
+            });
+            if batch.effects.follow_ups.is_empty() {
+                return Ok(Look::Decided(None, batch.answers));
+            }
+            let ticket = self.commit_effects(shared, batch.effects, Vec::new())?;
+            Ok(Look::Decided(Some(ticket), batch.answers))
+        })
+        .await
     }
 
     async fn queue_entry(&self, id: QueueItemId) -> Result<Option<QueueEntry>, StoreError> {

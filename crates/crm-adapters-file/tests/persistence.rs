@@ -10,8 +10,10 @@ use crm_adapters_file::OpenError;
 use crm_domain::campaign::CampaignState;
 use crm_domain::follow_up::FollowUpStatus;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId};
-use crm_ports::conformance::{all_follow_ups, events_of, tenant};
-use crm_ports::{CampaignQuery, OptOutQuery, Store};
+use crm_domain::receipt::{Receipt, ReceiptAnswer, ReceiptStatus};
+use crm_domain::timestamp::Timestamp;
+use crm_ports::conformance::{AckWith, all_follow_ups, events_of, tenant};
+use crm_ports::{CampaignQuery, OptOutQuery, OutboundQueue, Store};
 use support::{assert_restored, copy_dir, journal_files, open, open_quiet, write_some};
 use uuid::Uuid;
 
@@ -268,6 +270,20 @@ async fn a_data_dir_of_format_2_opens_with_every_record_before_and_after_a_compa
     drop(store);
     let store = open_quiet(dir.path()).unwrap();
     assert_format_2_fixture(&store).await;
+    // A receipt finds the message an earlier version recorded, after a compaction.
+    let receipt = Receipt {
+        provider_message_id: "wamid.fixture".into(),
+        tenant_id: None,
+        status: ReceiptStatus::Delivered,
+        at: Timestamp::from_unix_millis(1_735_722_000_000).unwrap(),
+        error_code: None,
+        error_message: None,
+    };
+    let applier = AckWith {
+        now: Timestamp::from_unix_millis(1_735_722_001_000).unwrap(),
+    };
+    let answers = store.apply_receipts(&[receipt], &applier).await.unwrap();
+    assert_eq!(answers, [ReceiptAnswer::Applied]);
 }
 
 #[tokio::test]

@@ -205,7 +205,7 @@ pub(crate) struct Columns {
     deliveries: Vec<Option<serde_json::Value>>,
     created_at: Vec<OffsetDateTime>,
     updated_at: Vec<OffsetDateTime>,
-    counts: [Vec<i64>; 6],
+    counts: [Vec<i64>; 8],
     events: EventColumns,
     owners: Vec<Uuid>,
     senders: Vec<Option<String>>,
@@ -214,7 +214,7 @@ pub(crate) struct Columns {
 impl Columns {
     pub(crate) fn new(batch: &[CreateJob]) -> Result<Self, StoreError> {
         let follow_ups: Vec<&FollowUp> = batch.iter().map(|job| &job.follow_up).collect();
-        let counts: Vec<[i64; 6]> = follow_ups
+        let counts: Vec<[i64; 8]> = follow_ups
             .iter()
             .map(|f| CampaignStats::of(f).counts())
             .collect();
@@ -308,10 +308,13 @@ impl Columns {
             &self.created_at,
             &self.updated_at,
         ];
-        params.extend(self.counts.iter().map(|c| c as &(dyn ToSql + Sync)));
+        // `$22`..`$27`: the first six counts; the receipts' two came later, at the end.
+        let (first, later) = self.counts.split_at(6);
+        params.extend(first.iter().map(|c| c as &(dyn ToSql + Sync)));
         params.extend(self.events.params());
         params.push(&self.owners);
         params.push(&self.senders);
+        params.extend(later.iter().map(|c| c as &(dyn ToSql + Sync)));
         params
     }
 }

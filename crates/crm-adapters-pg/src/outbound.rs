@@ -14,11 +14,12 @@ use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId};
 use crm_domain::outbound::OutboundItem;
+use crm_domain::receipt::{Receipt, ReceiptAnswer};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::drain::stats_changes;
 use crm_ports::{
-    AckRequest, Acker, LeasedItem, Leaser, NewOptOut, OutboundQueue, StoreError, campaigns_to_hold,
-    decide_acks, decide_claims,
+    AckRequest, Acker, Effects, LeasedItem, Leaser, NewOptOut, OutboundQueue, ReceiptApplier,
+    StoreError, ack_holds, decide_acks, decide_claims, decide_receipts, receipt_holds,
 };
 use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
@@ -70,7 +71,7 @@ impl OutboundQueue for PgStore {
             let follow_ups = if running_out.is_empty() {
                 HashMap::new()
             } else {
-                follow_ups_by_id(&transaction, &running_out).await?
+                follow_ups_by_id(&transaction, sql::SELECT_FOLLOW_UPS_BY_ID, &running_out).await?
             };
             let batch = decide_claims(
                 claimed.iter().map(|(entry, _)| entry),
@@ -122,27 +123,14 @@ impl OutboundQueue for PgStore {
                 .collect::<Result<_, _>>()
                 .map_err(unavailable)?;
             let owners: Vec<FollowUpId> = entries.values().map(|e| e.followup_id).collect();
-            let follow_ups = follow_ups_by_id(&transaction, &owners).await?;
+            let follow_ups =
+                follow_ups_by_id(&transaction, sql::LOCK_FOLLOW_UPS_BY_ID, &owners).await?;
             // The campaigns these acks may pause stay locked until the commit, so a pause
             // is decided once across replicas (usually there are none).
-            let held: Vec<Uuid> = campaigns_to_hold(
-                acks,
-                acker,
-                |id| entries.get(&id).map(|entry| entry.followup_id),
-                |id| follow_ups.get(&id).and_then(|f| f.campaign_id),
-            )
-            .iter()
-            .map(CampaignId::as_uuid)
-            .collect();
-            let campaigns: HashMap<CampaignId, Campaign> = if held.is_empty() {
-                HashMap::new()
-            } else {
-                all(&transaction, sql::LOCK_CAMPAIGNS, &[&held], rows::campaign)
-                    .await?
-                    .into_iter()
-                    .map(|campaign| (campaign.campaign_id, campaign))
-                    .collect()
-            };
+            let held = ack_holds(acks, acker, |id| {
+                follow_ups.get(&entries.get(&id)?.followup_id)?.campaign_id
+            });
+            let campaigns = lock_campaigns(&transaction, &held).await?;
             let batch = decide_acks(
                 acks,
                 acker,
@@ -150,23 +138,58 @@ impl OutboundQueue for PgStore {
                 |id| follow_ups.get(&id).cloned(),
                 |id| campaigns.get(&id).cloned(),
             );
-            for paused in &batch.campaigns {
-                // Held since it was read: its revision cannot have moved.
-                if !save_campaign(&transaction, paused, &[]).await? {
-                    return Err(unavailable("a locked campaign changed under its lock"));
-                }
-            }
-            write_deliveries(
-                &transaction,
-                &batch.entries,
-                &batch.follow_ups,
-                &follow_ups,
-                &batch.opt_outs,
-                &batch.events,
-            )
-            .await?;
+            write_effects(&transaction, &batch.entries, &batch.effects, &follow_ups).await?;
             transaction.commit().await.map_err(unavailable)?;
             Ok(batch.statuses)
+        })
+        .await
+    }
+
+    async fn apply_receipts(
+        &self,
+        receipts: &[Receipt],
+        applier: &dyn ReceiptApplier,
+    ) -> Result<Vec<ReceiptAnswer>, StoreError> {
+        let mut ids: Vec<&str> = receipts
+            .iter()
+            .map(|receipt| receipt.provider_message_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.call(async |client| {
+            let transaction = client.transaction().await.map_err(unavailable)?;
+            // Every follow-up a receipt names, locked in id order: receipts about one
+            // message apply one after the other, here or in another replica.
+            let found = all(
+                &transaction,
+                sql::LOCK_FOLLOW_UPS_BY_PROVIDER_MESSAGE,
+                &[&ids],
+                rows::follow_up,
+            )
+            .await?;
+            let mut by_message: HashMap<&str, Vec<FollowUp>> = HashMap::new();
+            for follow_up in &found {
+                if let Some(id) = follow_up
+                    .delivery
+                    .as_ref()
+                    .and_then(|d| d.provider_message_id.as_deref())
+                {
+                    by_message.entry(id).or_default().push(follow_up.clone());
+                }
+            }
+            let candidates = |id: &str| by_message.get(id).cloned().unwrap_or_default();
+            let held = receipt_holds(receipts, applier, candidates);
+            let campaigns = lock_campaigns(&transaction, &held).await?;
+            let batch = decide_receipts(receipts, applier, candidates, |id| {
+                campaigns.get(&id).cloned()
+            });
+            let before: HashMap<FollowUpId, FollowUp> = found
+                .iter()
+                .map(|follow_up| (follow_up.followup_id, follow_up.clone()))
+                .collect();
+            write_effects(&transaction, &[], &batch.effects, &before).await?;
+            transaction.commit().await.map_err(unavailable)?;
+            Ok(batch.answers)
         })
         .await
     }
@@ -346,18 +369,58 @@ async fn write_deliveries(
     add_stats(transaction, &changes).await
 }
 
-/// The follow-ups with these ids.
+/// Locks the campaigns a batch may pause (in id order, as `ack_holds` and
+/// `receipt_holds` give them) until the transaction ends, and reads them.
+async fn lock_campaigns(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    held: &[CampaignId],
+) -> Result<HashMap<CampaignId, Campaign>, StoreError> {
+    if held.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<Uuid> = held.iter().map(CampaignId::as_uuid).collect();
+    Ok(
+        all(transaction, sql::LOCK_CAMPAIGNS, &[&ids], rows::campaign)
+            .await?
+            .into_iter()
+            .map(|campaign| (campaign.campaign_id, campaign))
+            .collect(),
+    )
+}
+
+/// Writes what a batch of acks or receipts decided: the paused campaigns (held since
+/// they were read, so their revision cannot have moved), then the entries, deliveries,
+/// opt-outs, events and counts.
+async fn write_effects(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    entries: &[QueueEntry],
+    effects: &Effects,
+    before: &HashMap<FollowUpId, FollowUp>,
+) -> Result<(), StoreError> {
+    for paused in &effects.campaigns {
+        if !save_campaign(transaction, paused, &[]).await? {
+            return Err(unavailable("a locked campaign changed under its lock"));
+        }
+    }
+    write_deliveries(
+        transaction,
+        entries,
+        &effects.follow_ups,
+        before,
+        &effects.opt_outs,
+        &effects.events,
+    )
+    .await
+}
+
+/// The follow-ups with these ids, read by `query` (`SELECT_FOLLOW_UPS_BY_ID`, or
+/// `LOCK_FOLLOW_UPS_BY_ID` to hold them until the transaction ends).
 async fn follow_ups_by_id(
     client: &impl GenericClient,
+    query: &str,
     ids: &[FollowUpId],
 ) -> Result<HashMap<FollowUpId, FollowUp>, StoreError> {
     let ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
-    let found = all(
-        client,
-        sql::SELECT_FOLLOW_UPS_BY_ID,
-        &[&ids],
-        rows::follow_up,
-    )
-    .await?;
+    let found = all(client, query, &[&ids], rows::follow_up).await?;
     Ok(found.into_iter().map(|f| (f.followup_id, f)).collect())
 }

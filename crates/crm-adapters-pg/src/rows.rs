@@ -3,6 +3,7 @@
 use crm_domain::campaign::{Campaign, CampaignStats};
 use crm_domain::delivery::{
     AckStatus, Delivery, DeliveryStatus, LastAck, Lease, LeaseId, QueueEntry, QueueStatus,
+    ReceiptTimes,
 };
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
@@ -125,6 +126,9 @@ pub fn delivery_json(delivery: &Delivery) -> Value {
         "provider_message_id": delivery.provider_message_id,
         "error_code": delivery.error_code,
         "updated_at": delivery.updated_at,
+        "delivered_at": delivery.receipts.delivered_at,
+        "read_at": delivery.receipts.read_at,
+        "failed_at": delivery.receipts.failed_at,
     })
 }
 
@@ -137,6 +141,13 @@ fn delivery_from_json(value: &Value) -> Result<Delivery, String> {
         provider_message_id: Option<String>,
         error_code: Option<String>,
         updated_at: Timestamp,
+        // Absent from deliveries recorded before receipts existed.
+        #[serde(default)]
+        delivered_at: Option<Timestamp>,
+        #[serde(default)]
+        read_at: Option<Timestamp>,
+        #[serde(default)]
+        failed_at: Option<Timestamp>,
     }
     let stored: Stored =
         serde_json::from_value(value.clone()).map_err(|e| format!("delivery: {e}"))?;
@@ -147,6 +158,11 @@ fn delivery_from_json(value: &Value) -> Result<Delivery, String> {
         provider_message_id: stored.provider_message_id,
         error_code: stored.error_code,
         updated_at: stored.updated_at,
+        receipts: ReceiptTimes {
+            delivered_at: stored.delivered_at,
+            read_at: stored.read_at,
+            failed_at: stored.failed_at,
+        },
     })
 }
 
@@ -291,5 +307,7 @@ pub fn campaign_stats(row: &Row) -> Result<CampaignStats, RowError> {
         delivery_accepted: get("delivery_accepted")?,
         delivery_retrying: get("delivery_retrying")?,
         delivery_failed: get("delivery_failed")?,
+        delivery_delivered: get("delivery_delivered")?,
+        delivery_read: get("delivery_read")?,
     })
 }

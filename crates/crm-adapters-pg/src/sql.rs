@@ -80,30 +80,41 @@ macro_rules! append_events {
     };
 }
 
-/// Adds the six counts of bigint array `$a` to the campaign of each `changed` row, after
-/// the event lock of `ordered` (every writer takes them in that order).
+/// The columns of a campaign's counts, in `CampaignStats::counts` order.
+macro_rules! stats_columns {
+    () => {
+        "pending, sent, failed, delivery_accepted, delivery_retrying, delivery_failed, \
+         delivery_delivered, delivery_read"
+    };
+}
+
+/// What a conflicting counts row becomes: each count plus the change.
+macro_rules! stats_sums {
+    () => {
+        "pending = s.pending + excluded.pending, sent = s.sent + excluded.sent, \
+         failed = s.failed + excluded.failed, \
+         delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
+         delivery_retrying = s.delivery_retrying + excluded.delivery_retrying, \
+         delivery_failed = s.delivery_failed + excluded.delivery_failed, \
+         delivery_delivered = s.delivery_delivered + excluded.delivery_delivered, \
+         delivery_read = s.delivery_read + excluded.delivery_read"
+    };
+}
+
+/// Adds the counts of bigint array `$a` (in `CampaignStats::counts` order) to the campaign
+/// of each `changed` row, after the event lock of `ordered` (every writer takes them in
+/// that order).
 macro_rules! add_counts {
     ($a:literal) => {
         concat!(
-            "INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, failed, \
-             delivery_accepted, delivery_retrying, delivery_failed) SELECT campaign_id, (",
+            "INSERT INTO crm_campaign_stats AS s (campaign_id, ",
+            stats_columns!(),
+            ") SELECT campaign_id, c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8] \
+             FROM ordered, changed, (SELECT ",
             $a,
-            "::bigint[])[1], (",
-            $a,
-            "::bigint[])[2], (",
-            $a,
-            "::bigint[])[3], (",
-            $a,
-            "::bigint[])[4], (",
-            $a,
-            "::bigint[])[5], (",
-            $a,
-            "::bigint[])[6] FROM ordered, changed WHERE campaign_id IS NOT NULL \
-             ON CONFLICT (campaign_id) DO UPDATE SET pending = s.pending + excluded.pending, \
-             sent = s.sent + excluded.sent, failed = s.failed + excluded.failed, \
-             delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
-             delivery_retrying = s.delivery_retrying + excluded.delivery_retrying, \
-             delivery_failed = s.delivery_failed + excluded.delivery_failed"
+            "::bigint[] AS c) counts WHERE campaign_id IS NOT NULL \
+             ON CONFLICT (campaign_id) DO UPDATE SET ",
+            stats_sums!()
         )
     };
 }
@@ -170,7 +181,7 @@ pub const LIST_CAMPAIGNS: &str = list_campaigns!("");
 pub const LIST_CAMPAIGNS_BY_STATE: &str = list_campaigns!("AND state = $5");
 
 /// Creates a batch of follow-ups (parallel arrays `$1`..`$21`: the record's columns;
-/// `$22`..`$27`: each one's six counts) unless the id or the tenant's key is taken, with
+/// `$22`..`$27` and `$36`, `$37`: each one's counts) unless the id or the tenant's key is taken, with
 /// the events (`$28`..`$33`, `$34` the follow-up each belongs to) and the campaign counts
 /// of those inserted; returns the ids inserted. A batch never holds two follow-ups with
 /// one id or one key (the batcher sees to it).
@@ -185,11 +196,12 @@ pub const CREATE_FOLLOW_UPS: &str = concat!(
      $11::text[], $12::text[], $13::text[], $14::text[], $15::jsonb[], $16::uuid[], \
      $17::text[], $18::text[], $19::jsonb[], $20::timestamptz[], $21::timestamptz[], \
      $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[], \
-     $27::bigint[], $35::text[]) AS u(followup_id, tenant_id, campaign_id, external_key, \
-     lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
-     provider_message_id, last_error_code, last_error_message, metadata_json, correlation_id, \
-     trace_id, time_zone, delivery, created_at, updated_at, n_pending, n_sent, n_failed, \
-     n_accepted, n_retrying, n_delivery_failed, sender)), \
+     $27::bigint[], $35::text[], $36::bigint[], $37::bigint[]) AS u(followup_id, tenant_id, \
+     campaign_id, external_key, lead_id, customer_id, phone_e164, message, schedule_at, \
+     channel, status, provider_message_id, last_error_code, last_error_message, \
+     metadata_json, correlation_id, trace_id, time_zone, delivery, created_at, updated_at, \
+     n_pending, n_sent, n_failed, n_accepted, n_retrying, n_delivery_failed, sender, \
+     n_delivered, n_read)), \
      changed AS (INSERT INTO crm_followups (followup_id, tenant_id, campaign_id, \
      external_key, lead_id, customer_id, phone_e164, message, schedule_at, channel, status, \
      provider_message_id, last_error_code, last_error_message, metadata_json, \
@@ -200,24 +212,31 @@ pub const CREATE_FOLLOW_UPS: &str = concat!(
      time_zone, delivery, created_at, updated_at, sender FROM input \
      ON CONFLICT DO NOTHING RETURNING followup_id), ",
     ordered!("changed"),
-    ", stats AS (INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, failed, \
-     delivery_accepted, delivery_retrying, delivery_failed) SELECT i.campaign_id, \
+    ", stats AS (INSERT INTO crm_campaign_stats AS s (campaign_id, ",
+    stats_columns!(),
+    ") SELECT i.campaign_id, \
      sum(i.n_pending), sum(i.n_sent), sum(i.n_failed), sum(i.n_accepted), \
-     sum(i.n_retrying), sum(i.n_delivery_failed) FROM ordered, input i \
-     WHERE (i.followup_id IN (SELECT followup_id FROM changed)) IS TRUE \
-     AND i.campaign_id IS NOT NULL GROUP BY i.campaign_id ORDER BY i.campaign_id ON CONFLICT (campaign_id) DO UPDATE SET \
-     pending = s.pending + excluded.pending, sent = s.sent + excluded.sent, \
-     failed = s.failed + excluded.failed, \
-     delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
-     delivery_retrying = s.delivery_retrying + excluded.delivery_retrying, \
-     delivery_failed = s.delivery_failed + excluded.delivery_failed), \
-     events AS (INSERT INTO crm_events (event_id, tenant_id, name, correlation_id, \
+     sum(i.n_retrying), sum(i.n_delivery_failed), sum(i.n_delivered), sum(i.n_read) \
+     FROM ordered, input i WHERE (i.followup_id IN (SELECT followup_id FROM changed)) IS TRUE \
+     AND i.campaign_id IS NOT NULL GROUP BY i.campaign_id ORDER BY i.campaign_id \
+     ON CONFLICT (campaign_id) DO UPDATE SET ",
+    stats_sums!(),
+    "), events AS (INSERT INTO crm_events (event_id, tenant_id, name, correlation_id, \
      emitted_at, envelope) SELECT e.event_id, e.tenant_id, e.name, e.correlation_id, \
      e.emitted_at, e.envelope FROM ordered, unnest($28::uuid[], $29::text[], $30::text[], \
      $31::uuid[], $32::timestamptz[], $33::jsonb[], $34::uuid[]) WITH ORDINALITY \
      AS e(event_id, tenant_id, name, correlation_id, emitted_at, envelope, owner, n) \
      WHERE (e.owner IN (SELECT followup_id FROM changed)) IS TRUE ORDER BY e.n) \
      SELECT followup_id FROM changed"
+);
+
+/// The follow-ups whose delivery recorded one of the provider message ids `$1`, locked
+/// in id order (served by `crm_followups_provider_message`).
+pub const LOCK_FOLLOW_UPS_BY_PROVIDER_MESSAGE: &str = concat!(
+    "SELECT ",
+    follow_up_columns!(),
+    " FROM crm_followups f WHERE (f.delivery->>'provider_message_id') = ANY($1::text[]) \
+     ORDER BY f.followup_id FOR UPDATE"
 );
 
 pub const SELECT_FOLLOW_UP_BY_ID: &str = concat!(
@@ -230,6 +249,15 @@ pub const SELECT_FOLLOW_UPS_BY_ID: &str = concat!(
     "SELECT ",
     follow_up_columns!(),
     " FROM crm_followups f WHERE f.followup_id = ANY($1)"
+);
+
+/// The follow-ups of acked items, locked in id order: an ack, like a receipt, holds its
+/// follow-ups before the campaigns it may pause, so the two never wait on each other in
+/// a circle.
+pub const LOCK_FOLLOW_UPS_BY_ID: &str = concat!(
+    "SELECT ",
+    follow_up_columns!(),
+    " FROM crm_followups f WHERE f.followup_id = ANY($1) ORDER BY f.followup_id FOR UPDATE"
 );
 
 pub const SELECT_FOLLOW_UP_BY_KEY: &str = concat!(
@@ -519,19 +547,21 @@ pub const RECORD_SENDS: &str = "WITH sends AS (SELECT * FROM unnest($1::text[], 
 pub const EXPIRE_LEDGER: &str = "DELETE FROM crm_send_ledger WHERE ctid IN (SELECT ctid \
     FROM crm_send_ledger WHERE sent_at < $1 LIMIT $2)";
 
-/// Adds changes (`$1` campaigns, `$2`..`$7` the six counts) to campaigns' counts.
-pub const ADD_STATS: &str = "INSERT INTO crm_campaign_stats AS s (campaign_id, pending, sent, \
-    failed, delivery_accepted, delivery_retrying, delivery_failed) \
-    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-    $6::bigint[], $7::bigint[]) ORDER BY 1 ON CONFLICT (campaign_id) DO UPDATE SET \
-    pending = s.pending + excluded.pending, sent = s.sent + excluded.sent, \
-    failed = s.failed + excluded.failed, \
-    delivery_accepted = s.delivery_accepted + excluded.delivery_accepted, \
-    delivery_retrying = s.delivery_retrying + excluded.delivery_retrying, \
-    delivery_failed = s.delivery_failed + excluded.delivery_failed";
+/// Adds changes (`$1` campaigns, `$2`..`$9` the counts) to campaigns' counts.
+pub const ADD_STATS: &str = concat!(
+    "INSERT INTO crm_campaign_stats AS s (campaign_id, ",
+    stats_columns!(),
+    ") SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], \
+     $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) ORDER BY 1 \
+     ON CONFLICT (campaign_id) DO UPDATE SET ",
+    stats_sums!()
+);
 
-pub const CAMPAIGN_STATS: &str = "SELECT pending, sent, failed, delivery_accepted, \
-    delivery_retrying, delivery_failed FROM crm_campaign_stats WHERE campaign_id = $1";
+pub const CAMPAIGN_STATS: &str = concat!(
+    "SELECT ",
+    stats_columns!(),
+    " FROM crm_campaign_stats WHERE campaign_id = $1"
+);
 
 pub const SELECT_POLICY: &str = concat!(
     "SELECT ",
@@ -556,7 +586,7 @@ pub const PUT_POLICY: &str = "INSERT INTO crm_sending_policies (tenant_id, max_p
 
 /// Saves a follow-up (`$1` id, then its changeable fields) if its status is still `$2`
 /// and it is tenant `$16`'s, with its events and the move of its campaign's counts (`$9`
-/// the six changes).
+/// the changes, in `CampaignStats::counts` order).
 pub const SAVE_FOLLOW_UP: &str = concat!(
     "WITH changed AS (UPDATE crm_followups SET status = $3, provider_message_id = $4, \
      last_error_code = $5, last_error_message = $6, delivery = $7, updated_at = $8 \

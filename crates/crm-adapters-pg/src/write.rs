@@ -89,7 +89,7 @@ pub(crate) async fn add_stats(
             .map(|(_, change)| change.counts()[index])
             .collect()
     };
-    let columns: [Vec<i64>; 6] = std::array::from_fn(column);
+    let columns: [Vec<i64>; 8] = std::array::from_fn(column);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&ids];
     params.extend(columns.iter().map(|c| c as &(dyn ToSql + Sync)));
     changed_rows_of(transaction, sql::ADD_STATS, &params).await?;

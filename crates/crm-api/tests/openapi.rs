@@ -20,7 +20,7 @@ const CONTRACTS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contract
 
 /// Component name and contract file, written out here so that a renamed component or file
 /// fails this test rather than silently following the code.
-const COMPONENTS: [(&str, &str); 34] = [
+const COMPONENTS: [(&str, &str); 36] = [
     ("CampaignCreate", "campaign-create.request.schema.json"),
     (
         "CampaignStateUpdate",
@@ -56,6 +56,14 @@ const COMPONENTS: [(&str, &str); 34] = [
     ),
     ("OutboundAckRequest", "outbound-ack.request.schema.json"),
     ("OutboundAckResponse", "outbound-ack.response.schema.json"),
+    (
+        "OutboundReceiptsRequest",
+        "outbound-receipts.request.schema.json",
+    ),
+    (
+        "OutboundReceiptsResponse",
+        "outbound-receipts.response.schema.json",
+    ),
     ("ErrorResponse", "error.response.schema.json"),
     ("OutboundQueueItem", "outbound-queue.schema.json"),
     ("EventEnvelope", "orchestration-event.schema.json"),
@@ -82,7 +90,7 @@ const COMPONENTS: [(&str, &str); 34] = [
 ];
 
 /// Every route of the service: method, path, operationId, and the error statuses it can give.
-const OPERATIONS: [(&str, &str, &str, &[u16]); 25] = [
+const OPERATIONS: [(&str, &str, &str, &[u16]); 26] = [
     (
         "post",
         "/v1/crm/campaigns",
@@ -186,6 +194,12 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 25] = [
         &[400, 401, 408, 413, 500, 503],
     ),
     (
+        "post",
+        "/internal/outbound/receipts",
+        "apply_delivery_receipts",
+        &[400, 401, 408, 413, 500, 503],
+    ),
+    (
         "get",
         "/internal/orchestration/trace",
         "read_trace",
@@ -217,7 +231,7 @@ const OPERATIONS: [(&str, &str, &str, &[u16]); 25] = [
 
 /// The operations whose bodies are JSON contracts (not the one with no body, nor the
 /// operations endpoints).
-const CONTRACT_OPERATIONS: usize = 20;
+const CONTRACT_OPERATIONS: usize = 21;
 
 const HTTP_METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -616,6 +630,7 @@ fn every_request_body_and_200_body_of_the_json_endpoints_references_a_component(
         "add_opt_out",
         "put_sending_policy",
         "ack_outbound_items",
+        "apply_delivery_receipts",
     ];
     for (method, path, id, _) in &OPERATIONS[..CONTRACT_OPERATIONS] {
         let operation = operation(method, path);

@@ -598,3 +598,185 @@ async fn an_opt_out_made_through_one_replica_stops_the_drain_of_the_other() {
     assert_eq!(entry["status"], "failed");
     assert_eq!(entry["reason"], "RECIPIENT_OPTED_OUT");
 }
+
+/// Posts `body` to `path` on `replica` `times` times, each from its own task.
+async fn post_concurrently(replicas: &Replicas, path: &str, bodies: Vec<(usize, Value)>) {
+    let posts: Vec<_> = bodies
+        .into_iter()
+        .map(|(replica, body)| {
+            let client = replicas.client.clone();
+            let url = format!("{}{path}", replicas.servers[replica].address);
+            tokio::spawn(async move { post(&client, &url, &body).await })
+        })
+        .collect();
+    for posted in posts {
+        posted.await.expect("a post");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_and_acks_racing_on_two_replicas_end_in_one_pass_and_one_pause() {
+    let Some(replicas) =
+        start_replicas("receipts_and_acks_racing_on_two_replicas_end_in_one_pass_and_one_pause")
+            .await
+    else {
+        return;
+    };
+    let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    let envelope = |inner: &str, fields: Value| {
+        json!({"request": {"request_id": Uuid::new_v4(), "tenant_id": tenant,
+                           "source_module": "mod-02-whatsapp-crm", inner: fields}})
+    };
+    let created = replicas
+        .post(
+            0,
+            "/v1/crm/campaigns",
+            &envelope(
+                "campaign",
+                json!({"name": "Launch", "channel": "whatsapp",
+                                         "state": "scheduled"}),
+            ),
+        )
+        .await;
+    let campaign_id = created["response"]["campaign"]["campaign_id"]
+        .as_str()
+        .expect("a campaign id")
+        .to_owned();
+    let state = format!(
+        "{}/v1/crm/campaigns/{campaign_id}/state",
+        replicas.servers[1].address
+    );
+    let moved = replicas
+        .client
+        .patch(&state)
+        .json(&envelope(
+            "changes",
+            json!({"to_state": "running", "trigger": "start_window_open"}),
+        ))
+        .send()
+        .await
+        .expect("the campaign moves");
+    assert_eq!(moved.status(), 200);
+    const ITEMS: usize = 60;
+    for index in 0..ITEMS {
+        let mut body = follow_up_body(&tenant, &Uuid::new_v4().to_string(), PAST);
+        body["request"]["followup"]["campaign_id"] = json!(campaign_id);
+        replicas.post(index % 2, "/v1/crm/followups", &body).await;
+    }
+    replicas
+        .post(
+            0,
+            "/internal/worker/crm-followups/drain",
+            &json!({"limit": ITEMS}),
+        )
+        .await;
+    let mut leased = Vec::new();
+    while leased.len() < ITEMS {
+        let claimed = replicas
+            .post(1, "/internal/outbound/claim", &json!({"limit": 100}))
+            .await;
+        let items = claimed["items"].as_array().expect("items").clone();
+        assert!(!items.is_empty(), "claimed {} of {ITEMS}", leased.len());
+        leased.extend(items);
+    }
+    let ack = |leased: &Value, fields: Value| {
+        let mut ack = json!({"queue_item_id": leased["item"]["queue_item_id"],
+                             "lease_id": leased["lease_id"]});
+        ack.as_object_mut()
+            .expect("an object")
+            .extend(fields.as_object().expect("an object").clone());
+        ack
+    };
+    // The first 40 accepted first; the others are acked while the receipts race.
+    let accepted: Vec<Value> = leased[..40]
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            ack(
+                item,
+                json!({"result": "accepted", "provider_message_id": format!("wamid.race.{n}")}),
+            )
+        })
+        .collect();
+    replicas
+        .post(0, "/internal/outbound/ack", &json!({"acks": accepted}))
+        .await;
+    let receipt = |n: usize, status: &str| {
+        let mut receipt = json!({"provider_message_id": format!("wamid.race.{n}"),
+                                 "status": status, "at": "2025-01-01T09:00:00.000Z"});
+        if status == "failed" {
+            receipt["error_code"] = json!("131048");
+        }
+        receipt
+    };
+    // Messages 0..30 are delivered and read, 30..40 delivered and failed with a code that
+    // pauses: each pair ends in one state whatever its order. Each replica gets them in
+    // its own order, three times over, while acks for 40..60 (half of them pausing
+    // failures) go to both.
+    let forward: Vec<Value> = (0..40)
+        .flat_map(|n| {
+            let last = if n < 30 { "read" } else { "failed" };
+            [receipt(n, "delivered"), receipt(n, last)]
+        })
+        .collect();
+    let backward: Vec<Value> = forward.iter().rev().cloned().collect();
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        bodies.push((0, json!({"receipts": forward})));
+        bodies.push((1, json!({"receipts": backward})));
+    }
+    let late_acks: Vec<(usize, Value)> = leased[40..]
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let fields = if n % 2 == 0 {
+                json!({"result": "failed", "error_code": "131048", "retryable": true})
+            } else {
+                json!({"result": "accepted", "provider_message_id": format!("wamid.late.{n}")})
+            };
+            (n % 2, json!({"acks": [ack(item, fields)]}))
+        })
+        .collect();
+    let receipts = post_concurrently(&replicas, "/internal/outbound/receipts", bodies);
+    let acks = post_concurrently(&replicas, "/internal/outbound/ack", late_acks);
+    tokio::join!(receipts, acks);
+
+    let records = follow_ups(&replicas, &tenant).await;
+    let mut recount: HashMap<String, i64> = HashMap::new();
+    for record in &records {
+        let status = record["delivery"]["status"].as_str().expect("a delivery");
+        *recount.entry(status.to_owned()).or_default() += 1;
+    }
+    let expected: HashMap<String, i64> = [("read", 30), ("failed", 20), ("accepted", 10)]
+        .into_iter()
+        .map(|(status, count)| (status.to_owned(), count))
+        .collect();
+    assert_eq!(recount, expected, "one clean pass");
+    let url = format!(
+        "{}/v1/crm/campaigns/{campaign_id}?tenant_id={tenant}",
+        replicas.servers[1].address
+    );
+    let reply = get(&replicas.client, &url).await;
+    assert_eq!(reply["campaign"]["state"], "paused");
+    let stats = &reply["stats"]["delivery"];
+    for status in ["accepted", "retrying", "failed", "delivered", "read"] {
+        assert_eq!(
+            stats[status].as_i64(),
+            Some(recount.get(status).copied().unwrap_or(0)),
+            "{status}: the counts are a recount of the rows: {stats}"
+        );
+    }
+    let feed = format!(
+        "{}/internal/orchestration/events?tenant_id={tenant}&name_prefix=crm.campaign.state.changed&limit=1000",
+        replicas.servers[0].address
+    );
+    let changes = get(&replicas.client, &feed).await;
+    let pauses: Vec<&Value> = changes["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|event| event["payload"]["to_state"] == "paused")
+        .collect();
+    assert_eq!(pauses.len(), 1, "one pause: {pauses:?}");
+    assert_eq!(pauses[0]["payload"]["reason_code"], "auto_pause");
+}

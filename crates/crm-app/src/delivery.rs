@@ -12,11 +12,15 @@ use std::time::Duration;
 use crm_domain::answers::Action;
 use crm_domain::campaign::{self, Campaign, PauseCause};
 use crm_domain::delivery::{self, AckStatus, Claimed, LeaseId, QueueEntry, Rules};
-use crm_domain::event::EventEnvelope;
+use crm_domain::event::{DomainEvent, EventEnvelope};
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::TenantId;
+use crm_domain::receipt::{self, Receipt, ReceiptAnswer, ReceiptStatus};
 use crm_domain::timestamp::Timestamp;
-use crm_ports::{AckDecision, AckRequest, Acker, LeaseDecision, LeasedItem, Leaser, ack_decision};
+use crm_ports::{
+    AckDecision, AckRequest, Acker, LeaseDecision, LeasedItem, Leaser, Pauser, ReceiptApplier,
+    ReceiptDecision, ack_decision, receipt_decision,
+};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -61,27 +65,35 @@ impl Leaser for Lease<'_> {
     }
 }
 
-struct Ack<'a> {
+/// What the sender's acks and the provider's receipts report, decided at `now`.
+struct Reports<'a> {
     crm: &'a Crm,
     now: Timestamp,
     /// The pair interval of each tenant whose acks carry a code that needs it.
     recipient_intervals: HashMap<TenantId, Option<u32>>,
 }
 
-impl Ack<'_> {
-    fn action(&self, request: &AckRequest) -> Option<Action> {
-        self.crm
-            .answers
-            .action(request.report.error_code.as_deref())
+impl Reports<'_> {
+    /// Whether a failure with `code` pauses its campaign, by the table of answers.
+    fn pauses(&self, code: Option<&str>) -> bool {
+        self.crm.answers.action(code) == Some(Action::PauseCampaign)
+    }
+
+    /// Wraps an event of a follow-up's delivery in its envelope.
+    fn wrap(&self, follow_up: &FollowUp, event: &DomainEvent) -> Result<EventEnvelope, AppError> {
+        self.crm.follow_up_envelope(follow_up, event, self.now)
     }
 }
 
-impl Acker for Ack<'_> {
+impl Acker for Reports<'_> {
     fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision {
         // ±10 % of the backoff, so that retries of one outage do not come back together.
         let jitter = (Uuid::new_v4().as_u128() % 2_001) as f64 / 1_000.0 - 1.0;
         let rules = Rules {
-            action: self.action(request),
+            action: self
+                .crm
+                .answers
+                .action(request.report.error_code.as_deref()),
             recipient_interval_ms: self
                 .recipient_intervals
                 .get(&entry.tenant_id)
@@ -97,10 +109,7 @@ impl Acker for Ack<'_> {
             self.now,
             jitter,
         );
-        let wrap = |follow_up: &FollowUp, event: &_| {
-            self.crm.follow_up_envelope(follow_up, event, self.now)
-        };
-        ack_decision(acked, self.now, wrap).unwrap_or_else(|error| {
+        ack_decision(acked, self.now, |f, e| self.wrap(f, e)).unwrap_or_else(|error| {
             // Nothing is written without its events; the sender's repeat can land later.
             tracing::error!(queue_item_id = %entry.queue_item_id, %error, "delivery event rejected");
             AckDecision::Unchanged(AckStatus::LeaseLost)
@@ -108,32 +117,34 @@ impl Acker for Ack<'_> {
     }
 
     fn may_pause(&self, request: &AckRequest) -> bool {
-        !request.report.accepted && self.action(request) == Some(Action::PauseCampaign)
+        !request.report.accepted && self.pauses(request.report.error_code.as_deref())
+    }
+}
+
+impl ReceiptApplier for Reports<'_> {
+    fn receive(&self, follow_up: &FollowUp, receipt: &Receipt) -> ReceiptDecision {
+        let action = self.crm.answers.action(receipt.error_code.as_deref());
+        let received = receipt::receive(follow_up, receipt, action, self.now);
+        receipt_decision(received, self.now, |f, e| self.wrap(f, e)).unwrap_or_else(|error| {
+            // Nothing is written without its events; the receiver's repeat can land later.
+            tracing::error!(provider_message_id = %receipt.provider_message_id, %error, "receipt event rejected");
+            ReceiptDecision::Unchanged(ReceiptAnswer::NotFound)
+        })
     }
 
+    fn may_pause(&self, receipt: &Receipt) -> bool {
+        receipt.status == ReceiptStatus::Failed && self.pauses(receipt.error_code.as_deref())
+    }
+}
+
+impl Pauser for Reports<'_> {
     fn pause(
         &self,
         campaign: &Campaign,
         follow_up: &FollowUp,
         cause: &PauseCause,
     ) -> Option<(Campaign, EventEnvelope)> {
-        let (paused, event) = campaign::auto_pause(campaign, cause, &self.crm.workflow, self.now)?;
-        // In the correlation of the follow-up whose answer paused it.
-        match self.crm.follow_up_envelope(follow_up, &event, self.now) {
-            Ok(envelope) => {
-                tracing::warn!(
-                    campaign_id = %paused.campaign_id,
-                    followup_id = %follow_up.followup_id,
-                    ?cause,
-                    "campaign paused automatically"
-                );
-                Some((paused, envelope))
-            }
-            Err(error) => {
-                tracing::error!(campaign_id = %campaign.campaign_id, %error, "pause event rejected");
-                None
-            }
-        }
+        self.crm.auto_pause(campaign, follow_up, cause, self.now)
     }
 }
 
@@ -165,7 +176,7 @@ impl Crm {
     /// Applies acknowledgements, each atomically with its follow-up's delivery and event.
     #[tracing::instrument(name = "ack", skip_all, fields(acks = acks.len()))]
     pub async fn ack(&self, acks: &[AckRequest]) -> Result<Vec<AckStatus>, AppError> {
-        let acker = Ack {
+        let acker = Reports {
             crm: self,
             now: now(),
             recipient_intervals: self.recipient_intervals(acks).await?,
@@ -175,6 +186,58 @@ impl Crm {
             metrics::counter!(names::OUTBOUND_ACKS, "status" => status.as_str()).increment(1);
         }
         Ok(statuses)
+    }
+
+    /// Applies delivery receipts, each atomically with its follow-up's delivery, event,
+    /// and what a failed one's code causes (an opt-out, the pause of the campaign).
+    #[tracing::instrument(name = "receipts", skip_all, fields(receipts = receipts.len()))]
+    pub async fn apply_receipts(
+        &self,
+        receipts: &[Receipt],
+    ) -> Result<Vec<ReceiptAnswer>, AppError> {
+        let applier = Reports {
+            crm: self,
+            now: now(),
+            recipient_intervals: HashMap::new(),
+        };
+        let answers = self.store.apply_receipts(receipts, &applier).await?;
+        for (receipt, answer) in receipts.iter().zip(&answers) {
+            metrics::counter!(
+                names::RECEIPTS,
+                "status" => receipt.status.as_str(),
+                "answer" => answer.as_str()
+            )
+            .increment(1);
+        }
+        Ok(answers)
+    }
+
+    /// `campaign` paused for `cause`, its event in the correlation of the follow-up whose
+    /// delivery caused it; `None` when it is not running (or its event is refused).
+    fn auto_pause(
+        &self,
+        campaign: &Campaign,
+        follow_up: &FollowUp,
+        cause: &PauseCause,
+        now: Timestamp,
+    ) -> Option<(Campaign, EventEnvelope)> {
+        let (paused, event) = campaign::auto_pause(campaign, cause, &self.workflow, now)?;
+        match self.follow_up_envelope(follow_up, &event, now) {
+            Ok(envelope) => {
+                tracing::warn!(
+                    campaign_id = %paused.campaign_id,
+                    followup_id = %follow_up.followup_id,
+                    ?cause,
+                    "campaign paused automatically"
+                );
+                metrics::counter!(names::CAMPAIGNS_AUTO_PAUSED).increment(1);
+                Some((paused, envelope))
+            }
+            Err(error) => {
+                tracing::error!(campaign_id = %campaign.campaign_id, %error, "pause event rejected");
+                None
+            }
+        }
     }
 
     /// The pair interval of the tenants whose acks carry a code whose delay depends on it

@@ -6,6 +6,7 @@
 use crm_domain::campaign::CampaignState;
 use crm_domain::delivery::AckStatus;
 use crm_domain::follow_up::FailureReason;
+use crm_domain::receipt::{ReceiptAnswer, ReceiptStatus};
 
 pub const CAMPAIGNS_CREATED: &str = "crm_campaigns_created_total";
 pub const CAMPAIGNS_TRANSITIONED: &str = "crm_campaigns_transitioned_total";
@@ -20,6 +21,8 @@ pub const DRAIN_DURATION: &str = "crm_drain_duration_seconds";
 pub const DRAIN_BATCH: &str = "crm_drain_batch_size";
 pub const OUTBOUND_LEASED: &str = "crm_outbound_leased_total";
 pub const OUTBOUND_ACKS: &str = "crm_outbound_acks_total";
+pub const RECEIPTS: &str = "crm_delivery_receipts_total";
+pub const CAMPAIGNS_AUTO_PAUSED: &str = "crm_campaigns_auto_paused_total";
 pub const EVENTS_EXPIRED: &str = "crm_events_expired_total";
 pub const OUTBOUND_EXPIRED: &str = "crm_outbound_expired_total";
 
@@ -65,6 +68,14 @@ pub fn describe() {
         OUTBOUND_ACKS,
         "Acknowledgements of outbound items, by answer."
     );
+    describe_counter!(
+        RECEIPTS,
+        "Delivery receipts, by what they reported and by answer."
+    );
+    describe_counter!(
+        CAMPAIGNS_AUTO_PAUSED,
+        "Running campaigns the service paused on a provider's answer."
+    );
     describe_counter!(EVENTS_EXPIRED, "Events deleted by retention.");
     describe_counter!(
         OUTBOUND_EXPIRED,
@@ -83,8 +94,15 @@ pub fn describe() {
         OUTBOUND_LEASED,
         EVENTS_EXPIRED,
         OUTBOUND_EXPIRED,
+        CAMPAIGNS_AUTO_PAUSED,
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for status in ReceiptStatus::ALL {
+        for answer in ReceiptAnswer::ALL {
+            metrics::counter!(RECEIPTS, "status" => status.as_str(), "answer" => answer.as_str())
+                .absolute(0);
+        }
     }
     for status in [
         AckStatus::Acked,

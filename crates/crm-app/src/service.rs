@@ -239,7 +239,7 @@ impl Crm {
                         lifecycle_event_name: None,
                     });
                 }
-                Advanced::Moved(moved, event) => (*moved, event),
+                Advanced::Moved(moved, event) => (*moved, *event),
             };
             let events =
                 [self.envelope(&event, &moved.tenant_id, correlation_id, &trace_id, now)?];

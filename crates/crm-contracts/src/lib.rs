@@ -77,6 +77,8 @@ contracts! {
     OutboundClaimResponse => "outbound-claim.response.schema.json",
     OutboundAckRequest => "outbound-ack.request.schema.json",
     OutboundAckResponse => "outbound-ack.response.schema.json",
+    OutboundReceiptsRequest => "outbound-receipts.request.schema.json",
+    OutboundReceiptsResponse => "outbound-receipts.response.schema.json",
     ErrorResponse => "error.response.schema.json",
     OutboundQueueItem => "outbound-queue.schema.json",
     EventEnvelope => "orchestration-event.schema.json",

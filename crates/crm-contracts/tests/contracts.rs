@@ -169,6 +169,13 @@ fn event(name: &str) -> Value {
                    "queue_item_id": "c56a4180-65aa-42ec-a945-5fd21dec0538", "attempt": 2,
                    "provider_message_id": null, "error_code": "131026", "retryable": false}),
         ),
+        "crm.followup.delivery.delivered" | "crm.followup.delivery.read" => (
+            "completed",
+            json!({"followup_id": FOLLOWUP_ID, "campaign_id": CAMPAIGN_ID,
+                   "queue_item_id": "c56a4180-65aa-42ec-a945-5fd21dec0538", "attempt": 1,
+                   "provider_message_id": "wamid.HBgL", "error_code": null, "retryable": false,
+                   "at": "2025-01-01T09:00:02.000Z"}),
+        ),
         "crm.followup.delivery.retrying" => (
             "info",
             json!({"followup_id": FOLLOWUP_ID, "campaign_id": CAMPAIGN_ID,

@@ -172,7 +172,7 @@ pub enum Advanced {
     /// The campaign already is in the requested state: nothing to write, nothing to emit.
     Unchanged,
     /// The campaign moved; save it together with the event.
-    Moved(Box<Campaign>, DomainEvent),
+    Moved(Box<Campaign>, Box<DomainEvent>),
 }
 
 /// Decides a transition with the `campaign` workflow.
@@ -205,7 +205,7 @@ pub fn advance(
                 to_state: to,
                 reason_code: command.reason_code,
             };
-            Ok(Advanced::Moved(Box::new(moved), event))
+            Ok(Advanced::Moved(Box::new(moved), Box::new(event)))
         }
     }
 }
@@ -268,7 +268,7 @@ pub fn auto_pause(
         other => other,
     };
     match decided {
-        Ok(Advanced::Moved(moved, event)) => Some((*moved, event)),
+        Ok(Advanced::Moved(moved, event)) => Some((*moved, *event)),
         Ok(Advanced::Unchanged) | Err(_) => None,
     }
 }
@@ -285,6 +285,8 @@ pub struct CampaignStats {
     pub delivery_accepted: i64,
     pub delivery_retrying: i64,
     pub delivery_failed: i64,
+    pub delivery_delivered: i64,
+    pub delivery_read: i64,
 }
 
 impl CampaignStats {
@@ -302,6 +304,8 @@ impl CampaignStats {
             Some(DeliveryStatus::Accepted) => stats.delivery_accepted = 1,
             Some(DeliveryStatus::Retrying) => stats.delivery_retrying = 1,
             Some(DeliveryStatus::Failed) => stats.delivery_failed = 1,
+            Some(DeliveryStatus::Delivered) => stats.delivery_delivered = 1,
+            Some(DeliveryStatus::Read) => stats.delivery_read = 1,
             None => {}
         }
         stats
@@ -335,8 +339,8 @@ impl CampaignStats {
         self.counts().iter().all(|count| *count == 0)
     }
 
-    /// The six counts, in field order.
-    pub fn counts(&self) -> [i64; 6] {
+    /// The counts, in field order.
+    pub fn counts(&self) -> [i64; 8] {
         [
             self.pending,
             self.sent,
@@ -344,10 +348,12 @@ impl CampaignStats {
             self.delivery_accepted,
             self.delivery_retrying,
             self.delivery_failed,
+            self.delivery_delivered,
+            self.delivery_read,
         ]
     }
 
-    fn counts_mut(&mut self) -> [&mut i64; 6] {
+    fn counts_mut(&mut self) -> [&mut i64; 8] {
         [
             &mut self.pending,
             &mut self.sent,
@@ -355,6 +361,8 @@ impl CampaignStats {
             &mut self.delivery_accepted,
             &mut self.delivery_retrying,
             &mut self.delivery_failed,
+            &mut self.delivery_delivered,
+            &mut self.delivery_read,
         ]
     }
 }

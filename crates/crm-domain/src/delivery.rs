@@ -169,21 +169,34 @@ impl QueueEntry {
     }
 }
 
+/// Where a follow-up's delivery is: what the sender's acks said (`accepted`, `retrying`,
+/// `failed`), then what the provider's receipts said after acceptance (`delivered`,
+/// `read`, or `failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliveryStatus {
     Accepted,
     Retrying,
     Failed,
+    Delivered,
+    Read,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 3] = [Self::Accepted, Self::Retrying, Self::Failed];
+    pub const ALL: [DeliveryStatus; 5] = [
+        Self::Accepted,
+        Self::Retrying,
+        Self::Failed,
+        Self::Delivered,
+        Self::Read,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
             Self::Retrying => "retrying",
             Self::Failed => "failed",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
         }
     }
 
@@ -200,6 +213,17 @@ pub struct Delivery {
     pub provider_message_id: Option<String>,
     pub error_code: Option<String>,
     pub updated_at: Timestamp,
+    /// When the provider's receipts said it was delivered, read, or failed after
+    /// acceptance (the receipts' own times); `None` until one did.
+    pub receipts: ReceiptTimes,
+}
+
+/// The times the provider's receipts reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiptTimes {
+    pub delivered_at: Option<Timestamp>,
+    pub read_at: Option<Timestamp>,
+    pub failed_at: Option<Timestamp>,
 }
 
 /// The fields every delivery event carries.
@@ -402,7 +426,12 @@ pub fn ack(
         (AckStatus::Acked, delivery)
     };
     next.last_ack = Some(LastAck { lease_id, status });
-    let consequences = consequences(follow_up, report, action);
+    let consequences = consequences(
+        follow_up,
+        report.error_code.as_deref(),
+        report.opt_out,
+        action,
+    );
     let (follow_up, event) = record(follow_up, &next, report, delivery, now);
     Acked::Applied {
         entry: Box::new(next),
@@ -413,9 +442,15 @@ pub fn ack(
     }
 }
 
-/// The pause and the opt-out a report causes: the table's, or the sender's own `opt_out`.
-fn consequences(follow_up: &FollowUp, report: &Report, action: Option<Action>) -> Consequences {
-    let code = report.error_code.clone().unwrap_or_default();
+/// The pause and the opt-out a failure with `error_code` causes: the table's `action`, or
+/// the sender's own `opt_out`.
+pub(crate) fn consequences(
+    follow_up: &FollowUp,
+    error_code: Option<&str>,
+    reported_opt_out: bool,
+    action: Option<Action>,
+) -> Consequences {
+    let code = error_code.unwrap_or_default().to_owned();
     let pause =
         (action == Some(Action::PauseCampaign) && follow_up.campaign_id.is_some()).then(|| {
             PauseCause::ErrorCode {
@@ -429,7 +464,7 @@ fn consequences(follow_up: &FollowUp, report: &Report, action: Option<Action>) -
             source: OptOutSource::Provider,
         })
     } else {
-        report.opt_out.then(|| OptOutRequest {
+        reported_opt_out.then(|| OptOutRequest {
             reason: REPORTED_OPT_OUT.to_owned(),
             source: OptOutSource::Ack,
         })
@@ -453,6 +488,7 @@ fn record(
         provider_message_id: report.provider_message_id.clone(),
         error_code: report.error_code.clone(),
         updated_at: now,
+        receipts: ReceiptTimes::default(),
     });
     let facts = DeliveryFacts {
         follow_up: FollowUpFacts::from(&recorded),
@@ -463,16 +499,19 @@ fn record(
         retryable: status == DeliveryStatus::Retrying,
     };
     let event = match status {
-        DeliveryStatus::Accepted => DomainEvent::FollowUpDeliveryAccepted(facts),
-        DeliveryStatus::Failed => DomainEvent::FollowUpDeliveryFailed(facts),
         // A retried entry is ready again at `available_at`.
         DeliveryStatus::Retrying => DomainEvent::FollowUpDeliveryRetrying {
             facts,
             retry_at: entry.available_at.unwrap_or(now),
         },
+        DeliveryStatus::Failed => DomainEvent::FollowUpDeliveryFailed(facts),
+        // Only receipts move a delivery past acceptance; an ack records acceptance.
+        DeliveryStatus::Accepted | DeliveryStatus::Delivered | DeliveryStatus::Read => {
+            DomainEvent::FollowUpDeliveryAccepted(facts)
+        }
     };
     (recorded, event)
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

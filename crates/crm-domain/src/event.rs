@@ -12,6 +12,7 @@ use crate::delivery::DeliveryFacts;
 use crate::follow_up::FollowUp;
 use crate::ids::{CampaignId, CorrelationId, EventId, FollowUpId, QueueItemId, TenantId};
 use crate::opt_out::OptOutFacts;
+use crate::receipt::ReceiptStatus;
 use crate::timestamp::Timestamp;
 
 pub const SCHEMA_VERSION: &str = "1.0.0";
@@ -52,6 +53,13 @@ pub enum DomainEvent {
     FollowUpDeliveryRetrying {
         facts: DeliveryFacts,
         retry_at: Timestamp,
+    },
+    /// The provider's receipt moved an accepted delivery: delivered, read, or failed
+    /// (for good), `at` the provider's time.
+    FollowUpDeliveryReported {
+        facts: DeliveryFacts,
+        status: ReceiptStatus,
+        at: Timestamp,
     },
     /// A number joined the tenant's opt-out list.
     OptOutAdded(OptOutFacts),
@@ -102,6 +110,11 @@ impl DomainEvent {
             Self::FollowUpDeliveryAccepted(_) => "crm.followup.delivery.accepted",
             Self::FollowUpDeliveryFailed(_) => "crm.followup.delivery.failed",
             Self::FollowUpDeliveryRetrying { .. } => "crm.followup.delivery.retrying",
+            Self::FollowUpDeliveryReported { status, .. } => match status {
+                ReceiptStatus::Delivered => "crm.followup.delivery.delivered",
+                ReceiptStatus::Read => "crm.followup.delivery.read",
+                ReceiptStatus::Failed => "crm.followup.delivery.failed",
+            },
             Self::OptOutAdded(_) => "crm.optout.added",
             Self::OptOutRemoved(_) => "crm.optout.removed",
         }
@@ -117,6 +130,10 @@ impl DomainEvent {
             | Self::OptOutRemoved(_) => EventStatus::Info,
             Self::FollowUpSent { .. } | Self::FollowUpDeliveryAccepted(_) => EventStatus::Completed,
             Self::FollowUpFailed { .. } | Self::FollowUpDeliveryFailed(_) => EventStatus::Failed,
+            Self::FollowUpDeliveryReported { status, .. } => match status {
+                ReceiptStatus::Delivered | ReceiptStatus::Read => EventStatus::Completed,
+                ReceiptStatus::Failed => EventStatus::Failed,
+            },
         }
     }
 
@@ -169,6 +186,11 @@ impl DomainEvent {
             Self::FollowUpDeliveryRetrying { facts, retry_at } => {
                 let mut payload = facts.payload();
                 payload["retry_at"] = json!(retry_at);
+                payload
+            }
+            Self::FollowUpDeliveryReported { facts, at, .. } => {
+                let mut payload = facts.payload();
+                payload["at"] = json!(at);
                 payload
             }
             Self::OptOutAdded(facts) | Self::OptOutRemoved(facts) => json!({

@@ -18,5 +18,6 @@ pub mod opt_out;
 pub mod outbound;
 pub mod page;
 pub mod policy;
+pub mod receipt;
 pub mod timestamp;
 pub mod workflow;

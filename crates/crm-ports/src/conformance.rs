@@ -4,6 +4,7 @@
 //! runs the whole suite with `run_all`, passing a function that opens a new store.
 //! Backend quirks become parameters here, never copies of the suite.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Mutex;
 
@@ -19,6 +20,7 @@ use crm_domain::opt_out::{OptOut, OptOutSource};
 use crm_domain::outbound::OutboundItem;
 use crm_domain::page::EventCursor;
 use crm_domain::policy::SendingPolicy;
+use crm_domain::receipt::{Receipt, ReceiptAnswer, ReceiptStatus};
 use crm_domain::timestamp::Timestamp;
 use crm_domain::workflow::{Workflow, WorkflowSet};
 use serde_json::Map;
@@ -30,7 +32,10 @@ use crate::drain::{
     Planner, SkipReason, UsageNeeds,
 };
 use crate::events::{FeedQuery, TraceQuery};
-use crate::outbound::{AckDecision, AckRequest, Acker, LeaseDecision, Leaser, ack_decision};
+use crate::outbound::{
+    AckDecision, AckRequest, Acker, LeaseDecision, Leaser, Pauser, ReceiptApplier, ReceiptDecision,
+    ack_decision, receipt_decision,
+};
 use crate::store::{
     CampaignQuery, CreateResult, Created, FollowUpQuery, NewOptOut, OptOutQuery, Retention,
     Scheduled, Store, StoreError,
@@ -98,6 +103,10 @@ suite!(
     an_opt_out_code_adds_the_recipient_with_the_code_as_the_reason,
     a_finishing_code_ends_the_item_whatever_retryable_says,
     a_code_that_retries_tomorrow_holds_the_item_a_day,
+    receipts_in_any_order_end_in_the_state_of_one_clean_pass,
+    a_receipt_for_an_unknown_or_unaccepted_message_is_not_found_and_writes_nothing,
+    a_provider_id_recorded_twice_matches_only_where_the_tenant_tells_them_apart,
+    a_failed_receipt_with_a_pausing_code_pauses_the_campaign_once,
     opt_outs_are_added_once_listed_by_number_and_removed,
 );
 
@@ -2114,8 +2123,8 @@ impl Leaser for LeaseAt {
     }
 }
 
-/// Applies acks with the domain's rules at `now`, without jitter, with the table of
-/// answers of SPEC §10 and the campaign workflow of `workflows.json`.
+/// Applies acks and receipts with the domain's rules at `now`, without jitter, with the
+/// table of answers of SPEC §10 and the campaign workflow of `workflows.json`.
 #[derive(Debug)]
 pub struct AckWith {
     pub now: Timestamp,
@@ -2148,6 +2157,29 @@ static CAMPAIGN_WORKFLOW: std::sync::LazyLock<Workflow> = std::sync::LazyLock::n
         .clone()
 });
 
+impl AckWith {
+    /// Wraps an event in its envelope, in the follow-up's correlation as the service does.
+    fn wrap(&self) -> impl Fn(&FollowUp, &DomainEvent) -> Result<EventEnvelope, Infallible> {
+        let now = self.now;
+        move |follow_up, event| {
+            Ok(envelope(
+                event,
+                &follow_up.tenant_id,
+                follow_up.correlation_id,
+                now,
+            ))
+        }
+    }
+}
+
+/// The decision of a wrapper that cannot refuse.
+fn decided<T>(decision: Result<T, Infallible>) -> T {
+    match decision {
+        Ok(decision) => decision,
+        Err(never) => match never {},
+    }
+}
+
 impl Acker for AckWith {
     fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision {
         let rules = Rules {
@@ -2163,40 +2195,52 @@ impl Acker for AckWith {
             self.now,
             0.0,
         );
-        // In the follow-up's correlation, as the service stores them.
-        let wrap = |follow_up: &FollowUp, event: &DomainEvent| {
-            Ok::<_, std::convert::Infallible>(envelope(
-                event,
-                &follow_up.tenant_id,
-                follow_up.correlation_id,
-                self.now,
-            ))
-        };
-        match ack_decision(acked, self.now, wrap) {
-            Ok(decision) => decision,
-            Err(never) => match never {},
-        }
+        decided(ack_decision(acked, self.now, self.wrap()))
     }
 
     fn may_pause(&self, request: &AckRequest) -> bool {
-        ANSWERS.action(request.report.error_code.as_deref()) == Some(Action::PauseCampaign)
+        !request.report.accepted && pauses(request.report.error_code.as_deref())
     }
+}
 
+impl Pauser for AckWith {
     fn pause(
         &self,
         campaign: &Campaign,
         follow_up: &FollowUp,
         cause: &PauseCause,
     ) -> Option<(Campaign, EventEnvelope)> {
-        let (paused, event) =
-            crm_domain::campaign::auto_pause(campaign, cause, &CAMPAIGN_WORKFLOW, self.now)?;
-        let event = envelope(
-            &event,
-            &paused.tenant_id,
-            follow_up.correlation_id,
-            self.now,
-        );
-        Some((paused, event))
+        pause_at(self.now, campaign, follow_up, cause)
+    }
+}
+
+/// Whether the table says `code` pauses a campaign.
+fn pauses(code: Option<&str>) -> bool {
+    ANSWERS.action(code) == Some(Action::PauseCampaign)
+}
+
+/// `campaign` paused at `now` for `cause`, its event in `follow_up`'s correlation.
+fn pause_at(
+    now: Timestamp,
+    campaign: &Campaign,
+    follow_up: &FollowUp,
+    cause: &PauseCause,
+) -> Option<(Campaign, EventEnvelope)> {
+    let (paused, event) =
+        crm_domain::campaign::auto_pause(campaign, cause, &CAMPAIGN_WORKFLOW, now)?;
+    let event = envelope(&event, &paused.tenant_id, follow_up.correlation_id, now);
+    Some((paused, event))
+}
+
+impl ReceiptApplier for AckWith {
+    fn receive(&self, follow_up: &FollowUp, receipt: &Receipt) -> ReceiptDecision {
+        let action = ANSWERS.action(receipt.error_code.as_deref());
+        let received = crm_domain::receipt::receive(follow_up, receipt, action, self.now);
+        decided(receipt_decision(received, self.now, self.wrap()))
+    }
+
+    fn may_pause(&self, receipt: &Receipt) -> bool {
+        receipt.status == ReceiptStatus::Failed && pauses(receipt.error_code.as_deref())
     }
 }
 
@@ -2642,6 +2686,245 @@ pub async fn a_code_that_retries_tomorrow_holds_the_item_a_day(store: &dyn Store
         serde_json::json!(at(203_000 + day))
     );
     assert_eq!(claim_at(store, 203_000 + day, 1).await.len(), 1);
+}
+
+/// `count` follow-ups of a running campaign of `tenant_id`, each accepted by the provider
+/// as `wamid.<prefix>.<n>`.
+async fn accepted_in_running_campaign(
+    store: &dyn Store,
+    tenant_id: &TenantId,
+    prefix: &str,
+    count: usize,
+) -> (Campaign, Vec<FollowUp>) {
+    let (campaign, _, leased) = leased_in_running_campaign(store, tenant_id, count).await;
+    let acks: Vec<AckRequest> = leased
+        .iter()
+        .enumerate()
+        .map(|(n, lease)| {
+            let mut ack = accepted(lease);
+            ack.report.provider_message_id = Some(format!("wamid.{prefix}.{n}"));
+            ack
+        })
+        .collect();
+    let statuses = store
+        .ack(&acks, &AckWith { now: at(203_000) })
+        .await
+        .unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == AckStatus::Acked),
+        "{statuses:?}"
+    );
+    // In the order of the acks: the follow-up each lease was for.
+    let stored = all_follow_ups(store, tenant_id).await;
+    let follow_ups = leased
+        .iter()
+        .map(|lease| {
+            stored
+                .iter()
+                .find(|f| {
+                    f.provider_message_id.as_deref() == Some(&lease.entry.queue_item_id.to_string())
+                })
+                .expect("the leased follow-up")
+                .clone()
+        })
+        .collect();
+    (campaign, follow_ups)
+}
+
+fn receipt_of(wamid: &str, status: ReceiptStatus, millis: i64) -> Receipt {
+    Receipt {
+        provider_message_id: wamid.to_owned(),
+        tenant_id: None,
+        status,
+        at: at(millis),
+        error_code: (status == ReceiptStatus::Failed).then(|| "131026".to_owned()),
+        error_message: None,
+    }
+}
+
+async fn receive_at(store: &dyn Store, receipts: &[Receipt]) -> Vec<ReceiptAnswer> {
+    store
+        .apply_receipts(receipts, &AckWith { now: at(300_000) })
+        .await
+        .expect("apply_receipts")
+}
+
+pub async fn receipts_in_any_order_end_in_the_state_of_one_clean_pass(store: &dyn Store) {
+    use ReceiptStatus::{Delivered, Failed, Read};
+    let tenant_id = tenant("tenant_a");
+    let (campaign, follow_ups) = accepted_in_running_campaign(store, &tenant_id, "order", 3).await;
+    let answers = receive_at(
+        store,
+        &[
+            receipt_of("wamid.order.0", Read, 250_000),
+            receipt_of("wamid.order.0", Delivered, 240_000),
+            receipt_of("wamid.order.1", Delivered, 240_000),
+            receipt_of("wamid.order.2", Failed, 240_000),
+        ],
+    )
+    .await;
+    use ReceiptAnswer::{Applied, Duplicate, Stale};
+    assert_eq!(answers, [Applied, Stale, Applied, Applied]);
+    // The same again, in another order: nothing moves.
+    let again = receive_at(
+        store,
+        &[
+            receipt_of("wamid.order.2", Failed, 240_000),
+            receipt_of("wamid.order.1", Delivered, 240_000),
+            receipt_of("wamid.order.0", Read, 250_000),
+            receipt_of("wamid.order.1", Read, 260_000),
+        ],
+    )
+    .await;
+    assert_eq!(again, [Duplicate, Duplicate, Duplicate, Applied]);
+    let stats = store.campaign_stats(campaign.campaign_id).await.unwrap();
+    assert_eq!(
+        (
+            stats.delivery_accepted,
+            stats.delivery_delivered,
+            stats.delivery_read,
+            stats.delivery_failed
+        ),
+        (0, 0, 2, 1)
+    );
+    let stored = all_follow_ups(store, &tenant_id).await;
+    let delivery_of = |follow_up: &FollowUp| {
+        stored
+            .iter()
+            .find(|f| f.followup_id == follow_up.followup_id)
+            .and_then(|f| f.delivery.clone())
+            .expect("a delivery")
+    };
+    let first = delivery_of(&follow_ups[0]);
+    assert_eq!(first.status, DeliveryStatus::Read);
+    assert_eq!(first.receipts.read_at, Some(at(250_000)));
+    assert_eq!(first.receipts.delivered_at, Some(at(250_000)));
+    let failed = delivery_of(&follow_ups[2]);
+    assert_eq!(failed.status, DeliveryStatus::Failed);
+    assert_eq!(failed.receipts.failed_at, Some(at(240_000)));
+    // One event per applied receipt: read alone for the first, delivered and read for
+    // the second, failed for the third.
+    let names = async |follow_up: &FollowUp| -> Vec<String> {
+        events_named(store, follow_up, "crm.followup.delivery.")
+            .await
+            .into_iter()
+            .map(|event| event.name)
+            .collect()
+    };
+    assert_eq!(
+        names(&follow_ups[0]).await,
+        [
+            "crm.followup.delivery.accepted",
+            "crm.followup.delivery.read"
+        ]
+    );
+    assert_eq!(
+        names(&follow_ups[1]).await,
+        [
+            "crm.followup.delivery.accepted",
+            "crm.followup.delivery.delivered",
+            "crm.followup.delivery.read"
+        ]
+    );
+    assert_eq!(
+        names(&follow_ups[2]).await,
+        [
+            "crm.followup.delivery.accepted",
+            "crm.followup.delivery.failed"
+        ]
+    );
+    assert!(
+        claim_at(store, 900_000, 10).await.is_empty(),
+        "nothing resent"
+    );
+}
+
+pub async fn a_receipt_for_an_unknown_or_unaccepted_message_is_not_found_and_writes_nothing(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    let (_, follow_ups) = accepted_in_running_campaign(store, &tenant_id, "known", 1).await;
+    // A failed ack that carried a provider id: the provider never accepted the message.
+    let (refused, _) = answered(store, "131026", false).await;
+    let refused_id = refused
+        .delivery
+        .and_then(|d| d.provider_message_id)
+        .unwrap_or_else(|| "wamid.conformance".into());
+    let mut other_tenant = receipt_of("wamid.known.0", ReceiptStatus::Delivered, 240_000);
+    other_tenant.tenant_id = Some(tenant("tenant_b"));
+    let before = all_follow_ups(store, &tenant_id).await;
+    let answers = receive_at(
+        store,
+        &[
+            receipt_of("wamid.unknown", ReceiptStatus::Delivered, 240_000),
+            receipt_of(&refused_id, ReceiptStatus::Delivered, 240_000),
+            other_tenant,
+        ],
+    )
+    .await;
+    assert_eq!(answers, [ReceiptAnswer::NotFound; 3]);
+    assert_eq!(all_follow_ups(store, &tenant_id).await, before);
+    assert_eq!(
+        events_named(store, &follow_ups[0], "crm.followup.delivery.")
+            .await
+            .len(),
+        1,
+        "the acceptance alone"
+    );
+}
+
+pub async fn a_provider_id_recorded_twice_matches_only_where_the_tenant_tells_them_apart(
+    store: &dyn Store,
+) {
+    let (a, b) = (tenant("tenant_a"), tenant("tenant_b"));
+    let (_, ours) = accepted_in_running_campaign(store, &a, "same", 1).await;
+    let (_, theirs) = accepted_in_running_campaign(store, &b, "same", 1).await;
+    let ambiguous = receipt_of("wamid.same.0", ReceiptStatus::Delivered, 240_000);
+    assert_eq!(
+        receive_at(store, std::slice::from_ref(&ambiguous)).await,
+        [ReceiptAnswer::NotFound]
+    );
+    let scoped = Receipt {
+        tenant_id: Some(a.clone()),
+        ..ambiguous
+    };
+    assert_eq!(receive_at(store, &[scoped]).await, [ReceiptAnswer::Applied]);
+    let status = |tenant: &TenantId, follow_up: &FollowUp| {
+        let (tenant, id) = (tenant.clone(), follow_up.followup_id);
+        async move {
+            store
+                .follow_up(&tenant, id)
+                .await
+                .unwrap()
+                .and_then(|f| f.delivery)
+                .map(|d| d.status)
+        }
+    };
+    assert_eq!(status(&a, &ours[0]).await, Some(DeliveryStatus::Delivered));
+    assert_eq!(status(&b, &theirs[0]).await, Some(DeliveryStatus::Accepted));
+}
+
+pub async fn a_failed_receipt_with_a_pausing_code_pauses_the_campaign_once(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    let (campaign, follow_ups) = accepted_in_running_campaign(store, &tenant_id, "spam", 2).await;
+    let spam = |wamid: &str| Receipt {
+        error_code: Some("131048".into()),
+        ..receipt_of(wamid, ReceiptStatus::Failed, 240_000)
+    };
+    let answers = receive_at(store, &[spam("wamid.spam.0"), spam("wamid.spam.1")]).await;
+    assert_eq!(answers, [ReceiptAnswer::Applied; 2]);
+    let paused = store
+        .campaign(&tenant_id, campaign.campaign_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(paused.state, CampaignState::Paused);
+    assert_eq!(paused.revision, campaign.revision + 1);
+    let changes = state_changes(store, &follow_ups).await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].payload["reason_code"], "auto_pause");
+    let stats = store.campaign_stats(campaign.campaign_id).await.unwrap();
+    assert_eq!((stats.delivery_accepted, stats.delivery_failed), (0, 2));
 }
 
 pub async fn opt_outs_are_added_once_listed_by_number_and_removed(store: &dyn Store) {

@@ -26,8 +26,9 @@ pub use events::{
     EventEmitter, EventPage, FeedPage, FeedQuery, SCAN_BUDGET, Scan, TraceQuery, bounded_page,
 };
 pub use outbound::{
-    AckBatch, AckDecision, AckRequest, Acker, ClaimBatch, LeaseDecision, LeasedItem, Leaser,
-    OutboundQueue, ack_decision, campaigns_to_hold, decide_acks, decide_claims,
+    AckBatch, AckDecision, AckRequest, Acker, ClaimBatch, Effects, LeaseDecision, LeasedItem,
+    Leaser, OutboundQueue, Pauser, ReceiptApplier, ReceiptBatch, ReceiptDecision, ack_decision,
+    ack_holds, decide_acks, decide_claims, decide_receipts, receipt_decision, receipt_holds,
 };
 pub use store::{
     BoxError, CampaignQuery, CampaignStore, CreateResult, Created, Expired, FollowUpQuery,

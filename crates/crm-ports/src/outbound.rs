@@ -13,12 +13,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use crm_domain::campaign::{Campaign, PauseCause};
-use crm_domain::delivery::{AckStatus, Acked, LeaseId, QueueEntry, Report};
+use crm_domain::delivery::{AckStatus, Acked, LeaseId, OptOutRequest, QueueEntry, Report};
 use crm_domain::event::{DomainEvent, EventEnvelope};
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
+use crm_domain::receipt::{Receipt, ReceiptAnswer, Received};
 use crm_domain::timestamp::Timestamp;
 
 use crate::store::{NewOptOut, StoreError};
@@ -76,15 +77,9 @@ pub enum AckDecision {
     Unchanged(AckStatus),
 }
 
-/// Decides each ack; called while the store holds the item, its follow-up and, for an
-/// ack that `may_pause`, the follow-up's campaign.
-pub trait Acker: Send + Sync {
-    fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision;
-
-    /// Whether this ack's report could pause its follow-up's campaign, so the store must
-    /// hold that campaign while deciding (most acks cannot, and cost no campaign read).
-    fn may_pause(&self, request: &AckRequest) -> bool;
-
+/// Pauses the campaign of a follow-up whose delivery asked for it (an ack or a receipt
+/// with a code the table of answers says pauses); called while the store holds it.
+pub trait Pauser: Send + Sync {
     /// The campaign paused for `cause`, with its event; `None` when there is nothing to
     /// do (the campaign is not running).
     fn pause(
@@ -95,6 +90,41 @@ pub trait Acker: Send + Sync {
     ) -> Option<(Campaign, EventEnvelope)>;
 }
 
+/// Decides each ack; called while the store holds the item, its follow-up and, for an
+/// ack that `may_pause`, the follow-up's campaign.
+pub trait Acker: Pauser {
+    fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision;
+
+    /// Whether this ack's report could pause its follow-up's campaign, so the store must
+    /// hold that campaign while deciding (most acks cannot, and cost no campaign read).
+    fn may_pause(&self, request: &AckRequest) -> bool;
+}
+
+/// What a receipt does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReceiptDecision {
+    /// Save the follow-up and the events (and the opt-out, if any) together; pause its
+    /// campaign for `pause`, if it is running, in the same commit.
+    Apply {
+        follow_up: Box<FollowUp>,
+        events: Vec<EventEnvelope>,
+        opt_out: Option<Box<NewOptOut>>,
+        pause: Option<PauseCause>,
+    },
+    /// Write nothing and answer this.
+    Unchanged(ReceiptAnswer),
+}
+
+/// Decides each receipt about a follow-up it matches; called while the store holds the
+/// follow-ups of the receipts' provider message ids and, for a receipt that
+/// `may_pause`, their campaigns.
+pub trait ReceiptApplier: Pauser {
+    fn receive(&self, follow_up: &FollowUp, receipt: &Receipt) -> ReceiptDecision;
+
+    /// Whether this receipt could pause its follow-up's campaign.
+    fn may_pause(&self, receipt: &Receipt) -> bool;
+}
+
 /// Turns the domain's answer to an ack into what a store saves: the event wrapped by
 /// `wrap`, the opt-out asked for with its `crm.optout.added` event (both in the
 /// follow-up's correlation), the pause passed on. Every `Acker` builds its decision here.
@@ -103,7 +133,7 @@ pub trait Acker: Send + Sync {
 /// What `wrap` returns (an event its caller refuses); then nothing is to be written.
 pub fn ack_decision<E>(
     acked: Acked,
-    now: crm_domain::timestamp::Timestamp,
+    now: Timestamp,
     wrap: impl Fn(&FollowUp, &DomainEvent) -> Result<EventEnvelope, E>,
 ) -> Result<AckDecision, E> {
     let (entry, follow_up, event, status, consequences) = match acked {
@@ -117,19 +147,7 @@ pub fn ack_decision<E>(
         } => (entry, follow_up, event, status, consequences),
     };
     let events = vec![wrap(&follow_up, &event)?];
-    let opt_out = match consequences.opt_out {
-        None => None,
-        Some(request) => {
-            let opt_out = OptOut {
-                tenant_id: follow_up.tenant_id.clone(),
-                phone_e164: follow_up.phone_e164.clone(),
-                reason: Some(request.reason),
-                created_at: now,
-            };
-            let event = wrap(&follow_up, &opt_out.added(request.source))?;
-            Some(Box::new(NewOptOut { opt_out, event }))
-        }
-    };
+    let opt_out = new_opt_out(&follow_up, consequences.opt_out, now, &wrap)?;
     Ok(AckDecision::Apply {
         entry,
         follow_up,
@@ -138,6 +156,54 @@ pub fn ack_decision<E>(
         pause: consequences.pause,
         status,
     })
+}
+
+/// Turns the domain's answer to a receipt into what a store saves, as `ack_decision` does
+/// for an ack. Every `ReceiptApplier` builds its decision here.
+///
+/// # Errors
+/// What `wrap` returns; then nothing is to be written.
+pub fn receipt_decision<E>(
+    received: Received,
+    now: Timestamp,
+    wrap: impl Fn(&FollowUp, &DomainEvent) -> Result<EventEnvelope, E>,
+) -> Result<ReceiptDecision, E> {
+    let (follow_up, event, consequences) = match received {
+        Received::Unchanged(answer) => return Ok(ReceiptDecision::Unchanged(answer)),
+        Received::Applied {
+            follow_up,
+            event,
+            consequences,
+        } => (follow_up, event, consequences),
+    };
+    let events = vec![wrap(&follow_up, &event)?];
+    let opt_out = new_opt_out(&follow_up, consequences.opt_out, now, &wrap)?;
+    Ok(ReceiptDecision::Apply {
+        follow_up,
+        events,
+        opt_out,
+        pause: consequences.pause,
+    })
+}
+
+/// The opt-out of `follow_up`'s recipient that `request` asks for, with its event.
+fn new_opt_out<E>(
+    follow_up: &FollowUp,
+    request: Option<OptOutRequest>,
+    now: Timestamp,
+    wrap: &impl Fn(&FollowUp, &DomainEvent) -> Result<EventEnvelope, E>,
+) -> Result<Option<Box<NewOptOut>>, E> {
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let opt_out = OptOut {
+        tenant_id: follow_up.tenant_id.clone(),
+        phone_e164: follow_up.phone_e164.clone(),
+        reason: Some(request.reason),
+        created_at: now,
+    };
+    let event = wrap(follow_up, &opt_out.added(request.source))?;
+    Ok(Some(Box::new(NewOptOut { opt_out, event })))
 }
 
 #[async_trait]
@@ -167,6 +233,21 @@ pub trait OutboundQueue: Send + Sync {
         acker: &dyn Acker,
     ) -> Result<Vec<AckStatus>, StoreError>;
 
+    /// Applies each receipt in order, each atomically with its follow-up, events,
+    /// opt-out and campaign pause, to the follow-up it `matches` (`Receipt::matches`: an
+    /// accepted message with its provider id, of its tenant when it names one); a receipt
+    /// that matches no follow-up, or more than one, is `NotFound`. Returns one answer per
+    /// receipt. Concurrent calls about one follow-up, here or in another process, are
+    /// applied one after the other.
+    ///
+    /// # Errors
+    /// `Unavailable`; then the outcome is unknown, and repeating the receipts is safe.
+    async fn apply_receipts(
+        &self,
+        receipts: &[Receipt],
+        applier: &dyn ReceiptApplier,
+    ) -> Result<Vec<ReceiptAnswer>, StoreError>;
+
     /// The queue entry of an item, if it exists.
     ///
     /// # Errors
@@ -191,6 +272,13 @@ pub struct AckBatch {
     pub statuses: Vec<AckStatus>,
     /// The entries that changed, each once, in its latest state.
     pub entries: Vec<QueueEntry>,
+    /// The follow-ups, campaigns, events and opt-outs to write.
+    pub effects: Effects,
+}
+
+/// What a batch of acks or receipts writes besides queue entries.
+#[derive(Debug, Default)]
+pub struct Effects {
     /// The follow-ups that changed, each once, in their latest state.
     pub follow_ups: Vec<FollowUp>,
     /// The campaigns paused, each once; a store saves each only if its stored revision
@@ -202,20 +290,105 @@ pub struct AckBatch {
     pub opt_outs: Vec<NewOptOut>,
 }
 
+/// `Effects` as a batch builds them, each decision seeing the ones before it.
+#[derive(Default)]
+struct Decided {
+    follow_ups: HashMap<FollowUpId, FollowUp>,
+    campaigns: HashMap<CampaignId, Campaign>,
+    events: Vec<EventEnvelope>,
+    opt_outs: Vec<NewOptOut>,
+}
+
+impl Decided {
+    /// The follow-up as this batch left it, else as `stored` has it.
+    fn follow_up(
+        &self,
+        id: FollowUpId,
+        stored: impl Fn(FollowUpId) -> Option<FollowUp>,
+    ) -> Option<FollowUp> {
+        self.follow_ups.get(&id).cloned().or_else(|| stored(id))
+    }
+
+    /// Records one applied decision: the follow-up, its events, its opt-out (each number
+    /// once), and the pause of its campaign (read through `campaign`, paused once).
+    fn record(
+        &mut self,
+        pauser: &dyn Pauser,
+        follow_up: FollowUp,
+        events: Vec<EventEnvelope>,
+        opt_out: Option<Box<NewOptOut>>,
+        pause: Option<PauseCause>,
+        campaign: &impl Fn(CampaignId) -> Option<Campaign>,
+    ) {
+        self.events.extend(events);
+        if let Some(opt_out) = opt_out {
+            let seen = self.opt_outs.iter().any(|known| {
+                known.opt_out.tenant_id == opt_out.opt_out.tenant_id
+                    && known.opt_out.phone_e164 == opt_out.opt_out.phone_e164
+            });
+            if !seen {
+                self.opt_outs.push(*opt_out);
+            }
+        }
+        if let (Some(cause), Some(campaign_id)) = (pause, follow_up.campaign_id) {
+            let current = self
+                .campaigns
+                .get(&campaign_id)
+                .cloned()
+                .or_else(|| campaign(campaign_id));
+            if let Some((paused, event)) =
+                current.and_then(|current| pauser.pause(&current, &follow_up, &cause))
+            {
+                self.events.push(event);
+                self.campaigns.insert(campaign_id, paused);
+            }
+        }
+        self.follow_ups.insert(follow_up.followup_id, follow_up);
+    }
+
+    fn effects(self) -> Effects {
+        Effects {
+            follow_ups: self.follow_ups.into_values().collect(),
+            campaigns: self.campaigns.into_values().collect(),
+            events: self.events,
+            opt_outs: self.opt_outs,
+        }
+    }
+}
+
 /// The campaigns a store must hold (lock, or keep from changing) while it decides these
-/// acks: those of the follow-ups whose acks `may_pause`, in id order (the order every
-/// store locks them in). Usually none.
-pub fn campaigns_to_hold(
+/// acks: those of the items (`campaign_of`) whose acks `may_pause`, in id order (the
+/// order every store locks them in). Usually none.
+pub fn ack_holds(
     acks: &[AckRequest],
     acker: &dyn Acker,
-    entry: impl Fn(QueueItemId) -> Option<FollowUpId>,
-    campaign_of: impl Fn(FollowUpId) -> Option<CampaignId>,
+    campaign_of: impl Fn(QueueItemId) -> Option<CampaignId>,
 ) -> Vec<CampaignId> {
-    let mut held: Vec<CampaignId> = acks
-        .iter()
-        .filter(|ack| acker.may_pause(ack))
-        .filter_map(|ack| campaign_of(entry(ack.queue_item_id)?))
-        .collect();
+    in_lock_order(
+        acks.iter()
+            .filter(|ack| acker.may_pause(ack))
+            .filter_map(|ack| campaign_of(ack.queue_item_id)),
+    )
+}
+
+/// The campaigns a store must hold while it decides these receipts: those of the
+/// follow-ups (`candidates`) of receipts that `may_pause`, in id order.
+pub fn receipt_holds(
+    receipts: &[Receipt],
+    applier: &dyn ReceiptApplier,
+    candidates: impl Fn(&str) -> Vec<FollowUp>,
+) -> Vec<CampaignId> {
+    in_lock_order(
+        receipts
+            .iter()
+            .filter(|receipt| applier.may_pause(receipt))
+            .flat_map(|receipt| candidates(&receipt.provider_message_id))
+            .filter_map(|follow_up| follow_up.campaign_id),
+    )
+}
+
+fn in_lock_order(campaigns: impl Iterator<Item = CampaignId>) -> Vec<CampaignId> {
+    let mut held: Vec<CampaignId> = campaigns.collect();
     held.sort_by_key(CampaignId::as_uuid);
     held.dedup();
     held
@@ -224,8 +397,8 @@ pub fn campaigns_to_hold(
 /// Decides a batch of acks in order, each seeing the ones before it (an item acked twice
 /// in one batch answers the same twice; a campaign paused by one ack is not paused again
 /// by the next), from the entries, follow-ups and campaigns the store holds (`entry`,
-/// `follow_up` and `campaign` look them up; `campaign` is asked only about those of
-/// `campaigns_to_hold`). Every store applies acks through this, so the sequencing rule
+/// `follow_up` and `campaign` look them up; `campaign` is asked only about campaigns of
+/// acks that `may_pause`). Every store applies acks through this, so the sequencing rule
 /// lives here once.
 pub fn decide_acks(
     acks: &[AckRequest],
@@ -234,10 +407,9 @@ pub fn decide_acks(
     follow_up: impl Fn(FollowUpId) -> Option<FollowUp>,
     campaign: impl Fn(CampaignId) -> Option<Campaign>,
 ) -> AckBatch {
-    let mut batch = AckBatch::default();
+    let mut statuses = Vec::with_capacity(acks.len());
     let mut entries: HashMap<QueueItemId, QueueEntry> = HashMap::new();
-    let mut follow_ups: HashMap<FollowUpId, FollowUp> = HashMap::new();
-    let mut campaigns: HashMap<CampaignId, Campaign> = HashMap::new();
+    let mut decided = Decided::default();
     let mut order = Vec::new();
     for ack in acks {
         let Some(current) = entries
@@ -245,19 +417,15 @@ pub fn decide_acks(
             .cloned()
             .or_else(|| entry(ack.queue_item_id))
         else {
-            batch.statuses.push(AckStatus::NotFound);
+            statuses.push(AckStatus::NotFound);
             continue;
         };
-        let Some(owner) = follow_ups
-            .get(&current.followup_id)
-            .cloned()
-            .or_else(|| follow_up(current.followup_id))
-        else {
-            batch.statuses.push(AckStatus::NotFound);
+        let Some(owner) = decided.follow_up(current.followup_id, &follow_up) else {
+            statuses.push(AckStatus::NotFound);
             continue;
         };
         match acker.ack(&current, &owner, ack) {
-            AckDecision::Unchanged(status) => batch.statuses.push(status),
+            AckDecision::Unchanged(status) => statuses.push(status),
             AckDecision::Apply {
                 entry,
                 follow_up,
@@ -266,44 +434,79 @@ pub fn decide_acks(
                 pause,
                 status,
             } => {
-                batch.statuses.push(status);
-                batch.events.extend(events);
-                if let Some(opt_out) = opt_out {
-                    let seen = batch.opt_outs.iter().any(|known| {
-                        known.opt_out.tenant_id == opt_out.opt_out.tenant_id
-                            && known.opt_out.phone_e164 == opt_out.opt_out.phone_e164
-                    });
-                    if !seen {
-                        batch.opt_outs.push(*opt_out);
-                    }
-                }
-                if let (Some(cause), Some(campaign_id)) = (pause, follow_up.campaign_id) {
-                    let current = campaigns
-                        .get(&campaign_id)
-                        .cloned()
-                        .or_else(|| campaign(campaign_id));
-                    if let Some((paused, event)) =
-                        current.and_then(|current| acker.pause(&current, &follow_up, &cause))
-                    {
-                        batch.events.push(event);
-                        campaigns.insert(campaign_id, paused);
-                    }
-                }
+                statuses.push(status);
+                decided.record(acker, *follow_up, events, opt_out, pause, &campaign);
                 if !entries.contains_key(&entry.queue_item_id) {
                     order.push(entry.queue_item_id);
                 }
-                follow_ups.insert(follow_up.followup_id, *follow_up);
                 entries.insert(entry.queue_item_id, *entry);
             }
         }
     }
-    batch.entries = order
-        .into_iter()
-        .filter_map(|id| entries.remove(&id))
-        .collect();
-    batch.follow_ups = follow_ups.into_values().collect();
-    batch.campaigns = campaigns.into_values().collect();
-    batch
+    AckBatch {
+        statuses,
+        entries: order
+            .into_iter()
+            .filter_map(|id| entries.remove(&id))
+            .collect(),
+        effects: decided.effects(),
+    }
+}
+
+/// The writes of a batch of receipts, decided in order.
+#[derive(Debug, Default)]
+pub struct ReceiptBatch {
+    /// One answer per receipt, in order.
+    pub answers: Vec<ReceiptAnswer>,
+    pub effects: Effects,
+}
+
+/// Decides a batch of receipts in order, each seeing the ones before it (a receipt
+/// repeated in one batch is a duplicate the second time), from the follow-ups the store
+/// holds for each provider message id (`candidates`) and the campaigns of receipts that
+/// `may_pause` (`campaign`). A receipt that matches no follow-up, or more than one (a
+/// provider id recorded twice, and no tenant named to tell them apart), is `NotFound`.
+pub fn decide_receipts(
+    receipts: &[Receipt],
+    applier: &dyn ReceiptApplier,
+    candidates: impl Fn(&str) -> Vec<FollowUp>,
+    campaign: impl Fn(CampaignId) -> Option<Campaign>,
+) -> ReceiptBatch {
+    let mut answers = Vec::with_capacity(receipts.len());
+    let mut decided = Decided::default();
+    for receipt in receipts {
+        let matching: Vec<FollowUp> = candidates(&receipt.provider_message_id)
+            .into_iter()
+            .map(|stored| {
+                decided
+                    .follow_ups
+                    .get(&stored.followup_id)
+                    .cloned()
+                    .unwrap_or(stored)
+            })
+            .filter(|follow_up| receipt.matches(follow_up))
+            .collect();
+        let [current] = matching.as_slice() else {
+            answers.push(ReceiptAnswer::NotFound);
+            continue;
+        };
+        match applier.receive(current, receipt) {
+            ReceiptDecision::Unchanged(answer) => answers.push(answer),
+            ReceiptDecision::Apply {
+                follow_up,
+                events,
+                opt_out,
+                pause,
+            } => {
+                answers.push(ReceiptAnswer::Applied);
+                decided.record(applier, *follow_up, events, opt_out, pause, &campaign);
+            }
+        }
+    }
+    ReceiptBatch {
+        answers,
+        effects: decided.effects(),
+    }
 }
 
 /// The writes of a claim, decided.

@@ -338,6 +338,8 @@ async fn get_campaign(crm: web::Data<Crm>, request: HttpRequest) -> Result<HttpR
                 "accepted": stats.delivery_accepted,
                 "retrying": stats.delivery_retrying,
                 "failed": stats.delivery_failed,
+                "delivered": stats.delivery_delivered,
+                "read": stats.delivery_read,
             },
         },
     })))

@@ -317,6 +317,12 @@ struct DeliveryView<'a> {
     provider_message_id: &'a Option<String>,
     error_code: &'a Option<String>,
     updated_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivered_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_at: Option<Timestamp>,
 }
 
 impl<'a> From<&'a Delivery> for DeliveryView<'a> {
@@ -327,6 +333,9 @@ impl<'a> From<&'a Delivery> for DeliveryView<'a> {
             provider_message_id: &delivery.provider_message_id,
             error_code: &delivery.error_code,
             updated_at: delivery.updated_at,
+            delivered_at: delivery.receipts.delivered_at,
+            read_at: delivery.receipts.read_at,
+            failed_at: delivery.receipts.failed_at,
         }
     }
 }

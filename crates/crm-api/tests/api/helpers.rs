@@ -27,6 +27,7 @@ pub const FEED: &str = "/internal/orchestration/events";
 pub const CLAIM: &str = "/internal/outbound/claim";
 pub const OPT_OUTS: &str = "/v1/crm/opt-outs";
 pub const ACK: &str = "/internal/outbound/ack";
+pub const RECEIPTS: &str = "/internal/outbound/receipts";
 
 /// A schedule that is always due.
 pub const PAST: &str = "2025-01-01T09:00:00.000Z";
@@ -382,6 +383,11 @@ impl TestApp {
 
     pub async fn ack(&self, body: &Value) -> Reply {
         self.post_json(ACK, body, Contract::OutboundAckResponse)
+            .await
+    }
+
+    pub async fn receipts(&self, body: &Value) -> Reply {
+        self.post_json(RECEIPTS, body, Contract::OutboundReceiptsResponse)
             .await
     }
 

@@ -454,3 +454,160 @@ async fn a_marketing_opt_out_answer_puts_the_recipient_on_the_list_once() {
         "not retried"
     );
 }
+
+/// A follow-up of a running campaign whose message the provider accepted as `wamid`:
+/// `(campaign, followup_id)`.
+async fn accepted_as(app: &TestApp, wamid: &str) -> (Value, String) {
+    let (campaign, followup_id, leased) = leased_in_running_campaign(app).await;
+    let answer = json!({"result": "accepted", "provider_message_id": wamid});
+    assert_eq!(ack(app, &ack_of(&leased, answer)).await, ["acked"]);
+    (campaign, followup_id)
+}
+
+/// The answers of a receipts reply, in order.
+async fn receipts(app: &TestApp, receipts: Value) -> Vec<String> {
+    let reply = app.receipts(&json!({ "receipts": receipts })).await.ok();
+    reply["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|result| str_field(result, "/status").to_owned())
+        .collect()
+}
+
+/// A receipt `at` a moment just past.
+fn receipt(wamid: &str, status: &str) -> Value {
+    json!({"provider_message_id": wamid, "status": status, "at": "2025-01-01T09:00:00.000Z"})
+}
+
+#[tokio::test]
+async fn receipts_move_an_accepted_delivery_forward_once_whatever_their_order() {
+    let app = spawn_app().await;
+    let wamid = format!("wamid.{}", Uuid::new_v4().simple());
+    let (campaign, followup_id) = accepted_as(&app, &wamid).await;
+    let tenant = str_field(&campaign, "/tenant_id");
+
+    let answers = receipts(
+        &app,
+        json!([
+            receipt(&wamid, "read"),
+            receipt(&wamid, "delivered"),
+            receipt(&wamid, "read"),
+            receipt("wamid.nobody", "delivered")
+        ]),
+    )
+    .await;
+
+    assert_eq!(answers, ["applied", "stale", "duplicate", "not_found"]);
+    let record = app.follow_up(tenant, &followup_id).await;
+    assert_eq!(record["delivery"]["status"], "read");
+    assert_eq!(record["delivery"]["read_at"], "2025-01-01T09:00:00.000Z");
+    assert_eq!(
+        record["delivery"]["delivered_at"],
+        "2025-01-01T09:00:00.000Z"
+    );
+    let stats = app
+        .get_campaign(str_field(&campaign, "/campaign_id"), tenant)
+        .await
+        .ok()["stats"]["delivery"]
+        .take();
+    assert_eq!(
+        stats,
+        json!({"accepted": 0, "retrying": 0, "failed": 0, "delivered": 0, "read": 1})
+    );
+    let events = app.feed_events(tenant, "crm.followup.delivery.").await;
+    assert_eq!(
+        names(&events),
+        [
+            "crm.followup.delivery.accepted",
+            "crm.followup.delivery.read"
+        ]
+    );
+    assert_eq!(events[1]["payload"]["at"], "2025-01-01T09:00:00.000Z");
+    assert_eq!(
+        claim(&app, json!({})).await,
+        Vec::<Value>::new(),
+        "nothing resent"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_receipt_with_a_spam_code_pauses_the_campaign() {
+    let app = spawn_app().await;
+    let wamid = format!("wamid.{}", Uuid::new_v4().simple());
+    let (campaign, _) = accepted_as(&app, &wamid).await;
+    let tenant = str_field(&campaign, "/tenant_id");
+    let mut failed = receipt(&wamid, "failed");
+    failed["error_code"] = json!("131048");
+
+    assert_eq!(receipts(&app, json!([failed])).await, ["applied"]);
+
+    let reply = app
+        .get_campaign(str_field(&campaign, "/campaign_id"), tenant)
+        .await
+        .ok();
+    assert_eq!(reply["campaign"]["state"], "paused");
+    assert_eq!(reply["stats"]["delivery"]["failed"], 1);
+    assert_eq!(claim(&app, json!({})).await, Vec::<Value>::new(), "final");
+}
+
+#[tokio::test]
+async fn bad_receipts_are_refused_whole_and_change_nothing() {
+    let app = spawn_app().await;
+    let wamid = format!("wamid.{}", Uuid::new_v4().simple());
+    let (campaign, followup_id) = accepted_as(&app, &wamid).await;
+    let tenant = str_field(&campaign, "/tenant_id");
+    let good = receipt(&wamid, "delivered");
+    let future = json!({"provider_message_id": wamid, "status": "read",
+                        "at": "2999-01-01T00:00:00.000Z"});
+    let too_many: Vec<Value> = (0..1_001).map(|_| good.clone()).collect();
+    let cases = [
+        (json!({"receipts": []}), "/receipts"),
+        (json!({"receipts": too_many}), "/receipts"),
+        (
+            json!({"receipts": [good, receipt(&wamid, "sent")]}),
+            "/receipts/1/status",
+        ),
+        (json!({"receipts": [good, future]}), "/receipts/1/at"),
+        (
+            json!({"receipts": [with(good.clone(), "/extra", json!(1))]}),
+            "/receipts/0",
+        ),
+        (
+            json!({"receipts": [with(good.clone(), "/at", json!("yesterday"))]}),
+            "/receipts/0/at",
+        ),
+        (
+            json!({"receipts": [with(good.clone(), "/tenant_id", json!(""))]}),
+            "/receipts/0/tenant_id",
+        ),
+    ];
+    for (body, pointer) in cases {
+        let reply = app.receipts(&body).await;
+        let details = reply.error(400, "validation_error").to_string();
+        assert!(
+            details.contains(&format!("\"pointer\":\"{pointer}")),
+            "{pointer}: {details}"
+        );
+    }
+    let record = app.follow_up(tenant, &followup_id).await;
+    assert_eq!(record["delivery"]["status"], "accepted", "nothing written");
+}
+
+#[tokio::test]
+async fn a_thousand_receipts_fit_the_batch_body_limit() {
+    let app = spawn_app().await;
+    let many: Vec<Value> = (0..1_000)
+        .map(|n| {
+            receipt(
+                &format!("wamid.unknown.{n:04}.{}", "x".repeat(200)),
+                "delivered",
+            )
+        })
+        .collect();
+
+    let answers = receipts(&app, json!(many)).await;
+
+    assert_eq!(answers.len(), 1_000);
+    assert!(answers.iter().all(|answer| answer == "not_found"));
+}

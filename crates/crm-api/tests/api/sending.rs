@@ -377,7 +377,8 @@ async fn a_campaign_reads_back_with_the_counts_of_its_follow_ups() {
     assert_eq!(
         read["stats"],
         json!({"followups": {"pending": 2, "sent": 2, "failed": 0},
-               "delivery": {"accepted": 1, "retrying": 0, "failed": 0}})
+               "delivery": {"accepted": 1, "retrying": 0, "failed": 0, "delivered": 0,
+                            "read": 0}})
     );
     app.get_campaign(&campaign_id, &new_tenant())
         .await

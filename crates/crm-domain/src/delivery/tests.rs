@@ -6,11 +6,12 @@ use crate::answers::NotBefore;
 use crate::follow_up::{FollowUpStatus, NewFollowUp};
 use crate::ids::CorrelationId;
 
-fn at(millis: i64) -> Timestamp {
+pub(crate) fn at(millis: i64) -> Timestamp {
     Timestamp::from_unix_millis(1_735_722_000_000 + millis).unwrap()
 }
 
-fn sent() -> (FollowUp, QueueEntry) {
+/// A follow-up handed to the queue at `at(10)` as item 7, and its queue entry.
+pub(crate) fn sent() -> (FollowUp, QueueEntry) {
     let (follow_up, _) = FollowUp::schedule(
         NewFollowUp {
             followup_id: FollowUpId::new(Uuid::from_u128(1)),
