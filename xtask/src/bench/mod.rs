@@ -17,6 +17,8 @@
 //! - `bulk`: bulk creates (batches of 1,000 from 4 clients) beside single creates and,
 //!   on PostgreSQL, pgbench's single-row INSERT rate; resident memory per follow-up
 //!   stored either way (see `bulk.rs`).
+//! - `receipts`: delivery receipts applied per second (a `delivered` and a `read` for each
+//!   of N accepted messages, in batches of 1,000 from 4 clients), and each batch's latency.
 //!
 //! Every scenario prints `RESULT {json}` lines. Numbers come from this machine only;
 //! compare runs made on the same one.
@@ -53,9 +55,10 @@ pub async fn run(args: &[String]) -> anyhow::Result<()> {
         "policy" => policy::policy(&flags).await,
         "limits" => limits::limits(&flags).await,
         "bulk" => bulk::bulk(&flags).await,
+        "receipts" => pipeline::receipts(&flags).await,
         other => bail!(
-            "unknown scenario {other:?} (table, api, feed, queue, footprint, policy, limits \
-             or bulk)"
+            "unknown scenario {other:?} (table, api, feed, queue, footprint, policy, limits, \
+             bulk or receipts)"
         ),
     }
 }

@@ -143,6 +143,8 @@ pub async fn feed(flags: &Flags) -> anyhow::Result<()> {
 
 /// What a run of consumers did.
 struct Consumed {
+    /// The queue item ids acknowledged.
+    items: Vec<String>,
     acked: usize,
     /// Items acknowledged under more than one lease.
     twice: usize,
@@ -176,7 +178,12 @@ struct Ack<'a> {
     queue_item_id: &'a str,
     lease_id: &'a str,
     result: &'static str,
-    provider_message_id: &'static str,
+    provider_message_id: String,
+}
+
+/// The provider id a bench sender reports for an item, one per message as WhatsApp's.
+fn wamid(queue_item_id: &str) -> String {
+    format!("wamid.{queue_item_id}")
 }
 
 #[derive(Deserialize)]
@@ -248,7 +255,7 @@ async fn consume(
                             queue_item_id: &leased.item.queue_item_id,
                             lease_id: &leased.lease_id,
                             result: "accepted",
-                            provider_message_id: "wamid.bench",
+                            provider_message_id: wamid(&leased.item.queue_item_id),
                         })
                         .collect(),
                 };
@@ -266,10 +273,11 @@ async fn consume(
     for task in tasks {
         task.await??;
     }
-    let acked = acked.lock().expect("acked").len();
+    let items: Vec<String> = acked.lock().expect("acked").iter().cloned().collect();
     let twice = *twice.lock().expect("twice");
     Ok(Consumed {
-        acked,
+        acked: items.len(),
+        items,
         twice,
         elapsed: started.elapsed(),
     })
@@ -313,6 +321,114 @@ pub async fn queue(flags: &Flags) -> anyhow::Result<()> {
         "items": items, "abandoned_then_recovered": abandoned, "acked_twice": run.twice,
         "lost": items as usize - run.acked, "seconds": run.elapsed.as_secs_f64(),
         "items_per_second": (items as f64 / run.elapsed.as_secs_f64()).round(),
+    }));
+    drop(server);
+    target.remove().await
+}
+
+#[derive(Serialize)]
+struct ReceiptsBody {
+    receipts: Vec<ReceiptFields>,
+}
+
+#[derive(Serialize)]
+struct ReceiptFields {
+    provider_message_id: String,
+    status: &'static str,
+    at: &'static str,
+}
+
+#[derive(Deserialize)]
+struct ReceiptsReply {
+    results: Vec<ReceiptResult>,
+}
+
+#[derive(Deserialize)]
+struct ReceiptResult {
+    status: String,
+}
+
+/// `cargo xtask bench receipts [--backend postgres|file] [--items N] [--clients C]
+/// [--batch B]`: N messages accepted, then a `delivered` and a `read` receipt for each,
+/// in batches of B from C clients at once (each pass in its own order).
+pub async fn receipts(flags: &Flags) -> anyhow::Result<()> {
+    flags.only(&["backend", "items", "clients", "batch"])?;
+    let target = Target::new(&flags.get("backend", "postgres".to_owned())?)?;
+    let items: u64 = flags.get("items", 100_000)?;
+    let clients: usize = flags.get("clients", 4)?;
+    let batch: usize = flags.get("batch", 1_000)?;
+    let server = target.start(&[]).await?;
+    let base = server.base.clone();
+    seed(&base, items, DUE).await?;
+    let (queued, _) = drain_all(&base).await?;
+    ensure!(queued == items, "the drain queued {queued} of {items}");
+    let accepted = consume(&base, 4, 100, items as usize).await?;
+    ensure!(accepted.acked == items as usize, "the queue lost items");
+    target.settle_database().await?;
+    eprintln!("receipts: {items} messages accepted; reporting");
+
+    let mut passes = Vec::new();
+    for (status, reversed) in [("delivered", false), ("read", true)] {
+        let mut ids: Vec<String> = accepted.items.iter().map(|id| wamid(id)).collect();
+        if reversed {
+            ids.reverse();
+        }
+        let chunks: Vec<Vec<String>> = ids.chunks(batch).map(<[String]>::to_vec).collect();
+        let queue = Arc::new(Mutex::new(chunks));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (queue, latencies) = (Arc::clone(&queue), Arc::clone(&latencies));
+            let (client, url) = (
+                reqwest::Client::new(),
+                format!("{base}/internal/outbound/receipts"),
+            );
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Some(chunk) = queue.lock().expect("queue").pop() else {
+                        return anyhow::Ok(());
+                    };
+                    let body = ReceiptsBody {
+                        receipts: chunk
+                            .into_iter()
+                            .map(|provider_message_id| ReceiptFields {
+                                provider_message_id,
+                                status,
+                                at: DUE,
+                            })
+                            .collect(),
+                    };
+                    let sent = Instant::now();
+                    let reply: ReceiptsReply = post_typed(&client, &url, &body).await?;
+                    latencies.lock().expect("latencies").push(sent.elapsed());
+                    for result in reply.results {
+                        ensure!(
+                            result.status == "applied",
+                            "a receipt was {}",
+                            result.status
+                        );
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let elapsed = started.elapsed();
+        let mut latencies = latencies.lock().expect("latencies").clone();
+        latencies.sort_unstable();
+        passes.push(json!({
+            "status": status,
+            "receipts_per_second": (items as f64 / elapsed.as_secs_f64()).round(),
+            "batch_p50_ms": quantile_ms(&latencies, 0.5),
+            "batch_p99_ms": quantile_ms(&latencies, 0.99),
+        }));
+    }
+    result(json!({
+        "scenario": "receipts: delivered then read for every accepted message, batches from concurrent clients",
+        "backend": target.backend(), "items": items, "clients": clients, "batch": batch,
+        "passes": passes,
     }));
     drop(server);
     target.remove().await
