@@ -99,9 +99,9 @@ struct RawTable {
 #[serde(deny_unknown_fields)]
 struct RawAnswer {
     codes: Vec<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    meaning: Option<String>,
+    /// For people reading the file; the service does not use it.
+    #[serde(default, rename = "meaning")]
+    _meaning: Option<String>,
     action: RawAction,
     #[serde(default)]
     not_before: Option<RawNotBefore>,
