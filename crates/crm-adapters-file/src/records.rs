@@ -17,7 +17,9 @@ use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::RetryPolicy;
-use crm_domain::policy::{PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName};
+use crm_domain::policy::{
+    AutoPause, FailureRatio, PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName,
+};
 use crm_domain::timestamp::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -398,6 +400,17 @@ pub(crate) struct PolicyRecord<'a> {
     pub recipient_min_interval_ms: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient_daily_cap: Option<u32>,
+    /// Absent in records written before the automatic pause by failure ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause: Option<AutoPauseRecord>,
+}
+
+/// `auto_pause`, its ratio in millionths (exactly as it was put).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AutoPauseRecord {
+    pub window: u32,
+    pub max_failure_ratio_millionths: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -422,6 +435,10 @@ impl<'a> PolicyRecord<'a> {
             daily_recipient_limit: policy.daily_recipient_limit,
             recipient_min_interval_ms: policy.recipient_min_interval_ms,
             recipient_daily_cap: policy.recipient_daily_cap,
+            auto_pause: policy.auto_pause.map(|auto_pause| AutoPauseRecord {
+                window: auto_pause.window,
+                max_failure_ratio_millionths: auto_pause.max_failure_ratio.millionths(),
+            }),
         }
     }
 
@@ -445,6 +462,16 @@ impl<'a> PolicyRecord<'a> {
             daily_recipient_limit: self.daily_recipient_limit,
             recipient_min_interval_ms: self.recipient_min_interval_ms,
             recipient_daily_cap: self.recipient_daily_cap,
+            auto_pause: self
+                .auto_pause
+                .map(|record| {
+                    AutoPause::new(
+                        record.window,
+                        FailureRatio::from_millionths(record.max_failure_ratio_millionths)?,
+                    )
+                })
+                .transpose()
+                .map_err(invalid)?,
         }
         .checked()
         .map_err(invalid)?;

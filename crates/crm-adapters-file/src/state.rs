@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crm_domain::campaign::{Campaign, CampaignState, CampaignStats};
 use crm_domain::delivery::{QueueEntry, QueueStatus};
+use crm_domain::failure_window::FinishedDelivery;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::QueueItemId;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, TenantId};
@@ -138,6 +139,9 @@ struct Indexes {
     /// The follow-ups whose delivery recorded each provider message id (one, unless a
     /// sender reported one id twice).
     provider_messages: HashMap<String, Vec<FollowUpId>>,
+    /// Each campaign's finished deliveries by when they last changed, and whether they
+    /// failed (the failure windows of `auto_pause`).
+    finished_deliveries: BTreeMap<(CampaignId, Millis, Uuid), bool>,
 }
 
 impl Indexes {
@@ -149,6 +153,28 @@ impl Indexes {
         self.tenants.insert(tenant_id.clone(), next);
         self.tenant_ids.push(tenant_id.clone());
         next
+    }
+
+    /// Moves `follow_up` in the finished deliveries of its campaign from where `old` had it.
+    fn index_finished_delivery(&mut self, old: Option<&FollowUp>, follow_up: &FollowUp) {
+        let key = |f: &FollowUp| {
+            let campaign = f.campaign_id?;
+            let finished = FinishedDelivery::of(f)?;
+            Some((
+                (
+                    campaign,
+                    f.updated_at.unix_millis(),
+                    f.followup_id.as_uuid(),
+                ),
+                finished.failed,
+            ))
+        };
+        if let Some((before, _)) = old.and_then(key) {
+            self.finished_deliveries.remove(&before);
+        }
+        if let Some((after, failed)) = key(follow_up) {
+            self.finished_deliveries.insert(after, failed);
+        }
     }
 
     /// Moves `follow_up` in the provider message index from where `old` had it.
@@ -436,6 +462,8 @@ impl State {
         let old = self.image.follow_ups.get(&id).cloned();
         self.indexes
             .index_provider_message(old.as_deref(), &follow_up);
+        self.indexes
+            .index_finished_delivery(old.as_deref(), &follow_up);
         if let Some(campaign) = follow_up.campaign_id {
             let change = CampaignStats::change(old.as_deref(), &follow_up);
             self.indexes
@@ -553,6 +581,25 @@ impl State {
             .filter_map(|id| self.image.follow_ups.get(id))
             .map(|follow_up| (**follow_up).clone())
             .collect()
+    }
+
+    /// The last `limit` finished deliveries of a campaign, newest change first.
+    pub fn finished_deliveries(
+        &self,
+        campaign_id: CampaignId,
+        limit: usize,
+    ) -> impl Iterator<Item = FinishedDelivery> + '_ {
+        self.indexes
+            .finished_deliveries
+            .range(
+                (campaign_id, Millis::MIN, Uuid::nil())..=(campaign_id, Millis::MAX, Uuid::max()),
+            )
+            .rev()
+            .take(limit)
+            .map(|(&(_, _, id), &failed)| FinishedDelivery {
+                followup_id: FollowUpId::new(id),
+                failed,
+            })
     }
 
     pub fn follow_up(&self, id: FollowUpId) -> Option<&Arc<FollowUp>> {

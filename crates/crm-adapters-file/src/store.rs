@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crm_domain::campaign::{Campaign, CampaignState, CampaignStats};
 use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
+use crm_domain::failure_window::FailureWindow;
 use crm_domain::follow_up::{FollowUp, FollowUpStatus};
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId, TenantId};
 use crm_domain::opt_out::OptOut;
@@ -21,10 +22,10 @@ use crm_domain::timestamp::Timestamp;
 use crm_ports::{
     AckRequest, Acker, CampaignQuery, CampaignStore, Candidate, CreateResult, Created,
     DispatchDecision, Dispatcher, DrainOutcome, DrainPlan, DueFollowUp, Effects, EventEmitter,
-    EventPage, Expired, FeedPage, FeedQuery, FollowUpQuery, FollowUpStore, LaneState, LeasedItem,
-    Leaser, NewOptOut, OptOutPage, OptOutQuery, OptOutStore, OutboundQueue, Planner, PolicyStore,
-    ReceiptApplier, Retention, Scheduled, SendingFacts, Store, StoreError, TraceQuery, ack_holds,
-    decide_acks, decide_claims, decide_receipts, receipt_holds,
+    EventPage, Expired, FeedPage, FeedQuery, FollowUpQuery, FollowUpStore, HeldCampaign, LaneState,
+    LeasedItem, Leaser, NewOptOut, OptOutPage, OptOutQuery, OptOutStore, OutboundQueue, Planner,
+    PolicyStore, ReceiptApplier, Retention, Scheduled, SendingFacts, Store, StoreError, TraceQuery,
+    ack_holds, decide_acks, decide_claims, decide_receipts, receipt_holds, window_needed,
 };
 use serde_json::value::RawValue;
 
@@ -840,6 +841,20 @@ const CLAIM_DEPTH: usize = 4;
 
 /// The due follow-ups of `lanes` a drain may claim (see `State::candidates`): none that
 /// another drain claimed or a change on its way to the journal touches.
+/// A campaign a batch of acks or receipts holds, with the failure window its tenant's
+/// policy asks for.
+fn held_campaign(state: &State, id: CampaignId) -> Option<HeldCampaign> {
+    let campaign = (**state.campaign(id)?).clone();
+    let policy = state.policy(&campaign.tenant_id).map(|policy| &**policy);
+    let window = window_needed(&campaign, policy).map(|policy| {
+        FailureWindow::new(
+            policy,
+            state.finished_deliveries(id, policy.window as usize),
+        )
+    });
+    Some(HeldCampaign { campaign, window })
+}
+
 fn claimable(
     shared: &Shared,
     now: Timestamp,
@@ -1053,7 +1068,7 @@ impl OutboundQueue for FileStore {
                 acker,
                 |id| state.outbound_item(id).map(|stored| stored.entry.clone()),
                 |id| state.follow_up(id).map(|follow_up| (**follow_up).clone()),
-                |id| state.campaign(id).map(|campaign| (**campaign).clone()),
+                |id| held_campaign(state, id),
             );
             if batch.entries.is_empty() {
                 return Ok(Look::Decided(None, batch.statuses));
@@ -1095,10 +1110,7 @@ impl OutboundQueue for FileStore {
                 return Ok(Look::Wait(conflict));
             }
             let batch = decide_receipts(receipts, applier, candidates, |id| {
-                shared
-                    .state
-                    .campaign(id)
-                    .map(|campaign| (**campaign).clone())
+                held_campaign(&shared.state, id)
             });
             if batch.effects.follow_ups.is_empty() {
                 return Ok(Look::Decided(None, batch.answers));

@@ -8,18 +8,20 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use crm_domain::campaign::Campaign;
 use crm_domain::delivery::{AckStatus, QueueEntry};
 use crm_domain::event::EventEnvelope;
+use crm_domain::failure_window::FailureWindow;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId};
 use crm_domain::outbound::OutboundItem;
+use crm_domain::policy::SendingPolicy;
 use crm_domain::receipt::{Receipt, ReceiptAnswer};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::drain::stats_changes;
 use crm_ports::{
-    AckRequest, Acker, Effects, LeasedItem, Leaser, NewOptOut, OutboundQueue, ReceiptApplier,
-    StoreError, ack_holds, decide_acks, decide_claims, decide_receipts, receipt_holds,
+    AckRequest, Acker, Effects, HeldCampaign, LeasedItem, Leaser, NewOptOut, OutboundQueue,
+    ReceiptApplier, StoreError, ack_holds, decide_acks, decide_claims, decide_receipts,
+    receipt_holds, window_needed,
 };
 use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
@@ -370,22 +372,47 @@ async fn write_deliveries(
 }
 
 /// Locks the campaigns a batch may pause (in id order, as `ack_holds` and
-/// `receipt_holds` give them) until the transaction ends, and reads them.
+/// `receipt_holds` give them) until the transaction ends, and reads them with the failure
+/// windows their tenants' policies ask for.
 async fn lock_campaigns(
     transaction: &deadpool_postgres::Transaction<'_>,
     held: &[CampaignId],
-) -> Result<HashMap<CampaignId, Campaign>, StoreError> {
+) -> Result<HashMap<CampaignId, HeldCampaign>, StoreError> {
     if held.is_empty() {
         return Ok(HashMap::new());
     }
     let ids: Vec<Uuid> = held.iter().map(CampaignId::as_uuid).collect();
-    Ok(
-        all(transaction, sql::LOCK_CAMPAIGNS, &[&ids], rows::campaign)
+    let campaigns = all(transaction, sql::LOCK_CAMPAIGNS, &[&ids], rows::campaign).await?;
+    let mut tenants: Vec<&str> = campaigns.iter().map(|c| c.tenant_id.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let policies: HashMap<String, SendingPolicy> =
+        query_rows(transaction, sql::SELECT_POLICIES, &[&tenants])
             .await?
-            .into_iter()
-            .map(|campaign| (campaign.campaign_id, campaign))
-            .collect(),
-    )
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, rows::policy(row)?)))
+            .collect::<Result<_, Box<dyn std::error::Error + Send + Sync>>>()
+            .map_err(unavailable)?;
+    let mut found = HashMap::with_capacity(campaigns.len());
+    for campaign in campaigns {
+        let window = match window_needed(&campaign, policies.get(campaign.tenant_id.as_str())) {
+            Some(policy) => {
+                let id = campaign.campaign_id.as_uuid();
+                let size = i64::from(policy.window);
+                let recent = all(
+                    transaction,
+                    sql::FINISHED_DELIVERIES,
+                    &[&id, &size],
+                    rows::finished_delivery,
+                )
+                .await?;
+                Some(FailureWindow::new(policy, recent))
+            }
+            None => None,
+        };
+        found.insert(campaign.campaign_id, HeldCampaign { campaign, window });
+    }
+    Ok(found)
 }
 
 /// Writes what a batch of acks or receipts decided: the paused campaigns (held since

@@ -51,12 +51,14 @@ impl PolicyStore for PgStore {
         let daily = limit(policy.daily_recipient_limit)?;
         let interval = limit(policy.recipient_min_interval_ms)?;
         let cap = limit(policy.recipient_daily_cap)?;
+        let window = limit(policy.auto_pause.map(|a| a.window))?;
+        let ratio = limit(policy.auto_pause.map(|a| a.max_failure_ratio.millionths()))?;
         let quiet = policy.quiet_hours.as_ref();
         let start = quiet.map(|q| q.start.to_string());
         let end = quiet.map(|q| q.end.to_string());
         let zone = quiet.map(|q| q.time_zone.as_str());
         let now = crm_domain::timestamp::Timestamp::from_datetime(OffsetDateTime::now_utc());
-        let params: [&(dyn ToSql + Sync); 10] = [
+        let params: [&(dyn ToSql + Sync); 12] = [
             &tenant_id.as_str(),
             &rate,
             &start,
@@ -67,6 +69,8 @@ impl PolicyStore for PgStore {
             &daily,
             &interval,
             &cap,
+            &window,
+            &ratio,
         ];
         self.call(async |client| {
             changed_rows_of(&*client, sql::PUT_POLICY, &params).await?;

@@ -5,12 +5,15 @@ use crm_domain::delivery::{
     AckStatus, Delivery, DeliveryStatus, LastAck, Lease, LeaseId, QueueEntry, QueueStatus,
     ReceiptTimes,
 };
+use crm_domain::failure_window::FinishedDelivery;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, CorrelationId, FollowUpId, QueueItemId, TenantId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
 use crm_domain::outbound::RetryPolicy;
-use crm_domain::policy::{PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName};
+use crm_domain::policy::{
+    AutoPause, FailureRatio, PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName,
+};
 use crm_domain::timestamp::Timestamp;
 use crm_ports::{Lane, LaneState};
 use serde_json::{Map, Value};
@@ -268,6 +271,19 @@ pub fn policy(row: &Row) -> Result<SendingPolicy, RowError> {
         daily_recipient_limit: limit("daily_recipient_limit")?,
         recipient_min_interval_ms: limit("recipient_min_interval_ms")?,
         recipient_daily_cap: limit("recipient_daily_cap")?,
+        auto_pause: match (
+            limit("auto_pause_window")?,
+            limit("auto_pause_max_failure_ratio")?,
+        ) {
+            (Some(window), Some(ratio)) => Some(
+                AutoPause::new(
+                    window,
+                    FailureRatio::from_millionths(ratio).map_err(invalid)?,
+                )
+                .map_err(invalid)?,
+            ),
+            _ => None,
+        },
     }
     .checked()
     .map_err(invalid)
@@ -309,5 +325,14 @@ pub fn campaign_stats(row: &Row) -> Result<CampaignStats, RowError> {
         delivery_failed: get("delivery_failed")?,
         delivery_delivered: get("delivery_delivered")?,
         delivery_read: get("delivery_read")?,
+    })
+}
+
+/// A row of `FINISHED_DELIVERIES`.
+pub fn finished_delivery(row: &Row) -> Result<FinishedDelivery, RowError> {
+    let get_err = |e: tokio_postgres::Error| bad("crm_followups", e);
+    Ok(FinishedDelivery {
+        followup_id: FollowUpId::new(row.try_get(0).map_err(get_err)?),
+        failed: row.try_get(1).map_err(get_err)?,
     })
 }

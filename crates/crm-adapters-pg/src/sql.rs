@@ -32,7 +32,7 @@ macro_rules! policy_columns {
     () => {
         "p.max_per_second, p.quiet_start, p.quiet_end, p.quiet_time_zone, \
          p.max_per_second_per_sender, p.daily_recipient_limit, p.recipient_min_interval_ms, \
-         p.recipient_daily_cap"
+         p.recipient_daily_cap, p.auto_pause_window, p.auto_pause_max_failure_ratio"
     };
 }
 
@@ -574,15 +574,32 @@ pub const REMOVE_POLICY: &str = "DELETE FROM crm_sending_policies WHERE tenant_i
 /// Replaces a tenant's whole policy: every column, set or not.
 pub const PUT_POLICY: &str = "INSERT INTO crm_sending_policies (tenant_id, max_per_second, \
     quiet_start, quiet_end, quiet_time_zone, updated_at, max_per_second_per_sender, \
-    daily_recipient_limit, recipient_min_interval_ms, recipient_daily_cap) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+    daily_recipient_limit, recipient_min_interval_ms, recipient_daily_cap, \
+    auto_pause_window, auto_pause_max_failure_ratio) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
     ON CONFLICT (tenant_id) DO UPDATE SET max_per_second = excluded.max_per_second, \
     quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end, \
     quiet_time_zone = excluded.quiet_time_zone, updated_at = excluded.updated_at, \
     max_per_second_per_sender = excluded.max_per_second_per_sender, \
     daily_recipient_limit = excluded.daily_recipient_limit, \
     recipient_min_interval_ms = excluded.recipient_min_interval_ms, \
-    recipient_daily_cap = excluded.recipient_daily_cap";
+    recipient_daily_cap = excluded.recipient_daily_cap, \
+    auto_pause_window = excluded.auto_pause_window, \
+    auto_pause_max_failure_ratio = excluded.auto_pause_max_failure_ratio";
+
+/// The policies of tenants `$1`, for the campaigns a batch of acks or receipts holds.
+pub const SELECT_POLICIES: &str = concat!(
+    "SELECT p.tenant_id, ",
+    policy_columns!(),
+    " FROM crm_sending_policies p WHERE p.tenant_id = ANY($1)"
+);
+
+/// The failure window of campaign `$1`: its last `$2` finished deliveries, newest first
+/// (the predicate is the one of `crm_followups_finished_deliveries`).
+pub const FINISHED_DELIVERIES: &str = "SELECT followup_id, delivery->>'status' = 'failed' \
+    FROM crm_followups WHERE campaign_id = $1 \
+    AND delivery->>'status' IN ('accepted', 'delivered', 'read', 'failed') \
+    ORDER BY updated_at DESC, followup_id DESC LIMIT $2";
 
 /// Saves a follow-up (`$1` id, then its changeable fields) if its status is still `$2`
 /// and it is tenant `$16`'s, with its events and the move of its campaign's counts (`$9`

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crm_domain::answers::Action;
 use crm_domain::campaign::{self, Campaign, PauseCause};
 use crm_domain::delivery::{self, AckStatus, Claimed, LeaseId, QueueEntry, Rules};
 use crm_domain::event::{DomainEvent, EventEnvelope};
@@ -74,11 +73,6 @@ struct Reports<'a> {
 }
 
 impl Reports<'_> {
-    /// Whether a failure with `code` pauses its campaign, by the table of answers.
-    fn pauses(&self, code: Option<&str>) -> bool {
-        self.crm.answers.action(code) == Some(Action::PauseCampaign)
-    }
-
     /// Wraps an event of a follow-up's delivery in its envelope.
     fn wrap(&self, follow_up: &FollowUp, event: &DomainEvent) -> Result<EventEnvelope, AppError> {
         self.crm.follow_up_envelope(follow_up, event, self.now)
@@ -116,8 +110,10 @@ impl Acker for Reports<'_> {
         })
     }
 
+    /// Any failure may: by its code (the table of answers), or by the tenant's
+    /// `auto_pause` window, which only the store holding the campaign can read.
     fn may_pause(&self, request: &AckRequest) -> bool {
-        !request.report.accepted && self.pauses(request.report.error_code.as_deref())
+        !request.report.accepted
     }
 }
 
@@ -133,7 +129,7 @@ impl ReceiptApplier for Reports<'_> {
     }
 
     fn may_pause(&self, receipt: &Receipt) -> bool {
-        receipt.status == ReceiptStatus::Failed && self.pauses(receipt.error_code.as_deref())
+        receipt.status == ReceiptStatus::Failed
     }
 }
 

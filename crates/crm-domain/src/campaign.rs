@@ -221,6 +221,14 @@ pub enum PauseCause {
         error_code: String,
         followup_id: crate::ids::FollowUpId,
     },
+    /// More than the tenant's `auto_pause` ratio of the campaign's last finished
+    /// deliveries failed; `followup_id` is the failure that tipped it.
+    FailureRatio {
+        failures: u32,
+        window: u32,
+        max_failure_ratio: crate::policy::FailureRatio,
+        followup_id: crate::ids::FollowUpId,
+    },
 }
 
 impl PauseCause {
@@ -233,6 +241,19 @@ impl PauseCause {
             } => serde_json::json!({
                 "cause": "error_code",
                 "error_code": error_code,
+                "followup_id": followup_id,
+                "at": now,
+            }),
+            Self::FailureRatio {
+                failures,
+                window,
+                max_failure_ratio,
+                followup_id,
+            } => serde_json::json!({
+                "cause": "failure_ratio",
+                "failures": failures,
+                "window": window,
+                "max_failure_ratio": max_failure_ratio.as_f64(),
                 "followup_id": followup_id,
                 "at": now,
             }),

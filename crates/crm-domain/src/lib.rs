@@ -10,6 +10,7 @@ pub mod answers;
 pub mod campaign;
 pub mod delivery;
 pub mod event;
+pub mod failure_window;
 pub mod follow_up;
 pub mod ids;
 pub mod limits;

@@ -30,6 +30,70 @@ pub struct SendingPolicy {
     pub recipient_min_interval_ms: Option<u32>,
     /// Follow-ups marked sent to one recipient in any moving 24 hours, across campaigns.
     pub recipient_daily_cap: Option<u32>,
+    /// Pause a running campaign whose recent deliveries fail too often.
+    pub auto_pause: Option<AutoPause>,
+}
+
+/// When a running campaign is paused for its failures: more than `max_failure_ratio` of
+/// its last `window` finished deliveries failed (see `failure_window`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoPause {
+    pub window: u32,
+    pub max_failure_ratio: FailureRatio,
+}
+
+/// The least and most deliveries an `auto_pause` window may span.
+pub const AUTO_PAUSE_WINDOW: (u32, u32) = (10, 10_000);
+
+impl AutoPause {
+    pub fn new(window: u32, max_failure_ratio: FailureRatio) -> Result<Self, PolicyError> {
+        let (min, max) = AUTO_PAUSE_WINDOW;
+        if !(min..=max).contains(&window) {
+            return Err(PolicyError::Window { min, max });
+        }
+        Ok(Self {
+            window,
+            max_failure_ratio,
+        })
+    }
+
+    /// Whether `failures` among the window's deliveries are more than the policy allows.
+    pub fn exceeded_by(&self, failures: u32) -> bool {
+        u64::from(failures) * FailureRatio::SCALE
+            > u64::from(self.max_failure_ratio.0) * u64::from(self.window)
+    }
+}
+
+/// A ratio from 0 to 1, kept in millionths so that a policy compares and stores exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FailureRatio(u32);
+
+impl FailureRatio {
+    const SCALE: u64 = 1_000_000;
+
+    /// The ratio nearest `value` to the millionth; `value` must be from 0 to 1.
+    pub fn new(value: f64) -> Result<Self, PolicyError> {
+        if !(0.0..=1.0).contains(&value) {
+            return Err(PolicyError::Ratio(value.to_string()));
+        }
+        Ok(Self((value * Self::SCALE as f64).round() as u32))
+    }
+
+    /// The ratio in millionths, as stores keep it.
+    pub fn millionths(self) -> u32 {
+        self.0
+    }
+
+    pub fn from_millionths(millionths: u32) -> Result<Self, PolicyError> {
+        if u64::from(millionths) > Self::SCALE {
+            return Err(PolicyError::Ratio(format!("{millionths} millionths")));
+        }
+        Ok(Self(millionths))
+    }
+
+    pub fn as_f64(self) -> f64 {
+        f64::from(self.0) / Self::SCALE as f64
+    }
 }
 
 /// The range of each numeric field, as the wire names it.
@@ -63,6 +127,10 @@ pub enum PolicyError {
     TimeZone(String),
     #[error("start and end are the same time: a window of nothing")]
     EmptyWindow,
+    #[error("auto_pause.window must be a whole number from {min} to {max}")]
+    Window { min: u32, max: u32 },
+    #[error("auto_pause.max_failure_ratio must be a number from 0 to 1, not {0}")]
+    Ratio(String),
 }
 
 impl PolicyError {
@@ -71,6 +139,7 @@ impl PolicyError {
         match self {
             Self::OutOfRange { field, .. } => field,
             Self::TimeOfDay(_) | Self::TimeZone(_) | Self::EmptyWindow => "quiet_hours",
+            Self::Window { .. } | Self::Ratio(_) => "auto_pause",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Mutex;
 
-use crm_domain::answers::{Action, ProviderAnswers};
+use crm_domain::answers::ProviderAnswers;
 use crm_domain::campaign::{Campaign, CampaignState, CampaignStats, NewCampaign, PauseCause};
 use crm_domain::delivery::{
     self, AckStatus, Claimed, DeliveryStatus, LeaseId, QueueEntry, Report, Rules,
@@ -107,6 +107,8 @@ suite!(
     a_receipt_for_an_unknown_or_unaccepted_message_is_not_found_and_writes_nothing,
     a_provider_id_recorded_twice_matches_only_where_the_tenant_tells_them_apart,
     a_failed_receipt_with_a_pausing_code_pauses_the_campaign_once,
+    the_failure_ratio_of_acks_and_receipts_pauses_the_campaign_once,
+    failures_that_will_be_retried_do_not_count_toward_the_failure_ratio,
     opt_outs_are_added_once_listed_by_number_and_removed,
 );
 
@@ -1646,7 +1648,10 @@ pub async fn sending_policies_are_stored_per_tenant(store: &dyn Store) {
         TimeZoneName::parse("America/Sao_Paulo").unwrap(),
     )
     .unwrap();
-    let first = SendingPolicy::new(Some(50), Some(night)).unwrap();
+    let first = SendingPolicy {
+        auto_pause: Some(auto_pause(100, 0.125)),
+        ..SendingPolicy::new(Some(50), Some(night)).unwrap()
+    };
     let second = SendingPolicy::new(None, None).unwrap();
 
     store.put_sending_policy(&a, &first).await.unwrap();
@@ -2199,7 +2204,7 @@ impl Acker for AckWith {
     }
 
     fn may_pause(&self, request: &AckRequest) -> bool {
-        !request.report.accepted && pauses(request.report.error_code.as_deref())
+        !request.report.accepted
     }
 }
 
@@ -2212,11 +2217,6 @@ impl Pauser for AckWith {
     ) -> Option<(Campaign, EventEnvelope)> {
         pause_at(self.now, campaign, follow_up, cause)
     }
-}
-
-/// Whether the table says `code` pauses a campaign.
-fn pauses(code: Option<&str>) -> bool {
-    ANSWERS.action(code) == Some(Action::PauseCampaign)
 }
 
 /// `campaign` paused at `now` for `cause`, its event in `follow_up`'s correlation.
@@ -2240,7 +2240,7 @@ impl ReceiptApplier for AckWith {
     }
 
     fn may_pause(&self, receipt: &Receipt) -> bool {
-        receipt.status == ReceiptStatus::Failed && pauses(receipt.error_code.as_deref())
+        receipt.status == ReceiptStatus::Failed
     }
 }
 
@@ -2925,6 +2925,114 @@ pub async fn a_failed_receipt_with_a_pausing_code_pauses_the_campaign_once(store
     assert_eq!(changes[0].payload["reason_code"], "auto_pause");
     let stats = store.campaign_stats(campaign.campaign_id).await.unwrap();
     assert_eq!((stats.delivery_accepted, stats.delivery_failed), (0, 2));
+}
+
+fn auto_pause(window: u32, ratio: f64) -> crm_domain::policy::AutoPause {
+    use crm_domain::policy::{AutoPause, FailureRatio};
+    AutoPause::new(window, FailureRatio::new(ratio).unwrap()).unwrap()
+}
+
+/// Puts a policy on `tenant_id` that pauses past `ratio` of the last `window` deliveries.
+async fn pause_past(store: &dyn Store, tenant_id: &TenantId, window: u32, ratio: f64) {
+    let policy = SendingPolicy {
+        auto_pause: Some(auto_pause(window, ratio)),
+        ..SendingPolicy::default()
+    };
+    store.put_sending_policy(tenant_id, &policy).await.unwrap();
+}
+
+async fn campaign_now(store: &dyn Store, campaign: &Campaign) -> Campaign {
+    store
+        .campaign(&campaign.tenant_id, campaign.campaign_id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+pub async fn the_failure_ratio_of_acks_and_receipts_pauses_the_campaign_once(store: &dyn Store) {
+    let tenant_id = tenant("tenant_a");
+    // More than 20 % of the last 10 finished deliveries: a third failure among 10.
+    pause_past(store, &tenant_id, 10, 0.2).await;
+    let (campaign, follow_ups) = accepted_in_running_campaign(store, &tenant_id, "ratio", 12).await;
+    let failed = |n: usize| receipt_of(&format!("wamid.ratio.{n}"), ReceiptStatus::Failed, 240_000);
+    // Two messages accepted and then failed by their receipts: 2 of the last 10.
+    assert_eq!(
+        receive_at(store, &[failed(0), failed(1)]).await,
+        [ReceiptAnswer::Applied; 2]
+    );
+    assert_eq!(campaign_now(store, &campaign).await, campaign);
+    // Delivered and read receipts are no failures.
+    let delivered = receipt_of("wamid.ratio.3", ReceiptStatus::Delivered, 240_000);
+    receive_at(store, &[delivered]).await;
+    assert_eq!(
+        campaign_now(store, &campaign).await.state,
+        CampaignState::Running
+    );
+    // The third failure, repeated in one batch and in the next: one pause.
+    assert_eq!(
+        receive_at(store, &[failed(2), failed(2)]).await,
+        [ReceiptAnswer::Applied, ReceiptAnswer::Duplicate]
+    );
+    receive_at(store, &[failed(4)]).await;
+    let paused = campaign_now(store, &campaign).await;
+    assert_eq!(paused.state, CampaignState::Paused);
+    assert_eq!(paused.revision, campaign.revision + 1);
+    let note = &paused.metadata["auto_pause"];
+    assert_eq!(note["cause"], "failure_ratio");
+    assert_eq!(
+        (note["failures"].as_u64(), note["window"].as_u64()),
+        (Some(3), Some(10))
+    );
+    assert_eq!(note["max_failure_ratio"], 0.2);
+    assert_eq!(note["followup_id"], follow_ups[2].followup_id.to_string());
+    let changes = state_changes(store, &follow_ups).await;
+    assert_eq!(changes.len(), 1, "one pause, one event: {changes:?}");
+    assert_eq!(changes[0].payload["reason_code"], "auto_pause");
+    // A person resumes it; the window still holds 4 failures of 10, so the next failure
+    // pauses it again, this time by an ack.
+    let resumed = move_campaign(store, &paused, CampaignState::Running, at(400_000)).await;
+    schedule(store, &tenant_id, Some(campaign.campaign_id), at(0)).await;
+    store
+        .drain(at(401_000), 10, &SendAll::default())
+        .await
+        .unwrap();
+    let ours = claim_at(store, 602_000, 10).await;
+    assert_eq!(ours.len(), 1);
+    let acks = [failed_with(&ours[0], "PROVIDER_DOWN", false)];
+    let statuses = store
+        .ack(&acks, &AckWith { now: at(603_000) })
+        .await
+        .unwrap();
+    assert_eq!(statuses, [AckStatus::Acked]);
+    let again = campaign_now(store, &campaign).await;
+    assert_eq!(again.state, CampaignState::Paused);
+    assert_eq!(again.revision, resumed.revision + 1);
+    assert_eq!(again.metadata["auto_pause"]["failures"], 5);
+}
+
+pub async fn failures_that_will_be_retried_do_not_count_toward_the_failure_ratio(
+    store: &dyn Store,
+) {
+    let tenant_id = tenant("tenant_a");
+    // At 0 the first finished failure pauses.
+    pause_past(store, &tenant_id, 10, 0.0).await;
+    let (campaign, _, leased) = leased_in_running_campaign(store, &tenant_id, 2).await;
+    let acker = AckWith { now: at(203_000) };
+    let retried = [failed_with(&leased[0], "PROVIDER_DOWN", true)];
+    assert_eq!(
+        store.ack(&retried, &acker).await.unwrap(),
+        [AckStatus::RetryScheduled]
+    );
+    assert_eq!(campaign_now(store, &campaign).await, campaign);
+    let final_failure = [failed_with(&leased[1], "PROVIDER_DOWN", false)];
+    assert_eq!(
+        store.ack(&final_failure, &acker).await.unwrap(),
+        [AckStatus::Acked]
+    );
+    assert_eq!(
+        campaign_now(store, &campaign).await.state,
+        CampaignState::Paused
+    );
 }
 
 pub async fn opt_outs_are_added_once_listed_by_number_and_removed(store: &dyn Store) {

@@ -26,9 +26,10 @@ pub use events::{
     EventEmitter, EventPage, FeedPage, FeedQuery, SCAN_BUDGET, Scan, TraceQuery, bounded_page,
 };
 pub use outbound::{
-    AckBatch, AckDecision, AckRequest, Acker, ClaimBatch, Effects, LeaseDecision, LeasedItem,
-    Leaser, OutboundQueue, Pauser, ReceiptApplier, ReceiptBatch, ReceiptDecision, ack_decision,
-    ack_holds, decide_acks, decide_claims, decide_receipts, receipt_decision, receipt_holds,
+    AckBatch, AckDecision, AckRequest, Acker, ClaimBatch, Effects, HeldCampaign, LeaseDecision,
+    LeasedItem, Leaser, OutboundQueue, Pauser, ReceiptApplier, ReceiptBatch, ReceiptDecision,
+    ack_decision, ack_holds, decide_acks, decide_claims, decide_receipts, receipt_decision,
+    receipt_holds, window_needed,
 };
 pub use store::{
     BoxError, CampaignQuery, CampaignStore, CreateResult, Created, Expired, FollowUpQuery,

@@ -10,15 +10,18 @@
 //! holds the items (and the campaigns an ack may pause).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use async_trait::async_trait;
 use crm_domain::campaign::{Campaign, PauseCause};
 use crm_domain::delivery::{AckStatus, Acked, LeaseId, OptOutRequest, QueueEntry, Report};
 use crm_domain::event::{DomainEvent, EventEnvelope};
+use crm_domain::failure_window::FailureWindow;
 use crm_domain::follow_up::FollowUp;
 use crm_domain::ids::{CampaignId, FollowUpId, QueueItemId};
 use crm_domain::opt_out::OptOut;
 use crm_domain::outbound::OutboundItem;
+use crm_domain::policy::{AutoPause, SendingPolicy};
 use crm_domain::receipt::{Receipt, ReceiptAnswer, Received};
 use crm_domain::timestamp::Timestamp;
 
@@ -95,8 +98,9 @@ pub trait Pauser: Send + Sync {
 pub trait Acker: Pauser {
     fn ack(&self, entry: &QueueEntry, follow_up: &FollowUp, request: &AckRequest) -> AckDecision;
 
-    /// Whether this ack's report could pause its follow-up's campaign, so the store must
-    /// hold that campaign while deciding (most acks cannot, and cost no campaign read).
+    /// Whether this ack's report could pause its follow-up's campaign (by its code, or by
+    /// the tenant's `auto_pause` window), so the store must hold that campaign while
+    /// deciding (an accepted message cannot, and costs no campaign read).
     fn may_pause(&self, request: &AckRequest) -> bool;
 }
 
@@ -294,9 +298,30 @@ pub struct Effects {
 #[derive(Default)]
 struct Decided {
     follow_ups: HashMap<FollowUpId, FollowUp>,
-    campaigns: HashMap<CampaignId, Campaign>,
+    /// The held campaigns read so far, and their windows, as this batch left them.
+    campaigns: HashMap<CampaignId, HeldCampaign>,
+    /// The campaigns this batch paused, in the order it did.
+    paused: Vec<CampaignId>,
     events: Vec<EventEnvelope>,
     opt_outs: Vec<NewOptOut>,
+}
+
+/// A campaign a store holds while it decides a batch of acks or receipts, with its
+/// failure window when `window_needed` asked for one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldCampaign {
+    pub campaign: Campaign,
+    pub window: Option<FailureWindow>,
+}
+
+/// Whether a held campaign needs its failure window read, and for which policy: when it
+/// is running and its tenant's `policy` has `auto_pause`. The store then reads the
+/// campaign's last `window` finished deliveries, newest first, into `FailureWindow::new`.
+pub fn window_needed(campaign: &Campaign, policy: Option<&SendingPolicy>) -> Option<AutoPause> {
+    if campaign.state != crm_domain::campaign::CampaignState::Running {
+        return None;
+    }
+    policy?.auto_pause
 }
 
 impl Decided {
@@ -310,7 +335,8 @@ impl Decided {
     }
 
     /// Records one applied decision: the follow-up, its events, its opt-out (each number
-    /// once), and the pause of its campaign (read through `campaign`, paused once).
+    /// once), its place in its campaign's failure window, and the pause of its campaign
+    /// (read through `held`, paused once) that its code or the window asks for.
     fn record(
         &mut self,
         pauser: &dyn Pauser,
@@ -318,7 +344,7 @@ impl Decided {
         events: Vec<EventEnvelope>,
         opt_out: Option<Box<NewOptOut>>,
         pause: Option<PauseCause>,
-        campaign: &impl Fn(CampaignId) -> Option<Campaign>,
+        held: &impl Fn(CampaignId) -> Option<HeldCampaign>,
     ) {
         self.events.extend(events);
         if let Some(opt_out) = opt_out {
@@ -330,26 +356,37 @@ impl Decided {
                 self.opt_outs.push(*opt_out);
             }
         }
-        if let (Some(cause), Some(campaign_id)) = (pause, follow_up.campaign_id) {
-            let current = self
-                .campaigns
-                .get(&campaign_id)
-                .cloned()
-                .or_else(|| campaign(campaign_id));
-            if let Some((paused, event)) =
-                current.and_then(|current| pauser.pause(&current, &follow_up, &cause))
+        let campaign = follow_up
+            .campaign_id
+            .and_then(|id| match self.campaigns.entry(id) {
+                Entry::Occupied(known) => Some(known.into_mut()),
+                Entry::Vacant(unread) => held(id).map(|held| unread.insert(held)),
+            });
+        if let Some(held) = campaign {
+            let by_window = held.window.as_mut().and_then(|w| w.record(&follow_up));
+            // A paused campaign is not running, so the pauser pauses it once.
+            if let Some((paused, event)) = pause
+                .or(by_window)
+                .and_then(|cause| pauser.pause(&held.campaign, &follow_up, &cause))
             {
                 self.events.push(event);
-                self.campaigns.insert(campaign_id, paused);
+                self.paused.push(paused.campaign_id);
+                held.campaign = paused;
             }
         }
         self.follow_ups.insert(follow_up.followup_id, follow_up);
     }
 
-    fn effects(self) -> Effects {
+    fn effects(mut self) -> Effects {
+        let campaigns = self
+            .paused
+            .iter()
+            .filter_map(|id| self.campaigns.remove(id))
+            .map(|held| held.campaign)
+            .collect();
         Effects {
             follow_ups: self.follow_ups.into_values().collect(),
-            campaigns: self.campaigns.into_values().collect(),
+            campaigns,
             events: self.events,
             opt_outs: self.opt_outs,
         }
@@ -397,15 +434,15 @@ fn in_lock_order(campaigns: impl Iterator<Item = CampaignId>) -> Vec<CampaignId>
 /// Decides a batch of acks in order, each seeing the ones before it (an item acked twice
 /// in one batch answers the same twice; a campaign paused by one ack is not paused again
 /// by the next), from the entries, follow-ups and campaigns the store holds (`entry`,
-/// `follow_up` and `campaign` look them up; `campaign` is asked only about campaigns of
-/// acks that `may_pause`). Every store applies acks through this, so the sequencing rule
+/// `follow_up` and `held` look them up; `held` is asked only about campaigns of acks
+/// that `may_pause`). Every store applies acks through this, so the sequencing rule
 /// lives here once.
 pub fn decide_acks(
     acks: &[AckRequest],
     acker: &dyn Acker,
     entry: impl Fn(QueueItemId) -> Option<QueueEntry>,
     follow_up: impl Fn(FollowUpId) -> Option<FollowUp>,
-    campaign: impl Fn(CampaignId) -> Option<Campaign>,
+    held: impl Fn(CampaignId) -> Option<HeldCampaign>,
 ) -> AckBatch {
     let mut statuses = Vec::with_capacity(acks.len());
     let mut entries: HashMap<QueueItemId, QueueEntry> = HashMap::new();
@@ -435,7 +472,7 @@ pub fn decide_acks(
                 status,
             } => {
                 statuses.push(status);
-                decided.record(acker, *follow_up, events, opt_out, pause, &campaign);
+                decided.record(acker, *follow_up, events, opt_out, pause, &held);
                 if !entries.contains_key(&entry.queue_item_id) {
                     order.push(entry.queue_item_id);
                 }
@@ -464,13 +501,13 @@ pub struct ReceiptBatch {
 /// Decides a batch of receipts in order, each seeing the ones before it (a receipt
 /// repeated in one batch is a duplicate the second time), from the follow-ups the store
 /// holds for each provider message id (`candidates`) and the campaigns of receipts that
-/// `may_pause` (`campaign`). A receipt that matches no follow-up, or more than one (a
+/// `may_pause` (`held`). A receipt that matches no follow-up, or more than one (a
 /// provider id recorded twice, and no tenant named to tell them apart), is `NotFound`.
 pub fn decide_receipts(
     receipts: &[Receipt],
     applier: &dyn ReceiptApplier,
     candidates: impl Fn(&str) -> Vec<FollowUp>,
-    campaign: impl Fn(CampaignId) -> Option<Campaign>,
+    held: impl Fn(CampaignId) -> Option<HeldCampaign>,
 ) -> ReceiptBatch {
     let mut answers = Vec::with_capacity(receipts.len());
     let mut decided = Decided::default();
@@ -499,7 +536,7 @@ pub fn decide_receipts(
                 pause,
             } => {
                 answers.push(ReceiptAnswer::Applied);
-                decided.record(applier, *follow_up, events, opt_out, pause, &campaign);
+                decided.record(applier, *follow_up, events, opt_out, pause, &held);
             }
         }
     }

@@ -5,7 +5,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crm_app::{Crm, PolicyInForce};
 use crm_contracts::Contract;
 use crm_domain::ids::TenantId;
-use crm_domain::policy::{PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName};
+use crm_domain::policy::{
+    AutoPause, FailureRatio, PolicyError, QuietHours, SendingPolicy, TimeOfDay, TimeZoneName,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -61,7 +63,9 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[
             least time between two sends to one recipient. `recipient_daily_cap`: sends to \
             one recipient in any moving 24 hours. `quiet_hours`: a local time window in \
             which due follow-ups stay pending, in each follow-up's own `time_zone` or else \
-            the policy's. null: no limit of that kind.",
+            the policy's. `auto_pause`: pause a running campaign when more than \
+            `max_failure_ratio` of its last `window` finished deliveries failed. null: no \
+            limit of that kind.",
         parameters: &[TENANT],
         body: Some(Body {
             size: BodySize::Standard,
@@ -141,6 +145,13 @@ struct PolicyBody {
     daily_recipient_limit: Option<u32>,
     recipient_min_interval_ms: Option<u32>,
     recipient_daily_cap: Option<u32>,
+    auto_pause: Option<AutoPauseBody>,
+}
+
+#[derive(Deserialize)]
+struct AutoPauseBody {
+    window: u32,
+    max_failure_ratio: f64,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +183,10 @@ fn policy_view(tenant_id: &TenantId, in_force: &PolicyInForce) -> serde_json::Va
         "daily_recipient_limit": policy.daily_recipient_limit,
         "recipient_min_interval_ms": policy.recipient_min_interval_ms,
         "recipient_daily_cap": policy.recipient_daily_cap,
+        "auto_pause": policy.auto_pause.map(|auto_pause| json!({
+            "window": auto_pause.window,
+            "max_failure_ratio": auto_pause.max_failure_ratio.as_f64(),
+        })),
         "source": if in_force.own { "tenant" } else { "default" },
     })
 }
@@ -253,6 +268,17 @@ async fn put_sending_policy(
             .map_err(at("/quiet_hours"))
         })
         .transpose()?;
+    let auto_pause = body
+        .auto_pause
+        .map(|auto_pause| {
+            let at = |pointer: &'static str| {
+                move |error: PolicyError| ApiError::violation(pointer, error.to_string())
+            };
+            let ratio = FailureRatio::new(auto_pause.max_failure_ratio)
+                .map_err(at("/auto_pause/max_failure_ratio"))?;
+            AutoPause::new(auto_pause.window, ratio).map_err(at("/auto_pause/window"))
+        })
+        .transpose()?;
     let policy = SendingPolicy {
         max_per_second: body.max_per_second,
         quiet_hours,
@@ -260,6 +286,7 @@ async fn put_sending_policy(
         daily_recipient_limit: body.daily_recipient_limit,
         recipient_min_interval_ms: body.recipient_min_interval_ms,
         recipient_daily_cap: body.recipient_daily_cap,
+        auto_pause,
     }
     .checked()
     .map_err(|error| ApiError::violation(&format!("/{}", error.field()), error.to_string()))?;

@@ -103,6 +103,46 @@ async fn a_limit_out_of_its_range_is_a_validation_error_naming_it_and_nothing_is
 }
 
 #[tokio::test]
+async fn auto_pause_reads_back_as_set_to_the_millionth_and_bad_values_name_it() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let set = policy(json!({"auto_pause": {"window": 200, "max_failure_ratio": 0.125}}));
+    let put = app.put_sending_policy(&tenant, &set).await.ok();
+    assert_eq!(
+        put["auto_pause"],
+        json!({"window": 200, "max_failure_ratio": 0.125})
+    );
+    assert_eq!(app.sending_policy(&tenant).await.ok(), put);
+    let rounded = policy(json!({"auto_pause": {"window": 10, "max_failure_ratio": 0.3333333333}}));
+    let put = app.put_sending_policy(&tenant, &rounded).await.ok();
+    assert_eq!(put["auto_pause"]["max_failure_ratio"], 0.333333);
+    let before = app.sending_policy(&tenant).await.ok();
+    for bad in [
+        json!({"window": 9, "max_failure_ratio": 0.5}),
+        json!({"window": 10_001, "max_failure_ratio": 0.5}),
+        json!({"window": 10.5, "max_failure_ratio": 0.5}),
+        json!({"window": 100, "max_failure_ratio": -0.01}),
+        json!({"window": 100, "max_failure_ratio": 1.01}),
+        json!({"window": 100, "max_failure_ratio": "0.5"}),
+        json!({"window": 100}),
+        json!({"max_failure_ratio": 0.5}),
+        json!({"window": 100, "max_failure_ratio": 0.5, "min_deliveries": 3}),
+        json!(0.5),
+    ] {
+        let body = policy(json!({ "auto_pause": bad }));
+        let pointers = app
+            .put_sending_policy(&tenant, &body)
+            .await
+            .violation_pointers();
+        assert!(
+            pointers.iter().any(|p| p.starts_with("/auto_pause")),
+            "{bad}: {pointers:?}"
+        );
+    }
+    assert_eq!(app.sending_policy(&tenant).await.ok(), before);
+}
+
+#[tokio::test]
 async fn a_follow_up_keeps_its_sender_and_each_lease_names_it() {
     let app = spawn_app().await;
     let tenant = new_tenant();

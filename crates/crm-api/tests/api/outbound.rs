@@ -552,6 +552,62 @@ async fn a_failed_receipt_with_a_spam_code_pauses_the_campaign() {
 }
 
 #[tokio::test]
+async fn failed_deliveries_past_the_auto_pause_ratio_pause_the_campaign_by_acks_and_receipts() {
+    let app = spawn_app().await;
+    let tenant = new_tenant();
+    let policy = json!({"max_per_second": null, "quiet_hours": null,
+                        "auto_pause": {"window": 10, "max_failure_ratio": 0.1}});
+    app.put_sending_policy(&tenant, &policy).await.ok();
+    let campaign = app.seed_campaign(&tenant, "scheduled").await;
+    let campaign = app
+        .move_campaign(&campaign, "running", "start_window_open")
+        .await;
+    let campaign_id = str_field(&campaign, "/campaign_id");
+    for _ in 0..3 {
+        let body = with(
+            follow_up_body(&tenant),
+            "/request/followup/campaign_id",
+            json!(campaign_id),
+        );
+        app.seed_follow_up(&body).await;
+    }
+    let report = app.drain(&json!({})).await.ok();
+    assert_eq!(report["succeeded_count"], 3, "{report}");
+    let leased = claim(&app, json!({"limit": 3})).await;
+    assert_eq!(leased.len(), 3);
+    // One failure for good (an undeliverable number) and one message accepted: 1 of 10
+    // is not more than 10 %.
+    let undeliverable = json!({"result": "failed", "error_code": "131026", "retryable": false});
+    let wamid = format!("wamid.{}", Uuid::new_v4().simple());
+    let accepted = json!({"result": "accepted", "provider_message_id": wamid});
+    let acks = json!({"acks": [ack_of(&leased[0], undeliverable)["acks"][0].clone(),
+                               ack_of(&leased[1], accepted)["acks"][0].clone()]});
+    assert_eq!(ack(&app, &acks).await, ["acked", "acked"]);
+    let state = || async { app.get_campaign(campaign_id, &tenant).await.ok()["campaign"].take() };
+    assert_eq!(state().await["state"], "running");
+    // The accepted message then fails by its receipt: 2 of 10.
+    assert_eq!(
+        receipts(&app, json!([receipt(&wamid, "failed")])).await,
+        ["applied"]
+    );
+    let paused = state().await;
+    assert_eq!(paused["state"], "paused");
+    let note = &paused["metadata"]["auto_pause"];
+    assert_eq!(note["cause"], "failure_ratio");
+    assert_eq!(
+        (&note["failures"], &note["window"]),
+        (&json!(2), &json!(10))
+    );
+    assert_eq!(note["max_failure_ratio"], 0.1);
+    // The third item is still leased; its failure changes nothing more.
+    let third = json!({"result": "failed", "error_code": "131026", "retryable": false});
+    assert_eq!(ack(&app, &ack_of(&leased[2], third)).await, ["acked"]);
+    let changes = app.feed_events(&tenant, "crm.campaign.state.changed").await;
+    assert_eq!(changes.len(), 2, "started, then paused once");
+    assert_eq!(changes[1]["payload"]["reason_code"], "auto_pause");
+}
+
+#[tokio::test]
 async fn bad_receipts_are_refused_whole_and_change_nothing() {
     let app = spawn_app().await;
     let wamid = format!("wamid.{}", Uuid::new_v4().simple());

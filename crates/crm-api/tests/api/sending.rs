@@ -58,7 +58,7 @@ async fn a_tenant_without_a_policy_gets_the_default_and_a_policy_reads_back_as_s
         json!({"tenant_id": tenant, "max_per_second": null, "quiet_hours": null,
                "max_per_second_per_sender": null, "daily_recipient_limit": null,
                "recipient_min_interval_ms": null, "recipient_daily_cap": null,
-               "source": "default"})
+               "auto_pause": null, "source": "default"})
     );
     assert_eq!(put, read);
     assert_eq!(read["max_per_second"], 80);
