@@ -8,8 +8,10 @@ ALTER TABLE crm_sending_policies
         CHECK ((auto_pause_window IS NULL) = (auto_pause_max_failure_ratio IS NULL));
 
 -- A campaign's finished deliveries, newest change first: the failure window reads the
--- last few thousand of one campaign when a failure may pause it. The predicate must
--- match the query's text exactly.
+-- last few thousand of one campaign when a failure may pause it. Follow-ups without a
+-- campaign are left out (no window reads them, and their receipts pay nothing for it).
+-- The query's predicate implies this one.
 CREATE INDEX crm_followups_finished_deliveries
     ON crm_followups (campaign_id, updated_at DESC, followup_id DESC)
-    WHERE delivery->>'status' IN ('accepted', 'delivered', 'read', 'failed');
+    WHERE campaign_id IS NOT NULL
+      AND delivery->>'status' IN ('accepted', 'delivered', 'read', 'failed');

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crm_adapters_pg::testing::{database_url, fresh_schema};
-use process::{Database, FUTURE, Server, client};
+use process::{Database, FUTURE, Load, Server, client};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -65,10 +65,10 @@ async fn kill_during_batches_then_resend(data_dir: &Path, logs: &Path, flags: &[
     let campaign_id = create_campaign(&client, &server, &tenant).await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
-    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
-    let mut writers = tokio::task::JoinSet::new();
+    let (answered, answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..WRITERS {
-        writers.spawn(send_until_gone(
+        workers.spawn(send_until_gone(
             client.clone(),
             server.address.clone(),
             tenant.clone(),
@@ -77,24 +77,12 @@ async fn kill_during_batches_then_resend(data_dir: &Path, logs: &Path, flags: &[
             answered.clone(),
         ));
     }
-    let loaded = tokio::time::timeout(LOAD_DEADLINE, async {
-        for _ in 0..ANSWERED_BEFORE_KILL {
-            answers.recv().await;
-        }
-    })
-    .await;
-    assert!(
-        loaded.is_ok(),
-        "{ANSWERED_BEFORE_KILL} batches not answered within {LOAD_DEADLINE:?}:\n{}",
-        server.log_text()
-    );
-    server.kill();
-    for outcome in tokio::time::timeout(Duration::from_secs(30), writers.join_all())
-        .await
-        .expect("the writers stop once the server is gone")
-    {
-        outcome.unwrap_or_else(|message| panic!("{message}"));
-    }
+    let load = Load {
+        workers,
+        answered: answers,
+    };
+    load.kill_after(&mut server, ANSWERED_BEFORE_KILL, LOAD_DEADLINE)
+        .await;
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     assert!(!sent.cut.is_empty(), "the kill cut no batch short");
 

@@ -337,3 +337,36 @@ pub async fn assert_all_there(server: &Server, tenant: &str, acknowledged: &Hash
         &lost[..lost.len().min(5)]
     );
 }
+
+/// Workers sending calls to a server until it is gone (each `Ok` when it stopped because
+/// the server did, `Err` naming what went wrong otherwise), and the channel each answered
+/// call is told on.
+pub struct Load {
+    pub workers: tokio::task::JoinSet<Result<(), String>>,
+    pub answered: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+impl Load {
+    /// Waits for `calls` answers (a bound of `deadline`, not a wait), kills the server with
+    /// SIGKILL, and waits for every worker to notice.
+    pub async fn kill_after(mut self, server: &mut Server, calls: usize, deadline: Duration) {
+        let loaded = tokio::time::timeout(deadline, async {
+            for _ in 0..calls {
+                self.answered.recv().await;
+            }
+        })
+        .await;
+        assert!(
+            loaded.is_ok(),
+            "{calls} calls not answered within {deadline:?}:\n{}",
+            server.log_text()
+        );
+        server.kill();
+        for outcome in tokio::time::timeout(Duration::from_secs(30), self.workers.join_all())
+            .await
+            .expect("the workers stop once the server is gone")
+        {
+            outcome.unwrap_or_else(|message| panic!("{message}"));
+        }
+    }
+}
