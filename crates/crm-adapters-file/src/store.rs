@@ -839,11 +839,12 @@ pub const COUNT_DUE_CAP: usize = 10_000;
 /// leave the batch empty while others wait behind them.
 const CLAIM_DEPTH: usize = 4;
 
-/// The due follow-ups of `lanes` a drain may claim (see `State::candidates`): none that
-/// another drain claimed or a change on its way to the journal touches.
-/// A campaign a batch of acks or receipts holds, with the failure window its tenant's
-/// policy asks for.
-fn held_campaign(state: &State, id: CampaignId) -> Option<HeldCampaign> {
+/// A campaign a batch of acks or receipts holds (one of `held`), with the failure window
+/// its tenant's policy asks for; `None` for a campaign the batch does not hold.
+fn held_campaign(state: &State, held: &[CampaignId], id: CampaignId) -> Option<HeldCampaign> {
+    if !held.contains(&id) {
+        return None;
+    }
     let campaign = (**state.campaign(id)?).clone();
     let policy = state.policy(&campaign.tenant_id).map(|policy| &**policy);
     let window = window_needed(&campaign, policy).map(|policy| {
@@ -855,6 +856,8 @@ fn held_campaign(state: &State, id: CampaignId) -> Option<HeldCampaign> {
     Some(HeldCampaign { campaign, window })
 }
 
+/// The due follow-ups of `lanes` a drain may claim (see `State::candidates`): none that
+/// another drain claimed or a change on its way to the journal touches.
 fn claimable(
     shared: &Shared,
     now: Timestamp,
@@ -1057,7 +1060,7 @@ impl OutboundQueue for FileStore {
             let keys: Vec<Touch> = acks
                 .iter()
                 .map(|ack| Touch::QueueItem(ack.queue_item_id))
-                .chain(held.into_iter().map(Touch::Campaign))
+                .chain(held.iter().copied().map(Touch::Campaign))
                 .collect();
             if let Some(conflict) = shared.conflict(&keys) {
                 return Ok(Look::Wait(conflict));
@@ -1068,7 +1071,7 @@ impl OutboundQueue for FileStore {
                 acker,
                 |id| state.outbound_item(id).map(|stored| stored.entry.clone()),
                 |id| state.follow_up(id).map(|follow_up| (**follow_up).clone()),
-                |id| held_campaign(state, id),
+                |id| held_campaign(state, &held, id),
             );
             if batch.entries.is_empty() {
                 return Ok(Look::Decided(None, batch.statuses));
@@ -1104,13 +1107,13 @@ impl OutboundQueue for FileStore {
                 .iter()
                 .flat_map(|receipt| candidates(&receipt.provider_message_id))
                 .map(|follow_up| Touch::FollowUp(follow_up.followup_id))
-                .chain(held.into_iter().map(Touch::Campaign))
+                .chain(held.iter().copied().map(Touch::Campaign))
                 .collect();
             if let Some(conflict) = shared.conflict(&keys) {
                 return Ok(Look::Wait(conflict));
             }
             let batch = decide_receipts(receipts, applier, candidates, |id| {
-                held_campaign(&shared.state, id)
+                held_campaign(&shared.state, &held, id)
             });
             if batch.effects.follow_ups.is_empty() {
                 return Ok(Look::Decided(None, batch.answers));

@@ -127,8 +127,9 @@ impl OutboundQueue for PgStore {
             let owners: Vec<FollowUpId> = entries.values().map(|e| e.followup_id).collect();
             let follow_ups =
                 follow_ups_by_id(&transaction, sql::LOCK_FOLLOW_UPS_BY_ID, &owners).await?;
-            // The campaigns these acks may pause stay locked until the commit, so a pause
-            // is decided once across replicas (usually there are none).
+            // The campaigns these acks may pause (those of failures) stay locked until the
+            // commit, so a pause is decided once across replicas; accepted messages lock
+            // none.
             let held = ack_holds(acks, acker, |id| {
                 follow_ups.get(&entries.get(&id)?.followup_id)?.campaign_id
             });

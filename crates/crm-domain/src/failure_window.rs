@@ -5,8 +5,11 @@
 //! `read` went well, `failed` did not (`retrying` is not finished). The window orders
 //! deliveries by when they last changed, so a message accepted and later failed by a
 //! receipt counts once, as a failure, at the newest place. Stores read the window from
-//! what they hold (`FinishedDelivery`, newest first); a batch of acks or receipts
+//! what they hold (`FinishedDelivery`, newest first; deliveries that changed at the same
+//! moment, as one batch's do, newest follow-up id first); a batch of acks or receipts
 //! records each change here as it is decided, so the pause it causes is decided with it.
+//! The window is exact among the writes that hold the campaign (failures); successes
+//! committing at the same moment may be missed by it, which can only pause a little early.
 
 use std::collections::VecDeque;
 

@@ -37,9 +37,25 @@ pub struct SendingPolicy {
 /// When a running campaign is paused for its failures: more than `max_failure_ratio` of
 /// its last `window` finished deliveries failed (see `failure_window`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AutoPauseFields")]
 pub struct AutoPause {
     pub window: u32,
     pub max_failure_ratio: FailureRatio,
+}
+
+/// `AutoPause` as it is read, before its range is checked.
+#[derive(Deserialize)]
+struct AutoPauseFields {
+    window: u32,
+    max_failure_ratio: FailureRatio,
+}
+
+impl TryFrom<AutoPauseFields> for AutoPause {
+    type Error = PolicyError;
+
+    fn try_from(fields: AutoPauseFields) -> Result<Self, PolicyError> {
+        Self::new(fields.window, fields.max_failure_ratio)
+    }
 }
 
 /// The least and most deliveries an `auto_pause` window may span.
@@ -64,9 +80,22 @@ impl AutoPause {
     }
 }
 
-/// A ratio from 0 to 1, kept in millionths so that a policy compares and stores exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// A ratio from 0 to 1, kept in millionths so that a policy compares and stores exactly;
+/// written as the number from 0 to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FailureRatio(u32);
+
+impl Serialize for FailureRatio {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.as_f64())
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureRatio {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
 
 impl FailureRatio {
     const SCALE: u64 = 1_000_000;

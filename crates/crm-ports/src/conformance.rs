@@ -2968,7 +2968,7 @@ pub async fn the_failure_ratio_of_acks_and_receipts_pauses_the_campaign_once(sto
         campaign_now(store, &campaign).await.state,
         CampaignState::Running
     );
-    // The third failure, repeated in one batch and in the next: one pause.
+    // The third failure (repeated in its batch), then a fourth: one pause.
     assert_eq!(
         receive_at(store, &[failed(2), failed(2)]).await,
         [ReceiptAnswer::Applied, ReceiptAnswer::Duplicate]

@@ -434,8 +434,8 @@ fn in_lock_order(campaigns: impl Iterator<Item = CampaignId>) -> Vec<CampaignId>
 /// Decides a batch of acks in order, each seeing the ones before it (an item acked twice
 /// in one batch answers the same twice; a campaign paused by one ack is not paused again
 /// by the next), from the entries, follow-ups and campaigns the store holds (`entry`,
-/// `follow_up` and `held` look them up; `held` is asked only about campaigns of acks
-/// that `may_pause`). Every store applies acks through this, so the sequencing rule
+/// `follow_up` and `held` look them up; `held` answers for the campaigns the store holds,
+/// those `ack_holds` named, and `None` for any other). Every store applies acks through this, so the sequencing rule
 /// lives here once.
 pub fn decide_acks(
     acks: &[AckRequest],
@@ -500,8 +500,8 @@ pub struct ReceiptBatch {
 
 /// Decides a batch of receipts in order, each seeing the ones before it (a receipt
 /// repeated in one batch is a duplicate the second time), from the follow-ups the store
-/// holds for each provider message id (`candidates`) and the campaigns of receipts that
-/// `may_pause` (`held`). A receipt that matches no follow-up, or more than one (a
+/// holds for each provider message id (`candidates`) and the campaigns it holds, those
+/// `receipt_holds` named (`held`, `None` for any other). A receipt that matches no follow-up, or more than one (a
 /// provider id recorded twice, and no tenant named to tell them apart), is `NotFound`.
 pub fn decide_receipts(
     receipts: &[Receipt],

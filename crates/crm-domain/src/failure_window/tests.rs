@@ -133,3 +133,16 @@ fn policies_refuse_windows_and_ratios_out_of_range() {
     );
     assert!(FailureRatio::from_millionths(1_000_001).is_err());
 }
+
+#[test]
+fn a_policy_read_from_json_is_checked_like_one_built_in_code() {
+    let read = |text: &str| serde_json::from_str::<AutoPause>(text);
+    let policy = read(r#"{"window": 10, "max_failure_ratio": 0.25}"#).unwrap();
+    assert_eq!(policy, self::policy(10, 0.25));
+    assert_eq!(
+        serde_json::to_value(policy).unwrap(),
+        serde_json::json!({"window": 10, "max_failure_ratio": 0.25})
+    );
+    assert!(read(r#"{"window": 9, "max_failure_ratio": 0.25}"#).is_err());
+    assert!(read(r#"{"window": 10, "max_failure_ratio": 1.5}"#).is_err());
+}
