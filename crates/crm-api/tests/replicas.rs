@@ -616,13 +616,44 @@ async fn post_concurrently(replicas: &Replicas, path: &str, bodies: Vec<(usize, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_and_acks_racing_on_two_replicas_end_in_one_pass_and_one_pause() {
-    let Some(replicas) =
-        start_replicas("receipts_and_acks_racing_on_two_replicas_end_in_one_pass_and_one_pause")
-            .await
-    else {
+    race_receipts_and_acks(
+        "receipts_and_acks_racing_on_two_replicas_end_in_one_pass_and_one_pause",
+        "131048",
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_racing_past_the_auto_pause_ratio_on_two_replicas_pause_once() {
+    // 20 failures of 60 deliveries; more than 10 % of a window of 100 pauses.
+    race_receipts_and_acks(
+        "failures_racing_past_the_auto_pause_ratio_on_two_replicas_pause_once",
+        "131026",
+        Some(json!({"window": 100, "max_failure_ratio": 0.1})),
+    )
+    .await;
+}
+
+/// 60 follow-ups of a running campaign: 40 accepted, then their receipts (30 read, 10
+/// failed with `failure_code`) sent three times over to both replicas in opposite
+/// orders while the other 20 are acked (half failed with `failure_code`) on both; with
+/// `auto_pause` set on the tenant when given. Ends in the state of one clean pass, with
+/// counts equal to a recount of the rows and exactly one automatic pause.
+async fn race_receipts_and_acks(test: &str, failure_code: &str, auto_pause: Option<Value>) {
+    let Some(replicas) = start_replicas(test).await else {
         return;
     };
     let tenant = format!("tenant-{}", Uuid::new_v4().simple());
+    if let Some(auto_pause) = auto_pause {
+        let policy = json!({"max_per_second": null, "quiet_hours": null, "auto_pause": auto_pause});
+        let url = format!(
+            "{}/internal/tenants/{tenant}/sending-policy",
+            replicas.servers[0].address
+        );
+        let put = replicas.client.put(&url).json(&policy).send().await;
+        assert_eq!(put.expect("the policy is set").status(), 200);
+    }
     let envelope = |inner: &str, fields: Value| {
         json!({"request": {"request_id": Uuid::new_v4(), "tenant_id": tenant,
                            "source_module": "mod-02-whatsapp-crm", inner: fields}})
@@ -705,14 +736,13 @@ async fn receipts_and_acks_racing_on_two_replicas_end_in_one_pass_and_one_pause(
         let mut receipt = json!({"provider_message_id": format!("wamid.race.{n}"),
                                  "status": status, "at": "2025-01-01T09:00:00.000Z"});
         if status == "failed" {
-            receipt["error_code"] = json!("131048");
+            receipt["error_code"] = json!(failure_code);
         }
         receipt
     };
-    // Messages 0..30 are delivered and read, 30..40 delivered and failed with a code that
-    // pauses: each pair ends in one state whatever its order. Each replica gets them in
-    // its own order, three times over, while acks for 40..60 (half of them pausing
-    // failures) go to both.
+    // Messages 0..30 are delivered and read, 30..40 delivered and failed: each pair ends
+    // in one state whatever its order. Each replica gets them in its own order, three
+    // times over, while acks for 40..60 (half of them failures) go to both.
     let forward: Vec<Value> = (0..40)
         .flat_map(|n| {
             let last = if n < 30 { "read" } else { "failed" };
@@ -730,7 +760,7 @@ async fn receipts_and_acks_racing_on_two_replicas_end_in_one_pass_and_one_pause(
         .enumerate()
         .map(|(n, item)| {
             let fields = if n % 2 == 0 {
-                json!({"result": "failed", "error_code": "131048", "retryable": true})
+                json!({"result": "failed", "error_code": failure_code, "retryable": true})
             } else {
                 json!({"result": "accepted", "provider_message_id": format!("wamid.late.{n}")})
             };
