@@ -435,8 +435,8 @@ fn in_lock_order(campaigns: impl Iterator<Item = CampaignId>) -> Vec<CampaignId>
 /// in one batch answers the same twice; a campaign paused by one ack is not paused again
 /// by the next), from the entries, follow-ups and campaigns the store holds (`entry`,
 /// `follow_up` and `held` look them up; `held` answers for the campaigns the store holds,
-/// those `ack_holds` named, and `None` for any other). Every store applies acks through this, so the sequencing rule
-/// lives here once.
+/// those `ack_holds` named, and `None` for any other). Every store applies acks through
+/// this, so the sequencing rule lives here once.
 pub fn decide_acks(
     acks: &[AckRequest],
     acker: &dyn Acker,
