@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crm_adapters_pg::testing::{database_url, fresh_schema};
-use process::{Database, FUTURE, Load, Server, client};
+use process::{Database, FUTURE, Load, Server, client, post_while_up};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -256,20 +256,8 @@ async fn post_batch(
     address: &str,
     body: &Value,
 ) -> Result<Vec<Value>, String> {
-    let response = client
-        .post(format!("{address}/v1/crm/followups/batch"))
-        .json(body)
-        .send()
-        .await
-        .map_err(|error| format!("unreachable: {error}"))?;
-    let status = response.status();
-    let reply: Value = response
-        .json()
-        .await
-        .map_err(|error| format!("no whole reply: {error}"))?;
-    if status != 200 {
-        panic!("a batch was answered {status}: {reply}");
-    }
+    let url = format!("{address}/v1/crm/followups/batch");
+    let reply = post_while_up(client, &url, body).await?;
     Ok(reply["response"]["results"]
         .as_array()
         .expect("results")

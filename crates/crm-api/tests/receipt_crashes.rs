@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crm_adapters_pg::testing::{database_url, fresh_schema};
-use process::{Database, Load, PAST, Server, client};
+use process::{Database, Load, PAST, Server, client, post_while_up};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -254,20 +254,8 @@ async fn post_receipts(
     address: &str,
     body: &Value,
 ) -> Result<Vec<String>, String> {
-    let response = client
-        .post(format!("{address}/internal/outbound/receipts"))
-        .json(body)
-        .send()
-        .await
-        .map_err(|error| format!("unreachable: {error}"))?;
-    let status = response.status();
-    let reply: Value = response
-        .json()
-        .await
-        .map_err(|error| format!("no whole reply: {error}"))?;
-    if status != 200 {
-        panic!("receipts were answered {status}: {reply}");
-    }
+    let url = format!("{address}/internal/outbound/receipts");
+    let reply = post_while_up(client, &url, body).await?;
     Ok(reply["results"]
         .as_array()
         .expect("results")

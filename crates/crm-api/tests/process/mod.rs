@@ -370,3 +370,26 @@ impl Load {
         }
     }
 }
+
+/// The reply to a POST of `body` to `url` answered `200`; `Err` when the server could not
+/// be reached or did not answer whole (it died on the way). Any other answer fails the
+/// test.
+pub async fn post_while_up(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<Value, String> {
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|error| format!("unreachable: {error}"))?;
+    let status = response.status();
+    let reply: Value = response
+        .json()
+        .await
+        .map_err(|error| format!("no whole reply: {error}"))?;
+    assert_eq!(status, 200, "{url} was answered {status}: {reply}");
+    Ok(reply)
+}
