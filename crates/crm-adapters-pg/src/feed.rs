@@ -15,10 +15,10 @@ use crm_ports::{
     EventEmitter, EventPage, FeedPage, FeedQuery, SCAN_BUDGET, StoreError, TraceQuery, bounded_page,
 };
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 use tokio_postgres::types::ToSql;
 
 use crate::PgStore;
+use crate::primary::{self, Connected, Timeline};
 use crate::read::fetch_limit;
 use crate::sql;
 use crate::statement::{query_row, query_rows, query_value};
@@ -133,29 +133,18 @@ impl EventEmitter for PgStore {
 /// it drops, until no store handle is left to hear them.
 pub(crate) async fn listen(
     config: tokio_postgres::Config,
+    timeline: Timeline,
     schema: String,
     heard: watch::Sender<u64>,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !heard.is_closed() {
-        match config.connect(NoTls).await {
-            Ok((client, mut connection)) => {
-                let (notices, mut received) = tokio::sync::mpsc::unbounded_channel();
-                let driver = tokio::spawn(async move {
-                    while let Some(message) =
-                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
-                    {
-                        match message {
-                            Ok(tokio_postgres::AsyncMessage::Notification(notification)) => {
-                                if notices.send(notification.payload().to_owned()).is_err() {
-                                    return;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(_) => return,
-                        }
-                    }
-                });
+        match primary::connect(&config, &timeline).await {
+            Ok(Connected {
+                client,
+                task,
+                notifications: mut received,
+            }) => {
                 if client.batch_execute("LISTEN crm_events").await.is_ok() {
                     backoff = Duration::from_millis(100);
                     // Commits made while no one listened: let waiters look once.
@@ -174,7 +163,8 @@ pub(crate) async fn listen(
                         }
                     }
                 }
-                driver.abort();
+                drop(client);
+                task.abort();
             }
             Err(error) => tracing::debug!(%error, "event listener cannot connect yet"),
         }

@@ -19,6 +19,7 @@ mod node;
 mod opt_outs;
 mod outbound;
 mod policies;
+mod primary;
 mod read;
 mod rows;
 mod sql;

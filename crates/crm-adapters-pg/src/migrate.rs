@@ -4,7 +4,7 @@
 //! them applies a migration and the others find it applied.
 
 use crm_ports::adoption::{AdoptionCheck, RecordRules};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::node::{self, Found};
 use crate::store::{PgError, PgOptions};
@@ -73,21 +73,13 @@ fn runner() -> refinery::Runner {
 /// A connection for migrating: a migration may legitimately take longer than a request,
 /// and waiting for another replica's migration is expected, so no timeouts on it.
 async fn connect(options: &PgOptions) -> Result<(Client, tokio::task::JoinHandle<()>), PgError> {
-    let (client, connection) = options
-        .pg_config()?
-        .connect(NoTls)
-        .await
-        .map_err(PgError::connect)?;
-    let connection = tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "migration connection closed");
-        }
-    });
-    client
+    let connected = options.connect().await?;
+    connected
+        .client
         .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
         .await
         .map_err(PgError::Migrate)?;
-    Ok((client, connection))
+    Ok((connected.client, connected.task))
 }
 
 /// Adopts the Node.js service's tables when the schema holds them, and records the first

@@ -15,10 +15,10 @@ use async_trait::async_trait;
 use crm_ports::{Expired, Retention, Store, StoreError};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 
 use crate::batch::{self, CreateJob};
 use crate::feed;
+use crate::primary::{self, PrimaryConnect, Timeline};
 use crate::sql;
 use crate::statement::{changed_rows_of, query_value};
 
@@ -32,6 +32,8 @@ pub struct PgOptions {
     /// Bound on connecting, on waiting for a pooled connection and on each statement:
     /// with the database down a request fails after at most about this long.
     pub timeout: Duration,
+    /// The newest timeline written to through these options (see `primary.rs`).
+    timeline: Timeline,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -119,6 +121,7 @@ impl PgOptions {
             schema,
             pool_size: 16,
             timeout: Duration::from_secs(3),
+            timeline: Timeline::default(),
         };
         options.pg_config()?;
         Ok(options)
@@ -126,6 +129,14 @@ impl PgOptions {
 
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// A connection to the primary among the URL's hosts (see `primary.rs`), with the
+    /// settings of `pg_config`.
+    pub(crate) async fn connect(&self) -> Result<primary::Connected, PgError> {
+        primary::connect(&self.pg_config()?, &self.timeline)
+            .await
+            .map_err(PgError::connect)
     }
 
     pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, PgError> {
@@ -166,6 +177,7 @@ pub struct PgStore {
     timeout: Duration,
     /// How the listening connection connects, and which schema's notifications count.
     config: tokio_postgres::Config,
+    timeline: Timeline,
     schema: String,
     /// Counts the event commits this process heard of; started on first use.
     notifications: Arc<OnceLock<watch::Receiver<u64>>>,
@@ -189,9 +201,9 @@ impl PgStore {
     /// Builds the pool. Connections are made on demand, so this succeeds with the
     /// database down; `ping` tells whether it is reachable.
     pub fn new(options: &PgOptions) -> Result<Self, PgError> {
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             options.pg_config()?,
-            NoTls,
+            PrimaryConnect(options.timeline.clone()),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -208,6 +220,7 @@ impl PgStore {
             pool,
             timeout: options.timeout,
             config: options.pg_config()?,
+            timeline: options.timeline.clone(),
             schema: options.schema().to_owned(),
             notifications: Arc::default(),
             creates: Arc::default(),
@@ -228,6 +241,7 @@ impl PgStore {
                 let (sender, receiver) = watch::channel(0);
                 tokio::spawn(feed::listen(
                     self.config.clone(),
+                    self.timeline.clone(),
                     self.schema.clone(),
                     sender,
                 ));

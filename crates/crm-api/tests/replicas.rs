@@ -92,49 +92,21 @@ async fn write_until(
     created
 }
 
-/// Follows the feed of `address` for `tenant` with long-polls until `done` is true and a
-/// page comes back empty; every event, in the order read.
+/// Follows the feed of `address` for `tenant` until `done` and caught up.
 async fn consume(
     client: reqwest::Client,
     address: String,
     tenant: String,
     done: watch::Receiver<bool>,
 ) -> Vec<Value> {
-    let url = format!("{address}/internal/orchestration/events");
-    let mut cursor: Option<String> = None;
-    let mut events = Vec::new();
-    let started = Instant::now();
-    loop {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "the consumer did not catch up"
-        );
-        // Read `done` before the page: an empty page read after it means caught up.
-        let finished = *done.borrow();
-        let mut query = vec![
-            ("tenant_id", tenant.clone()),
-            ("limit", "37".to_owned()),
-            ("wait_ms", "200".to_owned()),
-        ];
-        if let Some(cursor) = &cursor {
-            query.push(("after", cursor.clone()));
+    process::follow_feed(&address, &tenant, 37, done, PATIENCE, |url| {
+        let page = client.get(url).send();
+        async move {
+            let page = page.await.expect("the feed answers");
+            Some(page.json().await.expect("a JSON page"))
         }
-        let url = reqwest::Url::parse_with_params(&url, &query).expect("a feed url");
-        let page: Value = client
-            .get(url)
-            .send()
-            .await
-            .expect("the feed answers")
-            .json()
-            .await
-            .expect("a JSON page");
-        let items = page["items"].as_array().expect("items").clone();
-        cursor = Some(page["next_cursor"].as_str().expect("a cursor").to_owned());
-        if items.is_empty() && finished {
-            return events;
-        }
-        events.extend(items);
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod clusters;
 pub mod data_dirs;
 
 use std::collections::HashSet;
@@ -203,6 +204,49 @@ impl Drop for Database {
                 .block_on(crm_adapters_pg::testing::drop_schema(&url, &schema));
         })
         .join();
+    }
+}
+
+/// Follows the feed of `tenant` on `address` with long-polls of `limit` events until
+/// `done` is true and a page comes back empty; every event, in the order read. `fetch`
+/// gets one page, or `None` when the service refused it (the same page is asked again).
+pub async fn follow_feed<Page: Future<Output = Option<Value>>>(
+    address: &str,
+    tenant: &str,
+    limit: usize,
+    done: tokio::sync::watch::Receiver<bool>,
+    patience: Duration,
+    mut fetch: impl FnMut(reqwest::Url) -> Page,
+) -> Vec<Value> {
+    let mut cursor: Option<String> = None;
+    let mut events = Vec::new();
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < patience,
+            "the consumer did not catch up"
+        );
+        // Read `done` before the page: an empty page read after it means caught up.
+        let finished = *done.borrow();
+        let mut url = reqwest::Url::parse(&format!("{address}/internal/orchestration/events"))
+            .expect("a feed url");
+        url.query_pairs_mut()
+            .append_pair("tenant_id", tenant)
+            .append_pair("limit", &limit.to_string())
+            .append_pair("wait_ms", "200");
+        if let Some(cursor) = &cursor {
+            url.query_pairs_mut().append_pair("after", cursor);
+        }
+        let Some(page) = fetch(url).await else {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            continue;
+        };
+        let items = page["items"].as_array().expect("items").clone();
+        cursor = Some(page["next_cursor"].as_str().expect("a cursor").to_owned());
+        if items.is_empty() && finished {
+            return events;
+        }
+        events.extend(items);
     }
 }
 

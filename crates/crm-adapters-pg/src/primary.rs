@@ -1,0 +1,307 @@
+//! Finding the primary among the hosts of the database URL.
+//!
+//! `--database-url` may name several hosts: a primary and its standbys, in any order
+//! (`postgres://db-a:5432,db-b:5432/crm?target_session_attrs=read-write`). Every
+//! connection this process makes, pooled, listening or migrating, goes through
+//! `connect`, which takes the first host that accepts writes and is on a timeline no
+//! older than the newest this process has written to. After a failover the promoted
+//! standby starts a new timeline; a former primary that comes back read-write is still on
+//! the old one, and is refused, so writes are never split between two primaries. A
+//! process that has seen no timeline yet asks every host before it chooses, so a replica
+//! started after the failover refuses the former primary too.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::config::{Host, TargetSessionAttrs};
+use tokio_postgres::{AsyncMessage, Client, Config, Error, NoTls};
+
+/// The newest timeline connections of these options have been made on; 0 before the
+/// first. Shared by every clone of the options.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Timeline(Arc<AtomicU32>);
+
+impl Timeline {
+    fn newest(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn saw(&self, timeline: u32) {
+        self.0.fetch_max(timeline, Ordering::AcqRel);
+    }
+}
+
+/// What a server said it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Standby,
+    Primary { timeline: u32 },
+}
+
+/// Whether the server is in recovery (a standby) and, when it is not, the timeline it
+/// writes on: the first eight hex digits of the current WAL file's name.
+const ROLE: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN 0 \
+    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
+
+/// An open connection.
+pub(crate) struct Connected {
+    pub client: Client,
+    /// Drives the connection; ends when the client is dropped or the link fails.
+    pub task: JoinHandle<()>,
+    /// The payloads of the notifications heard on the connection.
+    pub notifications: mpsc::UnboundedReceiver<String>,
+}
+
+/// A connection to the primary of `config`'s hosts. `timeline` is what these options
+/// have seen.
+pub(crate) async fn connect(config: &Config, timeline: &Timeline) -> Result<Connected, Error> {
+    let mut hosts = single_hosts(config);
+    if hosts.is_empty() {
+        // No host to try: the driver's own error says so.
+        hosts.push(config.clone());
+    }
+    // Knowing no timeline yet, a choice in URL order could fall on a former primary.
+    let ask_all = hosts.len() > 1 && timeline.newest() == 0;
+    let mut chosen: Option<(u32, Connected)> = None;
+    let mut failure = None;
+    for host in &hosts {
+        let connected = match open(host).await {
+            Ok(connected) => connected,
+            Err(error) => {
+                failure = Some(error);
+                continue;
+            }
+        };
+        let role = match role_of(&connected.client).await {
+            Ok(role) => role,
+            Err(error) => {
+                failure = Some(error);
+                continue;
+            }
+        };
+        match role {
+            Role::Primary { timeline: seen } if seen >= timeline.newest() => {
+                if !ask_all {
+                    timeline.saw(seen);
+                    return Ok(connected);
+                }
+                if chosen.as_ref().is_none_or(|(best, _)| seen > *best) {
+                    chosen = Some((seen, connected));
+                }
+            }
+            role => {
+                let newest = timeline.newest();
+                failure = Some(refuse(&connected.client, describe(host), role, newest).await);
+            }
+        }
+    }
+    match (chosen, failure) {
+        (Some((seen, connected)), _) => {
+            timeline.saw(seen);
+            Ok(connected)
+        }
+        (None, Some(error)) => Err(error),
+        (None, None) => unreachable!("every host tried either fails or is chosen"),
+    }
+}
+
+/// A connection to one server, driven by a task of its own.
+async fn open(config: &Config) -> Result<Connected, Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (heard, notifications) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                // Nobody listens on a pooled connection: a send that fails is nothing.
+                Ok(AsyncMessage::Notification(notification)) => {
+                    let _ = heard.send(notification.payload().to_owned());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "database connection closed");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Connected {
+        client,
+        task,
+        notifications,
+    })
+}
+
+async fn role_of(client: &Client) -> Result<Role, Error> {
+    let row = client.query_one(ROLE, &[]).await?;
+    let in_recovery: bool = row.get(0);
+    let timeline: i64 = row.get(1);
+    Ok(if in_recovery {
+        Role::Standby
+    } else {
+        Role::Primary {
+            timeline: u32::try_from(timeline).unwrap_or(0),
+        }
+    })
+}
+
+/// The refusal of a server, logged, and as the error of a statement on it, so that it
+/// reads like any other refusal by a server: the driver offers no way to make one of its
+/// errors.
+async fn refuse(client: &Client, server: String, role: Role, newest: u32) -> Error {
+    let message = match role {
+        Role::Standby => format!("{server} is a standby (in recovery); writes need the primary"),
+        Role::Primary { timeline } => format!(
+            "{server} is a primary on timeline {timeline}, older than timeline {newest} \
+             already written to: a former primary, refused so that writes are not split \
+             between two primaries"
+        ),
+    };
+    // A standby is where it should be; a second primary needs an operator.
+    match role {
+        Role::Standby => tracing::debug!(reason = %message, "not the primary"),
+        Role::Primary { .. } => tracing::warn!(reason = %message, "a former primary refused"),
+    }
+    let statement = format!(
+        "DO $crm$ BEGIN RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', \
+         MESSAGE = '{}'; END $crm$",
+        message.replace('\'', "''").replace('$', "")
+    );
+    match client.batch_execute(&statement).await {
+        Err(error) => error,
+        Ok(()) => unreachable!("a DO block that raises cannot succeed"),
+    }
+}
+
+fn describe(config: &Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => format!("the server at {name}:{port}"),
+        Some(Host::Unix(path)) => format!("the server at {}:{port}", path.display()),
+        None => "the server".to_owned(),
+    }
+}
+
+/// One configuration per host of `config`, each with everything else of `config`. The
+/// role check is ours, so each asks for any session.
+fn single_hosts(config: &Config) -> Vec<Config> {
+    let hosts = config.get_hosts();
+    let ports = config.get_ports();
+    let addresses = config.get_hostaddrs();
+    (0..hosts.len().max(addresses.len()))
+        .map(|index| {
+            let mut single = Config::new();
+            match hosts.get(index) {
+                Some(Host::Tcp(name)) => {
+                    single.host(name);
+                }
+                Some(Host::Unix(path)) => {
+                    single.host_path(path);
+                }
+                None => {}
+            }
+            if let Some(address) = addresses.get(index) {
+                single.hostaddr(*address);
+            }
+            // One port for every host, or one each.
+            if let Some(port) = ports.get(index).or(ports.first()) {
+                single.port(*port);
+            }
+            if let Some(user) = config.get_user() {
+                single.user(user);
+            }
+            if let Some(password) = config.get_password() {
+                single.password(password);
+            }
+            if let Some(dbname) = config.get_dbname() {
+                single.dbname(dbname);
+            }
+            if let Some(options) = config.get_options() {
+                single.options(options);
+            }
+            if let Some(name) = config.get_application_name() {
+                single.application_name(name);
+            }
+            if let Some(timeout) = config.get_connect_timeout() {
+                single.connect_timeout(*timeout);
+            }
+            if let Some(timeout) = config.get_tcp_user_timeout() {
+                single.tcp_user_timeout(*timeout);
+            }
+            single
+                .ssl_mode(config.get_ssl_mode())
+                .channel_binding(config.get_channel_binding())
+                .keepalives(config.get_keepalives())
+                .keepalives_idle(config.get_keepalives_idle())
+                .target_session_attrs(TargetSessionAttrs::Any);
+            if let Some(interval) = config.get_keepalives_interval() {
+                single.keepalives_interval(interval);
+            }
+            if let Some(retries) = config.get_keepalives_retries() {
+                single.keepalives_retries(retries);
+            }
+            single
+        })
+        .collect()
+}
+
+/// The pool's way of connecting: through `connect`, sharing the options' timeline.
+pub(crate) struct PrimaryConnect(pub(crate) Timeline);
+
+impl deadpool_postgres::Connect for PrimaryConnect {
+    fn connect(
+        &self,
+        config: &Config,
+    ) -> Pin<Box<dyn Future<Output = Result<(Client, JoinHandle<()>), Error>> + Send + '_>> {
+        let config = config.clone();
+        Box::pin(async move {
+            let connected = connect(&config, &self.0).await?;
+            Ok((connected.client, connected.task))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_host_of_a_url_keeps_the_rest_of_the_url() {
+        let config: Config = "postgres://crm:secret@db-a:5433,db-b:5434/crm\
+            ?target_session_attrs=read-write&application_name=crm-test&options=-c%20x%3D1"
+            .parse()
+            .unwrap();
+        let singles = single_hosts(&config);
+        assert_eq!(singles.len(), 2);
+        for (single, (host, port)) in singles.iter().zip([("db-a", 5433), ("db-b", 5434)]) {
+            assert_eq!(single.get_hosts(), [Host::Tcp(host.to_owned())]);
+            assert_eq!(single.get_ports(), [port]);
+            assert_eq!(single.get_user(), Some("crm"));
+            assert_eq!(single.get_password(), Some(&b"secret"[..]));
+            assert_eq!(single.get_dbname(), Some("crm"));
+            assert_eq!(single.get_application_name(), Some("crm-test"));
+            assert_eq!(single.get_options(), Some("-c x=1"));
+            assert_eq!(single.get_target_session_attrs(), TargetSessionAttrs::Any);
+        }
+    }
+
+    #[test]
+    fn one_port_serves_every_host() {
+        let config: Config = "host=db-a,db-b port=6000".parse().unwrap();
+        let ports: Vec<_> = single_hosts(&config)
+            .iter()
+            .map(|single| single.get_ports().to_vec())
+            .collect();
+        assert_eq!(ports, [vec![6000], vec![6000]]);
+    }
+
+    #[test]
+    fn the_newest_timeline_only_moves_forward() {
+        let timeline = Timeline::default();
+        timeline.saw(2);
+        timeline.saw(1);
+        assert_eq!(timeline.newest(), 2);
+    }
+}
