@@ -125,7 +125,7 @@ impl CampaignStore for PgStore {
             }
         };
         let items = self
-            .call(async |client| all(&*client, sql, &params, rows::campaign).await)
+            .read_call(async |client| all(&*client, sql, &params, rows::campaign).await)
             .await?;
         Ok(page(items, query.limit, |c| Cursor {
             created_at: c.created_at,
@@ -135,7 +135,7 @@ impl CampaignStore for PgStore {
 
     async fn campaign_stats(&self, campaign_id: CampaignId) -> Result<CampaignStats, StoreError> {
         let found = self
-            .call(async |client| {
+            .read_call(async |client| {
                 all(
                     &*client,
                     sql::CAMPAIGN_STATS,

@@ -37,7 +37,9 @@ impl EventEmitter for PgStore {
         let fetch = fetch_limit(wanted);
         let params: [&(dyn ToSql + Sync); 3] = [&query.correlation_id.as_uuid(), &after, &fetch];
         let rows = self
-            .call(async |client| query_rows(&*client, sql::EVENTS_BY_CORRELATION, &params).await)
+            .read_call(async |client| {
+                query_rows(&*client, sql::EVENTS_BY_CORRELATION, &params).await
+            })
             .await?;
         let scan = bounded_page(
             numbered(&rows)?,
@@ -55,39 +57,43 @@ impl EventEmitter for PgStore {
     }
 
     async fn read_feed(&self, query: &FeedQuery) -> Result<FeedPage, StoreError> {
-        let (bounds, rows) = self
-            .call(async |client| {
-                let bounds = query_row(&*client, sql::FEED_BOUNDS, &[]).await?;
-                let deleted_through: i64 = bounds.try_get(0).map_err(unavailable)?;
-                let last_issued: i64 = bounds.try_get(1).map_err(unavailable)?;
-                let start = query
-                    .after
-                    .map_or(deleted_through, |cursor| position(Some(cursor)));
-                if start > last_issued {
-                    return Err(StoreError::CursorNotIssued);
-                }
-                if start < deleted_through {
-                    return Err(StoreError::CursorExpired {
-                        oldest: EventCursor(u64::try_from(deleted_through).unwrap_or(0)),
-                    });
-                }
-                // One tenant's events come from its own index; otherwise the log is read in
-                // order, passing over at most a budget of events that do not match.
-                let fetch = fetch_limit(if query.name_prefix.is_some() {
-                    SCAN_BUDGET
-                } else {
-                    query.limit
+        let read = async |client: &mut deadpool_postgres::Object| {
+            let bounds = query_row(&*client, sql::FEED_BOUNDS, &[]).await?;
+            let deleted_through: i64 = bounds.try_get(0).map_err(unavailable)?;
+            let last_issued: i64 = bounds.try_get(1).map_err(unavailable)?;
+            let start = query
+                .after
+                .map_or(deleted_through, |cursor| position(Some(cursor)));
+            if start > last_issued {
+                return Err(StoreError::CursorNotIssued);
+            }
+            if start < deleted_through {
+                return Err(StoreError::CursorExpired {
+                    oldest: EventCursor(u64::try_from(deleted_through).unwrap_or(0)),
                 });
-                let rows = match &query.tenant_id {
-                    Some(tenant) => {
-                        let params: [&(dyn ToSql + Sync); 3] = [&start, &fetch, &tenant.as_str()];
-                        query_rows(&*client, sql::FEED_OF_TENANT, &params).await?
-                    }
-                    None => query_rows(&*client, sql::FEED, &[&start, &fetch]).await?,
-                };
-                Ok((start, rows))
-            })
-            .await?;
+            }
+            // One tenant's events come from its own index; otherwise the log is read in
+            // order, passing over at most a budget of events that do not match.
+            let fetch = fetch_limit(if query.name_prefix.is_some() {
+                SCAN_BUDGET
+            } else {
+                query.limit
+            });
+            let rows = match &query.tenant_id {
+                Some(tenant) => {
+                    let params: [&(dyn ToSql + Sync); 3] = [&start, &fetch, &tenant.as_str()];
+                    query_rows(&*client, sql::FEED_OF_TENANT, &params).await?
+                }
+                None => query_rows(&*client, sql::FEED, &[&start, &fetch]).await?,
+            };
+            Ok((start, rows))
+        };
+        // A replica has not issued the numbers it has not replayed yet: a cursor the
+        // primary issued is read there.
+        let (bounds, rows) = match self.read_call(read).await {
+            Err(StoreError::CursorNotIssued) if self.reads_replica() => self.call(read).await,
+            read => read,
+        }?;
         let start = EventCursor(u64::try_from(bounds).unwrap_or(0));
         let scan = bounded_page(
             numbered(&rows)?,
@@ -110,17 +116,22 @@ impl EventEmitter for PgStore {
         notified.borrow_and_update();
         let deadline = tokio::time::Instant::now() + wait;
         let after = position(Some(after));
+        // Woken by a commit's notification; the second-long step only matters while the
+        // listening connection is down, and keeps the wait from ever being blind.
+        let mut step = NOTIFY_FALLBACK;
         loop {
             let exists: bool = self
-                .call(async |client| query_value(&*client, sql::EVENT_AFTER, &[&after]).await)
+                .read_call(async |client| query_value(&*client, sql::EVENT_AFTER, &[&after]).await)
                 .await?;
             if exists {
                 return Ok(());
             }
-            // Woken by a commit's notification; the second-long step only matters while
-            // the listening connection is down, and keeps the wait from ever being blind.
-            let step = (tokio::time::Instant::now() + NOTIFY_FALLBACK).min(deadline);
-            match tokio::time::timeout_at(step, notified.changed()).await {
+            let wake = (tokio::time::Instant::now() + step).min(deadline);
+            match tokio::time::timeout_at(wake, notified.changed()).await {
+                // A standby cannot listen, and shows a commit only once it has replayed
+                // it: the primary's notification says one is coming, and the standby is
+                // looked at every few milliseconds until it shows.
+                Ok(_) if self.reads_replica() => step = REPLAY_STEP,
                 Ok(_) => return Ok(()),
                 Err(_) if tokio::time::Instant::now() >= deadline => return Ok(()),
                 Err(_) => {}
@@ -175,6 +186,9 @@ pub(crate) async fn listen(
 
 /// How often a feed waiter looks for itself while no notification comes.
 const NOTIFY_FALLBACK: Duration = Duration::from_secs(1);
+
+/// How often a feed waiter reading a standby looks again once a commit was heard of.
+const REPLAY_STEP: Duration = Duration::from_millis(5);
 
 /// A feed position as the database counts it.
 fn position(cursor: Option<EventCursor>) -> i64 {

@@ -137,7 +137,7 @@ impl FollowUpStore for PgStore {
             }
         };
         let items = self
-            .call(async |client| all(&*client, sql, &params, rows::follow_up).await)
+            .read_call(async |client| all(&*client, sql, &params, rows::follow_up).await)
             .await?;
         Ok(page(items, query.limit, |f| Cursor {
             created_at: f.created_at,

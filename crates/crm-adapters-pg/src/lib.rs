@@ -21,6 +21,7 @@ mod outbound;
 mod policies;
 mod primary;
 mod read;
+mod replica;
 mod rows;
 mod sql;
 mod statement;

@@ -93,8 +93,15 @@ pub(crate) async fn connect(config: &Config, timeline: &Timeline) -> Result<Conn
                 }
             }
             role => {
-                let newest = timeline.newest();
-                failure = Some(refuse(&connected.client, describe(host), role, newest).await);
+                let message = refusal(&describe(host), role, timeline.newest());
+                // A standby is where it should be; a second primary needs an operator.
+                match role {
+                    Role::Standby => tracing::debug!(reason = %message, "not the primary"),
+                    Role::Primary { .. } => {
+                        tracing::warn!(reason = %message, "a former primary refused");
+                    }
+                }
+                failure = Some(refuse(&connected.client, &message).await);
             }
         }
     }
@@ -105,6 +112,23 @@ pub(crate) async fn connect(config: &Config, timeline: &Timeline) -> Result<Conn
         }
         (None, Some(error)) => Err(error),
         (None, None) => unreachable!("every host tried either fails or is chosen"),
+    }
+}
+
+/// A connection to the standby `config` names, for reads. A server that is not in
+/// recovery is refused: a replica URL that points at a primary is a mistake to report,
+/// not a second way to the primary.
+pub(crate) async fn connect_standby(config: &Config) -> Result<Connected, Error> {
+    let connected = open(config).await?;
+    match role_of(&connected.client).await? {
+        Role::Standby => Ok(connected),
+        Role::Primary { .. } => {
+            let message = format!(
+                "{} is a primary, not a standby: reads stay on the primary",
+                describe(config)
+            );
+            Err(refuse(&connected.client, &message).await)
+        }
     }
 }
 
@@ -147,23 +171,21 @@ async fn role_of(client: &Client) -> Result<Role, Error> {
     })
 }
 
-/// The refusal of a server, logged, and as the error of a statement on it, so that it
-/// reads like any other refusal by a server: the driver offers no way to make one of its
-/// errors.
-async fn refuse(client: &Client, server: String, role: Role, newest: u32) -> Error {
-    let message = match role {
+/// Why a server is refused.
+fn refusal(server: &str, role: Role, newest: u32) -> String {
+    match role {
         Role::Standby => format!("{server} is a standby (in recovery); writes need the primary"),
         Role::Primary { timeline } => format!(
             "{server} is a primary on timeline {timeline}, older than timeline {newest} \
              already written to: a former primary, refused so that writes are not split \
              between two primaries"
         ),
-    };
-    // A standby is where it should be; a second primary needs an operator.
-    match role {
-        Role::Standby => tracing::debug!(reason = %message, "not the primary"),
-        Role::Primary { .. } => tracing::warn!(reason = %message, "a former primary refused"),
     }
+}
+
+/// The refusal of a server, as the error of a statement on it, so that it reads like any
+/// other refusal by a server: the driver offers no way to make one of its errors.
+async fn refuse(client: &Client, message: &str) -> Error {
     let statement = format!(
         "DO $crm$ BEGIN RAISE EXCEPTION USING ERRCODE = 'read_only_sql_transaction', \
          MESSAGE = '{}'; END $crm$",
@@ -247,17 +269,24 @@ fn single_hosts(config: &Config) -> Vec<Config> {
         .collect()
 }
 
-/// The pool's way of connecting: through `connect`, sharing the options' timeline.
-pub(crate) struct PrimaryConnect(pub(crate) Timeline);
+/// A pool's way of connecting: to the primary (`connect`, sharing the options'
+/// timeline), or to a standby for reads (`connect_standby`).
+pub(crate) enum Connector {
+    Primary(Timeline),
+    Standby,
+}
 
-impl deadpool_postgres::Connect for PrimaryConnect {
+impl deadpool_postgres::Connect for Connector {
     fn connect(
         &self,
         config: &Config,
     ) -> Pin<Box<dyn Future<Output = Result<(Client, JoinHandle<()>), Error>> + Send + '_>> {
         let config = config.clone();
         Box::pin(async move {
-            let connected = connect(&config, &self.0).await?;
+            let connected = match self {
+                Self::Primary(timeline) => connect(&config, timeline).await?,
+                Self::Standby => connect_standby(&config).await?,
+            };
             Ok((connected.client, connected.task))
         })
     }

@@ -28,7 +28,7 @@ impl PgStore {
         owner: fn(&T) -> &TenantId,
     ) -> Result<Option<T>, StoreError> {
         let found = self
-            .call(async |client| one(&*client, by_id, &[&id], map).await)
+            .read_call(async |client| one(&*client, by_id, &[&id], map).await)
             .await?;
         Ok(found.filter(|record| owner(record) == tenant_id))
     }

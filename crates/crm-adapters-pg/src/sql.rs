@@ -700,6 +700,12 @@ pub const FEED_OF_TENANT: &str = "SELECT seq, tenant_id, name, envelope FROM crm
 pub const FEED_BOUNDS: &str = "SELECT (SELECT events_deleted_through FROM crm_feed_state), \
     (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM crm_events_seq_seq)";
 
+/// Where the primary writes its WAL, in bytes from the start.
+pub const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";
+
+/// How far a standby has replayed the primary's WAL, in bytes from the start.
+pub const REPLAYED_POSITION: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
+
 /// Whether an event after `$1` exists.
 pub const EVENT_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM crm_events WHERE seq > $1)";
 

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch::{self, CreateJob};
 use crate::feed;
-use crate::primary::{self, PrimaryConnect, Timeline};
+use crate::primary::{self, Connector, Timeline};
+use crate::replica::Replica;
 use crate::sql;
 use crate::statement::{changed_rows_of, query_value};
 
@@ -183,6 +184,8 @@ pub struct PgStore {
     notifications: Arc<OnceLock<watch::Receiver<u64>>>,
     /// Where follow-up creates wait for their batch; started on first use.
     creates: Arc<OnceLock<mpsc::Sender<CreateJob>>>,
+    /// The standby reads may go to (`reading_from`); none on the store writes go through.
+    replica: Option<Arc<Replica>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -201,21 +204,7 @@ impl PgStore {
     /// Builds the pool. Connections are made on demand, so this succeeds with the
     /// database down; `ping` tells whether it is reachable.
     pub fn new(options: &PgOptions) -> Result<Self, PgError> {
-        let manager = Manager::from_connect(
-            options.pg_config()?,
-            PrimaryConnect(options.timeline.clone()),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size)
-            .wait_timeout(Some(options.timeout))
-            .create_timeout(Some(options.timeout))
-            .recycle_timeout(Some(options.timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| PgError::Pool(e.to_string()))?;
+        let pool = pool(options, Connector::Primary(options.timeline.clone()))?;
         Ok(Self {
             pool,
             timeout: options.timeout,
@@ -224,7 +213,49 @@ impl PgStore {
             schema: options.schema().to_owned(),
             notifications: Arc::default(),
             creates: Arc::default(),
+            replica: None,
         })
+    }
+
+    /// This store, reading from the standby of `replica` while it lags `max_lag` at most
+    /// (see `replica.rs`). Lists, single reads, traces and the feed go there; everything
+    /// else stays on this store's primary.
+    pub fn reading_from(&self, replica: &PgOptions, max_lag: Duration) -> Result<Self, PgError> {
+        Ok(Self {
+            replica: Some(Replica::start(replica, max_lag, self.pool.clone())?),
+            ..self.clone()
+        })
+    }
+
+    /// The replica's lag last measured, in milliseconds, when this store reads from one;
+    /// `u64::MAX` while it is unknown.
+    pub fn replica_lag_ms(&self) -> Option<u64> {
+        self.replica.as_ref().map(|replica| replica.lag_ms())
+    }
+
+    /// Whether reads go to a replica now.
+    pub(crate) fn reads_replica(&self) -> bool {
+        self.replica
+            .as_ref()
+            .is_some_and(|replica| replica.usable())
+    }
+
+    /// Runs a read on the replica while it is fresh, else (or when the replica fails the
+    /// call) on the primary, each try bounded as `call` is.
+    pub(crate) async fn read_call<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError> + Clone,
+    ) -> Result<T, StoreError> {
+        if let Some(replica) = self.replica.as_ref().filter(|replica| replica.usable()) {
+            match bounded(&replica.pool, self.timeout, work.clone(), |error| error).await {
+                Err(StoreError::Unavailable(error)) => {
+                    tracing::warn!(%error, "a read on the replica failed; reads go to the primary");
+                    replica.set_aside();
+                }
+                done => return done,
+            }
+        }
+        self.call(work).await
     }
 
     /// The group-commit batcher of follow-up creates.
@@ -269,6 +300,25 @@ impl PgStore {
     pub(crate) fn timed_out(&self) -> StoreError {
         timed_out(self.timeout)
     }
+}
+
+/// A pool of `options`' size and bounds, connecting through `connector`.
+pub(crate) fn pool(options: &PgOptions, connector: Connector) -> Result<Pool, PgError> {
+    let manager = Manager::from_connect(
+        options.pg_config()?,
+        connector,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.pool_size)
+        .wait_timeout(Some(options.timeout))
+        .create_timeout(Some(options.timeout))
+        .recycle_timeout(Some(options.timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| PgError::Pool(e.to_string()))
 }
 
 /// Runs `work` on a connection of `pool`, everything bounded by `timeout`; a connection

@@ -55,6 +55,26 @@ pub struct Cli {
     #[arg(long, global = true, env = "CRM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 
+    /// PostgreSQL URL of a hot standby that lists, single reads, traces and the event feed
+    /// may be read from (postgres backend only).
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_READ_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub read_database_url: Option<Secret>,
+
+    /// A read replica lagging more than this many milliseconds is not read from until it
+    /// catches up.
+    #[arg(
+        long,
+        global = true,
+        env = "CRM_READ_MAX_LAG_MS",
+        default_value_t = 1_000
+    )]
+    pub read_max_lag_ms: u64,
+
     /// PostgreSQL schema holding the tables.
     #[arg(long, global = true, env = "CRM_PG_SCHEMA", default_value = "public")]
     pub pg_schema: String,
@@ -265,6 +285,8 @@ impl FileSettings {
 #[derive(Debug, Clone)]
 pub struct PgSettings {
     pub url: Secret,
+    /// A hot standby to read from, and the most it may lag.
+    pub read_replica: Option<(Secret, Duration)>,
     pub schema: String,
     pub pool_size: usize,
     pub timeout: Duration,
@@ -276,6 +298,7 @@ impl PgSettings {
     pub fn new(url: Secret, schema: impl Into<String>) -> Self {
         Self {
             url,
+            read_replica: None,
             schema: schema.into(),
             pool_size: 16,
             timeout: Duration::from_secs(3),
@@ -334,6 +357,8 @@ impl Settings {
 pub enum ConfigError {
     #[error("--backend postgres needs --database-url (or CRM_DATABASE_URL / DATABASE_URL)")]
     MissingDatabaseUrl,
+    #[error("--read-database-url reads a PostgreSQL replica; it needs --backend postgres")]
+    ReplicaWithoutPostgres,
     #[error("{0} must be at least 1 byte")]
     ZeroBodyLimit(&'static str),
     #[error("{0} is empty; give a token or leave it unset")]
@@ -351,6 +376,9 @@ impl Cli {
         fallback_database_url: Option<String>,
     ) -> Result<Settings, ConfigError> {
         let store = match self.backend {
+            Backend::File if self.read_database_url.is_some() => {
+                return Err(ConfigError::ReplicaWithoutPostgres);
+            }
             Backend::File => StoreKind::File(FileSettings {
                 dir: self.data_dir,
                 compact_after_bytes: self.file_compact_after_bytes.max(1),
@@ -360,6 +388,9 @@ impl Cli {
                     .database_url
                     .or_else(|| fallback_database_url.map(Secret::new))
                     .ok_or(ConfigError::MissingDatabaseUrl)?,
+                read_replica: self
+                    .read_database_url
+                    .map(|url| (url, Duration::from_millis(self.read_max_lag_ms))),
                 schema: self.pg_schema,
                 pool_size: self.pg_pool_size.max(1),
                 timeout: Duration::from_millis(self.pg_timeout_ms.max(1)),

@@ -62,13 +62,14 @@ impl Application {
                  set both tokens or bind to 127.0.0.1"
             );
         }
-        let store = open_store(&settings, LegacyRules::new(contracts.clone())).await?;
+        let (store, reads) = open_stores(&settings, LegacyRules::new(contracts.clone())).await?;
         // Before the listener serves its first request, so that a stop asked for as soon
         // as the service answers is a graceful one.
         let signals = StopSignals::install().context("cannot listen for SIGTERM")?;
         metrics::handle();
         let openapi = web::Data::new(OpenApiDocument(openapi::document(&contracts).to_string()));
         let crm = Crm::new(store, contracts, Arc::new(workflow), Arc::new(answers))
+            .with_reads(reads)
             .with_default_send_rate(settings.default_send_rate);
         let listener =
             TcpListener::bind(address).with_context(|| format!("cannot listen on {address}"))?;
@@ -181,15 +182,24 @@ impl Application {
 /// The start-up line: what runs, where its records are, where it listens, and which
 /// limits are on (never a secret: a token is only said to be set).
 fn log_start(settings: &Settings, address: &str) {
-    let (backend, data_dir, schema) = match &settings.store {
-        StoreKind::File(file) => ("file", Some(file.dir.display().to_string()), None),
-        StoreKind::Postgres(pg) => ("postgres", None, Some(pg.schema.as_str())),
+    let (backend, data_dir, schema, read_max_lag_ms) = match &settings.store {
+        StoreKind::File(file) => ("file", Some(file.dir.display().to_string()), None, None),
+        StoreKind::Postgres(pg) => (
+            "postgres",
+            None,
+            Some(pg.schema.as_str()),
+            pg.read_replica
+                .as_ref()
+                .map(|(_, lag)| lag.as_millis() as u64),
+        ),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         backend,
         data_dir,
         pg_schema = schema,
+        read_replica = read_max_lag_ms.is_some(),
+        read_max_lag_ms,
         address,
         api_token = settings.api_token.is_some(),
         internal_token = settings.internal_token.is_some(),
@@ -297,6 +307,15 @@ fn load_answers(settings: &Settings, contracts: &Contracts) -> anyhow::Result<Pr
 }
 
 async fn open_store(settings: &Settings, rules: LegacyRules) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_stores(settings, rules).await?.0)
+}
+
+/// The store, and the one lists, single reads, traces and the feed are read from: the
+/// same, or with `--read-database-url` a view of it that reads a replica.
+async fn open_stores(
+    settings: &Settings,
+    rules: LegacyRules,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Store>)> {
     match &settings.store {
         StoreKind::File(file) => {
             let dir = file.dir.clone();
@@ -309,12 +328,24 @@ async fn open_store(settings: &Settings, rules: LegacyRules) -> anyhow::Result<A
             let store = tokio::task::spawn_blocking(move || FileStore::open(dir, options))
                 .await
                 .context("file store start-up panicked")??;
-            Ok(Arc::new(store))
+            let store: Arc<dyn Store> = Arc::new(store);
+            Ok((store.clone(), store))
         }
         StoreKind::Postgres(settings) => {
             let options = pg_options(settings)?;
             migrate_when_reachable(&options, settings.startup_wait, &rules).await?;
-            Ok(Arc::new(PgStore::new(&options)?))
+            let store = PgStore::new(&options)?;
+            let reads = match &settings.read_replica {
+                None => store.clone(),
+                Some((url, max_lag)) => {
+                    let mut replica = PgOptions::new(url.expose(), &settings.schema)
+                        .context("--read-database-url")?;
+                    replica.pool_size = settings.pool_size;
+                    replica.timeout = settings.timeout;
+                    store.reading_from(&replica, *max_lag)?
+                }
+            };
+            Ok((Arc::new(store), Arc::new(reads)))
         }
     }
 }

@@ -35,6 +35,8 @@ fn help_lists_every_flag_and_prints_no_secret_from_the_environment() {
         "--backend",
         "--data-dir",
         "--database-url",
+        "--read-database-url",
+        "--read-max-lag-ms",
         "--pg-schema",
         "--api-token",
         "--internal-token",
@@ -174,7 +176,16 @@ fn bad_values_stop_start_up_with_a_non_zero_exit_naming_the_problem() {
     .unwrap();
     let answers = |path: &std::path::Path| path.to_str().unwrap().to_owned();
     let (twice_listed, off_contract) = (answers(&twice_listed), answers(&off_contract));
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
+        (
+            &[
+                "--read-database-url",
+                "postgres://localhost/crm",
+                "--data-dir",
+                data_dir,
+            ],
+            "--read-database-url",
+        ),
         (
             &["--provider-answers", &twice_listed, "--data-dir", data_dir],
             "answers-twice.json",

@@ -31,11 +31,11 @@ impl Crm {
         campaign_id: CampaignId,
     ) -> Result<(Campaign, CampaignStats), AppError> {
         let campaign = self
-            .store
+            .reads
             .campaign(tenant_id, campaign_id)
             .await?
             .ok_or(AppError::NotFound)?;
-        let stats = self.store.campaign_stats(campaign_id).await?;
+        let stats = self.reads.campaign_stats(campaign_id).await?;
         Ok((campaign, stats))
     }
 
@@ -45,7 +45,7 @@ impl Crm {
         tenant_id: &TenantId,
         followup_id: FollowUpId,
     ) -> Result<FollowUp, AppError> {
-        self.store
+        self.reads
             .follow_up(tenant_id, followup_id)
             .await?
             .ok_or(AppError::NotFound)
@@ -61,7 +61,11 @@ impl Crm {
         correlation_id: Option<CorrelationId>,
     ) -> Result<Outcome<FollowUp>, AppError> {
         for _ in 0..CANCEL_ATTEMPTS {
-            let current = self.follow_up(tenant_id, followup_id).await?;
+            let current = self
+                .store
+                .follow_up(tenant_id, followup_id)
+                .await?
+                .ok_or(AppError::NotFound)?;
             let echoed = correlation_id.unwrap_or(current.correlation_id);
             let now = now();
             let Some((canceled, event)) = current

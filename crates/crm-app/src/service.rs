@@ -41,6 +41,9 @@ pub fn now() -> Timestamp {
 #[derive(Clone)]
 pub struct Crm {
     pub(crate) store: Arc<dyn Store>,
+    /// Where lists, single reads, traces and the feed are read: `store`, or a view of it
+    /// that may be behind by a bounded time (a read replica).
+    pub(crate) reads: Arc<dyn Store>,
     pub(crate) contracts: Arc<Contracts>,
     /// The rate of tenants without a policy of their own.
     pub(crate) default_send_rate: Option<u32>,
@@ -145,6 +148,7 @@ impl Crm {
         answers: Arc<ProviderAnswers>,
     ) -> Self {
         Self {
+            reads: store.clone(),
             store,
             contracts,
             workflow,
@@ -164,6 +168,13 @@ impl Crm {
     /// second (`None`: no limit).
     pub fn with_default_send_rate(mut self, rate: Option<u32>) -> Self {
         self.default_send_rate = rate;
+        self
+    }
+
+    /// Lists, single reads, traces and the feed come from `reads` (the use cases that
+    /// change records still read what they change from the store).
+    pub fn with_reads(mut self, reads: Arc<dyn Store>) -> Self {
+        self.reads = reads;
         self
     }
 
@@ -393,7 +404,7 @@ impl Crm {
             limit: query.limit.clamp(1, MAX_LIMIT),
             ..query.clone()
         };
-        Ok(self.store.list_campaigns(&query).await?)
+        Ok(self.reads.list_campaigns(&query).await?)
     }
 
     /// One page; a limit above `MAX_LIMIT` is served as `MAX_LIMIT`.
@@ -403,7 +414,7 @@ impl Crm {
             limit: query.limit.clamp(1, MAX_LIMIT),
             ..query.clone()
         };
-        Ok(self.store.list_follow_ups(&query).await?)
+        Ok(self.reads.list_follow_ups(&query).await?)
     }
 
     /// The workflow's initial state when it names one the campaign has, else `draft`.
@@ -422,7 +433,7 @@ impl Crm {
             limit: query.limit.clamp(1, MAX_LIMIT),
             ..query.clone()
         };
-        Ok(self.store.events_by_correlation(&query).await?)
+        Ok(self.reads.events_by_correlation(&query).await?)
     }
 
     /// One page of the event feed; when it is empty, waits up to `wait` for an event to
@@ -440,14 +451,14 @@ impl Crm {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_FEED_WAIT);
         let mut stopping = self.stopping.subscribe();
         loop {
-            let page = self.store.read_feed(&query).await?;
+            let page = self.reads.read_feed(&query).await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if !page.items.is_empty() || left.is_zero() || *stopping.borrow_and_update() {
                 return Ok(page);
             }
             let _waiting = names::FeedWaiting::start();
             tokio::select! {
-                waited = self.store.wait_for_events(page.next, left) => waited?,
+                waited = self.reads.wait_for_events(page.next, left) => waited?,
                 _ = stopping.wait_for(|stopping| *stopping) => return Ok(page),
             }
             query.after = Some(page.next);
