@@ -61,6 +61,7 @@ impl EventEmitter for PgStore {
             let bounds = query_row(&*client, sql::FEED_BOUNDS, &[]).await?;
             let deleted_through: i64 = bounds.try_get(0).map_err(unavailable)?;
             let last_issued: i64 = bounds.try_get(1).map_err(unavailable)?;
+            let visible_through: i64 = bounds.try_get(2).map_err(unavailable)?;
             let start = query
                 .after
                 .map_or(deleted_through, |cursor| position(Some(cursor)));
@@ -86,15 +87,15 @@ impl EventEmitter for PgStore {
                 }
                 None => query_rows(&*client, sql::FEED, &[&start, &fetch]).await?,
             };
-            Ok((start, rows))
+            Ok((start, visible_through, rows))
         };
-        // A replica has not issued the numbers it has not replayed yet: a cursor the
-        // primary issued is read there.
-        let (bounds, rows) = match self.read_call(read).await {
-            Err(StoreError::CursorNotIssued) if self.reads_replica() => self.call(read).await,
+        // A replica has not issued the numbers it has not replayed yet: a cursor past
+        // them is read on the primary (whether or not the replica was the one asked).
+        let (start, visible_through, rows) = match self.read_call(read).await {
+            Err(StoreError::CursorNotIssued) if self.has_replica() => self.call(read).await,
             read => read,
         }?;
-        let start = EventCursor(u64::try_from(bounds).unwrap_or(0));
+        let cursor = |seq: i64| EventCursor(u64::try_from(seq).unwrap_or(0));
         let scan = bounded_page(
             numbered(&rows)?,
             |row| {
@@ -105,8 +106,15 @@ impl EventEmitter for PgStore {
             },
             query.limit,
         );
+        let mut next = scan.last.unwrap_or(cursor(start));
+        // One tenant's events come from its own index, so the rows say nothing of the
+        // others': a complete page moves the cursor past every event the bounds saw,
+        // or a waiting reader would be woken again and again by other tenants' events.
+        if query.tenant_id.is_some() && !scan.more {
+            next = next.max(cursor(visible_through));
+        }
         Ok(FeedPage {
-            next: scan.last.unwrap_or(start),
+            next,
             items: envelopes(&scan.items)?,
         })
     }
@@ -116,22 +124,28 @@ impl EventEmitter for PgStore {
         notified.borrow_and_update();
         let deadline = tokio::time::Instant::now() + wait;
         let after = position(Some(after));
-        // Woken by a commit's notification; the second-long step only matters while the
-        // listening connection is down, and keeps the wait from ever being blind.
-        let mut step = NOTIFY_FALLBACK;
+        let exists = async |client: &mut deadpool_postgres::Object| -> Result<bool, StoreError> {
+            query_value(&*client, sql::EVENT_AFTER, &[&after]).await
+        };
         loop {
-            let exists: bool = self
-                .read_call(async |client| query_value(&*client, sql::EVENT_AFTER, &[&after]).await)
-                .await?;
-            if exists {
+            if self.read_call(exists).await? {
                 return Ok(());
             }
+            // Woken by a commit's notification; the second-long step only matters while
+            // the listening connection is down, and keeps the wait from ever being blind.
+            // A standby cannot listen, and shows a commit only once it has replayed it:
+            // while the primary has an event the standby does not show yet, the standby
+            // is looked at every few milliseconds (for as long as it is fresh enough to
+            // be read at all).
+            let step = if self.reads_replica() && self.call(exists).await? {
+                REPLAY_STEP
+            } else {
+                NOTIFY_FALLBACK
+            };
             let wake = (tokio::time::Instant::now() + step).min(deadline);
             match tokio::time::timeout_at(wake, notified.changed()).await {
-                // A standby cannot listen, and shows a commit only once it has replayed
-                // it: the primary's notification says one is coming, and the standby is
-                // looked at every few milliseconds until it shows.
-                Ok(_) if self.reads_replica() => step = REPLAY_STEP,
+                Ok(Ok(())) if self.reads_replica() => {}
+                // Heard of a commit, or nothing more will be heard: let the caller read.
                 Ok(_) => return Ok(()),
                 Err(_) if tokio::time::Instant::now() >= deadline => return Ok(()),
                 Err(_) => {}

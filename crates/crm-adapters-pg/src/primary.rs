@@ -3,47 +3,85 @@
 //! `--database-url` may name several hosts: a primary and its standbys, in any order
 //! (`postgres://db-a:5432,db-b:5432/crm?target_session_attrs=read-write`). Every
 //! connection this process makes, pooled, listening or migrating, goes through
-//! `connect`, which takes the first host that accepts writes and is on a timeline no
-//! older than the newest this process has written to. After a failover the promoted
-//! standby starts a new timeline; a former primary that comes back read-write is still on
-//! the old one, and is refused, so writes are never split between two primaries. A
-//! process that has seen no timeline yet asks every host before it chooses, so a replica
-//! started after the failover refuses the former primary too.
+//! `connect`, which takes a host that accepts writes and, within one cluster (one
+//! system identifier), is on a timeline no older than the newest this process has
+//! connected to. After a failover the promoted standby starts a new timeline; a former
+//! primary that comes back read-write is still on the old one, and is refused. A process
+//! that has seen no timeline yet asks every host before it chooses, so a replica started
+//! after the failover refuses the former primary too. A server of another cluster (after
+//! `pg_upgrade`, say) is taken as a new start.
+//!
+//! Hosts are tried from the one that last answered, and every attempt first moves that
+//! start one host on (back when the host answers): a host that swallows packets costs one
+//! attempt its connect timeout, and the next attempt begins with the next host. Each host
+//! gets an equal share of the connect timeout.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::{Host, TargetSessionAttrs};
 use tokio_postgres::{AsyncMessage, Client, Config, Error, NoTls};
 
-/// The newest timeline connections of these options have been made on; 0 before the
-/// first. Shared by every clone of the options.
+/// What connections of these options have found, shared by every clone of the options:
+/// the newest primary (cluster and timeline) and the host to try first.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Timeline(Arc<AtomicU32>);
+pub(crate) struct Timeline(Arc<Seen>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// The cluster's system identifier and its newest timeline; `None` before the first.
+    newest: Mutex<Option<(i64, u32)>>,
+    first_host: AtomicUsize,
+}
 
 impl Timeline {
-    fn newest(&self) -> u32 {
-        self.0.load(Ordering::Acquire)
+    fn newest(&self) -> Option<(i64, u32)> {
+        *self
+            .0
+            .newest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn saw(&self, timeline: u32) {
-        self.0.fetch_max(timeline, Ordering::AcqRel);
+    /// Whether a primary of `system` on `timeline` may be written to.
+    fn admits(&self, system: i64, timeline: u32) -> bool {
+        self.newest()
+            .is_none_or(|(known, newest)| known != system || timeline >= newest)
+    }
+
+    fn saw(&self, system: i64, timeline: u32) {
+        let mut newest = self
+            .0
+            .newest
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *newest {
+            Some((known, seen)) if known == system && seen >= timeline => {}
+            _ => *newest = Some((system, timeline)),
+        }
     }
 }
+
+/// The least time a host is given to accept a connection.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a server said it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Standby,
-    Primary { timeline: u32 },
+    Primary { system: i64, timeline: u32 },
 }
 
-/// Whether the server is in recovery (a standby) and, when it is not, the timeline it
-/// writes on: the first eight hex digits of the current WAL file's name.
-const ROLE: &str = "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN 0 \
+/// Whether the server is in recovery (a standby), its cluster's system identifier, and,
+/// when it is not in recovery, the timeline it writes on: the first eight hex digits of
+/// the current WAL file's name.
+const ROLE: &str = "SELECT pg_is_in_recovery(), \
+    (SELECT system_identifier FROM pg_control_system()), \
+    CASE WHEN pg_is_in_recovery() THEN 0 \
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END";
 
 /// An open connection.
@@ -63,56 +101,90 @@ pub(crate) async fn connect(config: &Config, timeline: &Timeline) -> Result<Conn
         // No host to try: the driver's own error says so.
         hosts.push(config.clone());
     }
+    let count = hosts.len();
     // Knowing no timeline yet, a choice in URL order could fall on a former primary.
-    let ask_all = hosts.len() > 1 && timeline.newest() == 0;
-    let mut chosen: Option<(u32, Connected)> = None;
+    let ask_all = count > 1 && timeline.newest().is_none();
+    let first = timeline.0.first_host.load(Ordering::Acquire) % count;
+    timeline
+        .0
+        .first_host
+        .store((first + 1) % count, Ordering::Release);
+    let mut primaries: Vec<(usize, i64, u32, Connected)> = Vec::new();
     let mut failure = None;
-    for host in &hosts {
-        let connected = match open(host).await {
-            Ok(connected) => connected,
-            Err(error) => {
-                failure = Some(error);
-                continue;
-            }
-        };
-        let role = match role_of(&connected.client).await {
-            Ok(role) => role,
+    for index in (0..count).map(|offset| (first + offset) % count) {
+        let host = &hosts[index];
+        let (connected, role) = match probe(host).await {
+            Ok(found) => found,
             Err(error) => {
                 failure = Some(error);
                 continue;
             }
         };
         match role {
-            Role::Primary { timeline: seen } if seen >= timeline.newest() => {
+            Role::Primary {
+                system,
+                timeline: seen,
+            } if timeline.admits(system, seen) => {
                 if !ask_all {
-                    timeline.saw(seen);
+                    timeline.saw(system, seen);
+                    timeline.0.first_host.store(index, Ordering::Release);
                     return Ok(connected);
                 }
-                if chosen.as_ref().is_none_or(|(best, _)| seen > *best) {
-                    chosen = Some((seen, connected));
-                }
+                primaries.push((index, system, seen, connected));
             }
-            role => {
-                let message = refusal(&describe(host), role, timeline.newest());
-                // A standby is where it should be; a second primary needs an operator.
-                match role {
-                    Role::Standby => tracing::debug!(reason = %message, "not the primary"),
-                    Role::Primary { .. } => {
-                        tracing::warn!(reason = %message, "a former primary refused");
-                    }
-                }
-                failure = Some(refuse(&connected.client, &message).await);
-            }
+            role => failure = Some(refuse_logged(&connected.client, host, role, timeline).await),
         }
     }
-    match (chosen, failure) {
-        (Some((seen, connected)), _) => {
-            timeline.saw(seen);
-            Ok(connected)
+    // Asked every host: the newest timeline wins, and a primary of the same cluster on
+    // an older one is a former primary.
+    primaries.sort_by_key(|(_, _, seen, _)| std::cmp::Reverse(*seen));
+    let mut primaries = primaries.into_iter();
+    let Some((index, system, seen, connected)) = primaries.next() else {
+        return Err(failure.expect("every host tried either fails or is a primary"));
+    };
+    timeline.saw(system, seen);
+    timeline.0.first_host.store(index, Ordering::Release);
+    for (other, other_system, other_seen, stale) in primaries {
+        let role = Role::Primary {
+            system: other_system,
+            timeline: other_seen,
+        };
+        if !timeline.admits(other_system, other_seen) {
+            drop(refuse_logged(&stale.client, &hosts[other], role, timeline).await);
         }
-        (None, Some(error)) => Err(error),
-        (None, None) => unreachable!("every host tried either fails or is chosen"),
     }
+    Ok(connected)
+}
+
+/// A connection to `host` and what the server is, within the host's share of the
+/// connect timeout: a server that accepts the connection and then says nothing must not
+/// hold up the hosts after it.
+async fn probe(host: &Config) -> Result<(Connected, Role), Error> {
+    let share = host
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(MIN_CONNECT_TIMEOUT);
+    let found = tokio::time::timeout(share, async {
+        let connected = open(host).await?;
+        let role = role_of(&connected.client).await?;
+        Ok((connected, role))
+    });
+    // The driver's own "timeout waiting for server", which it offers for this use.
+    found
+        .await
+        .unwrap_or_else(|_| Err(Error::__private_api_timeout()))
+}
+
+/// Refuses a server that is not the primary wanted, saying why in the log.
+async fn refuse_logged(client: &Client, host: &Config, role: Role, timeline: &Timeline) -> Error {
+    let newest = timeline.newest().map_or(0, |(_, newest)| newest);
+    let message = refusal(&describe(host), role, newest);
+    // A standby is where it should be; a second primary needs an operator.
+    match role {
+        Role::Standby => tracing::debug!(reason = %message, "not the primary"),
+        Role::Primary { .. } => tracing::warn!(reason = %message, "a former primary refused"),
+    }
+    refuse(client, &message).await
 }
 
 /// A connection to the standby `config` names, for reads. A server that is not in
@@ -161,11 +233,13 @@ async fn open(config: &Config) -> Result<Connected, Error> {
 async fn role_of(client: &Client) -> Result<Role, Error> {
     let row = client.query_one(ROLE, &[]).await?;
     let in_recovery: bool = row.get(0);
-    let timeline: i64 = row.get(1);
+    let system: i64 = row.get(1);
+    let timeline: i64 = row.get(2);
     Ok(if in_recovery {
         Role::Standby
     } else {
         Role::Primary {
+            system,
             timeline: u32::try_from(timeline).unwrap_or(0),
         }
     })
@@ -175,7 +249,7 @@ async fn role_of(client: &Client) -> Result<Role, Error> {
 fn refusal(server: &str, role: Role, newest: u32) -> String {
     match role {
         Role::Standby => format!("{server} is a standby (in recovery); writes need the primary"),
-        Role::Primary { timeline } => format!(
+        Role::Primary { timeline, .. } => format!(
             "{server} is a primary on timeline {timeline}, older than timeline {newest} \
              already written to: a former primary, refused so that writes are not split \
              between two primaries"
@@ -212,7 +286,8 @@ fn single_hosts(config: &Config) -> Vec<Config> {
     let hosts = config.get_hosts();
     let ports = config.get_ports();
     let addresses = config.get_hostaddrs();
-    (0..hosts.len().max(addresses.len()))
+    let count = hosts.len().max(addresses.len());
+    (0..count)
         .map(|index| {
             let mut single = Config::new();
             match hosts.get(index) {
@@ -246,8 +321,11 @@ fn single_hosts(config: &Config) -> Vec<Config> {
             if let Some(name) = config.get_application_name() {
                 single.application_name(name);
             }
+            // An equal share each, so that one host that swallows packets leaves the
+            // others time within the caller's bound.
             if let Some(timeout) = config.get_connect_timeout() {
-                single.connect_timeout(*timeout);
+                let share = *timeout / u32::try_from(count).unwrap_or(u32::MAX);
+                single.connect_timeout(share.max(MIN_CONNECT_TIMEOUT));
             }
             if let Some(timeout) = config.get_tcp_user_timeout() {
                 single.tcp_user_timeout(*timeout);
@@ -329,8 +407,31 @@ mod tests {
     #[test]
     fn the_newest_timeline_only_moves_forward() {
         let timeline = Timeline::default();
-        timeline.saw(2);
-        timeline.saw(1);
-        assert_eq!(timeline.newest(), 2);
+        timeline.saw(7, 2);
+        timeline.saw(7, 1);
+        assert_eq!(timeline.newest(), Some((7, 2)));
+        assert!(!timeline.admits(7, 1), "a former primary");
+        assert!(timeline.admits(7, 3), "a newer promotion");
+    }
+
+    #[test]
+    fn a_primary_of_another_cluster_starts_afresh() {
+        let timeline = Timeline::default();
+        timeline.saw(7, 5);
+        assert!(
+            timeline.admits(8, 1),
+            "another cluster, as after pg_upgrade"
+        );
+        timeline.saw(8, 1);
+        assert_eq!(timeline.newest(), Some((8, 1)));
+    }
+
+    #[test]
+    fn each_host_gets_a_share_of_the_connect_timeout() {
+        let mut config: Config = "host=db-a,db-b,db-c".parse().unwrap();
+        config.connect_timeout(Duration::from_secs(6));
+        for single in single_hosts(&config) {
+            assert_eq!(single.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        }
     }
 }

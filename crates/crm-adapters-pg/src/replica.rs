@@ -9,7 +9,7 @@
 //! is. It can be under-estimated by one step at most.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -19,16 +19,26 @@ use tokio::time::Instant;
 use crate::primary::Connector;
 use crate::sql;
 use crate::statement::query_value;
-use crate::store::{PgError, PgOptions, bounded, pool};
+use crate::store::{PgError, PgOptions, bounded, pool, telling_cause};
 
 /// How often the monitor measures the lag.
 const STEP: Duration = Duration::from_millis(100);
+/// The longest the monitor waits before asking a standby that failed again.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a standby that failed a read is not read from, whatever its lag.
+const SET_ASIDE: Duration = Duration::from_secs(1);
 
 /// The standby and what the monitor last found.
 pub(crate) struct Replica {
     pub(crate) pool: Pool,
     max_lag: Duration,
-    usable: AtomicBool,
+    /// The origin of the times below, in milliseconds.
+    origin: Instant,
+    /// Until when reads may go to the standby: the lag last measured, aged by the time
+    /// since, reaches `max_lag` then. 0: not at all.
+    fresh_until_ms: AtomicU64,
+    /// Until when the standby is set aside after a failed read.
+    aside_until_ms: AtomicU64,
     lag_ms: AtomicU64,
 }
 
@@ -44,16 +54,25 @@ impl Replica {
         let replica = Arc::new(Self {
             pool,
             max_lag,
-            usable: AtomicBool::new(false),
+            origin: Instant::now(),
+            fresh_until_ms: AtomicU64::new(0),
+            aside_until_ms: AtomicU64::new(0),
             lag_ms: AtomicU64::new(u64::MAX),
         });
         tokio::spawn(monitor(Arc::downgrade(&replica), primary, options.timeout));
         Ok(replica)
     }
 
-    /// Whether reads may go to the standby now.
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether reads may go to the standby now: its last measured lag, plus the time
+    /// since it was measured, is within `max_lag`, and no read failed on it just now.
     pub(crate) fn usable(&self) -> bool {
-        self.usable.load(Ordering::Acquire)
+        let now = self.millis(Instant::now());
+        now < self.fresh_until_ms.load(Ordering::Acquire)
+            && now >= self.aside_until_ms.load(Ordering::Acquire)
     }
 
     /// The lag last measured, in milliseconds; `u64::MAX` while it is unknown.
@@ -61,42 +80,28 @@ impl Replica {
         self.lag_ms.load(Ordering::Acquire)
     }
 
-    /// Not to be read from until the monitor finds it fresh again (a call on it failed).
+    /// Not to be read from for a while: a read on it failed.
     pub(crate) fn set_aside(&self) {
-        self.usable.store(false, Ordering::Release);
+        let until = self.millis(Instant::now() + SET_ASIDE);
+        self.aside_until_ms.store(until, Ordering::Release);
     }
 
-    fn found(&self, lag: Result<Option<Duration>, String>) {
-        let lag = match lag {
-            Ok(lag) => lag,
-            Err(cause) => {
-                self.lag_ms.store(u64::MAX, Ordering::Release);
-                self.usable.store(false, Ordering::Release);
-                return tracing::debug!(%cause, "the replica's lag is unknown");
-            }
-        };
-        let usable = lag.is_some_and(|lag| lag <= self.max_lag);
+    /// What a measurement at `now` found: the lag, or `None` when it is unknown.
+    fn found(&self, lag: Option<Duration>, now: Instant) {
         let lag_ms = lag.map_or(u64::MAX, |lag| {
             u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)
         });
         self.lag_ms.store(lag_ms, Ordering::Release);
-        let was = self.usable.swap(usable, Ordering::AcqRel);
-        if was != usable {
-            let max_lag_ms = self.max_lag.as_millis();
-            if usable {
-                tracing::info!(lag_ms, "reads go to the replica");
-            } else {
-                tracing::warn!(
-                    lag_ms,
-                    max_lag_ms,
-                    "the replica lags; reads go to the primary"
-                );
-            }
-        }
+        let fresh_until = match lag {
+            Some(lag) if lag <= self.max_lag => self.millis(now + (self.max_lag - lag)),
+            _ => 0,
+        };
+        self.fresh_until_ms.store(fresh_until, Ordering::Release);
     }
 }
 
-/// The primary positions the standby may not have replayed yet, oldest first.
+/// The primary positions the standby may not have replayed yet, oldest first, each with
+/// a time the primary may already have been there.
 #[derive(Default)]
 struct Positions {
     noted: VecDeque<(i64, Instant)>,
@@ -106,15 +111,17 @@ struct Positions {
 }
 
 impl Positions {
-    /// Notes where the primary is, when it has moved.
-    fn primary_at(&mut self, position: i64, now: Instant) {
+    /// Notes where the primary is, when it has moved, at `since`: the time of the
+    /// look before, when it may already have been there (over-estimating a lag by one
+    /// step at most rather than under-estimating it).
+    fn primary_at(&mut self, position: i64, since: Instant) {
         if self.noted.back().is_none_or(|(last, _)| position > *last) {
-            self.noted.push_back((position, now));
+            self.noted.push_back((position, since));
         }
     }
 
-    /// Forgets what the standby has replayed; the age of the oldest position left, or
-    /// `None` before the standby has been seen to catch up once.
+    /// Forgets what the standby has replayed; the age at `now` of the oldest position
+    /// left, or `None` before the standby has been seen to catch up once.
     fn replayed(&mut self, position: i64, now: Instant) -> Option<Duration> {
         while self
             .noted
@@ -135,10 +142,16 @@ impl Positions {
     }
 }
 
-/// Measures the lag every `STEP` until the store is gone.
+/// Measures the lag every `STEP` until the store is gone. The primary is asked at every
+/// step, so that its positions are noted even while the standby cannot answer; a
+/// standby that fails is asked again after a back-off.
 async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
     let mut positions = Positions::default();
+    let mut previous_look: Option<Instant> = None;
+    let mut backoff = STEP;
+    let mut next_ask = Instant::now();
     let mut reported: Option<String> = None;
+    let mut was_usable = false;
     let mut ticks = tokio::time::interval(STEP);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -146,6 +159,7 @@ async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
         let Some(replica) = replica.upgrade() else {
             return;
         };
+        let look = Instant::now();
         let primary_at = bounded(
             &primary,
             timeout,
@@ -153,51 +167,64 @@ async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
             |error| error,
         )
         .await;
-        let replayed = bounded(
-            &replica.pool,
-            timeout,
-            async |client| query_value::<i64>(&*client, sql::REPLAYED_POSITION, &[]).await,
-            |error| error,
-        )
-        .await;
-        let now = Instant::now();
-        let lag = match (primary_at, replayed) {
-            (Ok(primary_at), Ok(replayed)) => {
-                positions.primary_at(primary_at, now);
-                reported = None;
-                Ok(positions.replayed(replayed, now))
+        let primary_at = match primary_at {
+            Ok(position) => {
+                positions.primary_at(position, previous_look.unwrap_or(look));
+                previous_look = Some(look);
+                Ok(position)
             }
-            // Without the primary's position the lag is unknown; reads fall back to the
-            // primary, which cannot serve them either.
-            (Err(error), _) => Err(format!("the primary: {}", cause(&error))),
-            (_, Err(error)) => Err(cause(&error)),
+            Err(error) => Err(format!("the primary: {}", telling_cause(&error))),
         };
-        // Said once per cause, not at every step.
-        if let Err(cause) = &lag
-            && reported.as_ref() != Some(cause)
-        {
-            tracing::warn!(%cause, "reads cannot go to the replica");
-            reported = Some(cause.clone());
+        let lag = if Instant::now() < next_ask {
+            Err(reported.clone().unwrap_or_default())
+        } else {
+            let replayed = bounded(
+                &replica.pool,
+                timeout,
+                async |client| query_value::<i64>(&*client, sql::REPLAYED_POSITION, &[]).await,
+                |error| error,
+            )
+            .await;
+            match (primary_at, replayed) {
+                (Ok(_), Ok(replayed)) => {
+                    backoff = STEP;
+                    Ok(positions.replayed(replayed, Instant::now()))
+                }
+                // Without the primary's position the lag is unknown; reads fall back to
+                // the primary, which cannot serve them either.
+                (Err(cause), _) => Err(cause),
+                (_, Err(error)) => {
+                    next_ask = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Err(telling_cause(&error))
+                }
+            }
+        };
+        match &lag {
+            Ok(_) => reported = None,
+            // Said once per cause, not at every step.
+            Err(cause) if reported.as_ref() != Some(cause) => {
+                tracing::warn!(%cause, "reads cannot go to the replica");
+                reported = Some(cause.clone());
+            }
+            Err(_) => {}
         }
-        replica.found(lag);
-    }
-}
-
-/// The most telling cause of a failed call: the server's own message when it answered.
-fn cause(error: &crm_ports::StoreError) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    let mut last = error.to_string();
-    while let Some(inner) = source {
-        if let Some(db) = inner
-            .downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::as_db_error)
-        {
-            return db.message().to_owned();
+        replica.found(lag.ok().flatten(), Instant::now());
+        let usable = replica.usable();
+        if usable != was_usable {
+            let (lag_ms, max_lag_ms) = (replica.lag_ms(), replica.max_lag.as_millis());
+            if usable {
+                tracing::info!(lag_ms, "reads go to the replica");
+            } else {
+                tracing::warn!(
+                    lag_ms,
+                    max_lag_ms,
+                    "the replica lags; reads go to the primary"
+                );
+            }
+            was_usable = usable;
         }
-        last = inner.to_string();
-        source = inner.source();
     }
-    last
 }
 
 #[cfg(test)]

@@ -696,9 +696,12 @@ pub const FEED: &str = "SELECT seq, tenant_id, name, envelope FROM crm_events \
 pub const FEED_OF_TENANT: &str = "SELECT seq, tenant_id, name, envelope FROM crm_events \
     WHERE tenant_id = $3 AND seq > $1 ORDER BY seq LIMIT $2";
 
-/// Where the retained events start, and the last number ever handed to an event.
+/// Where the retained events start, the last number ever handed to an event, and the
+/// highest number this snapshot sees: numbers are handed out in commit order, so every
+/// event up to it is visible to this statement and to any later one.
 pub const FEED_BOUNDS: &str = "SELECT (SELECT events_deleted_through FROM crm_feed_state), \
-    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM crm_events_seq_seq)";
+    (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM crm_events_seq_seq), \
+    (SELECT coalesce(max(seq), 0) FROM crm_events)";
 
 /// Where the primary writes its WAL, in bytes from the start.
 pub const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint";

@@ -87,20 +87,27 @@ impl PgError {
             ]
             .contains(code)
         });
-        let cause = match error.as_db_error() {
-            Some(db) => db.message().to_owned(),
-            None => {
-                let mut cause = error.to_string();
-                let mut source = std::error::Error::source(&error);
-                while let Some(inner) = source {
-                    cause = inner.to_string();
-                    source = inner.source();
-                }
-                cause
-            }
-        };
+        let cause = telling_cause(&error);
         Self::Connect { cause, permanent }
     }
+}
+
+/// The most telling cause of an error: the server's own message when it answered, else
+/// the innermost cause (refused, timed out, unknown host).
+pub(crate) fn telling_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error.to_string();
+    let mut source = Some(error);
+    while let Some(inner) = source {
+        if let Some(db) = inner
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+        {
+            return db.message().to_owned();
+        }
+        cause = inner.to_string();
+        source = inner.source();
+    }
+    cause
 }
 
 impl PgOptions {
@@ -227,10 +234,9 @@ impl PgStore {
         })
     }
 
-    /// The replica's lag last measured, in milliseconds, when this store reads from one;
-    /// `u64::MAX` while it is unknown.
-    pub fn replica_lag_ms(&self) -> Option<u64> {
-        self.replica.as_ref().map(|replica| replica.lag_ms())
+    /// Whether this store reads from a replica when it can.
+    pub(crate) fn has_replica(&self) -> bool {
+        self.replica.is_some()
     }
 
     /// Whether reads go to a replica now.
@@ -241,21 +247,27 @@ impl PgStore {
     }
 
     /// Runs a read on the replica while it is fresh, else (or when the replica fails the
-    /// call) on the primary, each try bounded as `call` is.
+    /// call, in the time left) on the primary: one bound for both, as for `call`.
     pub(crate) async fn read_call<T>(
         &self,
         work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, StoreError> + Clone,
     ) -> Result<T, StoreError> {
-        if let Some(replica) = self.replica.as_ref().filter(|replica| replica.usable()) {
-            match bounded(&replica.pool, self.timeout, work.clone(), |error| error).await {
-                Err(StoreError::Unavailable(error)) => {
-                    tracing::warn!(%error, "a read on the replica failed; reads go to the primary");
-                    replica.set_aside();
+        let Some(replica) = self.replica.as_ref().filter(|replica| replica.usable()) else {
+            return self.call(work).await;
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        match bounded(&replica.pool, self.timeout, work.clone(), |error| error).await {
+            Err(StoreError::Unavailable(error)) => {
+                tracing::warn!(%error, "a read on the replica failed; it is set aside");
+                replica.set_aside();
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(self.timed_out());
                 }
-                done => return done,
+                bounded(&self.pool, left, work, |error| error).await
             }
+            done => done,
         }
-        self.call(work).await
     }
 
     /// The group-commit batcher of follow-up creates.

@@ -20,7 +20,7 @@ use crm_ports::Store;
 use tokio::sync::watch;
 
 use crate::auth::Tokens;
-use crate::config::{PgSettings, Settings, StoreKind, resolve};
+use crate::config::{PgSettings, Secret, Settings, StoreKind, resolve};
 use crate::error::Code;
 use crate::extract::BodyLimit;
 use crate::routes::OpenApiDocument;
@@ -338,10 +338,7 @@ async fn open_stores(
             let reads = match &settings.read_replica {
                 None => store.clone(),
                 Some((url, max_lag)) => {
-                    let mut replica = PgOptions::new(url.expose(), &settings.schema)
-                        .context("--read-database-url")?;
-                    replica.pool_size = settings.pool_size;
-                    replica.timeout = settings.timeout;
+                    let replica = pg_options_for(settings, url).context("--read-database-url")?;
                     store.reading_from(&replica, *max_lag)?
                 }
             };
@@ -399,7 +396,12 @@ pub async fn backup(settings: &Settings, to: std::path::PathBuf) -> anyhow::Resu
 }
 
 fn pg_options(settings: &PgSettings) -> anyhow::Result<PgOptions> {
-    let mut options = PgOptions::new(settings.url.expose(), &settings.schema)?;
+    pg_options_for(settings, &settings.url)
+}
+
+/// The options of `settings` for the server at `url`.
+fn pg_options_for(settings: &PgSettings, url: &Secret) -> anyhow::Result<PgOptions> {
+    let mut options = PgOptions::new(url.expose(), &settings.schema)?;
     options.pool_size = settings.pool_size;
     options.timeout = settings.timeout;
     Ok(options)

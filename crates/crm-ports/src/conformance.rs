@@ -91,6 +91,7 @@ suite!(
     the_feed_continues_past_events_its_filters_pass_over,
     a_feed_cursor_past_every_event_is_not_issued,
     a_feed_waiter_wakes_when_an_event_commits,
+    a_tenant_s_empty_page_moves_past_other_tenants_events,
     retention_removes_old_events_and_finished_items_and_expires_old_cursors,
     a_claim_leases_each_ready_item_once_until_its_lease_expires,
     a_last_lease_that_runs_out_finishes_the_item_as_failed_with_its_event,
@@ -1975,6 +1976,41 @@ pub async fn a_feed_waiter_wakes_when_an_event_commits(store: &dyn Store) {
         "the waiter did not wake when an event committed"
     );
     assert_eq!(feed_from(store, Some(end)).await.len(), 1);
+}
+
+pub async fn a_tenant_s_empty_page_moves_past_other_tenants_events(store: &dyn Store) {
+    create_campaign(store, &tenant("tenant_a"), at(0)).await;
+    let start = feed_end(store).await;
+    create_campaign(store, &tenant("tenant_b"), at(1)).await;
+    create_campaign(store, &tenant("tenant_b"), at(2)).await;
+    let of_a = |after| FeedQuery {
+        after: Some(after),
+        limit: 10,
+        tenant_id: Some(tenant("tenant_a")),
+        name_prefix: None,
+    };
+    let page = store.read_feed(&of_a(start)).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!(
+        page.next,
+        feed_end(store).await,
+        "the cursor passes the events of other tenants"
+    );
+    // So a reader waiting for tenant_a's next event is not woken by tenant_b's: three
+    // waits in a row last at least two of their times (a store may wake a waiter once
+    // for nothing, as when it starts listening; a slow machine only lengthens them).
+    let began = std::time::Instant::now();
+    let wait = std::time::Duration::from_millis(100);
+    for _ in 0..3 {
+        store.wait_for_events(page.next, wait).await.unwrap();
+    }
+    assert!(
+        began.elapsed() >= 2 * wait,
+        "woken by another tenant's events"
+    );
+    create_campaign(store, &tenant("tenant_a"), at(3)).await;
+    let page = store.read_feed(&of_a(page.next)).await.unwrap();
+    assert_eq!(page.items.len(), 1, "tenant_a's own event still comes");
 }
 
 async fn futures_join(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {

@@ -131,6 +131,19 @@ impl Server {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log holds `text` at least `times` times.
+    pub async fn wait_for_log(&self, text: &str, times: usize) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.log_text().matches(text).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {text:?} {times} times:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// Every follow-up id of `tenant`, through all pages, asserting none repeats.
     pub async fn follow_up_ids(&self, client: &reqwest::Client, tenant: &str) -> HashSet<String> {
         let mut ids = HashSet::new();
