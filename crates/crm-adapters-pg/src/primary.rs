@@ -251,7 +251,7 @@ fn refusal(server: &str, role: Role, newest: u32) -> String {
         Role::Standby => format!("{server} is a standby (in recovery); writes need the primary"),
         Role::Primary { timeline, .. } => format!(
             "{server} is a primary on timeline {timeline}, older than timeline {newest} \
-             already written to: a former primary, refused so that writes are not split \
+             already connected to: a former primary, refused so that writes are not split \
              between two primaries"
         ),
     }
