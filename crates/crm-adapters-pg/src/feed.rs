@@ -87,6 +87,17 @@ impl EventEmitter for PgStore {
                 }
                 None => query_rows(&*client, sql::FEED, &[&start, &fetch]).await?,
             };
+            // Retention may have run between the bounds and the rows: a page that lost
+            // events to it is an expired cursor, not an empty page to move past.
+            if query.tenant_id.is_some() {
+                let deleted_through: i64 =
+                    query_value(&*client, sql::EVENTS_DELETED_THROUGH, &[]).await?;
+                if start < deleted_through {
+                    return Err(StoreError::CursorExpired {
+                        oldest: EventCursor(u64::try_from(deleted_through).unwrap_or(0)),
+                    });
+                }
+            }
             Ok((start, visible_through, rows))
         };
         // A replica has not issued the numbers it has not replayed yet: a cursor past
@@ -127,6 +138,7 @@ impl EventEmitter for PgStore {
         let exists = async |client: &mut deadpool_postgres::Object| -> Result<bool, StoreError> {
             query_value(&*client, sql::EVENT_AFTER, &[&after]).await
         };
+        let mut primary_has_one = false;
         loop {
             if self.read_call(exists).await? {
                 return Ok(());
@@ -137,7 +149,11 @@ impl EventEmitter for PgStore {
             // while the primary has an event the standby does not show yet, the standby
             // is looked at every few milliseconds (for as long as it is fresh enough to
             // be read at all).
-            let step = if self.reads_replica() && self.call(exists).await? {
+            // Once the primary has one, it keeps it: asked until then, and a primary that
+            // cannot answer only leaves the pace at the fallback.
+            primary_has_one = primary_has_one
+                || (self.reads_replica() && self.call(exists).await.unwrap_or(false));
+            let step = if primary_has_one && self.reads_replica() {
                 REPLAY_STEP
             } else {
                 NOTIFY_FALLBACK

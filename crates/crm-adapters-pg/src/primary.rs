@@ -8,13 +8,12 @@
 //! connected to. After a failover the promoted standby starts a new timeline; a former
 //! primary that comes back read-write is still on the old one, and is refused. A process
 //! that has seen no timeline yet asks every host before it chooses, so a replica started
-//! after the failover refuses the former primary too. A server of another cluster (after
-//! `pg_upgrade`, say) is taken as a new start.
+//! after the failover refuses the former primary too. A primary of another cluster (a
+//! wrongly listed host, or the old cluster after `pg_upgrade`) is refused until restart.
 //!
-//! Hosts are tried from the one that last answered, and every attempt first moves that
-//! start one host on (back when the host answers): a host that swallows packets costs one
-//! attempt its connect timeout, and the next attempt begins with the next host. Each host
-//! gets an equal share of the connect timeout.
+//! Hosts are tried from the one that last answered; when that one fails, the next attempt
+//! begins with the next host, so a host that swallows packets costs one attempt its share
+//! of the connect timeout, not every attempt.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,10 +46,12 @@ impl Timeline {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether a primary of `system` on `timeline` may be written to.
+    /// Whether a primary of `system` on `timeline` may be written to: one of the cluster
+    /// these options have connected to, on its newest timeline or a later one. Another
+    /// cluster is refused, so that writes never split between two.
     fn admits(&self, system: i64, timeline: u32) -> bool {
         self.newest()
-            .is_none_or(|(known, newest)| known != system || timeline >= newest)
+            .is_none_or(|(known, newest)| known == system && timeline >= newest)
     }
 
     fn saw(&self, system: i64, timeline: u32) {
@@ -60,7 +61,7 @@ impl Timeline {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match *newest {
-            Some((known, seen)) if known == system && seen >= timeline => {}
+            Some((known, seen)) if known != system || seen >= timeline => {}
             _ => *newest = Some((system, timeline)),
         }
     }
@@ -105,10 +106,6 @@ pub(crate) async fn connect(config: &Config, timeline: &Timeline) -> Result<Conn
     // Knowing no timeline yet, a choice in URL order could fall on a former primary.
     let ask_all = count > 1 && timeline.newest().is_none();
     let first = timeline.0.first_host.load(Ordering::Acquire) % count;
-    timeline
-        .0
-        .first_host
-        .store((first + 1) % count, Ordering::Release);
     let mut primaries: Vec<(usize, i64, u32, Connected)> = Vec::new();
     let mut failure = None;
     for index in (0..count).map(|offset| (first + offset) % count) {
@@ -116,6 +113,17 @@ pub(crate) async fn connect(config: &Config, timeline: &Timeline) -> Result<Conn
         let (connected, role) = match probe(host).await {
             Ok(found) => found,
             Err(error) => {
+                // The next attempt begins with the next host, unless another attempt has
+                // moved the start already.
+                if index == first {
+                    let next = (first + 1) % count;
+                    let _ = timeline.0.first_host.compare_exchange(
+                        first,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
                 failure = Some(error);
                 continue;
             }
@@ -177,8 +185,7 @@ async fn probe(host: &Config) -> Result<(Connected, Role), Error> {
 
 /// Refuses a server that is not the primary wanted, saying why in the log.
 async fn refuse_logged(client: &Client, host: &Config, role: Role, timeline: &Timeline) -> Error {
-    let newest = timeline.newest().map_or(0, |(_, newest)| newest);
-    let message = refusal(&describe(host), role, newest);
+    let message = refusal(&describe(host), role, timeline.newest().unwrap_or_default());
     // A standby is where it should be; a second primary needs an operator.
     match role {
         Role::Standby => tracing::debug!(reason = %message, "not the primary"),
@@ -245,14 +252,19 @@ async fn role_of(client: &Client) -> Result<Role, Error> {
     })
 }
 
-/// Why a server is refused.
-fn refusal(server: &str, role: Role, newest: u32) -> String {
+/// Why a server is refused, given the cluster and timeline connected to.
+fn refusal(server: &str, role: Role, (known, newest): (i64, u32)) -> String {
     match role {
         Role::Standby => format!("{server} is a standby (in recovery); writes need the primary"),
-        Role::Primary { timeline, .. } => format!(
+        Role::Primary { system, timeline } if system == known => format!(
             "{server} is a primary on timeline {timeline}, older than timeline {newest} \
              already connected to: a former primary, refused so that writes are not split \
              between two primaries"
+        ),
+        Role::Primary { system, .. } => format!(
+            "{server} is a primary of another cluster (system identifier {system}, not \
+             {known}): refused so that writes are not split between two; restart the \
+             service to move to it"
         ),
     }
 }
@@ -415,15 +427,15 @@ mod tests {
     }
 
     #[test]
-    fn a_primary_of_another_cluster_starts_afresh() {
+    fn a_primary_of_another_cluster_is_refused() {
         let timeline = Timeline::default();
         timeline.saw(7, 5);
         assert!(
-            timeline.admits(8, 1),
-            "another cluster, as after pg_upgrade"
+            !timeline.admits(8, 9),
+            "another cluster, whatever its timeline"
         );
-        timeline.saw(8, 1);
-        assert_eq!(timeline.newest(), Some((8, 1)));
+        timeline.saw(8, 9);
+        assert_eq!(timeline.newest(), Some((7, 5)));
     }
 
     #[test]

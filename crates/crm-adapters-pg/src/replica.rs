@@ -5,8 +5,9 @@
 //! otherwise or when the standby fails a call; everything else it is asked stays on the
 //! primary. The lag is measured without comparing clocks: every `STEP` the monitor notes
 //! the primary's WAL position when it moved, and asks the standby what it has replayed;
-//! the lag is the age of the oldest noted position not replayed yet, and 0 when every one
-//! is. It can be under-estimated by one step at most.
+//! the standby may miss commits since the oldest noted position it has not replayed
+//! (each noted at the look before the one that saw it), or since the last look when it
+//! has replayed them all; reads go to it until then plus `max_lag`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,8 @@ use crate::store::{PgError, PgOptions, bounded, pool, telling_cause};
 const STEP: Duration = Duration::from_millis(100);
 /// The longest the monitor waits before asking a standby that failed again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The most primary positions kept while the standby has not replayed them.
+const MAX_NOTED: usize = 10_000;
 /// How long a standby that failed a read is not read from, whatever its lag.
 const SET_ASIDE: Duration = Duration::from_secs(1);
 
@@ -86,16 +89,14 @@ impl Replica {
         self.aside_until_ms.store(until, Ordering::Release);
     }
 
-    /// What a measurement at `now` found: the lag, or `None` when it is unknown.
-    fn found(&self, lag: Option<Duration>, now: Instant) {
-        let lag_ms = lag.map_or(u64::MAX, |lag| {
-            u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)
+    /// What a look found: since when the standby may miss a commit (`None`: unknown).
+    /// Reads may go to it until that time plus `max_lag`.
+    fn found(&self, stale_since: Option<Instant>, now: Instant) {
+        let lag_ms = stale_since.map_or(u64::MAX, |since| {
+            u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
         });
         self.lag_ms.store(lag_ms, Ordering::Release);
-        let fresh_until = match lag {
-            Some(lag) if lag <= self.max_lag => self.millis(now + (self.max_lag - lag)),
-            _ => 0,
-        };
+        let fresh_until = stale_since.map_or(0, |since| self.millis(since + self.max_lag));
         self.fresh_until_ms.store(fresh_until, Ordering::Release);
     }
 }
@@ -113,16 +114,21 @@ struct Positions {
 impl Positions {
     /// Notes where the primary is, when it has moved, at `since`: the time of the
     /// look before, when it may already have been there (over-estimating a lag by one
-    /// step at most rather than under-estimating it).
+    /// step at most rather than under-estimating it). Past `MAX_NOTED`, a position in
+    /// the middle is forgotten: the oldest stays, so the lag only grows.
     fn primary_at(&mut self, position: i64, since: Instant) {
         if self.noted.back().is_none_or(|(last, _)| position > *last) {
             self.noted.push_back((position, since));
         }
+        if self.noted.len() > MAX_NOTED {
+            self.noted.remove(1);
+        }
     }
 
-    /// Forgets what the standby has replayed; the age at `now` of the oldest position
-    /// left, or `None` before the standby has been seen to catch up once.
-    fn replayed(&mut self, position: i64, now: Instant) -> Option<Duration> {
+    /// Forgets what the standby has replayed; since when it may miss a commit: the time
+    /// of the oldest position left, or `look` (when the primary was last asked) when it
+    /// has replayed every one. `None` before it has been seen to catch up once.
+    fn stale_since(&mut self, position: i64, look: Instant) -> Option<Instant> {
         while self
             .noted
             .front()
@@ -134,11 +140,7 @@ impl Positions {
         if !self.caught_up {
             return None;
         }
-        Some(
-            self.noted
-                .front()
-                .map_or(Duration::ZERO, |(_, at)| now.duration_since(*at)),
-        )
+        Some(self.noted.front().map_or(look, |(_, at)| *at))
     }
 }
 
@@ -175,7 +177,7 @@ async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
             }
             Err(error) => Err(format!("the primary: {}", telling_cause(&error))),
         };
-        let lag = if Instant::now() < next_ask {
+        let stale_since = if Instant::now() < next_ask {
             Err(reported.clone().unwrap_or_default())
         } else {
             let replayed = bounded(
@@ -188,7 +190,7 @@ async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
             match (primary_at, replayed) {
                 (Ok(_), Ok(replayed)) => {
                     backoff = STEP;
-                    Ok(positions.replayed(replayed, Instant::now()))
+                    Ok(positions.stale_since(replayed, look))
                 }
                 // Without the primary's position the lag is unknown; reads fall back to
                 // the primary, which cannot serve them either.
@@ -200,7 +202,7 @@ async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
                 }
             }
         };
-        match &lag {
+        match &stale_since {
             Ok(_) => reported = None,
             // Said once per cause, not at every step.
             Err(cause) if reported.as_ref() != Some(cause) => {
@@ -209,7 +211,7 @@ async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
             }
             Err(_) => {}
         }
-        replica.found(lag.ok().flatten(), Instant::now());
+        replica.found(stale_since.ok().flatten(), Instant::now());
         let usable = replica.usable();
         if usable != was_usable {
             let (lag_ms, max_lag_ms) = (replica.lag_ms(), replica.max_lag.as_millis());
@@ -231,35 +233,39 @@ async fn monitor(replica: Weak<Replica>, primary: Pool, timeout: Duration) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_standby_that_replayed_everything_noted_has_no_lag() {
-        let start = Instant::now();
-        let mut positions = Positions::default();
-        positions.primary_at(100, start);
-        positions.primary_at(200, start + Duration::from_millis(100));
-        let lag = positions.replayed(200, start + Duration::from_millis(150));
-        assert_eq!(lag, Some(Duration::ZERO));
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
     }
 
     #[test]
-    fn the_lag_is_the_age_of_the_oldest_position_not_replayed() {
+    fn a_standby_that_replayed_everything_noted_is_stale_since_the_last_look() {
         let start = Instant::now();
         let mut positions = Positions::default();
         positions.primary_at(100, start);
-        positions.primary_at(200, start + Duration::from_millis(100));
-        positions.primary_at(300, start + Duration::from_millis(200));
-        let lag = positions.replayed(150, start + Duration::from_millis(250));
-        assert_eq!(lag, Some(Duration::from_millis(150)));
+        positions.primary_at(200, start + ms(100));
+        let look = start + ms(200);
+        assert_eq!(positions.stale_since(200, look), Some(look));
     }
 
     #[test]
-    fn an_idle_primary_does_not_age_a_stopped_standby() {
+    fn a_standby_is_stale_since_the_oldest_position_it_has_not_replayed() {
+        let start = Instant::now();
+        let mut positions = Positions::default();
+        positions.primary_at(100, start);
+        positions.primary_at(200, start + ms(100));
+        positions.primary_at(300, start + ms(200));
+        let since = positions.stale_since(150, start + ms(250));
+        assert_eq!(since, Some(start + ms(100)));
+    }
+
+    #[test]
+    fn an_idle_primary_does_not_age_a_standby_that_has_everything() {
         let start = Instant::now();
         let mut positions = Positions::default();
         positions.primary_at(100, start);
         positions.primary_at(100, start + Duration::from_secs(5));
-        let lag = positions.replayed(100, start + Duration::from_secs(6));
-        assert_eq!(lag, Some(Duration::ZERO));
+        let look = start + Duration::from_secs(6);
+        assert_eq!(positions.stale_since(100, look), Some(look));
     }
 
     #[test]
@@ -267,22 +273,35 @@ mod tests {
         let start = Instant::now();
         let mut positions = Positions::default();
         positions.primary_at(100, start);
-        assert_eq!(positions.replayed(100, start), Some(Duration::ZERO));
+        assert_eq!(positions.stale_since(100, start), Some(start));
         positions.primary_at(200, start + Duration::from_secs(1));
         positions.primary_at(300, start + Duration::from_secs(2));
-        let lag = positions.replayed(150, start + Duration::from_secs(3));
-        assert_eq!(lag, Some(Duration::from_secs(2)));
+        let since = positions.stale_since(150, start + Duration::from_secs(3));
+        assert_eq!(since, Some(start + Duration::from_secs(1)));
     }
 
     #[test]
-    fn a_standby_never_seen_to_catch_up_has_an_unknown_lag() {
+    fn a_standby_never_seen_to_catch_up_is_of_unknown_staleness() {
         let start = Instant::now();
         let mut positions = Positions::default();
         positions.primary_at(100, start);
-        assert_eq!(positions.replayed(50, start), None);
+        assert_eq!(positions.stale_since(50, start), None);
         assert_eq!(
-            positions.replayed(50, start + Duration::from_secs(60)),
+            positions.stale_since(50, start + Duration::from_secs(60)),
             None
         );
+    }
+
+    #[test]
+    fn the_positions_kept_are_bounded_and_the_oldest_stays() {
+        let start = Instant::now();
+        let mut positions = Positions::default();
+        positions.primary_at(0, start);
+        assert_eq!(positions.stale_since(0, start), Some(start));
+        for n in 1..=(MAX_NOTED as i64 + 50) {
+            positions.primary_at(n, start + ms(n as u64));
+        }
+        assert_eq!(positions.noted.len(), MAX_NOTED);
+        assert_eq!(positions.stale_since(0, start), Some(start + ms(1)));
     }
 }

@@ -709,6 +709,9 @@ pub const PRIMARY_POSITION: &str = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn
 /// How far a standby has replayed the primary's WAL, in bytes from the start.
 pub const REPLAYED_POSITION: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint";
 
+/// Where the retained events start.
+pub const EVENTS_DELETED_THROUGH: &str = "SELECT events_deleted_through FROM crm_feed_state";
+
 /// Whether an event after `$1` exists.
 pub const EVENT_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM crm_events WHERE seq > $1)";
 

@@ -256,7 +256,8 @@ impl PgStore {
             return self.call(work).await;
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        match bounded(&replica.pool, self.timeout, work.clone(), |error| error).await {
+        // The replica gets half of the bound, so that the primary has time left.
+        match bounded(&replica.pool, self.timeout / 2, work.clone(), |error| error).await {
             Err(StoreError::Unavailable(error)) => {
                 tracing::warn!(%error, "a read on the replica failed; it is set aside");
                 replica.set_aside();

@@ -26,7 +26,8 @@ pub(super) static ENDPOINTS: &[Endpoint] = &[Endpoint {
     description: "Every stored event in commit order, a page at a time. A consumer that keeps \
         following `next_cursor` sees every event once, each after every event that \
         committed before it, however many replicas write at once. `next_cursor` is always \
-        there: the same cursor when nothing new matched. With `wait_ms` the call returns as \
+        there: the same cursor when nothing new matched (with `tenant_id`, it may move past \
+        other tenants' events). With `wait_ms` the call returns as \
         soon as an event commits, or empty when the wait ends.",
     parameters: &[
         Parameter {
