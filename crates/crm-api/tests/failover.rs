@@ -24,9 +24,6 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 const SCHEMA: &str = "crm_failover";
-/// Load before the crash, and the time the service is left without a primary.
-const BEFORE_CRASH: Duration = Duration::from_secs(3);
-const WITHOUT_PRIMARY: Duration = Duration::from_secs(2);
 /// The promise: serving again within this long of the promotion.
 const BACK_WITHIN: Duration = Duration::from_secs(10);
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -71,6 +68,15 @@ async fn answered(response: reqwest::Result<reqwest::Response>, seen: &Shared) -
         let code = body["error"].as_str().unwrap_or_default().to_owned();
         seen.refusals.push((status, code));
         None
+    }
+}
+
+/// Waits until what the clients saw satisfies `done`, polling, within `PATIENCE`.
+async fn until(seen: &Shared, what: &str, done: impl Fn(&Seen) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done(&seen.lock().unwrap()) {
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        pause().await;
     }
 }
 
@@ -289,13 +295,25 @@ async fn a_failover_to_a_synchronous_standby_loses_nothing_acknowledged_and_serv
         stopped.clone(),
     ));
 
-    tokio::time::sleep(BEFORE_CRASH).await;
+    // A real load before the crash: creates, drains and acks under way.
+    until(&seen, "the load started", |seen| {
+        seen.created.len() >= 300 && seen.acked.len() >= 50
+    })
+    .await;
     clusters.crash(&clusters.primary);
     let crashed = Instant::now();
-    tokio::time::sleep(WITHOUT_PRIMARY).await;
+    // The clients see the gap before the standby is promoted.
+    until(&seen, "the clients saw the gap", |seen| {
+        seen.refusals.len() >= 20
+    })
+    .await;
     clusters.promote_standby();
     let promoted = Instant::now();
-    tokio::time::sleep(BACK_WITHIN + Duration::from_secs(2)).await;
+    // Serving again: a good run of successes after the promotion.
+    until(&seen, "the service served again", |seen| {
+        seen.successes.iter().filter(|at| **at >= promoted).count() >= 300
+    })
+    .await;
     stop.send_replace(true);
     for task in load {
         task.await.expect("a load task");
@@ -312,7 +330,7 @@ async fn a_failover_to_a_synchronous_standby_loses_nothing_acknowledged_and_serv
         "failover gap: last success {:?} before the crash, first {back_after:?} after the \
          promotion ({:?} without a primary)",
         last_before.map(|at| crashed.duration_since(*at)),
-        WITHOUT_PRIMARY
+        promoted.duration_since(crashed)
     );
     eprintln!(
         "under load: {} creates, {} drained, {} leased, {} acked, {} events read, {} refusals",
