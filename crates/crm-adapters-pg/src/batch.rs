@@ -137,6 +137,14 @@ enum Refused {
     Row(StoreError),
 }
 
+impl crate::store::Failure for Refused {
+    fn store_error(&self) -> &StoreError {
+        match self {
+            Refused::Unreachable(error) | Refused::Row(error) => error,
+        }
+    }
+}
+
 impl Refused {
     fn into_store_error(self) -> StoreError {
         match self {

@@ -6,7 +6,8 @@
 //! the revision they were decided on. The drain claims rows with `FOR UPDATE SKIP
 //! LOCKED`, so concurrent drains in any number of processes never share a follow-up.
 //! A database that cannot be reached is `StoreError::Unavailable`, bounded by the pool's
-//! timeouts; nothing here retries on its own.
+//! timeouts; nothing here retries on its own, but for a row that finds no day partition
+//! (`partitions.rs`).
 
 mod batch;
 mod campaigns;
@@ -18,6 +19,7 @@ mod migrate;
 mod node;
 mod opt_outs;
 mod outbound;
+mod partitions;
 mod policies;
 mod primary;
 mod read;

@@ -59,6 +59,12 @@ pub async fn migrate(
     for migration in report.applied_migrations() {
         tracing::info!(migration = %migration, schema = options.schema(), "migration applied");
     }
+    // The coming days' partitions, before the first write needs them (retention passes
+    // make them too, and a write that finds none makes its own).
+    client
+        .query_one(crate::sql::PARTITIONS_AHEAD, &[])
+        .await
+        .map_err(PgError::Migrate)?;
     drop(client);
     let _ = connection.await;
     Ok(())

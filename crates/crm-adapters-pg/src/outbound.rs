@@ -33,7 +33,7 @@ use crate::campaigns::save_campaign;
 use crate::read::fetch_limit;
 use crate::rows;
 use crate::sql;
-use crate::statement::{all, changed_rows_of, one, query_rows};
+use crate::statement::{all, changed_rows_of, one, query_rows, query_value};
 use crate::store::unavailable;
 use crate::write::{EventColumns, add_stats};
 
@@ -118,7 +118,12 @@ impl OutboundQueue for PgStore {
         let ids: Vec<Uuid> = acks.iter().map(|ack| ack.queue_item_id.as_uuid()).collect();
         self.call(async |client| {
             let transaction = client.transaction().await.map_err(unavailable)?;
-            let rows = query_rows(&transaction, sql::LOCK_ITEMS, &[&ids]).await?;
+            let mut rows = query_rows(&transaction, sql::LOCK_ITEMS, &[&ids]).await?;
+            if rows.len() < ids.len() {
+                // Finished items (or unknown ids). Read after the lock, so that an item
+                // another ack finished while this one waited is found where it went.
+                rows.extend(query_rows(&transaction, sql::FINISHED_ITEMS, &[&ids]).await?);
+            }
             let entries: HashMap<QueueItemId, QueueEntry> = rows
                 .iter()
                 .map(|row| rows::queue_entry(row).map(|entry| (entry.queue_item_id, entry)))
@@ -304,7 +309,7 @@ async fn write_deliveries(
     let mut events = events.to_vec();
     if !entries.is_empty() {
         let columns = ItemColumns::new(entries)?;
-        changed_rows_of(transaction, sql::UPDATE_ITEMS, &columns.params()).await?;
+        query_value::<i64>(transaction, sql::UPDATE_ITEMS, &columns.params()).await?;
     }
     if !follow_ups.is_empty() {
         let ids: Vec<Uuid> = follow_ups.iter().map(|f| f.followup_id.as_uuid()).collect();

@@ -660,29 +660,50 @@ pub const CLAIM_ITEMS: &str = concat!(
      ORDER BY q.available_at, q.seq LIMIT $2 FOR UPDATE SKIP LOCKED"
 );
 
-/// The items of an ack batch (`$1` ids), locked in one order so that batches never
-/// deadlock.
+/// The waiting items of an ack batch (`$1` ids), locked in one order so that batches
+/// never deadlock. Finished items are not in the queue: see `FINISHED_ITEMS`.
 pub const LOCK_ITEMS: &str = concat!(
     "SELECT ",
     queue_columns!(),
     " FROM crm_outbound_queue q WHERE q.queue_item_id = ANY($1) ORDER BY q.seq FOR UPDATE"
 );
 
+/// The finished items among `$1` ids. They never change again, so nothing locks them.
+pub const FINISHED_ITEMS: &str = concat!(
+    "SELECT ",
+    queue_columns!(),
+    " FROM crm_outbound_done q WHERE q.queue_item_id = ANY($1)"
+);
+
 pub const SELECT_ITEM: &str = concat!(
     "SELECT ",
     queue_columns!(),
-    " FROM crm_outbound_queue q WHERE q.queue_item_id = $1"
+    " FROM crm_outbound_items q WHERE q.queue_item_id = $1"
 );
 
-/// New states of items, as parallel arrays.
-pub const UPDATE_ITEMS: &str = "UPDATE crm_outbound_queue q SET status = u.status, \
+/// New states of items, as parallel arrays: an item that finishes moves from the queue
+/// to the day partition of its finish (`crm_outbound_done`), one still waiting is
+/// updated in place. Returns how many items were written.
+pub const UPDATE_ITEMS: &str = "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], \
+    $3::integer[], $4::timestamptz[], $5::uuid[], $6::timestamptz[], $7::uuid[], \
+    $8::text[], $9::timestamptz[]) AS u(queue_item_id, status, attempt, available_at, \
+    lease_id, lease_expires_at, last_ack_lease, last_ack_status, finished_at)), \
+    kept AS (UPDATE crm_outbound_queue q SET status = u.status, \
     attempt = u.attempt, available_at = u.available_at, lease_id = u.lease_id, \
     lease_expires_at = u.lease_expires_at, last_ack_lease = u.last_ack_lease, \
     last_ack_status = u.last_ack_status, finished_at = u.finished_at \
-    FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::timestamptz[], $5::uuid[], \
-    $6::timestamptz[], $7::uuid[], $8::text[], $9::timestamptz[]) AS u(queue_item_id, \
-    status, attempt, available_at, lease_id, lease_expires_at, last_ack_lease, \
-    last_ack_status, finished_at) WHERE q.queue_item_id = u.queue_item_id";
+    FROM u WHERE q.queue_item_id = u.queue_item_id AND u.status <> 'done' RETURNING 1), \
+    moved AS (DELETE FROM crm_outbound_queue q USING u \
+    WHERE q.queue_item_id = u.queue_item_id AND u.status = 'done' \
+    RETURNING q.seq, q.queue_item_id, q.tenant_id, q.idempotency_key, q.item, q.created_at, \
+    q.followup_id, q.max_attempts, q.backoff_ms, q.sender, u.status, u.attempt, \
+    u.available_at, u.lease_id, u.lease_expires_at, u.last_ack_lease, u.last_ack_status, \
+    u.finished_at), \
+    done AS (INSERT INTO crm_outbound_done (seq, queue_item_id, tenant_id, idempotency_key, \
+    item, created_at, followup_id, max_attempts, backoff_ms, sender, status, attempt, \
+    available_at, lease_id, lease_expires_at, last_ack_lease, last_ack_status, finished_at) \
+    SELECT * FROM moved RETURNING 1) \
+    SELECT (SELECT count(*) FROM kept) + (SELECT count(*) FROM done)";
 
 /// Events of one correlation after position `$2`, at most `$3` of them.
 pub const EVENTS_BY_CORRELATION: &str = "SELECT seq, tenant_id, envelope FROM crm_events \
@@ -715,29 +736,22 @@ pub const EVENTS_DELETED_THROUGH: &str = "SELECT events_deleted_through FROM crm
 /// Whether an event after `$1` exists.
 pub const EVENT_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM crm_events WHERE seq > $1)";
 
-/// Retention of events: deletes the oldest run of events emitted before `$1`, looking at
-/// no more than `$2` of them, and moves the feed's start past them. Deleting only a run
-/// from the start keeps the log without holes, so a feed cursor is either retained or
-/// expired. The feed state's row lock keeps two replicas from doing it at once.
-pub const EXPIRE_EVENTS: &str = "WITH state AS (SELECT events_deleted_through AS through \
-    FROM crm_feed_state FOR UPDATE), \
-    batch AS (SELECT e.seq, e.emitted_at FROM crm_events e, state \
-    WHERE e.seq > state.through ORDER BY e.seq LIMIT $2), \
-    bound AS (SELECT coalesce((SELECT min(seq) - 1 FROM batch WHERE emitted_at >= $1), \
-    (SELECT max(seq) FROM batch)) AS seq), \
-    gone AS (DELETE FROM crm_events e USING state, bound WHERE e.seq > state.through \
-    AND e.seq <= bound.seq RETURNING 1), \
-    moved AS (UPDATE crm_feed_state f SET events_deleted_through = bound.seq FROM bound \
-    WHERE bound.seq > f.events_deleted_through RETURNING 1) \
-    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM moved)";
+/// Creates the day partitions of today and the next two days (by the database's clock)
+/// of every partitioned table, those missing (`crm_day_partition`, migration V9).
+pub const PARTITIONS_AHEAD: &str = "SELECT count(crm_day_partition(parent, \
+    now() + day * interval '1 day')) FROM unnest(ARRAY['crm_events', 'crm_outbound_done']) \
+    parent, generate_series(0, 2) day";
 
-/// Retention of outbound items finished before `$1`, at most `$2` of them.
-pub const EXPIRE_ITEMS: &str = "DELETE FROM crm_outbound_queue WHERE seq IN (SELECT seq \
-    FROM crm_outbound_queue WHERE status = 'done' AND finished_at < $1 \
-    ORDER BY finished_at LIMIT $2)";
+/// Creates the day partition of table `$1` for the time `$2`, written as the database
+/// wrote it in the error that found it missing.
+pub const PARTITION_FOR: &str = "SELECT crm_day_partition($1, $2::text::timestamptz)";
+
+/// Retention: detaches and drops the day partitions of `$1` that end by `$2`, at most `$3`
+/// of them; the rows they held. Dropping events moves the feed's start past them.
+pub const DROP_PARTITIONS: &str = "SELECT crm_drop_partitions($1, $2, $3)";
 
 pub const OUTBOUND_ITEMS: &str =
-    "SELECT item FROM crm_outbound_queue ORDER BY seq OFFSET $1 LIMIT $2";
+    "SELECT item FROM crm_outbound_items ORDER BY seq OFFSET $1 LIMIT $2";
 
 pub const ADD_OPT_OUT: &str = "INSERT INTO crm_opt_outs (tenant_id, phone_e164, reason, \
     created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";

@@ -18,10 +18,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch::{self, CreateJob};
 use crate::feed;
+use crate::partitions;
 use crate::primary::{self, Connector, Timeline};
 use crate::replica::Replica;
 use crate::sql;
-use crate::statement::{changed_rows_of, query_value};
+use crate::statement::changed_rows_of;
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -337,7 +338,11 @@ pub(crate) fn pool(options: &PgOptions, connector: Connector) -> Result<Pool, Pg
 /// Runs `work` on a connection of `pool`, everything bounded by `timeout`; a connection
 /// cut short mid-call is thrown away, never reused. `failed` turns the store's own
 /// errors (no connection, no answer in time) into `work`'s.
-pub(crate) async fn bounded<T, E>(
+///
+/// Work that failed because a row found no day partition (see `partitions.rs`) is not run
+/// again (it may have decided things that must happen once): the partition is made, and
+/// the failure says that a retry will find it.
+pub(crate) async fn bounded<T, E: Failure>(
     pool: &Pool,
     timeout: Duration,
     work: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, E>,
@@ -348,12 +353,37 @@ pub(crate) async fn bounded<T, E>(
         .await
         .map_err(|_| failed(timed_out(timeout)))?
         .map_err(|error| failed(unavailable(error)))?;
-    match tokio::time::timeout_at(deadline, work(&mut client)).await {
-        Ok(result) => result,
+    let Ok(result) = tokio::time::timeout_at(deadline, work(&mut client)).await else {
+        drop(deadpool_postgres::Object::take(client));
+        return Err(failed(timed_out(timeout)));
+    };
+    let missing = match &result {
+        Err(error) => partitions::missing(error.store_error()),
+        Ok(_) => None,
+    };
+    let Some(missing) = missing else {
+        return result;
+    };
+    match tokio::time::timeout_at(deadline, partitions::make(&client, &missing)).await {
+        Ok(Ok(())) => Err(failed(unavailable(format!(
+            "{missing}: it was made now, and the request may be retried"
+        )))),
+        Ok(Err(refused)) => Err(failed(refused)),
         Err(_) => {
             drop(deadpool_postgres::Object::take(client));
             Err(failed(timed_out(timeout)))
         }
+    }
+}
+
+/// An error of work run by `bounded`, which looks into it for a missing partition.
+pub(crate) trait Failure {
+    fn store_error(&self) -> &StoreError;
+}
+
+impl Failure for StoreError {
+    fn store_error(&self) -> &StoreError {
+        self
     }
 }
 
@@ -382,16 +412,9 @@ impl Store for PgStore {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         let cutoff = retention.records_before.as_datetime();
         let ledger_before = retention.ledger_before.as_datetime();
-        // Two short statements, each its own transaction: no lock outlives one batch.
-        let events: i64 = self
-            .call(async |client| {
-                query_value(&*client, sql::EXPIRE_EVENTS, &[&cutoff, &batch]).await
-            })
-            .await?;
-        let items = self
-            .call(async |client| {
-                changed_rows_of(&*client, sql::EXPIRE_ITEMS, &[&cutoff, &batch]).await
-            })
+        // Whole day partitions of events and finished items; the ledger row by row.
+        let dropped = self
+            .call(async |client| partitions::retain(client, cutoff).await)
             .await?;
         let ledger_entries = self
             .call(async |client| {
@@ -399,8 +422,8 @@ impl Store for PgStore {
             })
             .await?;
         Ok(Expired {
-            events: u64::try_from(events).unwrap_or(0),
-            outbound_items: items,
+            events: dropped.events,
+            outbound_items: dropped.outbound_items,
             ledger_entries,
         })
     }

@@ -1,0 +1,111 @@
+//! The day partitions of the event log and of finished outbound items (migration V9):
+//! made ahead of time, made on demand when a row finds none, dropped by retention.
+//!
+//! The rules themselves (names, bounds, which day may still be made, what dropping events
+//! does to the feed) are the SQL functions `crm_day_partition` and `crm_drop_partitions`;
+//! this file decides when to call them.
+
+use crm_ports::StoreError;
+use deadpool_postgres::GenericClient;
+use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
+
+use crate::sql;
+use crate::statement::query_value;
+use crate::store::unavailable;
+
+/// The tables kept in day partitions.
+const PARTITIONED: [&str; 2] = ["crm_events", "crm_outbound_done"];
+
+/// At most this many partitions of a table go in one retention pass: each is one quick
+/// catalog change, and the pass holds the table's lock until it commits.
+const DROPPED_PER_PASS: i32 = 31;
+
+/// How long a retention pass waits for the lock that detaching takes (queries of the
+/// table running at the time hold it off), before it gives up until the next pass:
+/// requests queued behind the waiting pass wait at most this long.
+const LOCK_WAIT: &str = "SET LOCAL lock_timeout = '1s'";
+
+/// A row that found no partition for its day: the table and the key, as the database
+/// wrote it.
+#[derive(Debug)]
+pub(crate) struct Missing {
+    table: String,
+    key: String,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} had no day partition for {}", self.table, self.key)
+    }
+}
+
+/// The partition a statement found missing, when that is why it failed.
+pub(crate) fn missing(error: &StoreError) -> Option<Missing> {
+    let StoreError::Unavailable(error) = error else {
+        return None;
+    };
+    let db = error
+        .downcast_ref::<tokio_postgres::Error>()?
+        .as_db_error()?;
+    let table = db.table().filter(|table| PARTITIONED.contains(table))?;
+    if db.code() != &SqlState::CHECK_VIOLATION {
+        return None;
+    }
+    // "Partition key of the failing row contains (emitted_at) = (2026-12-06 10:00:00+00)."
+    let key = db.detail()?.rsplit_once("= (")?.1.strip_suffix(").")?;
+    Some(Missing {
+        table: table.to_owned(),
+        key: key.to_owned(),
+    })
+}
+
+/// Makes the partition `missing` names, or refuses when its day is one retention has
+/// dropped events of (the refusal says so).
+pub(crate) async fn make(client: &impl GenericClient, missing: &Missing) -> Result<(), StoreError> {
+    tracing::info!(table = %missing.table, key = %missing.key, "making a missing day partition");
+    query_value::<String>(client, sql::PARTITION_FOR, &[&missing.table, &missing.key]).await?;
+    Ok(())
+}
+
+/// Makes the partitions of today and the next two days that are missing.
+pub(crate) async fn make_ahead(client: &impl GenericClient) -> Result<(), StoreError> {
+    query_value::<i64>(client, sql::PARTITIONS_AHEAD, &[]).await?;
+    Ok(())
+}
+
+/// What one retention pass dropped: rows of events and of finished items.
+pub(crate) struct Dropped {
+    pub events: u64,
+    pub outbound_items: u64,
+}
+
+/// Makes the coming days' partitions, then drops the days that end by `cutoff`: events
+/// and finished items, each table in a transaction of its own.
+pub(crate) async fn retain(
+    client: &mut deadpool_postgres::Object,
+    cutoff: OffsetDateTime,
+) -> Result<Dropped, StoreError> {
+    make_ahead(&*client).await?;
+    let mut dropped = [0_u64; 2];
+    for (table, count) in PARTITIONED.iter().zip(&mut dropped) {
+        let transaction = client.transaction().await.map_err(unavailable)?;
+        transaction
+            .batch_execute(LOCK_WAIT)
+            .await
+            .map_err(unavailable)?;
+        let rows: i64 = query_value(
+            &transaction,
+            sql::DROP_PARTITIONS,
+            &[table, &cutoff, &DROPPED_PER_PASS],
+        )
+        .await?;
+        transaction.commit().await.map_err(unavailable)?;
+        *count = u64::try_from(rows).unwrap_or(0);
+    }
+    let [events, outbound_items] = dropped;
+    Ok(Dropped {
+        events,
+        outbound_items,
+    })
+}
