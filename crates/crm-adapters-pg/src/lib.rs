@@ -32,5 +32,5 @@ mod store;
 pub mod testing;
 mod write;
 
-pub use migrate::{check_adoption, migrate};
+pub use migrate::{check_adoption, migrate, migrate_through};
 pub use store::{PgError, PgOptions, PgStore};

@@ -70,6 +70,27 @@ pub async fn migrate(
     Ok(())
 }
 
+/// Applies the migrations up to `version` only, as an earlier release left the schema:
+/// for tests of a later migration over data.
+pub async fn migrate_through(options: &PgOptions, version: i32) -> Result<(), PgError> {
+    let (mut client, connection) = connect(options).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+            options.schema()
+        ))
+        .await
+        .map_err(PgError::Migrate)?;
+    runner()
+        .set_target(refinery::Target::Version(version))
+        .run_async(&mut client)
+        .await
+        .map_err(|error| PgError::Refinery(error.to_string()))?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
 fn runner() -> refinery::Runner {
     let mut runner = embedded::migrations::runner();
     runner.set_migration_table_name("crm_schema_history");

@@ -64,8 +64,20 @@ pub(crate) fn missing(error: &StoreError) -> Option<Missing> {
 /// dropped events of (the refusal says so).
 pub(crate) async fn make(client: &impl GenericClient, missing: &Missing) -> Result<(), StoreError> {
     tracing::info!(table = %missing.table, key = %missing.key, "making a missing day partition");
-    query_value::<String>(client, sql::PARTITION_FOR, &[&missing.table, &missing.key]).await?;
-    Ok(())
+    match query_value::<String>(client, sql::PARTITION_FOR, &[&missing.table, &missing.key]).await {
+        Ok(_) => Ok(()),
+        // The refusal's own words, not the driver's summary of them.
+        Err(StoreError::Unavailable(error)) => Err(unavailable(
+            match error
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::as_db_error)
+            {
+                Some(db) => format!("{missing}: {}", db.message()),
+                None => format!("{missing}: {error}"),
+            },
+        )),
+        Err(other) => Err(other),
+    }
 }
 
 /// Makes the partitions of today and the next two days that are missing.

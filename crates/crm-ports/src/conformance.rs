@@ -2308,7 +2308,7 @@ pub fn accepted(leased: &LeasedItem) -> AckRequest {
 }
 
 /// Claims with `LeaseAt` at `at(millis)`.
-async fn claim_at(store: &dyn Store, millis: i64, limit: usize) -> Vec<LeasedItem> {
+pub async fn claim_at(store: &dyn Store, millis: i64, limit: usize) -> Vec<LeasedItem> {
     store
         .claim(at(millis), limit, &LeaseAt { now: at(millis) })
         .await
