@@ -345,7 +345,7 @@ async fn flow(
         let row = db
             .query_one(
                 "SELECT f.status, f.last_error_code, f.provider_message_id, q.queue_item_id, q.idempotency_key \
-                 FROM crm_followups f LEFT JOIN crm_outbound_queue q ON q.idempotency_key = 'followup:' || f.followup_id \
+                 FROM crm_followups f LEFT JOIN crm_outbound_items q ON q.idempotency_key = 'followup:' || f.followup_id \
                  WHERE f.followup_id = $1",
                 &[&id],
             )
@@ -369,17 +369,17 @@ async fn flow(
         );
         if status != "sent" {
             checks.expect(
-                &format!("crm_outbound_queue has nothing for {id}"),
+                &format!("crm_outbound_items has nothing for {id}"),
                 queued,
                 None,
             );
         }
     }
     let outbound: i64 = db
-        .query_one("SELECT count(*) FROM crm_outbound_queue", &[])
+        .query_one("SELECT count(*) FROM crm_outbound_items", &[])
         .await?
         .get(0);
-    checks.expect("crm_outbound_queue rows", outbound, 2);
+    checks.expect("crm_outbound_items rows", outbound, 2);
 
     let events = db
         .query(

@@ -142,7 +142,7 @@ async fn four_drainers_with_their_own_pools_dispatch_two_thousand_follow_ups_exa
     let row = client
         .query_one(
             &format!(
-                "SELECT count(*), count(DISTINCT idempotency_key) FROM \"{schema}\".crm_outbound_queue"
+                "SELECT count(*), count(DISTINCT idempotency_key) FROM \"{schema}\".crm_outbound_items"
             ),
             &[],
         )

@@ -250,7 +250,10 @@ async fn a_finished_item_leaves_the_queue_for_its_day_and_is_still_found() {
     let ack = accepted(&leased[0]);
     let ack_with = AckWith { now: at(203_000) };
     assert_eq!(
-        store.ack(&[ack.clone()], &ack_with).await.unwrap(),
+        store
+            .ack(std::slice::from_ref(&ack), &ack_with)
+            .await
+            .unwrap(),
         [AckStatus::Acked]
     );
 

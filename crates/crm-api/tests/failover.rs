@@ -379,7 +379,7 @@ async fn a_failover_to_a_synchronous_standby_loses_nothing_acknowledged_and_serv
     let queued_twice = standby
         .query(
             &format!(
-                "SELECT followup_id FROM {SCHEMA}.crm_outbound_queue \
+                "SELECT followup_id FROM {SCHEMA}.crm_outbound_items \
                  GROUP BY followup_id HAVING count(*) > 1"
             ),
             &[],
@@ -399,7 +399,7 @@ async fn a_failover_to_a_synchronous_standby_loses_nothing_acknowledged_and_serv
     assert!(twice.is_empty(), "items leased twice: {twice:?}");
     let done = ids_of(
         &standby,
-        &format!("SELECT queue_item_id FROM {SCHEMA}.crm_outbound_queue WHERE status = 'done'"),
+        &format!("SELECT queue_item_id FROM {SCHEMA}.crm_outbound_items WHERE status = 'done'"),
         &[],
     )
     .await;

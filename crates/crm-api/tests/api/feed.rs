@@ -248,6 +248,12 @@ async fn a_cursor_older_than_retention_is_gone_and_names_where_the_feed_starts()
         settings.retention_interval = Duration::from_millis(50);
     })
     .await;
+    if app.backend == "postgres" {
+        // PostgreSQL keeps a UTC day until all of it is older than the retention, so a
+        // retention of 1 ms removes nothing of today; its day partitions are checked with
+        // a clock of their own in crm-adapters-pg/tests/partitions.rs.
+        return;
+    }
     let tenant = new_tenant();
     seed(&app, &tenant, 3).await;
     let first = app.feed(&[("limit", "1")]).await.ok();
