@@ -328,3 +328,34 @@ pub fn plan_nodes(plan: &serde_json::Value) -> Vec<&serde_json::Value> {
     }
     found
 }
+
+/// The generic plan (`EXPLAIN (ANALYZE, FORMAT JSON)`) of the feed's questions a waiting
+/// reader asks, for a cursor at `after`: whether an event follows it, then the feed's
+/// bounds. Prepared and executed, so that the plan is the one made blind to the cursor,
+/// as for the store's cached statements. Rolled back.
+pub async fn feed_wait_plans(options: &PgOptions, after: i64) -> Vec<serde_json::Value> {
+    let client = connect(options).await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+             PREPARE event_after(bigint) AS {}; PREPARE feed_bounds AS {}",
+            crate::sql::EVENT_AFTER,
+            crate::sql::FEED_BOUNDS
+        ))
+        .await
+        .expect("the questions prepare");
+    let mut plans = Vec::new();
+    for execute in [format!("event_after({after})"), "feed_bounds".to_owned()] {
+        let row = client
+            .query_one(
+                &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {execute}"),
+                &[],
+            )
+            .await
+            .expect("the question runs");
+        let plan: serde_json::Value = row.get(0);
+        plans.push(plan[0]["Plan"].clone());
+    }
+    client.batch_execute("ROLLBACK").await.expect("a rollback");
+    plans
+}
