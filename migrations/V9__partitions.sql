@@ -59,6 +59,9 @@ BEGIN
                (to_date(right(c.relname, 8), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC'
         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         WHERE i.inhparent = to_regclass(format('%I.%I', current_schema(), parent))
+          -- Days this function made; a table attached by hand is left to whoever did.
+          AND c.relname = parent || '_p' || right(c.relname, 8)
+          AND right(c.relname, 8) ~ '^[0-9]{8}$'
         ORDER BY c.relname LIMIT most
     LOOP
         EXIT WHEN ends > cutoff;
