@@ -40,7 +40,9 @@ END $fn$;
 
 -- Detaches and drops the day partitions of `parent` that end at or before `cutoff`, oldest
 -- first, at most `most` of them; returns how many rows they held (counted up to 100,000
--- per partition, the planner's estimate above, so the time taken does not grow with them).
+-- per partition, the planner's estimate above, so the time taken does not grow with them),
+-- or 0 at once when another replica is at it. Each day is detached first: detaching waits
+-- for every writer of the table, so what is read of the day afterwards is all it holds.
 -- Dropping events moves the feed's start past the highest number dropped: the feed is
 -- read by number, so a cursor is either past every dropped event or expired.
 CREATE FUNCTION crm_drop_partitions(parent text, cutoff timestamptz, most integer)
@@ -53,7 +55,9 @@ DECLARE
     dropped bigint := 0;
     last    bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(20261206, hashtext(current_schema()));
+    IF NOT pg_try_advisory_xact_lock(20261206, hashtext(current_schema())) THEN
+        RETURN 0;
+    END IF;
     FOR child, ends IN
         SELECT c.relname,
                (to_date(right(c.relname, 8), 'YYYYMMDD') + 1)::timestamp AT TIME ZONE 'UTC'
@@ -65,6 +69,7 @@ BEGIN
         ORDER BY c.relname LIMIT most
     LOOP
         EXIT WHEN ends > cutoff;
+        EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', parent, child);
         EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %I LIMIT 100000) s', child)
             INTO counted;
         IF counted = 100000 THEN
@@ -77,7 +82,6 @@ BEGIN
                 events_deleted_through = greatest(events_deleted_through, coalesce(last, 0)),
                 events_dropped_before = greatest(events_dropped_before, ends);
         END IF;
-        EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', parent, child);
         EXECUTE format('DROP TABLE %I', child);
         dropped := dropped + counted;
     END LOOP;
@@ -132,8 +136,8 @@ WITH moved AS (
     RETURNING *
 )
 INSERT INTO crm_outbound_done SELECT * FROM moved;
--- Retention no longer looks for finished items in the queue.
-DROP INDEX crm_outbound_finished;
+-- `crm_outbound_finished` stays: it finds items a replica of the release before finishes
+-- in place during a rolling upgrade, which every retention pass moves to their day.
 
 -- Every item, waiting or finished, for reads that do not care which.
 CREATE VIEW crm_outbound_items AS

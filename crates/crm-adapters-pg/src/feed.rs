@@ -88,15 +88,13 @@ impl EventEmitter for PgStore {
                 None => query_rows(&*client, sql::FEED, &[&start, &fetch]).await?,
             };
             // Retention may have run between the bounds and the rows: a page that lost
-            // events to it is an expired cursor, not an empty page to move past.
-            if query.tenant_id.is_some() {
-                let deleted_through: i64 =
-                    query_value(&*client, sql::EVENTS_DELETED_THROUGH, &[]).await?;
-                if start < deleted_through {
-                    return Err(StoreError::CursorExpired {
-                        oldest: EventCursor(u64::try_from(deleted_through).unwrap_or(0)),
-                    });
-                }
+            // events to it is an expired cursor, not a page to move past them with.
+            let deleted_through: i64 =
+                query_value(&*client, sql::EVENTS_DELETED_THROUGH, &[]).await?;
+            if start < deleted_through {
+                return Err(StoreError::CursorExpired {
+                    oldest: EventCursor(u64::try_from(deleted_through).unwrap_or(0)),
+                });
             }
             Ok((start, visible_through, rows))
         };

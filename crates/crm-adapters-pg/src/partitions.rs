@@ -11,15 +11,19 @@ use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 
 use crate::sql;
-use crate::statement::query_value;
+use crate::statement::{changed_rows_of, query_value};
 use crate::store::unavailable;
 
-/// The tables kept in day partitions.
-const PARTITIONED: [&str; 2] = ["crm_events", "crm_outbound_done"];
+/// The event log, kept in day partitions.
+pub(crate) const EVENTS: &str = "crm_events";
+/// Finished outbound items, kept in day partitions.
+pub(crate) const FINISHED_ITEMS: &str = "crm_outbound_done";
+const PARTITIONED: [&str; 2] = [EVENTS, FINISHED_ITEMS];
 
-/// At most this many partitions of a table go in one retention pass: each is one quick
-/// catalog change, and the pass holds the table's lock until it commits.
-const DROPPED_PER_PASS: i32 = 31;
+/// At most this many partitions of a table go in one retention pass: each is a quick
+/// catalog change and a count of at most 100,000 rows, and the pass holds the table's
+/// lock until it commits. A pass that drops some is followed by another soon after.
+const DROPPED_PER_PASS: i32 = 4;
 
 /// How long a retention pass waits for the lock that detaching takes (queries of the
 /// table running at the time hold it off), before it gives up until the next pass:
@@ -86,38 +90,31 @@ pub(crate) async fn make_ahead(client: &impl GenericClient) -> Result<(), StoreE
     Ok(())
 }
 
-/// What one retention pass dropped: rows of events and of finished items.
-pub(crate) struct Dropped {
-    pub events: u64,
-    pub outbound_items: u64,
+/// Before a retention pass drops anything: the coming days' partitions, and the items a
+/// replica of the release before finished in place in the queue, moved to their day.
+pub(crate) async fn prepare(client: &impl GenericClient) -> Result<u64, StoreError> {
+    make_ahead(client).await?;
+    changed_rows_of(client, sql::MOVE_FINISHED_ITEMS, &[]).await
 }
 
-/// Makes the coming days' partitions, then drops the days that end by `cutoff`: events
-/// and finished items, each table in a transaction of its own.
-pub(crate) async fn retain(
+/// Drops the days of `table` (`EVENTS` or `FINISHED_ITEMS`) that end by `cutoff`, in a
+/// transaction of its own; the rows they held.
+pub(crate) async fn drop_days(
     client: &mut deadpool_postgres::Object,
+    table: &str,
     cutoff: OffsetDateTime,
-) -> Result<Dropped, StoreError> {
-    make_ahead(&*client).await?;
-    let mut dropped = [0_u64; 2];
-    for (table, count) in PARTITIONED.iter().zip(&mut dropped) {
-        let transaction = client.transaction().await.map_err(unavailable)?;
-        transaction
-            .batch_execute(LOCK_WAIT)
-            .await
-            .map_err(unavailable)?;
-        let rows: i64 = query_value(
-            &transaction,
-            sql::DROP_PARTITIONS,
-            &[table, &cutoff, &DROPPED_PER_PASS],
-        )
-        .await?;
-        transaction.commit().await.map_err(unavailable)?;
-        *count = u64::try_from(rows).unwrap_or(0);
-    }
-    let [events, outbound_items] = dropped;
-    Ok(Dropped {
-        events,
-        outbound_items,
-    })
+) -> Result<u64, StoreError> {
+    let transaction = client.transaction().await.map_err(unavailable)?;
+    transaction
+        .batch_execute(LOCK_WAIT)
+        .await
+        .map_err(unavailable)?;
+    let rows: i64 = query_value(
+        &transaction,
+        sql::DROP_PARTITIONS,
+        &[&table, &cutoff, &DROPPED_PER_PASS],
+    )
+    .await?;
+    transaction.commit().await.map_err(unavailable)?;
+    Ok(u64::try_from(rows).unwrap_or(0))
 }

@@ -643,7 +643,9 @@ pub const INSERT_EVENTS: &str = concat!(
 
 /// New outbound items as parallel arrays (queue item id, tenant, idempotency key, item,
 /// created_at, follow-up id, max attempts, backoff, sender): ready from their creation.
-/// The unique idempotency key refuses a second item for a follow-up.
+/// The unique idempotency key refuses a second waiting item for a follow-up; that a
+/// follow-up is enqueued once at all is the drain's doing (it enqueues only pending
+/// follow-ups it locked, and marks them sent in the same commit).
 pub const ENQUEUE_OUTBOUND: &str = "INSERT INTO crm_outbound_queue (queue_item_id, tenant_id, \
     idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms, sender, \
     available_at) SELECT u.*, u.created_at FROM unnest($1::uuid[], $2::text[], $3::text[], \
@@ -747,6 +749,17 @@ pub const PARTITIONS_AHEAD: &str = "SELECT count(crm_day_partition(parent, \
 /// Creates the day partition of table `$1` for the time `$2`, written as the database
 /// wrote it in the error that found it missing.
 pub const PARTITION_FOR: &str = "SELECT crm_day_partition($1, $2::text::timestamptz)";
+
+/// Items finished in place in the queue, by a replica of the release before partitions
+/// during a rolling upgrade: moved to their day (served by `crm_outbound_finished`).
+pub const MOVE_FINISHED_ITEMS: &str = "WITH moved AS (DELETE FROM crm_outbound_queue \
+    WHERE status = 'done' AND finished_at IS NOT NULL RETURNING seq, queue_item_id, \
+    tenant_id, idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms, \
+    sender, status, attempt, available_at, lease_id, lease_expires_at, last_ack_lease, \
+    last_ack_status, finished_at) INSERT INTO crm_outbound_done (seq, queue_item_id, \
+    tenant_id, idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms, \
+    sender, status, attempt, available_at, lease_id, lease_expires_at, last_ack_lease, \
+    last_ack_status, finished_at) SELECT * FROM moved";
 
 /// Retention: detaches and drops the day partitions of `$1` that end by `$2`, at most `$3`
 /// of them; the rows they held. Dropping events moves the feed's start past them.

@@ -412,18 +412,49 @@ impl Store for PgStore {
         let batch = i64::try_from(batch).unwrap_or(i64::MAX);
         let cutoff = retention.records_before.as_datetime();
         let ledger_before = retention.ledger_before.as_datetime();
-        // Whole day partitions of events and finished items; the ledger row by row.
-        let dropped = self
-            .call(async |client| partitions::retain(client, cutoff).await)
-            .await?;
-        let ledger_entries = self
-            .call(async |client| {
+        // Whole day partitions of events and finished items, the ledger row by row: each
+        // step on its own, so that one held off (a long query on its table) stops no other.
+        let mut failures = Vec::new();
+        let mut step = |what: &'static str, result: Result<u64, StoreError>| match result {
+            Ok(count) => count,
+            Err(error) => {
+                tracing::warn!(%error, what, "a retention step failed; the next pass tries again");
+                failures.push(error);
+                0
+            }
+        };
+        step(
+            "partitions ahead",
+            self.call(async |client| partitions::prepare(&*client).await)
+                .await,
+        );
+        let events = step(
+            "events",
+            self.call(async |client| {
+                partitions::drop_days(client, partitions::EVENTS, cutoff).await
+            })
+            .await,
+        );
+        let outbound_items = step(
+            "finished outbound items",
+            self.call(async |client| {
+                partitions::drop_days(client, partitions::FINISHED_ITEMS, cutoff).await
+            })
+            .await,
+        );
+        let ledger_entries = step(
+            "ledger",
+            self.call(async |client| {
                 changed_rows_of(&*client, sql::EXPIRE_LEDGER, &[&ledger_before, &batch]).await
             })
-            .await?;
+            .await,
+        );
+        if failures.len() == 4 {
+            return Err(failures.remove(0));
+        }
         Ok(Expired {
-            events: dropped.events,
-            outbound_items: dropped.outbound_items,
+            events,
+            outbound_items,
             ledger_entries,
         })
     }

@@ -63,17 +63,58 @@ async fn days_of(options: &PgOptions, table: &str) -> Vec<String> {
         .collect()
 }
 
+/// Retention passes at `before` until one finds nothing more (a pass drops a few days at
+/// most); what they removed, together.
 async fn expire_before(store: &PgStore, before: Timestamp) -> crm_ports::Expired {
-    store
-        .expire(
-            Retention {
-                records_before: before,
-                ledger_before: at(0),
-            },
-            1_000,
+    let mut total = crm_ports::Expired::default();
+    // The test schemas hold ten days of 2025 and three of today: four passes drop them all.
+    for _ in 0..4 {
+        let expired = store
+            .expire(
+                Retention {
+                    records_before: before,
+                    ledger_before: at(0),
+                },
+                1_000,
+            )
+            .await
+            .expect("retention runs");
+        total.events += expired.events;
+        total.outbound_items += expired.outbound_items;
+        total.ledger_entries += expired.ledger_entries;
+    }
+    total
+}
+
+/// Where the feed starts, as a read after `cursor` is told; a read that is not told its
+/// cursor expired fails the test.
+async fn expired_from(store: &PgStore, cursor: EventCursor) -> EventCursor {
+    match store
+        .read_feed(&FeedQuery {
+            after: Some(cursor),
+            limit: 10,
+            tenant_id: None,
+            name_prefix: None,
+        })
+        .await
+    {
+        Err(StoreError::CursorExpired { oldest }) => oldest,
+        other => panic!("a cursor before a dropped event must be expired: {other:?}"),
+    }
+}
+
+/// Finishes the oldest `count` items at `at` as the release before partitions did: in
+/// place, in the queue.
+async fn finish_in_place(client: &tokio_postgres::Client, at: Timestamp, count: i64) {
+    client
+        .execute(
+            "UPDATE crm_outbound_queue SET status = 'done', available_at = NULL, \
+             finished_at = $1 \
+             WHERE seq IN (SELECT seq FROM crm_outbound_queue ORDER BY seq LIMIT $2)",
+            &[&at.as_datetime(), &count],
         )
         .await
-        .expect("retention runs")
+        .expect("items finished in place");
 }
 
 fn names(events: &[EventEnvelope]) -> Vec<String> {
@@ -117,18 +158,8 @@ async fn retention_drops_whole_days_and_the_feed_resumes_across_the_boundary() {
     assert_eq!(names(&feed_from(&store, None).await), names(&rest));
     // One that stopped inside day 0 is told where the retained feed starts.
     let (inside_day_0, _) = before[0];
-    match store
-        .read_feed(&FeedQuery {
-            after: Some(inside_day_0),
-            limit: 10,
-            tenant_id: None,
-            name_prefix: None,
-        })
-        .await
-    {
-        Err(StoreError::CursorExpired { oldest }) => assert_eq!(oldest, last_of_day_1),
-        other => panic!("a cursor in a dropped day must be expired: {other:?}"),
-    }
+    let oldest = expired_from(&store, inside_day_0).await;
+    assert_eq!(oldest, last_of_day_1);
     // What is left is the live rows of the days kept.
     let left: i64 = connect(&options)
         .await
@@ -158,18 +189,8 @@ async fn an_event_committed_after_a_later_day_s_event_expires_with_its_own_day_n
     // The day of the second event went, so the feed starts after it; the first event is
     // past the start, and a consumer before it is told so, not skipped past it.
     assert!(feed_from(&store, None).await.is_empty());
-    match store
-        .read_feed(&FeedQuery {
-            after: Some(EventCursor(0)),
-            limit: 10,
-            tenant_id: None,
-            name_prefix: None,
-        })
-        .await
-    {
-        Err(StoreError::CursorExpired { oldest }) => assert_eq!(oldest, before[1].0),
-        other => panic!("{other:?}"),
-    }
+    let oldest = expired_from(&store, EventCursor(0)).await;
+    assert_eq!(oldest, before[1].0);
     drop_schema(&url, options.schema()).await;
 }
 
@@ -304,16 +325,7 @@ async fn an_unpartitioned_database_is_migrated_with_its_data_and_numbers() {
         .await
         .unwrap();
     let client = connect(&options).await;
-    // Two items finished as the earlier release finished them: in place, in the queue.
-    client
-        .execute(
-            "UPDATE crm_outbound_queue SET status = 'done', available_at = NULL, \
-             finished_at = timestamptz '2025-01-02 10:00Z' \
-             WHERE seq IN (SELECT seq FROM crm_outbound_queue ORDER BY seq LIMIT 2)",
-            &[],
-        )
-        .await
-        .unwrap();
+    finish_in_place(&client, on_day(1, 36_000_000), 2).await;
     let events_before = feed_with_cursors(&store).await;
     let items_before = store.outbound_items(0, 10).await;
     assert!(
@@ -363,5 +375,86 @@ async fn an_unpartitioned_database_is_migrated_with_its_data_and_numbers() {
             .any(|event| event.payload["campaign_id"] == campaign.campaign_id.to_string()),
         "{newest:?}"
     );
+    drop_schema(&url, options.schema()).await;
+}
+
+#[tokio::test]
+async fn a_day_dropped_while_a_writer_commits_into_it_expires_that_writer_s_event_too() {
+    let Some(url) = database_url("a_day_dropped_while_a_writer") else {
+        return;
+    };
+    let (store, options) = fresh_store(&url, "partition_race").await;
+    let tenant_id = tenant("tenant_a");
+    create_campaign(&store, &tenant_id, on_day(0, 1_000)).await;
+    create_campaign(&store, &tenant_id, on_day(3, 0)).await;
+    let before = feed_with_cursors(&store).await;
+    // A writer (a replica whose clock is days behind) has an event of day 0 in flight.
+    let writer = connect(&options).await;
+    writer
+        .batch_execute(
+            "BEGIN; INSERT INTO crm_events (event_id, tenant_id, name, correlation_id, \
+             emitted_at, envelope) VALUES (gen_random_uuid(), 'tenant_a', 'crm.late', \
+             gen_random_uuid(), timestamptz '2025-01-01 12:00Z', '{}'::jsonb)",
+        )
+        .await
+        .unwrap();
+    let retention = {
+        let store = store.clone();
+        tokio::spawn(async move { expire_before(&store, on_day(2, 0)).await })
+    };
+    // Retention waits for the writer's lock; the writer commits while it waits.
+    let watcher = connect(&options).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND query LIKE '%crm_drop_partitions%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    writer.batch_execute("COMMIT").await.unwrap();
+    let expired = retention.await.unwrap();
+    assert_eq!(
+        expired.events, 2,
+        "the day went with the writer's event: {expired:?}"
+    );
+
+    // The feed's start is past the writer's event: a consumer that stopped at the first
+    // event is told it expired, and is not moved past the late one without a word.
+    let oldest = expired_from(&store, before[0].0).await;
+    assert!(oldest > before[0].0);
+    drop_schema(&url, options.schema()).await;
+}
+
+#[tokio::test]
+async fn an_item_an_older_replica_finished_in_the_queue_is_moved_to_its_day() {
+    let Some(url) = database_url("an_item_an_older_replica") else {
+        return;
+    };
+    let (store, options) = fresh_store(&url, "partition_straggler").await;
+    let tenant_id = tenant("tenant_a");
+    schedule(&store, &tenant_id, None, at(0)).await;
+    store
+        .drain(at(1_000), 10, &SendAll::default())
+        .await
+        .unwrap();
+    let client = connect(&options).await;
+    finish_in_place(&client, on_day(0, 36_000_000), 10).await;
+    expire_before(&store, on_day(0, 0)).await;
+    let count = async |sql: &str| client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0);
+    assert_eq!(count("SELECT count(*) FROM crm_outbound_queue").await, 0);
+    assert_eq!(count("SELECT count(*) FROM crm_outbound_done").await, 1);
     drop_schema(&url, options.schema()).await;
 }
