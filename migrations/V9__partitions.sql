@@ -1,7 +1,7 @@
 -- Retention by partitions: the event log and the finished outbound items live in one
 -- partition per UTC day, and retention detaches and drops whole days instead of deleting
 -- rows (no dead rows left for VACUUM). The service creates each day's partition ahead of
--- time (`crm_day_partition`, called at start-up and by every retention pass) and on demand
+-- time (`crm_day_partition`, called after migrating and by every retention pass) and on demand
 -- when a row arrives for a day that has none.
 --
 -- This migration rewrites both tables once, under the migration lock and in one
@@ -144,8 +144,3 @@ CREATE VIEW crm_outbound_items AS
     SELECT * FROM crm_outbound_queue
     UNION ALL
     SELECT * FROM crm_outbound_done;
-
--- Today and the next two days exist before the first write needs them.
-SELECT crm_day_partition(parent, now() + day * interval '1 day')
-FROM unnest(ARRAY['crm_events', 'crm_outbound_done']) parent,
-     generate_series(0, 2) day;

@@ -61,10 +61,9 @@ pub async fn migrate(
     }
     // The coming days' partitions, before the first write needs them (retention passes
     // make them too, and a write that finds none makes its own).
-    client
-        .query_one(crate::sql::PARTITIONS_AHEAD, &[])
+    crate::partitions::make_ahead(&client)
         .await
-        .map_err(PgError::Migrate)?;
+        .map_err(|error| PgError::Refinery(error.to_string()))?;
     drop(client);
     let _ = connection.await;
     Ok(())

@@ -18,7 +18,10 @@ use crate::store::unavailable;
 pub(crate) const EVENTS: &str = "crm_events";
 /// Finished outbound items, kept in day partitions.
 pub(crate) const FINISHED_ITEMS: &str = "crm_outbound_done";
-const PARTITIONED: [&str; 2] = [EVENTS, FINISHED_ITEMS];
+pub(crate) const PARTITIONED: [&str; 2] = [EVENTS, FINISHED_ITEMS];
+
+/// How many days, from today, have their partitions made before a write needs them.
+const DAYS_AHEAD: i32 = 3;
 
 /// At most this many partitions of a table go in one retention pass: each is a quick
 /// catalog change and a count of at most 100,000 rows, and the pass holds the table's
@@ -84,15 +87,30 @@ pub(crate) async fn make(client: &impl GenericClient, missing: &Missing) -> Resu
     }
 }
 
-/// Makes the partitions of today and the next two days that are missing.
-pub(crate) async fn make_ahead(client: &impl GenericClient) -> Result<(), StoreError> {
-    query_value::<i64>(client, sql::PARTITIONS_AHEAD, &[]).await?;
+/// Makes the missing partitions of today and the next days (`DAYS_AHEAD`), by the
+/// database's clock: at start-up and on every retention pass, so rarely enough that the
+/// statement is not kept prepared.
+pub(crate) async fn make_ahead(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    make_days(client, None, DAYS_AHEAD).await
+}
+
+/// Makes the missing partitions of `days` days from the day of `from` (the database's
+/// clock when `None`), of every partitioned table.
+pub(crate) async fn make_days(
+    client: &tokio_postgres::Client,
+    from: Option<OffsetDateTime>,
+    days: i32,
+) -> Result<(), StoreError> {
+    client
+        .query_one(sql::MAKE_DAYS, &[&&PARTITIONED[..], &from, &days])
+        .await
+        .map_err(unavailable)?;
     Ok(())
 }
 
 /// Before a retention pass drops anything: the coming days' partitions, and the items a
 /// replica of the release before finished in place in the queue, moved to their day.
-pub(crate) async fn prepare(client: &impl GenericClient) -> Result<u64, StoreError> {
+pub(crate) async fn prepare(client: &deadpool_postgres::Object) -> Result<u64, StoreError> {
     make_ahead(client).await?;
     changed_rows_of(client, sql::MOVE_FINISHED_ITEMS, &[]).await
 }

@@ -45,6 +45,16 @@ macro_rules! queue_columns {
     };
 }
 
+/// Every column of an outbound item, in the order a finished item's move into
+/// `crm_outbound_done` lists them: those the queue keeps, then those its finish decides.
+macro_rules! moved_item_columns {
+    () => {
+        "seq, queue_item_id, tenant_id, idempotency_key, item, created_at, followup_id, \
+         max_attempts, backoff_ms, sender, status, attempt, available_at, lease_id, \
+         lease_expires_at, last_ack_lease, last_ack_status, finished_at"
+    };
+}
+
 /// Takes the schema's event lock and notifies waiting readers, once, when `$from` has a
 /// row; events appended after it are numbered in commit order.
 macro_rules! ordered {
@@ -686,26 +696,27 @@ pub const SELECT_ITEM: &str = concat!(
 /// New states of items, as parallel arrays: an item that finishes moves from the queue
 /// to the day partition of its finish (`crm_outbound_done`), one still waiting is
 /// updated in place. Returns how many items were written.
-pub const UPDATE_ITEMS: &str = "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], \
-    $3::integer[], $4::timestamptz[], $5::uuid[], $6::timestamptz[], $7::uuid[], \
-    $8::text[], $9::timestamptz[]) AS u(queue_item_id, status, attempt, available_at, \
-    lease_id, lease_expires_at, last_ack_lease, last_ack_status, finished_at)), \
-    kept AS (UPDATE crm_outbound_queue q SET status = u.status, \
-    attempt = u.attempt, available_at = u.available_at, lease_id = u.lease_id, \
-    lease_expires_at = u.lease_expires_at, last_ack_lease = u.last_ack_lease, \
-    last_ack_status = u.last_ack_status, finished_at = u.finished_at \
-    FROM u WHERE q.queue_item_id = u.queue_item_id AND u.status <> 'done' RETURNING 1), \
-    moved AS (DELETE FROM crm_outbound_queue q USING u \
-    WHERE q.queue_item_id = u.queue_item_id AND u.status = 'done' \
-    RETURNING q.seq, q.queue_item_id, q.tenant_id, q.idempotency_key, q.item, q.created_at, \
-    q.followup_id, q.max_attempts, q.backoff_ms, q.sender, u.status, u.attempt, \
-    u.available_at, u.lease_id, u.lease_expires_at, u.last_ack_lease, u.last_ack_status, \
-    u.finished_at), \
-    done AS (INSERT INTO crm_outbound_done (seq, queue_item_id, tenant_id, idempotency_key, \
-    item, created_at, followup_id, max_attempts, backoff_ms, sender, status, attempt, \
-    available_at, lease_id, lease_expires_at, last_ack_lease, last_ack_status, finished_at) \
-    SELECT * FROM moved RETURNING 1) \
-    SELECT (SELECT count(*) FROM kept) + (SELECT count(*) FROM done)";
+pub const UPDATE_ITEMS: &str = concat!(
+    "WITH u AS (SELECT * FROM unnest($1::uuid[], $2::text[], \
+     $3::integer[], $4::timestamptz[], $5::uuid[], $6::timestamptz[], $7::uuid[], \
+     $8::text[], $9::timestamptz[]) AS u(queue_item_id, status, attempt, available_at, \
+     lease_id, lease_expires_at, last_ack_lease, last_ack_status, finished_at)), \
+     kept AS (UPDATE crm_outbound_queue q SET status = u.status, \
+     attempt = u.attempt, available_at = u.available_at, lease_id = u.lease_id, \
+     lease_expires_at = u.lease_expires_at, last_ack_lease = u.last_ack_lease, \
+     last_ack_status = u.last_ack_status, finished_at = u.finished_at \
+     FROM u WHERE q.queue_item_id = u.queue_item_id AND u.status <> 'done' RETURNING 1), \
+     moved AS (DELETE FROM crm_outbound_queue q USING u \
+     WHERE q.queue_item_id = u.queue_item_id AND u.status = 'done' \
+     RETURNING q.seq, q.queue_item_id, q.tenant_id, q.idempotency_key, q.item, q.created_at, \
+     q.followup_id, q.max_attempts, q.backoff_ms, q.sender, u.status, u.attempt, \
+     u.available_at, u.lease_id, u.lease_expires_at, u.last_ack_lease, u.last_ack_status, \
+     u.finished_at), \
+     done AS (INSERT INTO crm_outbound_done (",
+    moved_item_columns!(),
+    ") SELECT * FROM moved RETURNING 1) \
+     SELECT (SELECT count(*) FROM kept) + (SELECT count(*) FROM done)"
+);
 
 /// Events of one correlation after position `$2`, at most `$3` of them.
 pub const EVENTS_BY_CORRELATION: &str = "SELECT seq, tenant_id, envelope FROM crm_events \
@@ -740,11 +751,11 @@ pub const EVENTS_DELETED_THROUGH: &str = "SELECT events_deleted_through FROM crm
 /// parallel on the partitioned table, and a waiting reader asks this on every wake.)
 pub const EVENT_AFTER: &str = "SELECT coalesce((SELECT max(seq) FROM crm_events) > $1, false)";
 
-/// Creates the day partitions of today and the next two days (by the database's clock)
-/// of every partitioned table, those missing (`crm_day_partition`, migration V9).
-pub const PARTITIONS_AHEAD: &str = "SELECT count(crm_day_partition(parent, \
-    now() + day * interval '1 day')) FROM unnest(ARRAY['crm_events', 'crm_outbound_done']) \
-    parent, generate_series(0, 2) day";
+/// Creates the missing day partitions of the tables `$1`, for `$3` days from the day of
+/// `$2` (the database's clock when null): `crm_day_partition`, migration V9.
+pub const MAKE_DAYS: &str = "SELECT count(crm_day_partition(parent, \
+    coalesce($2, now()) + day * interval '1 day')) FROM unnest($1::text[]) parent, \
+    generate_series(0, $3 - 1) day";
 
 /// Creates the day partition of table `$1` for the time `$2`, written as the database
 /// wrote it in the error that found it missing.
@@ -752,14 +763,14 @@ pub const PARTITION_FOR: &str = "SELECT crm_day_partition($1, $2::text::timestam
 
 /// Items finished in place in the queue, by a replica of the release before partitions
 /// during a rolling upgrade: moved to their day (served by `crm_outbound_finished`).
-pub const MOVE_FINISHED_ITEMS: &str = "WITH moved AS (DELETE FROM crm_outbound_queue \
-    WHERE status = 'done' AND finished_at IS NOT NULL RETURNING seq, queue_item_id, \
-    tenant_id, idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms, \
-    sender, status, attempt, available_at, lease_id, lease_expires_at, last_ack_lease, \
-    last_ack_status, finished_at) INSERT INTO crm_outbound_done (seq, queue_item_id, \
-    tenant_id, idempotency_key, item, created_at, followup_id, max_attempts, backoff_ms, \
-    sender, status, attempt, available_at, lease_id, lease_expires_at, last_ack_lease, \
-    last_ack_status, finished_at) SELECT * FROM moved";
+pub const MOVE_FINISHED_ITEMS: &str = concat!(
+    "WITH moved AS (DELETE FROM crm_outbound_queue \
+     WHERE status = 'done' AND finished_at IS NOT NULL RETURNING ",
+    moved_item_columns!(),
+    ") INSERT INTO crm_outbound_done (",
+    moved_item_columns!(),
+    ") SELECT * FROM moved"
+);
 
 /// Retention: detaches and drops the day partitions of `$1` that end by `$2`, at most `$3`
 /// of them; the rows they held. Dropping events moves the feed's start past them.

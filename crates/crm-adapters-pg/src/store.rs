@@ -414,44 +414,39 @@ impl Store for PgStore {
         let ledger_before = retention.ledger_before.as_datetime();
         // Whole day partitions of events and finished items, the ledger row by row: each
         // step on its own, so that one held off (a long query on its table) stops no other.
-        let mut failures = Vec::new();
-        let mut step = |what: &'static str, result: Result<u64, StoreError>| match result {
-            Ok(count) => count,
-            Err(error) => {
-                tracing::warn!(%error, what, "a retention step failed; the next pass tries again");
-                failures.push(error);
-                0
-            }
-        };
-        step(
-            "partitions ahead",
-            self.call(async |client| partitions::prepare(&*client).await)
-                .await,
-        );
-        let events = step(
-            "events",
-            self.call(async |client| {
-                partitions::drop_days(client, partitions::EVENTS, cutoff).await
-            })
-            .await,
-        );
-        let outbound_items = step(
-            "finished outbound items",
-            self.call(async |client| {
+        let prepared = self
+            .call(async |client| partitions::prepare(client).await)
+            .await;
+        let events = self
+            .call(async |client| partitions::drop_days(client, partitions::EVENTS, cutoff).await)
+            .await;
+        let outbound_items = self
+            .call(async |client| {
                 partitions::drop_days(client, partitions::FINISHED_ITEMS, cutoff).await
             })
-            .await,
-        );
-        let ledger_entries = step(
-            "ledger",
-            self.call(async |client| {
+            .await;
+        let ledger_entries = self
+            .call(async |client| {
                 changed_rows_of(&*client, sql::EXPIRE_LEDGER, &[&ledger_before, &batch]).await
             })
-            .await,
-        );
-        if failures.len() == 4 {
-            return Err(failures.remove(0));
+            .await;
+        let steps = [
+            ("partitions ahead", prepared),
+            ("events", events),
+            ("finished outbound items", outbound_items),
+            ("ledger", ledger_entries),
+        ];
+        // Every step failed: the database is out of reach, say so.
+        if let [(_, Err(_)), (_, Err(_)), (_, Err(_)), (_, Err(_))] = &steps {
+            let [(_, first), ..] = steps;
+            return Err(first.expect_err("the first step failed"));
         }
+        let [_, events, outbound_items, ledger_entries] = steps.map(|(what, result)| {
+            result.unwrap_or_else(|error| {
+                tracing::warn!(%error, what, "a retention step failed; the next pass tries again");
+                0
+            })
+        });
         Ok(Expired {
             events,
             outbound_items,

@@ -34,15 +34,13 @@ pub async fn fresh_store(url: &str, prefix: &str) -> (PgStore, PgOptions) {
     // The conformance suite's clock starts on 2025-01-01 and runs a few days; the service
     // makes partitions for the real days ahead, and a write for a day without one is
     // refused once (making it).
-    connect(&options)
-        .await
-        .execute(
-            "SELECT crm_day_partition(parent, timestamptz '2025-01-01 00:00Z' + day * interval '1 day') \
-             FROM unnest(ARRAY['crm_events', 'crm_outbound_done']) parent, generate_series(0, 9) day",
-            &[],
-        )
-        .await
-        .expect("the test days' partitions are made");
+    crate::partitions::make_days(
+        &connect(&options).await,
+        Some(time::macros::datetime!(2025-01-01 00:00 UTC)),
+        10,
+    )
+    .await
+    .expect("the test days' partitions are made");
     (PgStore::new(&options).expect("pool builds"), options)
 }
 

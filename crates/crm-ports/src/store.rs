@@ -373,9 +373,9 @@ pub trait Store:
     /// before it, and ledger entries sent before `retention.ledger_before`, at most about
     /// `batch` of each per call (no long locks), or whole days of them at once where they
     /// are kept in day partitions (PostgreSQL, which keeps a day until all of it is older);
-    /// returns how many went. Campaigns,
-    /// follow-ups and opt-outs are business records and are kept. A store may do this work
-    /// elsewhere (the file store does it when it compacts) and report 0.
+    /// returns how many went. Campaigns, follow-ups and opt-outs are business records and
+    /// are kept. A store may do this work elsewhere (the file store does it when it
+    /// compacts) and report 0.
     ///
     /// # Errors
     /// `Unavailable`.
