@@ -21,8 +21,18 @@ impl Drop for Server {
     }
 }
 
-/// Builds the binary (`release` or debug) and returns its path.
+/// Builds the binary (`release` or debug) and returns its path; `CRM_BENCH_BINARY` names
+/// one built elsewhere instead (another commit's release, to compare the two in one run).
 pub fn build(release: bool) -> anyhow::Result<PathBuf> {
+    if let Some(binary) = std::env::var_os("CRM_BENCH_BINARY") {
+        let binary = PathBuf::from(binary);
+        anyhow::ensure!(
+            binary.is_file(),
+            "CRM_BENCH_BINARY names no file: {}",
+            binary.display()
+        );
+        return Ok(binary);
+    }
     let mut args = vec!["build", "--quiet", "--package", "crm-api"];
     if release {
         args.push("--release");

@@ -52,23 +52,38 @@ pub(crate) struct Snapshot {
     pub legacy_generation: u64,
 }
 
-/// Counts and checksums what passes through it.
-struct Hashing<W> {
-    inner: W,
+/// How much of a snapshot may wait in the page cache before it is synced.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
+
+/// The file under a snapshot's buffer: counts and checksums what reaches it, and syncs
+/// it after every [`SYNC_EVERY_BYTES`].
+///
+/// It sits below the buffer, so the checksum runs over whole buffers rather than the
+/// serializer's small pieces. The periodic sync is for the journal: a snapshot is as
+/// large as the store, and left to the end its dirty pages are written back all at once
+/// while the journal syncs the records that requests wait for on the same file system.
+struct Sink {
+    file: File,
     hasher: crc32fast::Hasher,
     bytes: u64,
+    unsynced: u64,
 }
 
-impl<W: Write> Write for Hashing<W> {
+impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(buf)?;
+        let written = self.file.write(buf)?;
         self.hasher.update(&buf[..written]);
         self.bytes += written as u64;
+        self.unsynced += written as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.file.flush()
     }
 }
 
@@ -76,22 +91,22 @@ impl<W: Write> Write for Hashing<W> {
 fn write_next(
     dir: &Path,
     name: &str,
-    fill: impl FnOnce(&mut Hashing<BufWriter<File>>) -> io::Result<()>,
+    fill: impl FnOnce(&mut BufWriter<Sink>) -> io::Result<()>,
 ) -> io::Result<Digest> {
-    let file = File::create(next_path(dir, name))?;
-    let mut writer = Hashing {
-        inner: BufWriter::with_capacity(1 << 20, file),
+    let sink = Sink {
+        file: File::create(next_path(dir, name))?,
         hasher: crc32fast::Hasher::new(),
         bytes: 0,
+        unsynced: 0,
     };
+    let mut writer = BufWriter::with_capacity(1 << 20, sink);
     fill(&mut writer)?;
-    let digest = Digest {
-        bytes: writer.bytes,
-        crc32: format!("{:08x}", writer.hasher.clone().finalize()),
-    };
-    let file = writer.inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    Ok(digest)
+    let sink = writer.into_inner().map_err(|e| e.into_error())?;
+    sink.file.sync_all()?;
+    Ok(Digest {
+        bytes: sink.bytes,
+        crc32: format!("{:08x}", sink.hasher.finalize()),
+    })
 }
 
 /// `{"items": [...]}` of records made by `record` from each value.

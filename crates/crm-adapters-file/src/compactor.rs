@@ -18,7 +18,7 @@ use crate::store::{FileStore, Inner};
 /// Handle to the compactor thread.
 #[derive(Debug)]
 pub(crate) struct Compactor {
-    requests: Mutex<Option<Sender<()>>>,
+    requests: Mutex<Option<Sender<Ask>>>,
     /// How many rounds have started and finished, for waiters.
     rounds: watch::Receiver<Rounds>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -42,15 +42,21 @@ impl Compactor {
         }
     }
 
-    /// Asks for a compaction; returns at once.
+    /// Asks for a compaction if one is still due when the round would start; returns at
+    /// once. Writers that see the journal past its size before the round marks itself
+    /// under way each ask, and those late asks must not fold the store again.
     pub fn request(&self) {
+        self.send(Ask::IfDue);
+    }
+
+    fn send(&self, ask: Ask) {
         if let Some(requests) = self
             .requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
         {
-            let _ = requests.send(());
+            let _ = requests.send(ask);
         }
     }
 
@@ -60,7 +66,7 @@ impl Compactor {
         let mut rounds = self.rounds.clone();
         // A round running now may have taken its snapshot before this call.
         let started = rounds.borrow_and_update().started;
-        self.request();
+        self.send(Ask::Now);
         async move {
             let _ = rounds.wait_for(|rounds| rounds.finished > started).await;
         }
@@ -84,13 +90,22 @@ impl Drop for Compactor {
     }
 }
 
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// A round if the journal is still past its size (a writer's request).
+    IfDue,
+    /// A round whatever the journal holds (retention, the final compaction).
+    Now,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Rounds {
     started: u64,
     finished: u64,
 }
 
-fn run(store: Weak<Inner>, requests: Receiver<()>, rounds: watch::Sender<Rounds>) {
+fn run(store: Weak<Inner>, requests: Receiver<Ask>, rounds: watch::Sender<Rounds>) {
     let runtime = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -98,11 +113,19 @@ fn run(store: Weak<Inner>, requests: Receiver<()>, rounds: watch::Sender<Rounds>
             return;
         }
     };
-    while requests.recv().is_ok() {
+    while let Ok(first) = requests.recv() {
         // Requests that piled up while a round ran are served by the next round.
-        while requests.try_recv().is_ok() {}
+        let mut ask = first;
+        while let Ok(next) = requests.try_recv() {
+            if next == Ask::Now {
+                ask = Ask::Now;
+            }
+        }
         let Some(inner) = store.upgrade() else { break };
         let store = FileStore { inner };
+        if ask == Ask::IfDue && !store.compaction_due(&store.lock()) {
+            continue;
+        }
         rounds.send_modify(|rounds| rounds.started += 1);
         if let Err(error) = runtime.block_on(compact(&store)) {
             tracing::error!(%error, "file store compaction failed; the journal keeps everything");
@@ -191,10 +214,13 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
         generation: folded_generation,
         legacy_generation,
     };
+    let writing = std::time::Instant::now();
     let (manifest, retained) = compaction::commit(&dir, &snapshot, expire_before)?;
     tracing::info!(
         generation = folded_generation,
         records = boundary,
+        snapshot_bytes = manifest.snapshot_bytes(),
+        written_ms = writing.elapsed().as_millis() as u64,
         events_expired = retained.events_removed,
         outbound_items_expired = retained.items_removed,
         "file store compacted"
@@ -218,4 +244,43 @@ async fn compact(store: &FileStore) -> std::io::Result<()> {
     }
     drop(running);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crm_ports::conformance::{at, create_campaign, tenant};
+
+    use crate::{FileStore, FileStoreOptions};
+
+    #[tokio::test]
+    async fn a_writers_request_starts_no_round_once_the_journal_is_under_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = FileStoreOptions {
+            compact_after_bytes: u64::MAX,
+            ..FileStoreOptions::default()
+        };
+        let store = FileStore::open(dir.path(), options).unwrap();
+        create_campaign(&store, &tenant("tenant_a"), at(0)).await;
+        let compactor = &store.inner.compactor;
+        let mut rounds = compactor.rounds.clone();
+
+        // What a writer asks, late, after a round already folded the journal: nothing.
+        compactor.request();
+        // A round starts within microseconds of a request; this bounds the wait for one
+        // that must not come.
+        let started = tokio::time::timeout(
+            Duration::from_millis(300),
+            rounds.wait_for(|rounds| rounds.started > 0),
+        )
+        .await
+        .is_ok();
+        assert!(!started, "a round started: {:?}", *rounds.borrow());
+
+        // Retention and the final compaction fold whatever the journal holds.
+        compactor.request_and_watch().await;
+        let done = *rounds.borrow();
+        assert_eq!((done.started, done.finished), (1, 1));
+    }
 }

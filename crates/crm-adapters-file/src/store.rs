@@ -130,16 +130,22 @@ impl FileStore {
         shared
     }
 
-    /// Asks for a compaction once the journal is as large as the snapshots.
+    /// Asks for a compaction once one is due.
     fn maybe_compact(&self, shared: &mut Shared) {
+        if self.compaction_due(shared) {
+            self.inner.compactor.request();
+        }
+    }
+
+    /// Whether the journal has grown as large as the snapshots (and at least
+    /// `compact_after_bytes`), with no round under way.
+    pub(crate) fn compaction_due(&self, shared: &Shared) -> bool {
         let threshold = self
             .inner
             .options
             .compact_after_bytes
             .max(shared.manifest.snapshot_bytes());
-        if shared.generation_bytes >= threshold && !shared.snapshot.active {
-            self.inner.compactor.request();
-        }
+        shared.generation_bytes >= threshold && !shared.snapshot.active
     }
 
     /// Sends `change` to the journal; the caller then waits on the ticket.
