@@ -5,12 +5,17 @@
 //! NOTHING` (events, campaign counts and the event lock included), commits, and only then
 //! answers each caller whether its own row went in. A caller whose row did not go in
 //! looks up what holds its id or key, as a single create would. While one batch commits
-//! the next one fills. Two creates of one id or one key never share a batch, so "which
-//! row went in" is never ambiguous: the later one waits for the next batch. A batch the
+//! the next one fills; when a full one is waiting, it goes in beside it ([`IN_FLIGHT`]),
+//! on its own connection. Two creates of one id or one key never share a batch, so
+//! "which row went in" is never ambiguous: the later one waits for the next batch. Two
+//! batches in the database at once may repeat each other's ids or keys, as two replicas'
+//! batches always could: the later insert waits for the earlier commit, then finds the
+//! row. Each takes the event lock, so their events keep commit order. A batch the
 //! database refuses for a reason other than reachability is retried one create at a
 //! time, so one bad row fails only its own request.
 
 use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
 use std::time::Duration;
 
 use crm_domain::campaign::CampaignStats;
@@ -18,6 +23,8 @@ use crm_domain::event::EventEnvelope;
 use crm_domain::follow_up::FollowUp;
 use crm_ports::StoreError;
 use deadpool_postgres::Pool;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -37,6 +44,12 @@ pub(crate) const MAX_BATCH: usize = 1_000;
 /// keeping up.
 pub(crate) const MAX_WAITING: usize = 16_384;
 
+/// How many batches may be in the database at once. With one statement at a time, bulk
+/// creates left the service and the database each waiting on the other (a third of the
+/// machine idle); a second full batch overlaps one batch's commit with the next one's
+/// inserts.
+const IN_FLIGHT: usize = 2;
+
 /// One create waiting for its batch; the answer is whether its row went in.
 pub(crate) struct CreateJob {
     pub follow_up: FollowUp,
@@ -53,46 +66,79 @@ pub(crate) fn spawn(pool: Pool, timeout: Duration) -> mpsc::Sender<CreateJob> {
 
 async fn run(pool: Pool, timeout: Duration, mut jobs: mpsc::Receiver<CreateJob>) {
     let mut waiting: VecDeque<CreateJob> = VecDeque::new();
+    // The batches in the database. The first is run by this task, as a lone batch of
+    // single creates always was; a second one, full, is spawned, so that encoding its
+    // thousand rows takes another thread.
+    let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
+        FuturesUnordered::new();
+    let mut open = true;
     loop {
-        if waiting.is_empty() {
-            match jobs.recv().await {
-                Some(job) => waiting.push_back(job),
-                None => return,
-            }
-        }
         while let Ok(job) = jobs.try_recv() {
             waiting.push_back(job);
         }
         // A caller that gave up (its bound passed) was answered `503`, outcome unknown:
         // not writing its row is one of the outcomes it was promised.
         waiting.retain(|job| !job.reply.is_closed());
-        let batch = take_batch(&mut waiting);
-        if batch.is_empty() {
-            continue;
+        // A second batch goes in only when a full one waits: small ones (single creates)
+        // gather behind the commit instead, as fewer, larger statements cost less.
+        let room =
+            in_flight.is_empty() || (in_flight.len() < IN_FLIGHT && waiting.len() >= MAX_BATCH);
+        if room {
+            let batch = take_batch(&mut waiting);
+            if !batch.is_empty() {
+                if in_flight.is_empty() {
+                    in_flight.push(Box::pin(commit(&pool, timeout, batch)));
+                } else {
+                    let pool = pool.clone();
+                    let task = tokio::spawn(async move { commit(&pool, timeout, batch).await });
+                    in_flight.push(Box::pin(async move {
+                        // A batch that panicked dropped its replies: its callers hear `503`.
+                        let _ = task.await;
+                    }));
+                }
+                continue;
+            }
         }
-        match insert(&pool, timeout, &batch).await {
-            Ok(ids) => {
-                for job in batch {
-                    let _ = job
-                        .reply
-                        .send(Ok(ids.contains(&job.follow_up.followup_id.as_uuid())));
-                }
+        if !open && waiting.is_empty() && in_flight.is_empty() {
+            return;
+        }
+        tokio::select! {
+            job = jobs.recv(), if open => match job {
+                Some(job) => waiting.push_back(job),
+                None => open = false,
+            },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            // Unreachable: with the channel closed and nothing in the database, the
+            // waiting were taken above.
+            else => {}
+        }
+    }
+}
+
+/// Inserts `batch` and answers each of its callers.
+async fn commit(pool: &Pool, timeout: Duration, batch: Vec<CreateJob>) {
+    match insert(pool, timeout, &batch).await {
+        Ok(ids) => {
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send(Ok(ids.contains(&job.follow_up.followup_id.as_uuid())));
             }
-            // Not the network: some row the database refuses. Alone, it fails alone.
-            Err(Refused::Row(_)) if batch.len() > 1 => {
-                for job in batch {
-                    let alone = insert(&pool, timeout, std::slice::from_ref(&job))
-                        .await
-                        .map_err(Refused::into_store_error)
-                        .map(|ids| ids.contains(&job.follow_up.followup_id.as_uuid()));
-                    let _ = job.reply.send(alone);
-                }
+        }
+        // Not the network: some row the database refuses. Alone, it fails alone.
+        Err(Refused::Row(_)) if batch.len() > 1 => {
+            for job in batch {
+                let alone = insert(pool, timeout, std::slice::from_ref(&job))
+                    .await
+                    .map_err(Refused::into_store_error)
+                    .map(|ids| ids.contains(&job.follow_up.followup_id.as_uuid()));
+                let _ = job.reply.send(alone);
             }
-            Err(refused) => {
-                let text = refused.into_store_error().to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(StoreError::unavailable(text.clone())));
-                }
+        }
+        Err(refused) => {
+            let text = refused.into_store_error().to_string();
+            for job in batch {
+                let _ = job.reply.send(Err(StoreError::unavailable(text.clone())));
             }
         }
     }

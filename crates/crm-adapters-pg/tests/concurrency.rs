@@ -11,10 +11,10 @@ use crm_domain::campaign::CampaignState;
 use crm_domain::follow_up::FollowUpStatus;
 use crm_ports::OutboundQueue;
 use crm_ports::conformance::{
-    AckWith, LeaseAt, SENT_AT, SendAll, accepted, at, create_campaign, envelope, new_campaign,
-    new_follow_up, tenant,
+    AckWith, LeaseAt, SENT_AT, SendAll, accepted, at, create_campaign, envelope, feed_from,
+    new_campaign, new_follow_up, tenant,
 };
-use crm_ports::{CampaignStore, Created, FollowUpStore, Store, StoreError};
+use crm_ports::{CampaignStore, Created, FollowUpStore, Scheduled, Store, StoreError};
 use tokio::task::JoinHandle;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -350,4 +350,73 @@ async fn join_all<T>(
         results.push(handle.await);
     }
     results
+}
+
+/// Bulk creates keep two batches in the database at once; callers repeating each other's
+/// ids and keys at the same moment must still see each follow-up created once, with one
+/// event, and neither wait on each other's rows nor fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bulks_repeating_each_others_ids_at_once_create_each_follow_up_once_with_one_event() {
+    let Some(url) = database_url(
+        "bulks_repeating_each_others_ids_at_once_create_each_follow_up_once_with_one_event",
+    ) else {
+        return;
+    };
+    let (store, options) = fresh_store(&url, "race_bulks").await;
+    let store = Arc::new(store);
+    let tenant_id = tenant("tenant_a");
+    // Four bulks of 1,000, half with external keys; every caller sends all four, each
+    // starting from another one, so that the batches in flight hold each other's repeats.
+    let bulks: Vec<Vec<Scheduled>> = (0..4)
+        .map(|bulk| {
+            (0..1_000)
+                .map(|n| {
+                    let key = format!("bulk-{bulk}-{n}");
+                    let key = (n % 2 == 0).then_some(key.as_str());
+                    let (follow_up, events) = new_follow_up(&tenant_id, None, key, at(0), at(0));
+                    Scheduled { follow_up, events }
+                })
+                .collect()
+        })
+        .collect();
+    let bulks = Arc::new(bulks);
+    let callers = (0..6).map(|caller| {
+        let (store, bulks) = (store.clone(), bulks.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for turn in 0..bulks.len() {
+                let bulk = &bulks[(caller + turn) % bulks.len()];
+                let results = store.create_follow_ups(bulk).await;
+                let results = results.unwrap_or_else(|e| panic!("caller {caller}: {e}"));
+                answers.extend(results);
+            }
+            answers
+        })
+    });
+    let mut created = HashSet::new();
+    let mut answered = 0;
+    for answers in join_all(callers).await {
+        for answer in answers.unwrap() {
+            answered += 1;
+            match answer {
+                Ok(Created::Created(follow_up)) => {
+                    assert!(created.insert(follow_up.followup_id), "created twice");
+                }
+                Ok(Created::Existing(_)) => {}
+                Err(error) => panic!("an item failed: {error}"),
+            }
+        }
+    }
+    assert_eq!(answered, 6 * 4 * 1_000);
+    let all: HashSet<_> = bulks
+        .iter()
+        .flatten()
+        .map(|item| item.follow_up.followup_id)
+        .collect();
+    assert_eq!(created, all, "every follow-up created exactly once");
+    let events = feed_from(&*store, None).await;
+    let correlations: HashSet<_> = events.iter().map(|e| e.correlation_id).collect();
+    assert_eq!(events.len(), all.len(), "one event per follow-up");
+    assert_eq!(correlations.len(), all.len());
+    drop_schema(&url, options.schema()).await;
 }
