@@ -354,7 +354,7 @@ async fn join_all<T>(
 
 /// Bulk creates keep two batches in the database at once; callers repeating each other's
 /// ids and keys at the same moment must still see each follow-up created once, with one
-/// event, and neither wait on each other's rows nor fail.
+/// event, and no item may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bulks_repeating_each_others_ids_at_once_create_each_follow_up_once_with_one_event() {
     let Some(url) = database_url(
