@@ -124,6 +124,11 @@ fn names(events: &[EventEnvelope]) -> Vec<String> {
         .collect()
 }
 
+/// The one number `sql` (a `count(*)`) answers.
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 #[tokio::test]
 async fn retention_drops_whole_days_and_the_feed_resumes_across_the_boundary() {
     let Some(url) = database_url("retention_drops_whole_days") else {
@@ -161,12 +166,7 @@ async fn retention_drops_whole_days_and_the_feed_resumes_across_the_boundary() {
     let oldest = expired_from(&store, inside_day_0).await;
     assert_eq!(oldest, last_of_day_1);
     // What is left is the live rows of the days kept.
-    let left: i64 = connect(&options)
-        .await
-        .query_one("SELECT count(*) FROM crm_events", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let left = count(&connect(&options).await, "SELECT count(*) FROM crm_events").await;
     assert_eq!(left, 2);
     drop_schema(&url, options.schema()).await;
 }
@@ -279,13 +279,12 @@ async fn a_finished_item_leaves_the_queue_for_its_day_and_is_still_found() {
     );
 
     let client = connect(&options).await;
-    let count = |sql: &'static str| {
-        let client = &client;
-        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
-    };
-    assert_eq!(count("SELECT count(*) FROM crm_outbound_queue").await, 1);
     assert_eq!(
-        count("SELECT count(*) FROM crm_outbound_done_p20250101").await,
+        count(&client, "SELECT count(*) FROM crm_outbound_queue").await,
+        1
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM crm_outbound_done_p20250101").await,
         1
     );
     let done = store
@@ -354,11 +353,7 @@ async fn an_unpartitioned_database_is_migrated_with_its_data_and_numbers() {
         assert!(days.contains(&format!("crm_events_p{day}")), "{days:?}");
     }
     assert_eq!(store.outbound_items(0, 10).await.unwrap().len(), 4);
-    let waiting: i64 = client
-        .query_one("SELECT count(*) FROM crm_outbound_queue", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let waiting = count(&client, "SELECT count(*) FROM crm_outbound_queue").await;
     assert_eq!(waiting, 2, "finished items left the queue");
     assert_eq!(
         claim_at(&store, 202_000, 10).await.len(),
@@ -406,15 +401,12 @@ async fn a_day_dropped_while_a_writer_commits_into_it_expires_that_writer_s_even
     let watcher = connect(&options).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE '%crm_drop_partitions%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let waiting = count(
+            &watcher,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%crm_drop_partitions%'",
+        )
+        .await;
         if waiting > 0 {
             break;
         }
@@ -453,8 +445,13 @@ async fn an_item_an_older_replica_finished_in_the_queue_is_moved_to_its_day() {
     let client = connect(&options).await;
     finish_in_place(&client, on_day(0, 36_000_000), 10).await;
     expire_before(&store, on_day(0, 0)).await;
-    let count = async |sql: &str| client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0);
-    assert_eq!(count("SELECT count(*) FROM crm_outbound_queue").await, 0);
-    assert_eq!(count("SELECT count(*) FROM crm_outbound_done").await, 1);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM crm_outbound_queue").await,
+        0
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM crm_outbound_done").await,
+        1
+    );
     drop_schema(&url, options.schema()).await;
 }
